@@ -1,0 +1,1 @@
+"""saefs library: pure, importable building blocks (no knowledge of the repo's file layout)."""

@@ -1,0 +1,133 @@
+"""Dataset sources, resolved through a registry keyed by the source kind.
+
+Each loader returns the raw rows as a DataFrame with columns `text`, `raw_label` and `lang`
+(when the source has a language field); `features.prepare` turns that into the prepared schema.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from features.errors import SaefsError
+
+
+class DataSourceError(SaefsError):
+    """A source that cannot be read as configured; the message names the source and the fix."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a loader needs besides the location (the `datasets.<name>` params, minus labels)."""
+
+    location: str
+    text_field: str | None = None
+    label_field: str | None = None
+    lang_field: str | None = None
+    split: str = "train"
+    encoding: str = "utf-8"
+
+
+Loader = Callable[[SourceSpec], pd.DataFrame]
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)  # locate without importing (sae_probes imports heavy deps)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataSourceError(f"package {name!r} is not installed; run `make install`")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _select(df: pd.DataFrame, spec: SourceSpec, text: str, label: str, where: str) -> pd.DataFrame:
+    """Keep the text, label and optional language columns under their standard names."""
+    columns = {spec.text_field or text: "text", spec.label_field or label: "raw_label"}
+    if spec.lang_field:
+        columns[spec.lang_field] = "lang"
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataSourceError(
+            f"{where}: columns {missing} not found (available: {list(df.columns)}); "
+            "set text_field / label_field / lang_field for this dataset in params.yaml"
+        )
+    return df[list(columns)].rename(columns=columns).reset_index(drop=True)
+
+
+def _decode(raw: bytes, encoding: str, where: str) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise DataSourceError(
+            f"{where}: bytes at offset {err.start} are not valid {encoding} ({raw[err.start:err.start + 8]!r}); "
+            "re-encode the file as UTF-8 or set `encoding:` for this dataset (e.g. latin-1)"
+        ) from None
+
+
+def load_sae_probes(spec: SourceSpec) -> pd.DataFrame:
+    """sae-probes' bundled tasks: `<name>` in cleaned_data/, or `OOD/<name>` in `OOD data/`."""
+    import zstandard
+
+    root = _package_dir("sae_probes") / "data"
+    ood = spec.location.startswith("OOD/")
+    name = spec.location.removeprefix("OOD/")
+    path = root / ("OOD data" if ood else "cleaned_data") / (f"{name}_OOD.csv.zst" if ood else f"{name}.csv.zst")
+    if not path.exists():
+        known = sorted(p.name.removesuffix(".csv.zst") for p in (root / "cleaned_data").glob("*.csv.zst"))
+        raise DataSourceError(f"sae_probes:{spec.location}: no such dataset; known: {', '.join(known[:12])}, ...")
+    text = _decode(zstandard.ZstdDecompressor().stream_reader(path.open("rb")).read(), "utf-8", str(path))
+    return _select(pd.read_csv(io.StringIO(text)), spec, "prompt", "target", f"sae_probes:{spec.location}")
+
+
+def load_file(spec: SourceSpec) -> pd.DataFrame:
+    """A local CSV, parquet or JSONL file: how users bring their own data."""
+    path = Path(spec.location)
+    where = f"file:{spec.location}"
+    if not path.is_file():
+        raise DataSourceError(f"{where}: no such file (paths are relative to the repository root)")
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix == ".parquet":
+        df = pd.read_parquet(path)
+    elif suffix in (".csv", ".jsonl", ".json"):
+        text = _decode(path.read_bytes(), spec.encoding, where)
+        df = pd.read_csv(io.StringIO(text)) if suffix == ".csv" else pd.read_json(io.StringIO(text), lines=True)
+    else:
+        raise DataSourceError(f"{where}: unsupported file type {suffix!r}; use .csv, .parquet or .jsonl")
+    return _select(df, spec, "text", "label", where)
+
+
+def load_hf(spec: SourceSpec) -> pd.DataFrame:
+    """A Hugging Face dataset `<id>[:<config>]` (hub or local cache), or a `save_to_disk` folder."""
+    import datasets
+
+    repo, _, config = spec.location.partition(":")
+    where = f"hf:{spec.location}"
+    try:
+        if (Path(repo) / "dataset_dict.json").exists() or (Path(repo) / "state.json").exists():
+            ds = datasets.load_from_disk(repo)
+            ds = ds[spec.split] if isinstance(ds, datasets.DatasetDict) else ds
+        else:
+            ds = datasets.load_dataset(repo, config or None, split=spec.split)
+    except (ConnectionError, FileNotFoundError, KeyError, ValueError) as err:
+        raise DataSourceError(
+            f"{where} (split {spec.split!r}) could not be loaded: {err}. The hub is unreachable offline: "
+            "pre-populate the HF cache, save the dataset with save_to_disk and point hf: at that folder, "
+            "or export it to a file and use file:"
+        ) from None
+    return _select(ds.to_pandas(), spec, "text", "label", where)
+
+
+DATASET_LOADERS: dict[str, Loader] = {"sae_probes": load_sae_probes, "file": load_file, "hf": load_hf}
+DATASET_SOURCE_KINDS = tuple(DATASET_LOADERS)
+
+
+def load_source(source: str, **fields: str | None) -> pd.DataFrame:
+    """Load `source` (`<kind>:<location>`) with the given field names; see `SourceSpec`."""
+    kind, _, location = source.partition(":")
+    if kind not in DATASET_LOADERS:
+        raise DataSourceError(f"{source!r}: unknown source kind; expected one of {list(DATASET_LOADERS)}")
+    spec = SourceSpec(location=location, **{k: v for k, v in fields.items() if v is not None})
+    return DATASET_LOADERS[kind](spec)

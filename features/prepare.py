@@ -1,0 +1,148 @@
+"""Raw source rows -> the prepared schema: label mapping, stable ids, dedupe, sampling, split.
+
+Sampling and splitting are keyed on a seeded hash of `text_id`, not on row order, so they are
+stable across machines and source re-orderings, and a larger `max_rows` keeps every row a
+smaller one chose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from features.errors import SaefsError
+from features.schema import PREPARED_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+class PrepareError(SaefsError):
+    """Rows that cannot become a usable dataset; the message names the dataset and the fix."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    name: str
+    labels: tuple[int | str, ...]
+    label_names: tuple[str, ...] | None = None
+    lang: str = "en"
+    max_rows: int | None = None
+    dedupe: bool = True
+    test_size: float = 0.2
+    seed: int = 42
+    event_timestamp: datetime = datetime.fromisoformat("2025-01-01T00:00:00+00:00")
+
+
+@dataclass
+class PrepareSummary:
+    rows_read: int
+    dropped_duplicates: int = 0
+    dropped_conflicting: int = 0
+    dropped_by_max_rows: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> label_name -> rows
+
+
+def text_id(dataset: str, text: str) -> str:
+    """A stable id from the dataset name and the text: the same on every run and machine."""
+    digest = hashlib.sha256(dataset.encode() + b"\x00" + text.encode()).hexdigest()
+    return f"{dataset}-{digest[:16]}"
+
+
+def _rank(ids: pd.Series, seed: int, salt: str) -> np.ndarray:
+    """A seeded pseudo-random order of the ids that does not depend on row order."""
+    digests = [hashlib.blake2b(f"{seed}:{salt}:{i}".encode(), digest_size=8).digest() for i in ids]
+    return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.uint64)
+
+
+def _map_labels(raw: pd.Series, cfg: PrepareConfig) -> pd.Series:
+    """Raw labels -> positions in the declared set (compared as strings: CSV and YAML disagree on types)."""
+    position = {str(v): i for i, v in enumerate(cfg.labels)}
+    as_str = raw.map(lambda v: str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v))
+    unknown = as_str[~as_str.isin(position)]
+    if len(unknown):
+        values = unknown.value_counts().head(5).to_dict()
+        raise PrepareError(
+            f"dataset {cfg.name!r}: {len(unknown)} rows have labels outside the declared set "
+            f"{list(cfg.labels)} (e.g. {values}); declare them in datasets.{cfg.name}.labels or clean the source"
+        )
+    return as_str.map(position).astype("int64")
+
+
+def _dedupe(df: pd.DataFrame, cfg: PrepareConfig, summary: PrepareSummary) -> pd.DataFrame:
+    """Drop exact duplicates; drop texts that appear with different labels altogether."""
+    before = len(df)
+    df = df.drop_duplicates(["text_id", "label"])
+    summary.dropped_duplicates = before - len(df)
+    conflicting = df["text_id"].duplicated(keep=False)
+    summary.dropped_conflicting = int(conflicting.sum())
+    if summary.dropped_duplicates or summary.dropped_conflicting:
+        log.info("%s: dropped %d duplicate rows and %d rows whose text has conflicting labels",
+                 cfg.name, summary.dropped_duplicates, summary.dropped_conflicting)
+    return df[~conflicting]
+
+
+def _sample(df: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
+    """Keep `max_rows` rows, stratified by label (each class keeps its share, at least one row)."""
+    if cfg.max_rows is None or len(df) <= cfg.max_rows:
+        return df
+    share = df["label"].value_counts() / len(df)
+    quota = np.maximum(1, np.floor(share * cfg.max_rows)).astype(int)
+    rank = pd.Series(_rank(df["text_id"], cfg.seed, "sample"), index=df.index)
+    keep = [rank[df["label"] == lab].sort_values().index[:q] for lab, q in quota.items()]
+    return df.loc[np.concatenate(keep)]
+
+
+def _split(df: pd.DataFrame, cfg: PrepareConfig) -> pd.Series:
+    """Stratified, seeded train/test assignment: per class, the lowest-ranked share goes to test."""
+    split = pd.Series("train", index=df.index, dtype="string")
+    rank = pd.Series(_rank(df["text_id"], cfg.seed, "split"), index=df.index)
+    for _, members in df.groupby("label").groups.items():
+        n_test = int(round(len(members) * cfg.test_size))
+        if n_test == 0 or n_test == len(members):
+            raise PrepareError(
+                f"dataset {cfg.name!r}: a class with {len(members)} rows cannot be split at test_size "
+                f"{cfg.test_size}; add rows or raise max_rows"
+            )
+        split[rank[members].sort_values().index[:n_test]] = "test"
+    return split
+
+
+def prepare(raw: pd.DataFrame, cfg: PrepareConfig) -> tuple[pd.DataFrame, PrepareSummary]:
+    """Turn loader output (`text`, `raw_label`, optional `lang`) into a prepared dataset."""
+    summary = PrepareSummary(rows_read=len(raw))
+    if raw.empty:
+        raise PrepareError(f"dataset {cfg.name!r}: the source has no rows")
+    df = pd.DataFrame({"text": raw["text"].astype("string")})
+    if df["text"].isna().any():
+        raise PrepareError(f"dataset {cfg.name!r}: {int(df['text'].isna().sum())} rows have no text (null)")
+    df["label"] = _map_labels(raw["raw_label"], cfg)
+    names = cfg.label_names or tuple(str(v) for v in cfg.labels)
+    df["label_name"] = df["label"].map(dict(enumerate(names))).astype("string")
+    df["lang"] = raw["lang"].astype("string") if "lang" in raw else cfg.lang
+    df["text_id"] = [text_id(cfg.name, t) for t in df["text"]]
+    if cfg.dedupe:
+        df = _dedupe(df, cfg, summary)
+    present = sorted(df["label"].unique())
+    if len(present) < 2:
+        only = names[present[0]] if present else "none"
+        raise PrepareError(
+            f"dataset {cfg.name!r} has one class only ({only!r}); a classifier needs at least two, "
+            "check the label field and the declared labels"
+        )
+    sampled = _sample(df, cfg)
+    summary.dropped_by_max_rows = len(df) - len(sampled)
+    df = sampled.copy()
+    df["split"] = _split(df, cfg)
+    df["event_timestamp"] = pd.Timestamp(cfg.event_timestamp).tz_convert("UTC")
+    df = df.sort_values("text_id", kind="stable")[list(PREPARED_COLUMNS)].reset_index(drop=True)
+    df = df.astype(PREPARED_COLUMNS)
+    summary.counts = {
+        s: {str(k): int(v) for k, v in g["label_name"].value_counts().sort_index().items()}
+        for s, g in df.groupby("split")
+    }
+    return df, summary

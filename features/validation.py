@@ -1,0 +1,235 @@
+"""Gate a prepared dataset (features.schema) with a Great Expectations 1.x suite.
+
+Pure: it knows nothing of repo paths; the caller passes the frame, the rules and, optionally,
+where to write GX's HTML Data Docs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.schema import PREPARED_COLUMNS, SPLITS
+
+# Derived columns added to the validated copy: GX has no "strip then measure", no group-by count
+# and no "fraction of rows equal to x" expectation, so these turn them into plain column checks.
+TEXT_CHARS = "text_chars"  # len(text.strip()); NaN when null/blank so only the emptiness checks see those
+CLASS_ROWS = "class_rows"  # rows of this row's class; NaN for labels outside the set (caught elsewhere)
+IS_TEST = "is_test"  # 1.0 test / 0.0 train / NaN otherwise, so its mean is the test fraction
+
+
+@dataclass(frozen=True)
+class ValidationRules:
+    labels: tuple[int, ...]  # the allowed int labels (0..K-1)
+    min_class_count: int  # every class at least this many rows (whole dataset)
+    test_size: float  # expected fraction of rows with split == "test"
+    split_tolerance: float  # allowed absolute deviation of that fraction
+    min_chars: int  # text length bounds (after stripping)
+    max_chars: int
+
+
+@dataclass
+class Failure:
+    expectation: str  # human-readable name, e.g. "text is not empty after stripping"
+    gx_type: str  # GX expectation type, e.g. "expect_column_values_to_match_regex"
+    column: str | None
+    unexpected_count: int
+    detail: str  # short, e.g. "3 of 1000 rows" or "class 1 has 4 rows, needs >= 20"
+
+
+@dataclass
+class ValidationReport:
+    dataset: str
+    success: bool
+    n_rows: int
+    failures: list[Failure]
+    results: dict = field(repr=False)  # GX's describe_dict() of the run, JSON-serialisable
+
+    @property
+    def n_expectations(self) -> int:
+        return int(self.results.get("statistics", {}).get("evaluated_expectations", 0))
+
+    def message(self) -> str:
+        if self.success:
+            return f"dataset '{self.dataset}' passed all {self.n_expectations} expectations ({self.n_rows} rows)."
+        broken = "; ".join(f"{f.expectation} ({f.detail})" for f in self.failures)
+        return (
+            f"dataset '{self.dataset}' failed {len(self.failures)} of {self.n_expectations} expectations: "
+            f"{broken}. Fix the source or its params (prepare_data) and rerun."
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"n_expectations": self.n_expectations, "message": self.message()}
+
+
+def _derived(df: pd.DataFrame, rules: ValidationRules) -> pd.DataFrame:
+    """A copy of `df` with the derived columns that exist for the columns it has."""
+    out = df.copy()
+    if "text" in df:
+        # -1 for a non-string value (GX's regex would stringify it and pass), so the length check fails it
+        chars = df["text"].astype(object).map(lambda s: len(s.strip()) if isinstance(s, str) else -1)
+        out[TEXT_CHARS] = chars.astype(float).where(df["text"].notna() & (chars != 0))
+    if "label" in df:
+        counts = df["label"].value_counts()
+        allowed = df["label"].isin(rules.labels)
+        out[CLASS_ROWS] = df["label"].map(counts).where(allowed).astype(float)
+    if "split" in df:
+        out[IS_TEST] = df["split"].astype(object).map({"test": 1.0, "train": 0.0}).astype(float)
+    return out
+
+
+def _suite_spec(rules: ValidationRules, columns: set[str]) -> list[Any]:
+    """The GX expectations, named by `description`; checks on a missing column are left to the column-set one."""
+    import great_expectations.expectations as gxe
+
+    lo = round(max(0.0, rules.test_size - rules.split_tolerance), 10)  # round: 0.2-0.05 != 0.15 in floats
+    hi = round(min(1.0, rules.test_size + rules.split_tolerance), 10)
+    labels = [int(x) for x in rules.labels]
+    spec: list[tuple[str, str, Any]] = [
+        (
+            "the schema columns exist",
+            "",
+            gxe.ExpectTableColumnsToMatchSet(column_set=list(PREPARED_COLUMNS), exact_match=False),
+        ),
+        ("text_id is not null", "text_id", gxe.ExpectColumnValuesToNotBeNull(column="text_id")),
+        ("text_id is unique", "text_id", gxe.ExpectColumnValuesToBeUnique(column="text_id")),
+        ("text is not null", "text", gxe.ExpectColumnValuesToNotBeNull(column="text")),
+        ("text is not empty after stripping", "text", gxe.ExpectColumnValuesToMatchRegex(column="text", regex=r"\S")),
+        (
+            f"stripped text has {rules.min_chars}..{rules.max_chars} chars",
+            "text",
+            gxe.ExpectColumnValuesToBeBetween(column=TEXT_CHARS, min_value=rules.min_chars, max_value=rules.max_chars),
+        ),
+        ("label is not null", "label", gxe.ExpectColumnValuesToNotBeNull(column="label")),
+        (f"label is in {labels}", "label", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels)),
+        ("every class occurs", "label", gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=labels)),
+        (
+            f"every class has >= {rules.min_class_count} rows",
+            "label",
+            gxe.ExpectColumnValuesToBeBetween(column=CLASS_ROWS, min_value=rules.min_class_count),
+        ),
+        ("split is not null", "split", gxe.ExpectColumnValuesToNotBeNull(column="split")),
+        (
+            f"split is in {list(SPLITS)}",
+            "split",
+            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        ),
+        (
+            f"test fraction is {rules.test_size} ± {rules.split_tolerance}",
+            "split",
+            gxe.ExpectColumnMeanToBeBetween(column=IS_TEST, min_value=lo, max_value=hi),
+        ),
+        ("lang is not null", "lang", gxe.ExpectColumnValuesToNotBeNull(column="lang")),
+    ]
+    out = []
+    for name, needs, exp in spec:
+        if needs and needs not in columns:
+            continue
+        exp.description = name  # rendered in Data Docs, and how results are mapped back to names
+        out.append(exp)
+    return out
+
+
+def _exception_message(res: Any) -> str | None:
+    """First error GX caught while computing the metrics (1.x keys them by metric id), if any."""
+    info: dict = res.exception_info or {}
+    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for i in infos:
+        if i.get("raised_exception"):
+            return (str(i.get("exception_message") or "error").splitlines() or ["error"])[0][:200]
+    return None
+
+
+def _failure(res: Any, df: pd.DataFrame, rules: ValidationRules) -> Failure:
+    """Turn a failed GX result into a Failure whose count and detail say what broke."""
+    cfg = res.expectation_config
+    name: str = cfg.description or cfg.type
+    r: dict = res.result or {}
+    column = cfg.kwargs.get("column")
+    if exc := _exception_message(res):
+        return Failure(name, cfg.type, column, 0, f"GX could not evaluate it: {exc}")
+    if cfg.type == "expect_table_columns_to_match_set":
+        missing = sorted((r.get("details", {}).get("mismatched") or {}).get("missing", []))
+        return Failure(name, cfg.type, None, len(missing), f"missing columns {missing}")
+    if column == CLASS_ROWS:
+        counts = df["label"].value_counts()
+        small = [
+            f"class {k} has {counts[k]} rows" for k in rules.labels if 0 < counts.get(k, 0) < rules.min_class_count
+        ]
+        count = int(r.get("unexpected_count", 0))
+        return Failure(name, cfg.type, "label", count, f"{', '.join(small)}, needs >= {rules.min_class_count}")
+    if cfg.type == "expect_column_distinct_values_to_contain_set":
+        # 1.24 reports observed_value=None with missing_count / partial_missing_list (capped at 20)
+        absent = sorted(set(rules.labels) - set(df["label"].dropna().tolist()))
+        count = int(r.get("missing_count", len(absent)))
+        return Failure(name, cfg.type, column, count, ", ".join(f"class {k} has 0 rows" for k in absent))
+    if column == IS_TEST:
+        n_split = int(df["split"].isin(SPLITS).sum())  # the mean skips the NaN of other values
+        if n_split == 0:
+            return Failure(name, cfg.type, "split", 0, "no train/test rows, so no test fraction")
+        n_test = int((df["split"] == "test").sum())
+        lo, hi = cfg.kwargs["min_value"] * n_split, cfg.kwargs["max_value"] * n_split
+        off = max(1, math.ceil(lo - n_test - 1e-9), math.ceil(n_test - hi - 1e-9))  # test rows beyond the band
+        return Failure(
+            name,
+            cfg.type,
+            "split",
+            off,
+            f"observed {n_test / n_split:.3f}: {n_test} of {n_split} rows are test, {off} outside the band",
+        )
+    count = int(r.get("unexpected_count", 0))
+    if column == TEXT_CHARS:
+        column = "text"
+    return Failure(name, cfg.type, column, count, f"{count} of {len(df)} rows")
+
+
+def validate_prepared(
+    df: pd.DataFrame, rules: ValidationRules, dataset: str, docs_dir: Path | None = None
+) -> ValidationReport:
+    """Run the prepared-data suite on `df`; write HTML Data Docs into `docs_dir` when given."""
+    import great_expectations as gx  # lazy: the import costs seconds; the dataclasses above don't need it
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")  # in-memory stores; nothing left behind but the docs
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # no "Calculating Metrics" bars
+    actions: list[Any] = []
+    if docs_dir is not None:
+        docs_dir = Path(docs_dir).resolve()
+        for site in list(ctx.list_data_docs_sites()):  # ephemeral ships a temp-dir "local_site"
+            ctx.delete_data_docs_site(site)
+        ctx.add_data_docs_site(
+            "local_site",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        actions.append(UpdateDataDocsAction(name="update_data_docs"))  # runs on failure too
+
+    data = _derived(df, rules)
+    spec = _suite_spec(rules, set(df.columns))
+    suite = ctx.suites.add(gx.ExpectationSuite(name=dataset))
+    for exp in spec:
+        suite.add_expectation(exp)
+    batch = ctx.data_sources.add_pandas("pandas").add_dataframe_asset(name=dataset)
+    whole = batch.add_batch_definition_whole_dataframe("all")
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{dataset}_prepared", data=whole, suite=suite))
+    cp = ctx.checkpoints.add(gx.Checkpoint(name=f"{dataset}_gate", validation_definitions=[vd], actions=actions))
+    result = next(iter(cp.run(batch_parameters={"dataframe": data}).run_results.values()))
+
+    if docs_dir is not None and not (docs_dir / "index.html").is_file():
+        raise RuntimeError(f"GX did not write Data Docs to {docs_dir}/index.html")
+    failures = [_failure(res, df, rules) for res in result.results if not res.success]
+    return ValidationReport(
+        dataset=dataset,
+        success=bool(result.success),
+        n_rows=len(df),
+        failures=failures,
+        results=result.describe_dict(),
+    )

@@ -1,0 +1,47 @@
+"""DVC stage entry points (`python -m pipelines.<stage> ...`): read params, call `features`, write atomically.
+
+Importing this package sets the offline, no-telemetry environment before any Hugging Face,
+MLflow or DVC module is imported, so a bare `dvc repro` behaves like `make repro`. Values
+already set win: export HF_HUB_OFFLINE=0 to let the paper profile reach the hub.
+"""
+
+import logging
+import os
+from collections.abc import Callable
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "WANDB_MODE": "disabled",
+    "GX_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def stage_main(run: Callable[[str], None], argv: list[str] | None, *, doc: str, arg: str, help: str) -> int:
+    """The shared shape of a per-item stage: parse the item name, run, report input errors cleanly."""
+    import argparse
+
+    from features.errors import SaefsError
+
+    setup_logging()
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument(arg, help=help)
+    name = getattr(parser.parse_args(argv), arg)
+    try:
+        run(name)
+    except SaefsError as err:
+        logging.getLogger("saefs").error("%s", err)
+        return 2
+    return 0

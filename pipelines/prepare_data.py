@@ -1,0 +1,40 @@
+"""Stage prepare_data: load one configured dataset from its source into the prepared schema."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict
+
+from features.datasets import load_source
+from features.io import write_json, write_parquet
+from features.prepare import PrepareConfig, prepare
+from pipelines import paths, stage_main
+from pipelines.params import load_params
+
+log = logging.getLogger("saefs.prepare_data")
+
+
+def run(name: str) -> None:
+    params = load_params()
+    ds, common = params.dataset(name), params.prepare_data
+    raw = load_source(ds.source, text_field=ds.text_field, label_field=ds.label_field,
+                      lang_field=ds.lang_field, split=ds.split, encoding=ds.encoding)
+    log.info("%s: read %d rows from %s", name, len(raw), ds.source)
+    cfg = PrepareConfig(
+        name=name, labels=tuple(ds.labels), label_names=tuple(ds.label_names) if ds.label_names else None,
+        lang=ds.lang, max_rows=ds.max_rows, dedupe=ds.dedupe, test_size=common.test_size,
+        seed=common.seed, event_timestamp=common.event_timestamp,
+    )
+    df, summary = prepare(raw, cfg)
+    write_parquet(paths.prepared(name), df)
+    write_json(paths.prepare_summary(name), {"rows": len(df), **asdict(summary)})
+    log.info("%s: wrote %d rows to %s (%s)", name, len(df), paths.prepared(name), summary.counts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, argv, doc=__doc__, arg="dataset", help="a key of `datasets` in params.yaml")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Stage prepare_model: resolve one configured model into data/models/<name> (see features.models)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from features.io import atomic_path
+from features.models import prepare_model
+from pipelines import paths, stage_main
+from pipelines.params import load_params
+
+log = logging.getLogger("saefs.prepare_model")
+
+
+def run(name: str) -> None:
+    cfg = load_params().model(name)
+    with atomic_path(paths.model_dir(name)) as tmp:
+        manifest = prepare_model(cfg.source, tmp, cfg.save_dtype)
+    log.info("%s: %s, %d layers, d_model %d -> %s", name, manifest.architecture,
+             manifest.n_layers, manifest.d_model, paths.model_dir(name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, argv, doc=__doc__, arg="model", help="a key of `models` in params.yaml")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

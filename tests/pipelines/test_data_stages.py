@@ -1,0 +1,73 @@
+"""prepare_data and validate_data as stages: run in a scratch folder with their own params.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.prepare import PrepareError
+from pipelines import paths, prepare_data, validate_data
+from tests.helpers import embedded_params, write_params
+
+
+def tickets(n: int = 200) -> pd.DataFrame:
+    return pd.DataFrame({"body": [f"ticket {i} about thing {i % 7}" for i in range(n)], "y": [i % 2 for i in range(n)]})
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def configure(workdir: Path, frame: pd.DataFrame, **dataset: object) -> None:
+    frame.to_csv(workdir / "tickets.csv", index=False)
+    spec = {"source": "file:tickets.csv", "text_field": "body", "label_field": "y", "labels": [0, 1], **dataset}
+    write_params(workdir, embedded_params(datasets={"tickets": spec}))
+
+
+def test_good_file_passes_both_stages(workdir: Path) -> None:
+    configure(workdir, tickets())
+    prepare_data.run("tickets")
+    validate_data.run("tickets")
+    assert len(pd.read_parquet(paths.prepared("tickets"))) == 200
+    assert json.loads(paths.validation_metrics("tickets").read_text())["success"] is True
+    assert (paths.validation_dir("tickets") / "docs" / "index.html").is_file()
+
+
+def test_blank_texts_fail_the_gate_with_a_report(workdir: Path) -> None:
+    frame = tickets()
+    frame.loc[[3, 8, 13], "body"] = ["   ", "\t", " \n "]
+    configure(workdir, frame)
+    prepare_data.run("tickets")
+    with pytest.raises(validate_data.ValidationFailed, match=r"dataset 'tickets' failed .*empty.*3 of 200 rows"):
+        validate_data.run("tickets")
+    results = json.loads((paths.validation_dir("tickets") / "results.json").read_text())
+    assert results["success"] is False
+    assert (paths.validation_dir("tickets") / "docs" / "index.html").is_file()
+
+
+def test_duplicates_kept_on_request_fail_the_gate(workdir: Path) -> None:
+    configure(workdir, pd.concat([tickets(), tickets().head(5)]), dedupe=False)
+    prepare_data.run("tickets")
+    with pytest.raises(validate_data.ValidationFailed, match=r"text_id is unique \(10 of 205 rows\)"):
+        validate_data.run("tickets")
+
+
+def test_bad_labels_leave_no_output_behind(workdir: Path) -> None:
+    frame = tickets()
+    frame.loc[0, "y"] = 7
+    configure(workdir, frame)
+    with pytest.raises(PrepareError, match="labels outside the declared set"):
+        prepare_data.run("tickets")
+    assert not paths.prepared("tickets").exists()
+    assert not list(workdir.rglob("*.tmp"))
+
+
+def test_stage_main_reports_input_errors_without_a_traceback(workdir: Path, caplog) -> None:
+    configure(workdir, tickets().assign(y=0))
+    assert prepare_data.main(["tickets"]) == 2
+    assert "one class only" in caplog.text

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pytest
+
+from pipelines.params import ParamsError, load_params, parse_params
+from tests.helpers import REPO, embedded_params
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/embedded.yaml", "profiles/paper.yaml"])
+def test_shipped_params_validate(path: str) -> None:
+    params = load_params(REPO / path)
+    assert params.models and params.datasets
+
+
+def test_default_params_are_the_embedded_profile() -> None:
+    assert load_params(REPO / "params.yaml") == load_params(REPO / "profiles/embedded.yaml")
+    assert load_params(REPO / "params.yaml").profile == "embedded"
+
+
+def test_unknown_top_level_key_is_named() -> None:
+    raw = embedded_params(prepare_dat={"seed": 1})
+    with pytest.raises(ParamsError, match=r"prepare_dat: unknown key \(allowed here: profile, models, datasets"):
+        parse_params(raw)
+
+
+def test_misspelt_nested_key_names_its_path_and_the_allowed_keys() -> None:
+    raw = embedded_params()
+    raw["datasets"]["spam"]["max_rowz"] = 10
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert "datasets.spam.max_rowz: unknown key" in str(err.value)
+    assert "max_rows" in str(err.value) and "label_field" in str(err.value)
+
+
+def test_wrong_type_names_the_key_and_the_value() -> None:
+    raw = embedded_params()
+    raw["datasets"]["toxic"]["max_rows"] = "lots"
+    with pytest.raises(ParamsError, match=r"datasets\.toxic\.max_rows: .*integer.*'lots'"):
+        parse_params(raw)
+
+
+def test_unknown_profile_lists_the_allowed_ones() -> None:
+    with pytest.raises(ParamsError, match=r"profile: Input should be 'embedded' or 'paper'"):
+        parse_params(embedded_params(profile="laptop"))
+
+
+@pytest.mark.parametrize("source", ["sae_probes", "s3:bucket/x.csv", "file:"])
+def test_bad_dataset_source(source: str) -> None:
+    raw = embedded_params()
+    raw["datasets"]["spam"]["source"] = source
+    with pytest.raises(ParamsError, match=r"datasets\.spam\.source: .*kind one of \['sae_probes', 'file', 'hf'\]"):
+        parse_params(raw)
+
+
+def test_bad_model_source() -> None:
+    raw = embedded_params(models={"m": {"source": "ollama:gemma"}})
+    with pytest.raises(ParamsError, match=r"models\.m\.source: .*\['pypi', 'hf', 'path'\]"):
+        parse_params(raw)
+
+
+def test_label_names_must_match_labels() -> None:
+    raw = embedded_params()
+    raw["datasets"]["spam"]["label_names"] = ["ham"]
+    with pytest.raises(ParamsError, match=r"datasets\.spam: .*label_names has 1 entries but labels has 2"):
+        parse_params(raw)
+
+
+def test_names_are_slugs() -> None:
+    raw = embedded_params()
+    raw["datasets"]["Bad Name"] = raw["datasets"].pop("spam")
+    with pytest.raises(ParamsError, match=r"datasets\.Bad Name"):
+        parse_params(raw)
+
+
+def test_unknown_item_lists_the_configured_ones() -> None:
+    params = parse_params(embedded_params())
+    with pytest.raises(ParamsError, match=r"dataset 'nope' is not configured; .*'hate_hate'"):
+        params.dataset("nope")
+
+
+def test_missing_params_file(tmp_path) -> None:
+    with pytest.raises(ParamsError, match="not found: run stages from the repository root"):
+        load_params(tmp_path / "params.yaml")
