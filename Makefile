@@ -6,6 +6,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.saefs-installed
+# DVC stages run `python -m pipelines.<stage>`: make that the venv's python.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 # Offline and no-telemetry, for every command below (pipelines/__init__.py sets the same
 # defaults for stages started by a bare `dvc repro`).

@@ -31,6 +31,7 @@ class SourceSpec:
     lang_field: str | None = None
     split: str = "train"
     encoding: str = "utf-8"
+    with_labels: bool = True  # False for unlabelled corpora (SAE training text)
 
 
 Loader = Callable[[SourceSpec], pd.DataFrame]
@@ -45,7 +46,9 @@ def _package_dir(name: str) -> Path:
 
 def _select(df: pd.DataFrame, spec: SourceSpec, text: str, label: str, where: str) -> pd.DataFrame:
     """Keep the text, label and optional language columns under their standard names."""
-    columns = {spec.text_field or text: "text", spec.label_field or label: "raw_label"}
+    columns = {spec.text_field or text: "text"}
+    if spec.with_labels:
+        columns[spec.label_field or label] = "raw_label"
     if spec.lang_field:
         columns[spec.lang_field] = "lang"
     missing = [c for c in columns if c not in df.columns]
@@ -124,7 +127,7 @@ DATASET_LOADERS: dict[str, Loader] = {"sae_probes": load_sae_probes, "file": loa
 DATASET_SOURCE_KINDS = tuple(DATASET_LOADERS)
 
 
-def load_source(source: str, **fields: str | None) -> pd.DataFrame:
+def load_source(source: str, **fields: str | bool | None) -> pd.DataFrame:
     """Load `source` (`<kind>:<location>`) with the given field names; see `SourceSpec`."""
     kind, _, location = source.partition(":")
     if kind not in DATASET_LOADERS:

@@ -146,3 +146,16 @@ def prepare(raw: pd.DataFrame, cfg: PrepareConfig) -> tuple[pd.DataFrame, Prepar
         for s, g in df.groupby("split")
     }
     return df, summary
+
+
+def sample_corpus(frames: dict[str, pd.DataFrame], n_texts: int, seed: int) -> list[str]:
+    """Up to `n_texts` distinct non-blank texts, spread evenly over the named frames (column `text`),
+    chosen by the same seeded hash rank as `max_rows`, so the choice is stable across runs."""
+    per_source = -(-n_texts // len(frames))  # ceil: the remainder is trimmed at the end
+    texts: list[str] = []
+    for name, frame in frames.items():
+        pool = frame["text"].dropna().astype(str)
+        pool = pool[pool.str.strip() != ""].drop_duplicates()
+        ids = pd.Series([text_id(name, t) for t in pool], index=pool.index)
+        texts += pool.loc[ids.iloc[np.argsort(_rank(ids, seed, "corpus"), kind="stable")].index[:per_source]].tolist()
+    return texts[:n_texts]

@@ -48,6 +48,8 @@ class ValidationReport:
     n_rows: int
     failures: list[Failure]
     results: dict = field(repr=False)  # GX's describe_dict() of the run, JSON-serialisable
+    subject: str = "dataset"  # what was validated, for the message
+    hint: str = "Fix the source or its params (prepare_data) and rerun."
 
     @property
     def n_expectations(self) -> int:
@@ -55,11 +57,12 @@ class ValidationReport:
 
     def message(self) -> str:
         if self.success:
-            return f"dataset '{self.dataset}' passed all {self.n_expectations} expectations ({self.n_rows} rows)."
+            passed = f"passed all {self.n_expectations} expectations ({self.n_rows} rows)"
+            return f"{self.subject} '{self.dataset}' {passed}."
         broken = "; ".join(f"{f.expectation} ({f.detail})" for f in self.failures)
         return (
-            f"dataset '{self.dataset}' failed {len(self.failures)} of {self.n_expectations} expectations: "
-            f"{broken}. Fix the source or its params (prepare_data) and rerun."
+            f"{self.subject} '{self.dataset}' failed {len(self.failures)} of {self.n_expectations} expectations: "
+            f"{broken}. {self.hint}"
         )
 
     def to_dict(self) -> dict:
@@ -187,10 +190,8 @@ def _failure(res: Any, df: pd.DataFrame, rules: ValidationRules) -> Failure:
     return Failure(name, cfg.type, column, count, f"{count} of {len(df)} rows")
 
 
-def validate_prepared(
-    df: pd.DataFrame, rules: ValidationRules, dataset: str, docs_dir: Path | None = None
-) -> ValidationReport:
-    """Run the prepared-data suite on `df`; write HTML Data Docs into `docs_dir` when given."""
+def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str, docs_dir: Path | None) -> Any:
+    """Run `expectations` on `frame` in an ephemeral GX context; write Data Docs into `docs_dir` when given."""
     import great_expectations as gx  # lazy: the import costs seconds; the dataclasses above don't need it
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -211,18 +212,21 @@ def validate_prepared(
             },
         )
         actions.append(UpdateDataDocsAction(name="update_data_docs"))  # runs on failure too
-
-    data = _derived(df, rules)
-    spec = _suite_spec(rules, set(df.columns))
-    suite = ctx.suites.add(gx.ExpectationSuite(name=dataset))
-    for exp in spec:
+    suite = ctx.suites.add(gx.ExpectationSuite(name=name))
+    for exp in expectations:
         suite.add_expectation(exp)
-    batch = ctx.data_sources.add_pandas("pandas").add_dataframe_asset(name=dataset)
+    batch = ctx.data_sources.add_pandas("pandas").add_dataframe_asset(name=name)
     whole = batch.add_batch_definition_whole_dataframe("all")
-    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{dataset}_prepared", data=whole, suite=suite))
-    cp = ctx.checkpoints.add(gx.Checkpoint(name=f"{dataset}_gate", validation_definitions=[vd], actions=actions))
-    result = next(iter(cp.run(batch_parameters={"dataframe": data}).run_results.values()))
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_vd", data=whole, suite=suite))
+    cp = ctx.checkpoints.add(gx.Checkpoint(name=f"{name}_gate", validation_definitions=[vd], actions=actions))
+    return next(iter(cp.run(batch_parameters={"dataframe": frame}).run_results.values()))
 
+
+def validate_prepared(
+    df: pd.DataFrame, rules: ValidationRules, dataset: str, docs_dir: Path | None = None
+) -> ValidationReport:
+    """Run the prepared-data suite on `df`; write HTML Data Docs into `docs_dir` when given."""
+    result = _run_suite(_derived(df, rules), _suite_spec(rules, set(df.columns)), dataset, docs_dir)
     if docs_dir is not None and not (docs_dir / "index.html").is_file():
         raise RuntimeError(f"GX did not write Data Docs to {docs_dir}/index.html")
     failures = [_failure(res, df, rules) for res in result.results if not res.success]
@@ -232,4 +236,44 @@ def validate_prepared(
         n_rows=len(df),
         failures=failures,
         results=result.describe_dict(),
+    )
+
+
+@dataclass(frozen=True)
+class SaeQualityRules:
+    min_fve: float
+    max_dead_fraction: float
+    max_l0: float | None = None
+
+
+def validate_sae_quality(quality: pd.DataFrame, rules: SaeQualityRules, name: str) -> ValidationReport:
+    """Gate SAE quality rows (`sae`, `fve`, `l0`, `dead_fraction`): an SAE that does not fit its
+    activations (a wrong layer or model) explains little variance."""
+    import great_expectations.expectations as gxe
+
+    checks = [
+        (f"variance explained >= {rules.min_fve}", "fve", {"min_value": rules.min_fve}),
+        (f"dead latents <= {rules.max_dead_fraction}", "dead_fraction", {"max_value": rules.max_dead_fraction}),
+    ]
+    if rules.max_l0 is not None:
+        checks.append((f"L0 <= {rules.max_l0}", "l0", {"max_value": rules.max_l0}))
+    expectations = []
+    for description, column, bounds in checks:
+        exp = gxe.ExpectColumnValuesToBeBetween(column=column, **bounds)
+        exp.description = description
+        expectations.append(exp)
+    result = _run_suite(quality, expectations, name, docs_dir=None)
+    failures = []
+    for res in result.results:
+        if res.success:
+            continue
+        cfg = res.expectation_config
+        lo, hi = cfg.kwargs.get("min_value"), cfg.kwargs.get("max_value")
+        values = quality[cfg.kwargs["column"]]
+        bad = quality[((values < lo) if lo is not None else False) | ((values > hi) if hi is not None else False)]
+        detail = ", ".join(f"{row.sae} has {row[cfg.kwargs['column']]:.3f}" for _, row in bad.iterrows())
+        failures.append(Failure(cfg.description, cfg.type, cfg.kwargs["column"], len(bad), detail))
+    return ValidationReport(
+        name, bool(result.success), len(quality), failures, result.describe_dict(), subject="SAEs of",
+        hint="Check that each SAE belongs to this model and layer, or train it longer (train_sae).",
     )

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from features.datasets import DATASET_SOURCE_KINDS
 from features.errors import SaefsError
 from features.models import MODEL_SOURCE_KINDS
+from features.naming import pooling_top_n
 
 PARAMS_FILE = Path("params.yaml")
 PROFILES = ("embedded", "paper")
@@ -32,6 +33,10 @@ def _check_source(value: str, kinds: tuple[str, ...]) -> str:
     if not sep or not rest or kind not in kinds:
         raise ValueError(f"{value!r} is not a source; expected '<kind>:<location>' with kind one of {list(kinds)}")
     return value
+
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]*$")]
+Width = Annotated[str, Field(pattern=r"^\d+[km]?$", description="'4k', '16k', '1m', or a plain number")]
 
 
 class ModelParams(Strict):
@@ -72,32 +77,113 @@ class DatasetParams(Strict):
 
 
 class PrepareDataParams(Strict):
-    test_size: float = Field(0.2, gt=0, lt=1)
-    seed: int = 42
-    event_timestamp: datetime = datetime.fromisoformat("2025-01-01T00:00:00+00:00")
+    test_size: float = Field(gt=0, lt=1)
+    seed: int
+    event_timestamp: datetime = Field(description="Feast event time of every row (fixed, so outputs reproduce)")
 
 
 class ValidateDataParams(Strict):
-    min_class_count: int = Field(20, ge=1)
-    split_tolerance: float = Field(0.02, ge=0, lt=1)
-    min_chars: int = Field(1, ge=1)
-    max_chars: int = Field(20_000, ge=1)
+    min_class_count: int = Field(ge=1)
+    split_tolerance: float = Field(ge=0, lt=1)
+    min_chars: int = Field(ge=1)
+    max_chars: int = Field(ge=1)
 
 
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]*$")]
+class SaeParams(Strict):
+    """The SAEs of one model: one per (layer, width)."""
+
+    layers: list[int] = Field(min_length=1, description="blocks whose resid_post is encoded (blocks.L.hook_resid_post)")
+    widths: list[Width] = Field(min_length=1)
+    source: str = Field("train", description="train, sae_lens:<release>/<id>, or path:<dir>; ids and dirs may "
+                        "use {layer} and {width}")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int]) -> list[int]:
+        if any(layer < 0 for layer in v) or len(set(v)) != len(v):
+            raise ValueError(f"layers {v} must be distinct block indices >= 0")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return v if v == "train" else _check_source(v, ("sae_lens", "path"))
+
+    def spec(self, layer: int, width: str, trained_dir: Path) -> str:
+        """The load_sae spec of one SAE: the trained folder, or the templated pretrained source."""
+        if self.source == "train":
+            return f"path:{trained_dir}"
+        return self.source.format(layer=layer, width=width)
+
+
+class TrainSaeParams(Strict):
+    architecture: Literal["topk", "jumprelu"]
+    k: int = Field(gt=0, description="TopK: active latents per token; JumpReLU: target L0")
+    training_samples: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    corpus: list[str] = Field(min_length=1, description="sources of generic text to train SAEs on (labels ignored)")
+    corpus_texts: int = Field(gt=0, description="texts drawn evenly from the corpus sources")
+    seed: int
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus(cls, v: list[str]) -> list[str]:
+        return [_check_source(source, DATASET_SOURCE_KINDS) for source in v]
+
+
+class ExtractParams(Strict):
+    max_tokens: int = Field(ge=2, description="tokens per text, BOS included; longer texts are cut and counted")
+    batch_size: int = Field(gt=0)
+    poolings: list[str] = Field(min_length=1)
+    include_bos: bool
+    paper_compat: bool = Field(description="the paper code's choices: hidden_states[L] and BOS pooled")
+    shard_rows: int = Field(gt=0)
+    device: Literal["auto", "cpu", "cuda"]
+
+    @field_validator("poolings")
+    @classmethod
+    def _poolings(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            pooling_top_n(spec)
+        return v
+
+
+class CheckSaeParams(Strict):
+    """Thresholds of the SAE quality gate (a wrong layer or model shows up as low variance explained)."""
+
+    min_fve: float = Field(le=1)
+    max_dead_fraction: float = Field(ge=0, le=1)
+    max_l0: float | None = Field(None, gt=0)
 
 
 class Params(Strict):
     profile: Literal["embedded", "paper"]
     models: dict[Name, ModelParams] = Field(min_length=1)
     datasets: dict[Name, DatasetParams] = Field(min_length=1)
-    prepare_data: PrepareDataParams = PrepareDataParams()
-    validate_data: ValidateDataParams = ValidateDataParams()
+    prepare_data: PrepareDataParams
+    validate_data: ValidateDataParams
+    sae: dict[Name, SaeParams] = Field(description="model name -> its SAEs")
+    train_sae: TrainSaeParams
+    extract: ExtractParams
+    check_sae: CheckSaeParams
+
+    @model_validator(mode="after")
+    def _sae_models_exist(self) -> Params:
+        unknown = sorted(set(self.sae) - set(self.models))
+        if unknown:
+            raise ValueError(f"sae has entries for models {unknown} that are not in models: {sorted(self.models)}")
+        return self
 
     def model(self, name: str) -> ModelParams:
         if name not in self.models:
             raise ParamsError(f"model {name!r} is not configured; params.yaml models: {sorted(self.models)}")
         return self.models[name]
+
+    def sae_of(self, name: str) -> SaeParams:
+        if name not in self.sae:
+            raise ParamsError(f"model {name!r} has no SAEs configured; params.yaml sae: {sorted(self.sae)}")
+        return self.sae[name]
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:

@@ -26,3 +26,23 @@ def validation_dir(dataset: str) -> Path:
 
 def validation_metrics(dataset: str) -> Path:
     return Path("metrics") / "validate_data" / f"{dataset}.json"
+
+
+def sae_dir(model: str) -> Path:
+    return DATA / "saes" / model
+
+
+def train_sae_metrics(model: str) -> Path:
+    return Path("metrics") / "train_sae" / f"{model}.json"
+
+
+def features_dir(model: str, dataset: str) -> Path:
+    return DATA / "features" / model / dataset
+
+
+def extract_metrics(model: str, dataset: str) -> Path:
+    return Path("metrics") / "extract" / model / f"{dataset}.json"
+
+
+def sae_check_dir(model: str, dataset: str) -> Path:
+    return DATA / "sae_checks" / model / dataset

@@ -76,3 +76,9 @@ def test_hf_source_offline_hub_miss_explains_the_way_out() -> None:
         load_source("hf:nobody/nothing")
 
 
+
+
+def test_an_unlabelled_corpus_needs_no_label_column(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl"
+    pd.DataFrame({"text": ["a", "b"]}).to_json(path, orient="records", lines=True)
+    assert load_source(f"file:{path}", with_labels=False).columns.tolist() == ["text"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.prepare import PrepareConfig, PrepareError, prepare, text_id
+from features.prepare import PrepareConfig, PrepareError, prepare, sample_corpus, text_id
 from features.schema import PREPARED_COLUMNS
 
 
@@ -92,3 +92,13 @@ def test_a_class_too_small_to_split_is_refused() -> None:
     raw = pd.DataFrame({"text": ["a", "b", "c", "d"], "raw_label": [0, 0, 0, 1]})
     with pytest.raises(PrepareError, match="a class with 1 rows cannot be split"):
         prepare(raw, cfg(test_size=0.5))
+
+
+def test_corpus_sampling_is_even_stable_and_skips_blanks() -> None:
+    frames = {"a": pd.DataFrame({"text": [f"a{i}" for i in range(50)] + ["  ", None, "a0"]}),
+              "b": pd.DataFrame({"text": [f"b{i}" for i in range(50)]})}
+    texts = sample_corpus(frames, 20, seed=0)
+    assert len(texts) == len(set(texts)) == 20
+    assert sum(t.startswith("a") for t in texts) == 10 and all(t.strip() for t in texts)
+    assert sample_corpus({k: f.iloc[::-1] for k, f in frames.items()}, 20, seed=0) == texts
+    assert sample_corpus(frames, 20, seed=1) != texts

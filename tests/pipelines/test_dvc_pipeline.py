@@ -1,7 +1,8 @@
-"""The DVC pipeline end to end on a scratch repo: tiny local model, two small file datasets."""
+"""The DVC pipeline end to end on a scratch repo: a tiny local model, two small file datasets."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,9 +14,15 @@ import pandas as pd
 import pytest
 import yaml
 
+from features.naming import codes_name, hidden_name
+from features.shards import read_csr, read_dense
 from pipelines import paths
-from tests.features.test_models import save_tiny_model
+from tests.features.tiny import make_model, make_texts, make_tokenizer
 from tests.helpers import REPO, embedded_params, write_params
+
+STAGES = {"prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
+          "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
+          "check_sae@tiny-alpha", "check_sae@tiny-beta"}
 
 
 def dvc(repo: Path, *args: str) -> str:
@@ -29,29 +36,53 @@ def ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def tiny_params() -> dict:
+    datasets = {name: {"source": f"file:{name}.csv", "labels": [0, 1], "max_rows": 100} for name in ("alpha", "beta")}
+    return embedded_params(
+        models={"tiny": {"source": "path:tiny"}},
+        datasets=datasets,
+        sae={"tiny": {"layers": [1, 2], "widths": ["64"], "source": "train"}},
+        train_sae={"corpus": ["file:corpus.csv"], "corpus_texts": 200, "architecture": "topk", "k": 4,
+                   "training_samples": 4096, "batch_size": 256, "lr": 0.001, "seed": 0},
+        extract={"max_tokens": 12, "batch_size": 8, "poolings": ["sum", "top2"], "include_bos": False,
+                 "paper_compat": False, "shard_rows": 40, "device": "cpu"},
+        check_sae={"min_fve": -10.0, "max_dead_fraction": 1.0},
+    )
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     for item in ("dvc.yaml", "features", "pipelines"):
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, repo / item)
-    save_tiny_model(repo / "tiny")
-    datasets = {}
-    for name in ("alpha", "beta"):
-        frame = pd.DataFrame({"text": [f"{name} text {i}" for i in range(120)], "label": [i % 2 for i in range(120)]})
-        frame.to_csv(repo / f"{name}.csv", index=False)
-        datasets[name] = {"source": f"file:{name}.csv", "labels": [0, 1], "max_rows": 100}
-    write_params(repo, embedded_params(models={"tiny": {"source": "path:tiny"}}, datasets=datasets))
+    make_model("gemma3").save_pretrained(repo / "tiny")
+    make_tokenizer().save_pretrained(repo / "tiny")
+    for seed, name in enumerate(("alpha", "beta")):
+        texts = make_texts([3 + i % 14 for i in range(120)], seed=seed)
+        pd.DataFrame({"text": texts, "label": [i % 2 for i in range(120)]}).to_csv(repo / f"{name}.csv", index=False)
+    corpus = make_texts([4 + i % 9 for i in range(300)], seed=7)
+    pd.DataFrame({"text": corpus, "label": 0}).to_csv(repo / "corpus.csv", index=False)
+    write_params(repo, tiny_params())
     dvc(repo, "init", "--no-scm", "-q")
     return repo
 
 
 def test_repro_runs_every_stage_then_nothing(scratch: Path) -> None:
-    first = ran(dvc(scratch, "repro"))
-    assert first == {"prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta",
-                     "validate_data@alpha", "validate_data@beta"}
-    assert (scratch / paths.model_dir("tiny") / "saefs_model.json").is_file()
-    assert len(pd.read_parquet(scratch / paths.prepared("alpha"))) == 100
+    assert ran(dvc(scratch, "repro")) == STAGES
     assert ran(dvc(scratch, "repro")) == set()
+
+
+def test_outputs_line_up_with_the_prepared_rows(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    prepared = pd.read_parquet(scratch / paths.prepared("alpha"))
+    features = scratch / paths.features_dir("tiny", "alpha")
+    codes, row_ids = read_csr(features, codes_name(2, "64", "top2"))
+    hidden, _ = read_dense(features, hidden_name(1, "last"))
+    assert row_ids.tolist() == prepared["text_id"].tolist()
+    assert codes.shape == (100, 64) and hidden.shape == (100, 32)
+    metrics = json.loads((scratch / paths.extract_metrics("tiny", "alpha")).read_text())
+    assert set(metrics["sae_quality"]) == {"l1__sae64", "l2__sae64"} and metrics["texts"] == 100
+    assert metrics["truncated"] == int((prepared["text"].str.split().str.len() > 11).sum())
 
 
 def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) -> None:
@@ -59,10 +90,10 @@ def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) ->
     params = yaml.safe_load((scratch / "params.yaml").read_text())
     params["datasets"]["beta"]["max_rows"] = 110
     write_params(scratch, params)
-    assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta"}
+    assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta", "extract@tiny-beta",
+                                          "check_sae@tiny-beta"}
     assert len(pd.read_parquet(scratch / paths.prepared("beta"))) == 110
 
 
 def test_dag_lists_the_stages(scratch: Path) -> None:
-    assert {"prepare_data@alpha", "validate_data@beta", "prepare_model@tiny"} <= set(
-        dvc(scratch, "stage", "list", "--name-only").split())
+    assert STAGES <= set(dvc(scratch, "stage", "list", "--name-only").split())

@@ -1,0 +1,134 @@
+"""Benchmark `extract` against the paper code's naive loop, on the same texts, in one run.
+
+    python benchmarks/extract.py --model gemma3_270m --dataset hate_hate --texts 256
+
+Needs `dvc repro prepare_model prepare_data train_sae` first (the model, the texts and, when
+present, the trained SAEs; a width without a trained SAE gets a quick one trained here).
+Prints tokens per second of both paths and their ratio, the fraction of this machine's fp32
+matmul rate that the forward reaches, bytes stored per text (sparse shards against dense
+float32) per SAE width, and checks that both paths give the same pooled features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import pipelines  # noqa: F401  (offline environment)
+from features.extract import collect_activations, extract
+from features.lm import decoder_layers, load_prepared
+from features.naming import codes_name, parse_width, sae_name
+from features.sae import load_sae
+from features.sae_training import SAETrainingConfig, train_sae
+from features.shards import ShardWriter
+from pipelines import paths
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def naive(model, tokenizer, texts, layers, saes, max_tokens, batch_size):
+    """As the paper's code: dataset order, full model with LM head and every hidden state, dense codes."""
+    pooled = {key: [] for key in saes}
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_tokens,
+                          return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**batch, output_hidden_states=True).hidden_states
+        real = batch["attention_mask"].bool()
+        real[:, 0] &= batch["input_ids"][:, 0] != tokenizer.bos_token_id  # same tokens as saefs pools
+        for (layer, width), sae in saes.items():
+            with torch.inference_mode():
+                codes = sae.encode(hidden[layer + 1])  # dense [B, T, width]
+            pooled[layer, width].append((codes * real[..., None]).sum(dim=1).numpy())
+    return {key: np.concatenate(parts) for key, parts in pooled.items()}
+
+
+def dense_bytes(matrix: np.ndarray) -> int:
+    buffer = io.BytesIO()
+    np.save(buffer, matrix.astype(np.float32))
+    return buffer.tell()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma3_270m")
+    parser.add_argument("--dataset", default="hate_hate")
+    parser.add_argument("--texts", type=int, default=256)
+    parser.add_argument("--layers", type=int, nargs="+", default=[5, 9])
+    parser.add_argument("--widths", nargs="+", default=["4k", "16k"])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    texts = pd.read_parquet(paths.prepared(args.dataset))["text"].tolist()[: args.texts]
+    model, tokenizer = load_prepared(paths.model_dir(args.model))
+
+    saes = {}
+    for layer in args.layers:
+        for width in args.widths:
+            folder = paths.sae_dir(args.model) / sae_name(layer, width)
+            if folder.is_dir():
+                saes[layer, width] = load_sae(f"path:{folder}")
+            else:  # a quick SAE, so that stored sparsity is that of a trained one (random ones are no proxy)
+                acts = collect_activations(model, tokenizer, texts, [layer], max_tokens=args.max_tokens,
+                                           batch_size=args.batch_size, progress=False)[layer]
+                saes[layer, width] = train_sae(acts, SAETrainingConfig(width=parse_width(width), k=64,
+                                                                       training_samples=40_000, batch_size=512))
+                print(f"trained a quick {width} TopK SAE at layer {layer} (no trained one in {folder})")
+
+    by_layer: dict[int, dict[str, object]] = {}
+    for (layer, width), sae in saes.items():
+        by_layer.setdefault(layer, {})[width] = sae
+    gflops_limit = matmul_gflops()
+
+    start = time.perf_counter()
+    fast = extract(model, tokenizer, texts, args.layers, by_layer, ["sum"], max_tokens=args.max_tokens,
+                   batch_size=args.batch_size, progress=False)
+    fast_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    slow = naive(model, tokenizer, texts, args.layers, saes, args.max_tokens, args.batch_size)
+    slow_seconds = time.perf_counter() - start
+
+    tokens = int(fast.n_tokens.sum()) + len(texts)  # BOS runs through the model too
+    deepest = max(args.layers) + 1
+    block_params = sum(p.numel() for block in list(decoder_layers(model))[:deepest] for p in block.parameters())
+    achieved = 2 * block_params * tokens / fast_seconds / 1e9
+    print(f"\n{len(texts)} texts of {args.dataset}, {tokens} tokens, {args.model}, layers {args.layers}")
+    print(f"fp32 matmul limit       {gflops_limit:8.1f} GFLOP/s")
+    print(f"naive loop              {tokens / slow_seconds:8.1f} tok/s")
+    print(f"saefs extract           {tokens / fast_seconds:8.1f} tok/s   ({slow_seconds / fast_seconds:.1f}x naive)")
+    print(f"forward compute         {achieved:8.1f} GFLOP/s  ({achieved / gflops_limit:.0%} of the matmul limit)")
+
+    for (layer, width), dense in slow.items():
+        np.testing.assert_allclose(fast.codes[layer, width, "sum"].toarray(), dense, rtol=1e-3, atol=1e-3)
+    print("pooled features of both paths agree (rtol 1e-3)")
+
+    with tempfile.TemporaryDirectory() as folder:
+        for (layer, width), dense in slow.items():
+            out = Path(folder) / f"{layer}-{width}"
+            with ShardWriter(out, shard_rows=len(texts)) as writer:
+                writer.append([str(i) for i in range(len(texts))], sparse={
+                    codes_name(layer, width, "sum"): fast.codes[layer, width, "sum"]})
+            sparse_bytes = sum(f.stat().st_size for f in out.glob("shard-*.npz"))
+            active = fast.codes[layer, width, "sum"].getnnz(axis=1).mean()
+            print(f"l{layer} {width:>4}: {active:6.0f} active latents per text; bytes per text "
+                  f"{sparse_bytes / len(texts):8.0f} sparse vs {dense_bytes(dense) / len(texts):8.0f} dense "
+                  f"({dense_bytes(dense) / sparse_bytes:.1f}x smaller)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Texts -> per-text pooled SAE codes and hidden states, one truncated LM forward per batch.
+
+Texts are tokenized once, sorted by length and batched, so padding stays within similar
+lengths (padding alone halves CPU throughput); results come back in the input order.
+
+Empty texts (nothing but a BOS after tokenization) are an input error: `extract` raises a
+SaefsError (a ValueError) naming their rows before any forward pass, since a pooled vector
+of no tokens is not a feature of the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sae_lens import SAE
+from scipy.sparse import csr_matrix, vstack
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from features.errors import SaefsError
+from features.layers import hook_name
+from features.lm import capture_residuals, check_layers, decoder_layers, model_width
+from features.pooling import counted_token_mask, parse_pooling, pool_codes, pool_hidden
+from features.sae import QualityMeter, SaeQuality, check_sae_fits, encode
+
+HIDDEN_POOLINGS = ("last", "mean")
+HiddenKey = tuple[int, str]  # (layer, pooling spec)
+SaeKey = tuple[int, str]  # (layer, SAE name)
+CodesKey = tuple[int, str, str]  # (layer, SAE name, pooling spec)
+SaesByLayer = Mapping[int, Mapping[str, SAE[Any]]]  # layer -> SAE name -> SAE (several widths per layer)
+DEFAULT_MAX_CODE_ELEMENTS = 2**26  # tokens x SAE width held at once: 256 MB of fp32 codes
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """Per-text features; row i belongs to the i-th input text."""
+
+    codes: dict[CodesKey, csr_matrix]  # (layer, SAE, pooling) -> [n_texts, d_sae] float32
+    hidden: dict[HiddenKey, np.ndarray]  # (layer, "last" | "mean") -> [n_texts, d_model] float32
+    quality: dict[SaeKey, SaeQuality]  # (layer, SAE) -> reconstruction and sparsity on these texts' tokens
+    n_tokens: np.ndarray  # int64: tokens pooled per text (after truncation; no padding, no BOS unless included)
+    truncated: np.ndarray  # bool: the text was cut at max_tokens
+    unknown: np.ndarray  # int64: tokens the tokenizer mapped to its unknown token (lost characters)
+
+    @property
+    def n_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+
+@dataclass(frozen=True)
+class _Tokenized:
+    ids: list[list[int]]  # per text, cut to max_tokens
+    truncated: np.ndarray
+    unknown: np.ndarray
+
+
+def extract(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    saes: SaesByLayer,
+    poolings: Sequence[str],
+    *,
+    max_tokens: int,
+    batch_size: int,
+    include_bos: bool = False,
+    paper_compat: bool = False,
+    max_code_elements: int = DEFAULT_MAX_CODE_ELEMENTS,
+    meters: Mapping[SaeKey, QualityMeter] | None = None,
+    progress: bool = True,
+) -> Extracted:
+    """Pooled SAE codes (layers with an SAE, every pooling) and pooled hidden states (every layer).
+
+    `layers` are block indices (resid_post; the block input with `paper_compat`); `saes` maps a
+    subset of them to named SAEs. The model runs on its own device and dtype, each SAE on its own.
+    SAE quality (variance explained, L0, dead latents) is measured on the same tokens; pass
+    `meters` (see `quality_meters`) to accumulate it over several calls, e.g. one per shard.
+    """
+    _check_request(model, layers, saes, poolings)
+    tokenized = _tokenize(tokenizer, texts, max_tokens)
+    meters = quality_meters(saes) if meters is None else meters
+    parts, order = [], []
+    for rows, residuals, mask in _forward_batches(
+        model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, "extract", progress
+    ):
+        with torch.inference_mode():
+            parts.append(_pool_batch(residuals, mask, saes, poolings, max_code_elements, meters))
+        order.append(rows)
+    original_order = np.argsort(np.concatenate(order))  # where each input row sits among the sorted ones
+    quality = {key: meter.result() for key, meter in meters.items()}
+    return _assemble(parts, original_order, tokenized, quality)
+
+
+def quality_meters(saes: SaesByLayer) -> dict[SaeKey, QualityMeter]:
+    return {(layer, name): QualityMeter(sae.cfg.d_in, sae.cfg.d_sae) for layer, named in saes.items()
+            for name, sae in named.items()}
+
+
+def collect_activations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    max_tokens: int,
+    batch_size: int,
+    include_bos: bool = False,
+    paper_compat: bool = False,
+    progress: bool = True,
+) -> dict[int, Tensor]:
+    """Token activations [N, d_model] per layer (counted tokens only, float32 on the CPU), e.g. to train SAEs."""
+    check_layers(layers, len(decoder_layers(model)))
+    tokenized = _tokenize(tokenizer, texts, max_tokens)
+    collected: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for _, residuals, mask in _forward_batches(
+        model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, "collect activations", progress
+    ):
+        for layer, residual in residuals.items():
+            collected[layer].append(residual[mask].float().cpu())
+    return {layer: torch.cat(parts) for layer, parts in collected.items()}
+
+
+def _forward_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenized: _Tokenized,
+    layers: Sequence[int],
+    batch_size: int,
+    include_bos: bool,
+    paper_compat: bool,
+    desc: str,
+    progress: bool,
+) -> Iterator[tuple[np.ndarray, dict[int, Tensor], Tensor]]:
+    """Per length-sorted batch: its input rows, the captured residuals and the counted-token mask."""
+    batches = _length_sorted_batches([len(ids) for ids in tokenized.ids], batch_size)
+    for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        input_ids, attention_mask = _pad([tokenized.ids[i] for i in rows], model.device)
+        mask = counted_token_mask(input_ids, attention_mask, tokenizer.bos_token_id, include_bos)
+        with torch.inference_mode():
+            residuals = capture_residuals(model, input_ids, attention_mask, layers, paper_compat=paper_compat)
+        yield rows, residuals, mask
+
+
+@dataclass(frozen=True)
+class _BatchFeatures:
+    codes: dict[CodesKey, csr_matrix]
+    hidden: dict[HiddenKey, np.ndarray]
+    n_tokens: np.ndarray
+
+
+def _check_request(
+    model: PreTrainedModel, layers: Sequence[int], saes: SaesByLayer, poolings: Sequence[str]
+) -> None:
+    """Every argument error surfaces before tokenization and the first forward pass."""
+    check_layers(layers, len(decoder_layers(model)))
+    stray = sorted(set(saes) - set(layers))
+    if stray:
+        raise SaefsError(f"SAEs given for layers {stray} that are not in layers {sorted(layers)}: add them to layers")
+    for layer, named in saes.items():
+        for sae in named.values():
+            check_sae_fits(sae, model_width(model), hook_name(layer))
+    for spec in poolings:
+        parse_pooling(spec)
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int) -> _Tokenized:
+    """Token ids cut to their first `max_tokens` (BOS included), as right truncation does for causal LMs."""
+    if max_tokens < 2:
+        raise SaefsError(f"max_tokens must be >= 2 (a BOS and one token), got {max_tokens}")
+    if not texts:
+        raise SaefsError("no texts to extract: pass at least one")
+    full = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    bos_id = tokenizer.bos_token_id
+    if bos_id is not None:
+        # Every text starts with BOS, prepended where the tokenizer does not add it (as TransformerLens
+        # does): the first position becomes an attention sink with massive activations (SmolLM2's
+        # reach 150x the median norm), and pooling must exclude it as it excludes BOS.
+        full = [ids if ids[:1] == [bos_id] else [bos_id, *ids] for ids in full]
+    empty = [row for row, ids in enumerate(full) if not ids or ids == [bos_id]]
+    if empty:
+        raise SaefsError(
+            f"{len(empty)} text(s) have no tokens besides BOS, at rows {empty[:10]}: "
+            "drop or fill empty texts before extraction"
+        )
+    cut = [ids[:max_tokens] for ids in full]
+    unk_id = tokenizer.unk_token_id
+    return _Tokenized(
+        ids=cut,
+        truncated=np.array([len(ids) > max_tokens for ids in full], dtype=bool),
+        unknown=np.array([ids.count(unk_id) if unk_id is not None else 0 for ids in cut], dtype=np.int64),
+    )
+
+
+def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices per batch, longest texts first so that an out-of-memory batch fails at once."""
+    if batch_size < 1:
+        raise SaefsError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _pad(ids: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Right-padded input ids and attention mask. The pad id is irrelevant: padded positions are
+    masked out of attention, and causal attention keeps them from touching real tokens."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _pool_batch(
+    residuals: Mapping[int, Tensor],
+    mask: Tensor,
+    saes: SaesByLayer,
+    poolings: Sequence[str],
+    max_code_elements: int,
+    meters: Mapping[SaeKey, QualityMeter],
+) -> _BatchFeatures:
+    rows, positions = mask.nonzero(as_tuple=True)
+    n_texts = mask.shape[0]
+    n_tokens = torch.bincount(rows, minlength=n_texts).cpu().numpy()
+    codes: dict[CodesKey, csr_matrix] = {}
+    hidden: dict[HiddenKey, np.ndarray] = {}
+    for layer, residual in residuals.items():
+        acts = residual[rows, positions]  # counted tokens only: padding never reaches the SAE
+        for spec in HIDDEN_POOLINGS:
+            hidden[layer, spec] = pool_hidden(acts, rows, n_texts, spec)
+        for name, sae in saes.get(layer, {}).items():
+            pooled = _encode_and_pool(sae, acts, rows, n_tokens, poolings, max_code_elements, meters[layer, name])
+            codes.update({(layer, name, spec): matrix for spec, matrix in pooled.items()})
+    return _BatchFeatures(codes, hidden, n_tokens)
+
+
+def _encode_and_pool(
+    sae: SAE[Any],
+    acts: Tensor,
+    rows: Tensor,
+    n_tokens: np.ndarray,
+    poolings: Sequence[str],
+    max_code_elements: int,
+    meter: QualityMeter,
+) -> dict[str, csr_matrix]:
+    """Encode groups of whole texts so that at most `max_code_elements` codes exist at once (1M-wide SAEs)."""
+    rows = rows.to(sae.device)
+    token_offsets = np.concatenate([[0], np.cumsum(n_tokens)])
+    max_group_tokens = max(1, max_code_elements // sae.cfg.d_sae)
+    pooled: dict[str, list[csr_matrix]] = {spec: [] for spec in poolings}
+    for first, stop in _text_groups(token_offsets, max_group_tokens):
+        lo, hi = int(token_offsets[first]), int(token_offsets[stop])
+        group_codes = encode(sae, acts[lo:hi])
+        meter.update(sae, acts[lo:hi], group_codes)
+        for spec in poolings:
+            pooled[spec].append(pool_codes(group_codes, rows[lo:hi] - first, stop - first, spec))
+    return {spec: vstack(parts, format="csr") for spec, parts in pooled.items()}
+
+
+def _text_groups(token_offsets: np.ndarray, max_group_tokens: int) -> Iterator[tuple[int, int]]:
+    """Consecutive text ranges [first, stop) of at most `max_group_tokens` tokens (one text at least)."""
+    n_texts = len(token_offsets) - 1
+    first = 0
+    while first < n_texts:
+        limit = token_offsets[first] + max_group_tokens
+        stop = max(first + 1, int(np.searchsorted(token_offsets, limit, side="right")) - 1)
+        yield first, stop
+        first = stop
+
+
+def _assemble(
+    parts: Sequence[_BatchFeatures],
+    original_order: np.ndarray,
+    tokenized: _Tokenized,
+    quality: dict[SaeKey, SaeQuality],
+) -> Extracted:
+    """Stack length-sorted batches and put the rows back in input order."""
+    return Extracted(
+        codes={key: vstack([p.codes[key] for p in parts], format="csr")[original_order] for key in parts[0].codes},
+        hidden={key: np.concatenate([p.hidden[key] for p in parts])[original_order] for key in parts[0].hidden},
+        n_tokens=np.concatenate([p.n_tokens for p in parts])[original_order],
+        truncated=tokenized.truncated,
+        unknown=tokenized.unknown,
+        quality=quality,
+    )

@@ -1,0 +1,158 @@
+"""Causal LM loading and residual-stream capture that stops after the deepest needed block."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from features.errors import SaefsError
+from features.models import model_location
+
+# HF `config.model_type` -> attribute path of the decoder blocks. A new architecture is a new row.
+DECODER_LAYER_PATHS: dict[str, str] = {
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "gemma3_text": "model.layers",
+    "llama": "model.layers",
+    "gpt2": "transformer.h",
+}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' means the GPU when there is one."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_prepared(prepared_dir: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer of a prepare_model output folder (weights inside it, in the HF cache, or on a path)."""
+    location, revision = model_location(Path(prepared_dir))
+    return load_causal_lm(location, device, revision=revision), load_tokenizer(location, revision)
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 on CUDA (the paper's models were run in half precision), fp32 on CPU (bf16 matmuls are slow there)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_causal_lm(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+) -> PreTrainedModel:
+    """Load an HF causal LM (a folder or a cached hub id) from safetensors only, in eval mode on `device`."""
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), revision=revision, dtype=dtype or default_dtype(device), device_map=device, use_safetensors=True
+    )
+    return model.eval()
+
+
+def load_tokenizer(path: str | Path, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """Load the tokenizer beside a model; batches are right-padded, with EOS as pad when none is defined."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path), revision=revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a supported HF causal LM, in order."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    path = DECODER_LAYER_PATHS.get(str(model_type))
+    if path is None:
+        raise SaefsError(
+            f"unsupported architecture {model_type!r} ({type(model).__name__}): supported model types are "
+            f"{sorted(DECODER_LAYER_PATHS)}; add its decoder-block path to DECODER_LAYER_PATHS"
+        )
+    module: Any = model
+    for attribute in path.split("."):
+        module = getattr(module, attribute)
+    return module
+
+
+def model_width(model: PreTrainedModel) -> int:
+    """Width of the residual stream (d_model)."""
+    return int(model.config.get_text_config().hidden_size)
+
+
+def check_layers(layers: Iterable[int], n_blocks: int) -> list[int]:
+    """Sorted unique layers, each a valid block index; a clear error otherwise."""
+    checked = sorted(set(layers))
+    if not checked:
+        raise SaefsError("no layers requested: pass at least one block index")
+    for layer in checked:
+        if layer < 0 or layer >= n_blocks:
+            raise SaefsError(f"layer {layer} is beyond the model's depth ({n_blocks} blocks: 0..{n_blocks - 1})")
+    return checked
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the deepest requested block: nothing after it is needed."""
+
+
+def capture_residuals(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    layers: Iterable[int],
+    *,
+    paper_compat: bool = False,
+) -> dict[int, Tensor]:
+    """Residual stream [B, T, d] at each requested layer from one truncated forward pass.
+
+    Default: the output of block L (`blocks.L.hook_resid_post` = HF `hidden_states[L+1]` for
+    every block but the last, whose HF hidden state is taken after the final norm).
+    `paper_compat=True`: the input of block L (= HF `hidden_states[L]`, embedding scaling
+    included for L=0), as the paper's code read it. Blocks after the deepest layer and the LM
+    head never run.
+    """
+    blocks = decoder_layers(model)
+    wanted = check_layers(layers, len(blocks))
+    captured: dict[int, Tensor] = {}
+    handles = [
+        _register_capture(blocks[layer], layer, captured, stop=layer == wanted[-1], before_block=paper_compat)
+        for layer in wanted
+    ]
+    try:
+        with torch.inference_mode():
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [layer for layer in wanted if layer not in captured]
+    if missing:
+        raise RuntimeError(f"the forward pass never reached blocks {missing} of {type(model).__name__}")
+    return captured
+
+
+def _register_capture(
+    block: nn.Module, layer: int, captured: dict[int, Tensor], *, stop: bool, before_block: bool
+) -> RemovableHandle:
+    """Hook `block` to store its input (before_block) or output hidden state under `layer`."""
+
+    def keep(hidden: Tensor) -> None:
+        captured[layer] = hidden
+        if stop:
+            raise _StopForward
+
+    def on_input(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        keep(args[0] if args else kwargs["hidden_states"])
+
+    def on_output(_module: nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any], output: Any) -> None:
+        # Some architectures return (hidden_states, ...) tuples, transformers 5 mostly a bare tensor.
+        keep(output[0] if isinstance(output, tuple) else output)
+
+    if before_block:
+        return block.register_forward_pre_hook(on_input, with_kwargs=True)
+    return block.register_forward_hook(on_output, with_kwargs=True)

@@ -1,0 +1,160 @@
+"""SAE sources (a registry keyed by the spec's kind), the width check, and quality figures.
+
+Specs:
+  `sae_lens:<release>/<sae_id>`  a pretrained SAE from the sae-lens catalogue (needs the HF hub),
+                                 e.g. `sae_lens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical`
+  `path:<dir>`                   a local folder in sae-lens format (cfg.json + sae_weights.safetensors)
+                                 or in Gemma Scope format (params.npz)
+  `train`                        trained by the train_sae stage, which saves a folder: load it as `path:`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
+from torch import Tensor
+
+from features.errors import SaefsError
+
+SaeLoader = Callable[[str, str], SAE[Any]]  # (spec argument, device) -> SAE
+GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    kind: str
+    argument: str
+
+    @classmethod
+    def parse(cls, spec: str) -> SaeSpec:
+        kind, _, argument = spec.partition(":")
+        if kind not in _LOADERS:
+            raise SaefsError(f"unknown SAE source {spec!r}: expected one of {sorted(_LOADERS)}, e.g. 'path:<dir>'")
+        return cls(kind, argument)
+
+
+@dataclass(frozen=True)
+class SaeQuality:
+    fve: float  # fraction of variance explained by the reconstruction
+    l0: float  # mean number of active latents per token
+    dead_fraction: float  # fraction of latents never active on these tokens
+
+
+def load_sae(spec: str, device: str = "cpu") -> SAE[Any]:
+    """Resolve an SAE spec (see the module docstring) to an SAE in eval mode on `device`."""
+    parsed = SaeSpec.parse(spec)
+    return _LOADERS[parsed.kind](parsed.argument, device).eval()
+
+
+def check_sae_fits(sae: SAE[Any], d_model: int, where: str) -> None:
+    """Fail early when an SAE cannot read the residual stream it is applied to."""
+    if sae.cfg.d_in != d_model:
+        raise SaefsError(
+            f"SAE d_in {sae.cfg.d_in} does not match model width {d_model} at {where}: wrong model or layer?"
+        )
+
+
+def encode(sae: SAE[Any], acts: Tensor) -> Tensor:
+    """SAE codes [N, d_sae] of activations [N, d_in], computed on the SAE's device and dtype."""
+    with torch.inference_mode():
+        return sae.encode(acts.to(device=sae.device, dtype=sae.dtype))
+
+
+class QualityMeter:
+    """Streams reconstruction and sparsity sums over chunks of tokens (float64, on the CPU)."""
+
+    def __init__(self, d_in: int, d_sae: int) -> None:
+        self.n_tokens = 0
+        self.squared_error = torch.zeros((), dtype=torch.float64)
+        self.sum_x = torch.zeros(d_in, dtype=torch.float64)
+        self.sum_x2 = torch.zeros(d_in, dtype=torch.float64)
+        self.n_active = torch.zeros((), dtype=torch.float64)
+        self.ever_active = torch.zeros(d_sae, dtype=torch.bool)
+
+    def update(self, sae: SAE[Any], acts: Tensor, codes: Tensor) -> None:
+        """Add token activations [N, d_in] and their codes [N, d_sae]."""
+        with torch.inference_mode():
+            reconstruction = sae.decode(codes).double().cpu()
+        target = acts.double().cpu()
+        self.n_tokens += len(acts)
+        self.squared_error += (target - reconstruction).square().sum()
+        self.sum_x += target.sum(dim=0)
+        self.sum_x2 += target.square().sum(dim=0)
+        active = (codes > 0).cpu()
+        self.n_active += active.sum()
+        self.ever_active |= active.any(dim=0)
+
+    def result(self) -> SaeQuality:
+        if self.n_tokens == 0:
+            raise SaefsError("no tokens were measured: SAE quality needs at least one token")
+        total_variance = (self.sum_x2 - self.sum_x.square() / self.n_tokens).sum()
+        return SaeQuality(
+            fve=float(1.0 - self.squared_error / total_variance),
+            l0=float(self.n_active / self.n_tokens),
+            dead_fraction=float(1.0 - self.ever_active.double().mean()),
+        )
+
+
+def sae_quality(sae: SAE[Any], acts: Tensor, chunk_tokens: int = 4096) -> SaeQuality:
+    """Reconstruction and sparsity of `sae` on token activations [N, d_in] (already masked)."""
+    if acts.ndim != 2 or len(acts) == 0:
+        raise SaefsError(f"acts must be a non-empty [N, d_in] matrix of token activations, got {tuple(acts.shape)}")
+    meter = QualityMeter(acts.shape[1], sae.cfg.d_sae)
+    for chunk in acts.split(chunk_tokens):
+        meter.update(sae, chunk, encode(sae, chunk))
+    return meter.result()
+
+
+def _load_sae_lens_release(argument: str, device: str) -> SAE[Any]:
+    release, _, sae_id = argument.partition("/")
+    if not release or not sae_id:
+        raise SaefsError(
+            f"bad sae_lens spec 'sae_lens:{argument}': expected 'sae_lens:<release>/<sae_id>', "
+            "e.g. 'sae_lens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical'"
+        )
+    return SAE.from_pretrained(release, sae_id, device=device)
+
+
+def _load_folder(argument: str, device: str) -> SAE[Any]:
+    folder = Path(argument)
+    if (folder / "cfg.json").is_file():
+        return SAE.load_from_disk(folder, device=device)
+    if (folder / "params.npz").is_file():
+        return _load_gemma_scope(folder / "params.npz", device)
+    raise SaefsError(
+        f"SAE folder {str(folder)!r} holds neither cfg.json + sae_weights.safetensors (sae-lens format) "
+        "nor params.npz (Gemma Scope format)"
+    )
+
+
+def _load_gemma_scope(params_path: Path, device: str) -> JumpReLUSAE:
+    """Gemma Scope's params.npz as a sae-lens JumpReLU SAE (Gemma Scope does not subtract b_dec on input)."""
+    with np.load(params_path) as params:
+        missing = [key for key in GEMMA_SCOPE_KEYS if key not in params.files]
+        if missing:
+            raise SaefsError(f"{params_path} lacks Gemma Scope arrays {missing}; expected {list(GEMMA_SCOPE_KEYS)}")
+        weights = {key: torch.from_numpy(params[key]).float() for key in GEMMA_SCOPE_KEYS}
+    d_in, d_sae = weights["W_enc"].shape
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False))
+    sae.load_state_dict(weights)
+    return sae.to(device)
+
+
+def _not_loadable(_argument: str, _device: str) -> SAE[Any]:
+    raise SaefsError(
+        "SAE source 'train' is produced by the train_sae stage, which saves a folder in sae-lens format; "
+        "load that folder with 'path:<dir>'"
+    )
+
+
+_LOADERS: dict[str, SaeLoader] = {
+    "sae_lens": _load_sae_lens_release,
+    "path": _load_folder,
+    "train": _not_loadable,
+}

@@ -1,0 +1,47 @@
+"""Stage check_sae: the Great Expectations gate on SAE quality measured by extract.
+
+Fails the pipeline, naming each SAE and figure, when an SAE does not fit its activations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pandas as pd
+
+from features.errors import SaefsError
+from features.io import atomic_path, write_json
+from features.validation import SaeQualityRules, validate_sae_quality
+from pipelines import paths, stage_main
+from pipelines.params import load_params
+
+log = logging.getLogger("saefs.check_sae")
+
+
+class SaeQualityFailed(SaefsError):
+    """An SAE explains too little of its activations, or has too many dead latents."""
+
+
+def run(cell: str) -> None:
+    model_name, _, dataset = cell.partition("/")
+    gate = load_params().check_sae
+    measured = json.loads(paths.extract_metrics(model_name, dataset).read_text())["sae_quality"]
+    quality = pd.DataFrame([{"sae": name, **figures} for name, figures in measured.items()])
+    rules = SaeQualityRules(gate.min_fve, gate.max_dead_fraction, gate.max_l0)
+    report = validate_sae_quality(quality, rules, cell)
+    with atomic_path(paths.sae_check_dir(model_name, dataset)) as out:
+        out.mkdir()
+        write_json(out / "results.json", report.to_dict())
+    if not report.success:
+        raise SaeQualityFailed(report.message())
+    log.info("%s", report.message())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, argv, doc=__doc__, arg="cell", help="<model>/<dataset>, keys of `sae` and `datasets`")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

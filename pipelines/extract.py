@@ -1,0 +1,98 @@
+"""Stage extract: pooled SAE codes and hidden states of one dataset's texts under one model.
+
+Writes CSR shards (features.shards) holding, per row, every `l<L>__sae<W>__<pooling>` code
+matrix and every `l<L>__hidden__<last|mean>` hidden state, plus the SAE quality on these texts
+(variance explained, L0, dead latents) as a DVC metric. A killed run restarts after its last
+finished shard (the output is `persist`ed in dvc.yaml).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from features.extract import extract, quality_meters
+from features.io import write_json
+from features.lm import load_prepared, resolve_device
+from features.naming import codes_name, hidden_name, sae_name
+from features.sae import load_sae
+from features.shards import ShardWriter
+from pipelines import paths, stage_main
+from pipelines.params import load_params
+from pipelines.train_sae import SAE_INDEX
+
+log = logging.getLogger("saefs.extract")
+
+
+def job_fingerprint(settings: dict, specs: dict[str, str], text_ids: list[str]) -> str:
+    """What the shards depend on besides the model: settings, SAEs (their weights, when local) and rows."""
+    digest = hashlib.sha256(json.dumps([settings, specs], sort_keys=True).encode())
+    for spec in sorted(specs.values()):
+        weights = Path(spec.removeprefix("path:")) / "sae_weights.safetensors"
+        if spec.startswith("path:") and weights.is_file():
+            digest.update(hashlib.sha256(weights.read_bytes()).digest())
+    digest.update("\n".join(text_ids).encode())
+    return digest.hexdigest()
+
+
+def run(cell: str) -> None:
+    model_name, _, dataset = cell.partition("/")
+    params = load_params()
+    cfg, ex = params.sae_of(model_name), params.extract
+    params.dataset(dataset)
+    device = resolve_device(ex.device)
+    df = pd.read_parquet(paths.prepared(dataset), columns=["text_id", "text"])
+    model, tokenizer = load_prepared(paths.model_dir(model_name), device)
+    specs = json.loads((paths.sae_dir(model_name) / SAE_INDEX).read_text())
+    saes = {layer: {width: load_sae(specs[sae_name(layer, width)], device) for width in cfg.widths}
+            for layer in cfg.layers}
+    meters = quality_meters(saes)
+    started, n_tokens, n_truncated, n_unknown = time.perf_counter(), 0, 0, 0
+    fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()}, specs, df["text_id"].tolist())
+    with ShardWriter(paths.features_dir(model_name, dataset), ex.shard_rows, fingerprint) as writer:
+        done = writer.resume(df["text_id"].tolist())
+        if done:
+            log.info("%s: resuming after %d rows already extracted", cell, done)
+        for start in range(done, len(df), ex.shard_rows):
+            rows = df.iloc[start : start + ex.shard_rows]
+            out = extract(model, tokenizer, rows["text"].tolist(), cfg.layers, saes, ex.poolings,
+                          max_tokens=ex.max_tokens, batch_size=ex.batch_size,
+                          include_bos=ex.include_bos or ex.paper_compat, paper_compat=ex.paper_compat,
+                          meters=meters, progress=True)
+            sparse = {codes_name(layer, width, spec): m for (layer, width, spec), m in out.codes.items()}
+            dense = {hidden_name(layer, spec): h for (layer, spec), h in out.hidden.items()}
+            writer.append(rows["text_id"].tolist(), sparse=sparse,
+                          dense=dense | {"n_tokens": out.n_tokens, "truncated": out.truncated})
+            n_tokens, n_truncated = n_tokens + int(out.n_tokens.sum()), n_truncated + out.n_truncated
+            n_unknown += int(out.unknown.sum())
+            log.info("%s: %d/%d rows", cell, start + len(rows), len(df))
+    seconds = time.perf_counter() - started
+    quality = {sae_name(layer, width): asdict(meter.result()) | {"tokens": meter.n_tokens}
+               for (layer, width), meter in meters.items() if meter.n_tokens}
+    write_json(paths.extract_metrics(model_name, dataset), {
+        "texts": len(df), "texts_extracted_now": len(df) - done, "tokens": n_tokens,
+        "truncated": n_truncated, "unknown_tokens": n_unknown,
+        "seconds": round(seconds, 1), "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1),
+        "max_tokens": ex.max_tokens, "sae_quality": quality,
+    })
+    if n_unknown:
+        log.warning("%s: %d tokens were unknown to the tokenizer (characters it cannot represent)", cell, n_unknown)
+    if n_truncated:
+        log.warning("%s: %d of %d texts were cut at max_tokens=%d",
+                    cell, n_truncated, len(df) - done, ex.max_tokens)
+    log.info("%s: %d tokens in %.0f s (%.0f tok/s)", cell, n_tokens, seconds, n_tokens / max(seconds, 1e-9))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, argv, doc=__doc__, arg="cell", help="<model>/<dataset>, keys of `sae` and `datasets`")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Stage train_sae: the SAEs of one model, one per (layer, width).
+
+With `source: train`, residual activations of a generic text corpus (`train_sae.corpus`) are
+collected in one truncated forward pass per batch, and an SAE is trained with sae-lens for each
+(layer, width). The corpus is kept apart from the classification datasets, as Gemma Scope's
+training data is: no evaluation text reaches an SAE, and editing a dataset never retrains one.
+A pretrained source (`sae_lens:`, `path:`) is loaded and checked against the model instead, so
+that an SAE of another model fails here, before any extraction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from features.datasets import load_source
+from features.extract import collect_activations
+from features.io import atomic_path, write_json
+from features.layers import hook_name
+from features.lm import load_prepared, resolve_device
+from features.models import read_manifest
+from features.naming import parse_width, sae_name
+from features.prepare import sample_corpus
+from features.sae import check_sae_fits, load_sae
+from features.sae_training import SAETrainingConfig, train_sae
+from pipelines import paths, stage_main
+from pipelines.params import Params, load_params
+
+log = logging.getLogger("saefs.train_sae")
+SAE_INDEX = "saes.json"  # SAE name -> load_sae spec, read by extract
+
+
+def training_texts(params: Params) -> list[str]:
+    t = params.train_sae
+    frames = {source: load_source(source, with_labels=False) for source in t.corpus}
+    return sample_corpus(frames, t.corpus_texts, t.seed)
+
+
+def _train(name: str, params: Params, out: Path, device: str, report: dict[str, Any]) -> None:
+    cfg, t, ex = params.sae_of(name), params.train_sae, params.extract
+    model, tokenizer = load_prepared(paths.model_dir(name), device)
+    started = time.perf_counter()
+    texts = training_texts(params)
+    acts = collect_activations(model, tokenizer, texts, cfg.layers, max_tokens=ex.max_tokens,
+                               batch_size=ex.batch_size, include_bos=ex.include_bos or ex.paper_compat,
+                               paper_compat=ex.paper_compat)
+    report |= {"texts": len(texts), "tokens": len(acts[cfg.layers[0]]),
+               "collect_seconds": round(time.perf_counter() - started, 1)}
+    log.info("%s: %d training tokens from %d corpus texts", name, report["tokens"], len(texts))
+    del model  # the activations are all training needs
+    for layer in cfg.layers:
+        for width in cfg.widths:
+            started = time.perf_counter()
+            sae = train_sae(acts[layer], SAETrainingConfig(
+                architecture=t.architecture, width=parse_width(width), k=t.k,
+                training_samples=t.training_samples, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
+            ), device=device)
+            sae.save_inference_model(out / sae_name(layer, width))
+            report["saes"][sae_name(layer, width)] = {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def run(name: str) -> None:
+    params = load_params()
+    cfg = params.sae_of(name)
+    device = resolve_device(params.extract.device)
+    d_model = read_manifest(paths.model_dir(name)).d_model
+    final = paths.sae_dir(name)
+    report: dict[str, Any] = {"source": cfg.source, "saes": {}}
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        if cfg.source == "train":
+            _train(name, params, tmp, device, report)
+        specs = {sae_name(layer, width): cfg.spec(layer, width, final / sae_name(layer, width))
+                 for layer in cfg.layers for width in cfg.widths}
+        for layer in cfg.layers:
+            for width in cfg.widths:
+                name_ = sae_name(layer, width)
+                sae = load_sae(cfg.spec(layer, width, tmp / name_), device)  # what extract will load
+                check_sae_fits(sae, d_model, hook_name(layer))
+                report["saes"].setdefault(name_, {}).update(d_sae=sae.cfg.d_sae, architecture=sae.cfg.architecture())
+                log.info("%s: %s ready (%s, %d latents)", name, name_, sae.cfg.architecture(), sae.cfg.d_sae)
+        write_json(tmp / SAE_INDEX, specs)
+    write_json(paths.train_sae_metrics(name), report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, argv, doc=__doc__, arg="model", help="a key of `sae` in params.yaml")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

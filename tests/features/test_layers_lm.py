@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from features.errors import SaefsError
+from features.layers import hidden_state_index, hook_name, parse_hook
+from features.lm import capture_residuals, decoder_layers, load_causal_lm, load_tokenizer
+from tests.features.tiny import MODEL_KINDS, VOCAB_SIZE, make_model, make_tokenizer
+
+
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two right-padded rows, as extraction feeds them."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(4, VOCAB_SIZE, (2, 7), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    return input_ids, attention_mask
+
+
+def hf_hidden_states(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    with torch.inference_mode():
+        return model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+
+
+def test_hook_names_round_trip() -> None:
+    assert hook_name(12) == "blocks.12.hook_resid_post"
+    assert parse_hook("blocks.12.hook_resid_post") == 12
+
+
+@pytest.mark.parametrize("bad", ["blocks.x.hook_resid_post", "blocks.3.hook_resid_pre", "layer_3", ""])
+def test_parse_hook_names_the_bad_string_and_the_form(bad: str) -> None:
+    with pytest.raises(SaefsError, match=r"blocks\.<L>\.hook_resid_post") as error:
+        parse_hook(bad)
+    assert repr(bad) in str(error.value)
+
+
+def test_hidden_state_index_is_one_block_early_in_paper_mode() -> None:
+    assert hidden_state_index(5, paper_compat=False) == 6
+    assert hidden_state_index(5, paper_compat=True) == 5
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_resid_post_equals_hf_hidden_state_after_the_block(kind: str) -> None:
+    model = make_model(kind)
+    input_ids, attention_mask = padded_batch()
+    expected = hf_hidden_states(model, input_ids, attention_mask)
+    captured = capture_residuals(model, input_ids, attention_mask, [0, 2])  # the last block (3) is post-norm in HF
+    for layer in (0, 2):
+        torch.testing.assert_close(captured[layer], expected[hidden_state_index(layer, paper_compat=False)])
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_paper_compat_reads_the_block_input(kind: str) -> None:
+    model = make_model(kind)
+    input_ids, attention_mask = padded_batch()
+    expected = hf_hidden_states(model, input_ids, attention_mask)
+    captured = capture_residuals(model, input_ids, attention_mask, [0, 1, 3], paper_compat=True)
+    for layer in (0, 1, 3):  # layer 0 is the (scaled, for Gemma) embedding output
+        torch.testing.assert_close(captured[layer], expected[hidden_state_index(layer, paper_compat=True)])
+
+
+def test_hf_final_hidden_state_is_normed_resid_post() -> None:
+    model = make_model("gemma2")
+    input_ids, attention_mask = padded_batch()
+    expected = hf_hidden_states(model, input_ids, attention_mask)
+    last = capture_residuals(model, input_ids, attention_mask, [3])[3]
+    assert not torch.allclose(last, expected[4])
+    with torch.inference_mode():
+        torch.testing.assert_close(model.model.norm(last), expected[4])
+
+
+@pytest.mark.parametrize("paper_compat", [False, True])
+def test_forward_stops_after_the_deepest_layer(paper_compat: bool) -> None:
+    model = make_model("gemma3")
+    calls: list[str] = []
+    blocks = decoder_layers(model)
+    for index, block in enumerate(blocks):
+        block.register_forward_hook(lambda *_, index=index: calls.append(f"block {index}"))
+    model.lm_head.register_forward_hook(lambda *_: calls.append("lm_head"))
+    model.model.norm.register_forward_hook(lambda *_: calls.append("norm"))
+    captured = capture_residuals(model, *padded_batch(), [0, 1], paper_compat=paper_compat)
+    assert set(captured) == {0, 1}
+    assert calls == (["block 0"] if paper_compat else ["block 0", "block 1"])
+    assert all(not block._forward_pre_hooks and len(block._forward_hooks) == 1 for block in blocks)
+
+
+def test_a_layer_beyond_the_depth_is_refused() -> None:
+    model = make_model("gemma2", n_layers=18)
+    with pytest.raises(SaefsError, match=r"layer 30 is beyond the model's depth \(18 blocks: 0\.\.17\)"):
+        capture_residuals(model, *padded_batch(), [5, 30])
+
+
+def test_unknown_architecture_is_named() -> None:
+    model = nn.Linear(2, 2)
+    model.config = SimpleNamespace(model_type="mamba")  # type: ignore[assignment]
+    with pytest.raises(SaefsError, match=r"unsupported architecture 'mamba'.*DECODER_LAYER_PATHS"):
+        decoder_layers(model)
+
+
+def test_load_from_a_saved_folder_uses_safetensors_and_pads_right(tmp_path: Path) -> None:
+    model = make_model("llama")
+    model.save_pretrained(tmp_path)
+    make_tokenizer(with_pad=False).save_pretrained(tmp_path)
+    assert list(tmp_path.glob("*.safetensors"))
+    loaded = load_causal_lm(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    assert (loaded.dtype, tokenizer.pad_token, tokenizer.padding_side) == (torch.float32, "<eos>", "right")
+    input_ids, attention_mask = padded_batch()
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(input_ids=input_ids).logits, model(input_ids=input_ids).logits)

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
+
+from features import sae as sae_module
+from features.errors import SaefsError
+from features.sae import SaeSpec, check_sae_fits, load_sae, sae_quality
+from tests.features.tiny import gemma_scope_params, make_jumprelu_sae
+
+D_IN, D_SAE = 16, 48
+
+
+def write_gemma_scope(folder: Path, params: dict[str, np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "params.npz", allow_pickle=False, **params)
+    return folder
+
+
+def test_gemma_scope_params_encode_as_jumprelu(tmp_path: Path) -> None:
+    params = gemma_scope_params(D_IN, D_SAE)
+    sae = load_sae(f"path:{write_gemma_scope(tmp_path / 'gs', params)}")
+    x = np.random.default_rng(1).normal(size=(64, D_IN)).astype(np.float32)
+    pre = x @ params["W_enc"] + params["b_enc"]
+    expected = np.maximum(pre, 0) * (pre > params["threshold"])
+    assert isinstance(sae, JumpReLUSAE)
+    assert 0 < np.count_nonzero(expected) < np.count_nonzero(np.maximum(pre, 0))  # the jump matters here
+    with torch.inference_mode():
+        np.testing.assert_allclose(sae.encode(torch.from_numpy(x)).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gemma_scope_file_missing_an_array_is_named(tmp_path: Path) -> None:
+    params = gemma_scope_params(D_IN, D_SAE)
+    del params["threshold"]
+    with pytest.raises(SaefsError, match=r"lacks Gemma Scope arrays \['threshold'\]"):
+        load_sae(f"path:{write_gemma_scope(tmp_path / 'gs', params)}")
+
+
+def test_sae_lens_folder_round_trip(tmp_path: Path) -> None:
+    original = make_jumprelu_sae(D_IN, D_SAE)
+    original.save_model(tmp_path / "saved")
+    loaded = load_sae(f"path:{tmp_path / 'saved'}")
+    x = torch.randn(8, D_IN)
+    assert type(loaded) is type(original)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.encode(x), original.encode(x))
+        torch.testing.assert_close(loaded(x), original(x))
+
+
+def test_folder_in_no_known_format_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SaefsError, match=r"neither cfg\.json .* nor params\.npz"):
+        load_sae(f"path:{tmp_path}")
+
+
+def test_sae_lens_spec_calls_from_pretrained_with_release_and_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_from_pretrained(release: str, sae_id: str, device: str = "cpu") -> SAE[Any]:
+        calls.append((release, sae_id, device))
+        return make_jumprelu_sae(D_IN, D_SAE)
+
+    monkeypatch.setattr(sae_module.SAE, "from_pretrained", staticmethod(fake_from_pretrained))
+    load_sae("sae_lens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical", device="meta")
+    assert calls == [("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", "meta")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("hub:foo", r"unknown SAE source 'hub:foo'"),
+        ("gemma-scope", r"unknown SAE source"),
+        ("sae_lens:gemma-scope-2b-pt-res-canonical", r"expected 'sae_lens:<release>/<sae_id>'"),
+        ("train", r"load that folder with 'path:<dir>'"),
+    ],
+)
+def test_bad_specs_are_explained(spec: str, message: str) -> None:
+    with pytest.raises(SaefsError, match=message):
+        load_sae(spec)
+
+
+def test_spec_parsing_keeps_slashes_in_the_argument() -> None:
+    assert SaeSpec.parse("path:/a/b:c") == SaeSpec("path", "/a/b:c")
+
+
+def test_width_mismatch_names_both_widths_and_the_layer() -> None:
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=2304, d_sae=8))
+    with pytest.raises(SaefsError) as error:
+        check_sae_fits(sae, 640, "blocks.9.hook_resid_post")
+    assert str(error.value) == (
+        "SAE d_in 2304 does not match model width 640 at blocks.9.hook_resid_post: wrong model or layer?"
+    )
+
+
+def sign_split_sae(dead_latents: int = 0) -> JumpReLUSAE:
+    """Latent i < D_IN reads relu(x_i), latent D_IN + i reads relu(-x_i): a lossless code of L0 = D_IN.
+    The last `dead_latents` latents get an unreachable threshold."""
+    eye = torch.eye(D_IN)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=D_IN, d_sae=2 * D_IN, apply_b_dec_to_input=False))
+    threshold = torch.zeros(2 * D_IN)
+    threshold[2 * D_IN - dead_latents :] = 1e9
+    sae.load_state_dict(
+        {
+            "W_enc": torch.cat([eye, -eye], dim=1),
+            "W_dec": torch.cat([eye, -eye], dim=0),
+            "b_enc": torch.zeros(2 * D_IN),
+            "b_dec": torch.zeros(D_IN),
+            "threshold": threshold,
+        }
+    )
+    return sae
+
+
+def test_quality_of_a_lossless_sae() -> None:
+    acts = torch.randn(100, D_IN) * 5 + 3
+    quality = sae_quality(sign_split_sae(), acts, chunk_tokens=7)
+    assert quality.fve == pytest.approx(1.0, abs=1e-6)
+    assert quality.l0 == pytest.approx(D_IN)
+    assert quality.dead_fraction == 0.0
+
+
+def test_quality_counts_dead_latents_and_lost_variance() -> None:
+    acts = torch.randn(100, D_IN)
+    quality = sae_quality(sign_split_sae(dead_latents=D_IN), acts, chunk_tokens=7)  # only relu(x) survives
+    expected_fve = 1 - (acts.clamp(max=0).square().sum() / (acts - acts.mean(0)).square().sum()).item()
+    assert quality.fve == pytest.approx(expected_fve, rel=1e-5)
+    assert quality.l0 == pytest.approx((acts > 0).sum().item() / 100)
+    assert quality.dead_fraction == 0.5

@@ -1,0 +1,100 @@
+"""train_sae / extract / check_sae on a tiny model: the quality gate and resumable extraction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.extract import collect_activations, extract
+from features.naming import codes_name
+from features.sae_training import SAETrainingConfig, train_sae
+from features.shards import ShardWriter, read_csr
+from features.validation import SaeQualityRules, validate_sae_quality
+from pipelines import check_sae, paths
+from pipelines import extract as extract_stage
+from tests.features.tiny import make_model, make_texts, make_tokenizer
+from tests.helpers import embedded_params, write_params
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = make_model("gemma3", n_layers=4), make_tokenizer()
+    texts = make_texts([5 + i % 20 for i in range(300)])
+    acts = collect_activations(model, tokenizer, texts, [0], max_tokens=32, batch_size=32, progress=False)
+    sae = train_sae(acts[0], SAETrainingConfig(width=128, k=8, training_samples=20_000, batch_size=256, lr=3e-3))
+    return model, tokenizer, texts, sae
+
+
+def test_quality_gate_fails_for_an_sae_applied_to_another_layer(tiny) -> None:
+    model, tokenizer, texts, sae = tiny
+    out = extract(model, tokenizer, texts, [0, 3], {0: {"trained_here": sae}, 3: {"from_layer0": sae}}, ["sum"],
+                  max_tokens=32, batch_size=32, progress=False)
+    quality = pd.DataFrame([{"sae": f"l{layer}__{name}", **q.__dict__} for (layer, name), q in out.quality.items()])
+    report = validate_sae_quality(quality, SaeQualityRules(min_fve=0.6, max_dead_fraction=0.9), "tiny/texts")
+    assert not report.success
+    assert [(f.column, f.unexpected_count) for f in report.failures] == [("fve", 1)]
+    assert "l3__from_layer0 has" in report.message() and "l0__trained_here" not in report.failures[0].detail
+
+
+def test_check_sae_stage_fails_with_the_sae_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, embedded_params())
+    paths.extract_metrics("gemma3_270m", "spam").parent.mkdir(parents=True)
+    paths.extract_metrics("gemma3_270m", "spam").write_text(json.dumps({"sae_quality": {
+        "l5__sae4k": {"fve": 0.91, "l0": 32.0, "dead_fraction": 0.1, "tokens": 900},
+        "l9__sae4k": {"fve": 0.12, "l0": 32.0, "dead_fraction": 0.97, "tokens": 900},
+    }}))
+    with pytest.raises(check_sae.SaeQualityFailed) as err:
+        check_sae.run("gemma3_270m/spam")
+    message = str(err.value)
+    assert "SAEs of 'gemma3_270m/spam' failed 2 of 2 expectations" in message
+    assert "l9__sae4k has 0.120" in message and "l9__sae4k has 0.970" in message and "l5__sae4k" not in message
+    results = json.loads((paths.sae_check_dir("gemma3_270m", "spam") / "results.json").read_text())
+    assert results["success"] is False
+
+
+def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer, texts, sae = tiny
+    monkeypatch.chdir(tmp_path)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    from features.models import prepare_model
+
+    prepare_model("path:tiny", paths.model_dir("tiny"))
+    sae.save_inference_model(paths.sae_dir("tiny") / "l0__sae128")
+    index = {"l0__sae128": f"path:{paths.sae_dir('tiny')}/l0__sae128"}
+    (paths.sae_dir("tiny") / "saes.json").write_text(json.dumps(index))
+    rows = pd.DataFrame({"text_id": [f"t{i:03d}" for i in range(100)], "text": texts[:100]})
+    paths.prepared("tiny_texts").parent.mkdir(parents=True)
+    rows.to_parquet(paths.prepared("tiny_texts"))
+    params = embedded_params(models={"tiny": {"source": "path:tiny"}},
+                             sae={"tiny": {"layers": [0], "widths": ["128"], "source": "train"}})
+    params["datasets"] = {"tiny_texts": {"source": "file:unused.csv", "labels": [0, 1]}}
+    params["extract"] |= {"shard_rows": 30, "device": "cpu", "poolings": ["sum", "top3"]}
+    write_params(tmp_path, params)
+
+    real_write, calls = ShardWriter._write_shard, []
+
+    def crash_on_third_shard(self, block):
+        calls.append(len(block))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        real_write(self, block)
+
+    monkeypatch.setattr(ShardWriter, "_write_shard", crash_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extract_stage.run("tiny/tiny_texts")
+    monkeypatch.setattr(ShardWriter, "_write_shard", real_write)
+    extract_stage.run("tiny/tiny_texts")
+    metrics = json.loads(paths.extract_metrics("tiny", "tiny_texts").read_text())
+    assert metrics["texts_extracted_now"] == 40  # two shards of 30 survived the crash
+
+    resumed, ids = read_csr(paths.features_dir("tiny", "tiny_texts"), codes_name(0, "128", "top3"))
+    fresh = extract(model, tokenizer, rows["text"].tolist(), [0], {0: {"128": sae}}, ["top3"],
+                    max_tokens=params["extract"]["max_tokens"], batch_size=32, progress=False)
+    assert ids.tolist() == rows["text_id"].tolist()
+    np.testing.assert_allclose(resumed.toarray(), fresh.codes[0, "128", "top3"].toarray())
