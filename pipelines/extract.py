@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import features
 from features.extract import extract, quality_meters
 from features.io import write_json
 from features.lm import load_prepared, resolve_device
@@ -31,9 +32,16 @@ from pipelines.train_sae import SAE_INDEX
 log = logging.getLogger("saefs.extract")
 
 
+# The code that decides what the shards hold: a change to it starts the shards over.
+FEATURE_CODE = ("extract.py", "lm.py", "layers.py", "pooling.py", "sae.py")
+REPORT = "extract_report.json"  # the finished job's metrics, kept with its shards
+
+
 def job_fingerprint(settings: dict, specs: dict[str, str], text_ids: list[str]) -> str:
-    """What the shards depend on besides the model: settings, SAEs (their weights, when local) and rows."""
+    """What the shards depend on besides the model: settings, code, SAEs (their weights, when local) and rows."""
     digest = hashlib.sha256(json.dumps([settings, specs], sort_keys=True).encode())
+    for module in FEATURE_CODE:
+        digest.update((Path(features.__file__).parent / module).read_bytes())
     for spec in sorted(specs.values()):
         weights = Path(spec.removeprefix("path:")) / "sae_weights.safetensors"
         if spec.startswith("path:") and weights.is_file():
@@ -54,10 +62,16 @@ def run(cell: str) -> None:
     saes = {layer: {width: load_sae(specs[sae_name(layer, width)], device) for width in cfg.widths}
             for layer in cfg.layers}
     meters = quality_meters(saes)
-    started, n_tokens, n_truncated, n_unknown = time.perf_counter(), 0, 0, 0
     fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()}, specs, df["text_id"].tolist())
-    with ShardWriter(paths.features_dir(model_name, dataset), ex.shard_rows, fingerprint) as writer:
+    out_dir = paths.features_dir(model_name, dataset)
+    started, n_tokens, n_truncated, n_unknown = time.perf_counter(), 0, 0, 0
+    with ShardWriter(out_dir, ex.shard_rows, fingerprint) as writer:
         done = writer.resume(df["text_id"].tolist())
+        if done == len(df) and (out_dir / REPORT).is_file():
+            log.info("%s: the same job already finished; keeping its shards and report", cell)
+            write_json(paths.extract_metrics(model_name, dataset), json.loads((out_dir / REPORT).read_text()))
+            return
+        (out_dir / REPORT).unlink(missing_ok=True)  # whatever it said, it is not this job's
         if done:
             log.info("%s: resuming after %d rows already extracted", cell, done)
         for start in range(done, len(df), ex.shard_rows):
@@ -74,14 +88,17 @@ def run(cell: str) -> None:
             n_unknown += int(out.unknown.sum())
             log.info("%s: %d/%d rows", cell, start + len(rows), len(df))
     seconds = time.perf_counter() - started
+    # After a resumed crash the quality covers the rows extracted in this run: `tokens` says how many.
     quality = {sae_name(layer, width): asdict(meter.result()) | {"tokens": meter.n_tokens}
                for (layer, width), meter in meters.items() if meter.n_tokens}
-    write_json(paths.extract_metrics(model_name, dataset), {
+    report = {
         "texts": len(df), "texts_extracted_now": len(df) - done, "tokens": n_tokens,
         "truncated": n_truncated, "unknown_tokens": n_unknown,
         "seconds": round(seconds, 1), "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1),
         "max_tokens": ex.max_tokens, "sae_quality": quality,
-    })
+    }
+    write_json(out_dir / REPORT, report)
+    write_json(paths.extract_metrics(model_name, dataset), report)
     if n_unknown:
         log.warning("%s: %d tokens were unknown to the tokenizer (characters it cannot represent)", cell, n_unknown)
     if n_truncated:

@@ -19,6 +19,7 @@ from features.datasets import DATASET_SOURCE_KINDS
 from features.errors import SaefsError
 from features.models import MODEL_SOURCE_KINDS
 from features.naming import pooling_top_n
+from pipelines.feature_params import BuildFeaturesParams
 
 PARAMS_FILE = Path("params.yaml")
 PROFILES = ("embedded", "paper")
@@ -157,6 +158,36 @@ class CheckSaeParams(Strict):
     max_l0: float | None = Field(None, gt=0)
 
 
+class TrainProbesParams(Strict):
+    """The probe grid per (dataset, model): every SAE cell and hidden-state baseline listed here."""
+
+    poolings: list[str] = Field(min_length=1, description="SAE poolings probed (a subset of extract.poolings)")
+    binarize: list[float | None] = Field(min_length=1, description="subset of build_features.binarize")
+    hidden: list[Literal["last", "mean"]] = Field(description="hidden-state baselines (build_features.hidden)")
+    C_grid: list[float] = Field(min_length=1, description="logistic regression C, chosen by CV on train")
+    cv_folds: int = Field(ge=2)
+    seeds: int = Field(ge=1, description="repeats per cell (CV shuffles); the report gives mean and 95% interval")
+    select_k: int = Field(gt=0, description="label-aware top-k latents, the feature selection compared with "
+                          "binarization (on the best cell)")
+    train_fractions: list[float] = Field(min_length=1, description="training-size curve of the best cell")
+    n_jobs: int = Field(ge=1)
+
+    @field_validator("train_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not all(0 < f <= 1 for f in v):
+            raise ValueError(f"train_fractions {v} must lie in (0, 1]")
+        return sorted(v)
+
+
+class PromoteParams(Strict):
+    """When a probe becomes `champion` (checked on the test split, chosen on validation)."""
+
+    min_macro_f1: float = Field(ge=0, le=1)
+    max_drop_vs_hidden: float | None = Field(ge=0, description="may trail the best hidden-state probe by this much")
+    tracking_uri: str = Field(description="MLflow tracking URI unless MLFLOW_TRACKING_URI is set")
+
+
 class Params(Strict):
     profile: Literal["embedded", "paper"]
     models: dict[Name, ModelParams] = Field(min_length=1)
@@ -167,12 +198,27 @@ class Params(Strict):
     train_sae: TrainSaeParams
     extract: ExtractParams
     check_sae: CheckSaeParams
+    build_features: BuildFeaturesParams
+    train_probes: TrainProbesParams
+    promote: PromoteParams
 
     @model_validator(mode="after")
     def _sae_models_exist(self) -> Params:
         unknown = sorted(set(self.sae) - set(self.models))
         if unknown:
             raise ValueError(f"sae has entries for models {unknown} that are not in models: {sorted(self.models)}")
+        return self
+
+    @model_validator(mode="after")
+    def _probes_use_published_views(self) -> Params:
+        probes, build = self.train_probes, self.build_features
+        missing = {"poolings": sorted(set(probes.poolings) - set(self.extract.poolings)),
+                   "binarize": [b for b in probes.binarize if b not in build.binarize],
+                   "hidden": sorted(set(probes.hidden) - set(build.hidden))}
+        missing = {key: value for key, value in missing.items() if value}
+        if missing:
+            raise ValueError(f"train_probes asks for views that are not built: {missing}; add them to "
+                             "extract.poolings / build_features")
         return self
 
     def model(self, name: str) -> ModelParams:
@@ -221,6 +267,8 @@ def format_errors(err: ValidationError, source: str) -> str:
         path = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  {path}: unknown key (allowed here: {', '.join(_allowed_keys(e['loc']))})")
+        elif isinstance(e.get("input"), dict):  # a check across keys: the message names them
+            lines.append(f"  {path or '(top level)'}: {e['msg']}")
         else:
             lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

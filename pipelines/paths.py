@@ -46,3 +46,41 @@ def extract_metrics(model: str, dataset: str) -> Path:
 
 def sae_check_dir(model: str, dataset: str) -> Path:
     return DATA / "sae_checks" / model / dataset
+
+
+FEAST = DATA / "feast"
+
+
+def feast_sources_dir(model: str) -> Path:
+    """build_features@<model>: one parquet per view of the model, and its catalog.json."""
+    return FEAST / "sources" / model
+
+
+def feast_labels_dir() -> Path:
+    """build_labels: labels.parquet and its catalog.json."""
+    return FEAST / "labels"
+
+
+def feast_catalog() -> Path:
+    """feast_apply: every view of the run, read by feature_repo/sources.py (which spells the same path)."""
+    return FEAST / "catalog.json"
+
+
+def feast_registry() -> Path:
+    return FEAST / "registry.db"  # as feature_repo/feature_store.yaml says
+
+
+def feast_online_store() -> Path:
+    return FEAST / "online_store.db"  # as feature_repo/feature_store.yaml says
+
+
+def probe_metrics(dataset: str, model: str) -> Path:
+    return Path("metrics") / "train_probes" / dataset / f"{model}.json"
+
+
+def probe_plots(dataset: str, model: str) -> Path:
+    return Path("plots") / "train_probes" / dataset / f"{model}.csv"
+
+
+def promotion_report(dataset: str) -> Path:
+    return Path("reports") / "promotion" / f"{dataset}.json"

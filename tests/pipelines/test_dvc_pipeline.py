@@ -22,7 +22,9 @@ from tests.helpers import REPO, embedded_params, write_params
 
 STAGES = {"prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
-          "check_sae@tiny-alpha", "check_sae@tiny-beta"}
+          "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_labels", "build_features@tiny", "feast_apply",
+          "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta"}
+FEAST_STAGES = {"build_labels", "build_features@tiny", "feast_apply", "materialize"}
 
 
 def dvc(repo: Path, *args: str) -> str:
@@ -38,7 +40,7 @@ def ran(output: str) -> set[str]:
 
 def tiny_params() -> dict:
     datasets = {name: {"source": f"file:{name}.csv", "labels": [0, 1], "max_rows": 100} for name in ("alpha", "beta")}
-    return embedded_params(
+    params = embedded_params(
         models={"tiny": {"source": "path:tiny"}},
         datasets=datasets,
         sae={"tiny": {"layers": [1, 2], "widths": ["64"], "source": "train"}},
@@ -48,12 +50,15 @@ def tiny_params() -> dict:
                  "paper_compat": False, "shard_rows": 40, "device": "cpu"},
         check_sae={"min_fve": -10.0, "max_dead_fraction": 1.0},
     )
+    params["train_probes"] |= {"poolings": ["sum"], "seeds": 2, "cv_folds": 3, "C_grid": [0.1, 1.0],
+                               "select_k": 16, "train_fractions": [0.5, 1.0]}
+    return params
 
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
-    for item in ("dvc.yaml", "features", "pipelines"):
+    for item in ("dvc.yaml", "features", "pipelines", "feature_repo"):
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, repo / item)
     make_model("gemma3").save_pretrained(repo / "tiny")
     make_tokenizer().save_pretrained(repo / "tiny")
@@ -90,9 +95,26 @@ def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) ->
     params = yaml.safe_load((scratch / "params.yaml").read_text())
     params["datasets"]["beta"]["max_rows"] = 110
     write_params(scratch, params)
+    # a Feast view holds every dataset's texts, so the other dataset's probes read a changed view
+    # and retrain too; its data, validation, extraction and SAE checks stay as they are
     assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta", "extract@tiny-beta",
-                                          "check_sae@tiny-beta"}
+                                          "check_sae@tiny-beta", *FEAST_STAGES, "train_probes@alpha-tiny",
+                                          "train_probes@beta-tiny", "promote@alpha", "promote@beta"}
     assert len(pd.read_parquet(scratch / paths.prepared("beta"))) == 110
+
+
+def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    results = json.loads((scratch / paths.probe_metrics("alpha", "tiny")).read_text())
+    expected = {"tiny__l1__sae64__sum__raw", "tiny__l2__sae64__sum__bin1", "tiny__l1__hidden__last"}
+    assert expected <= set(results["cells"])
+    assert set(results["baselines"]) == {"tfidf", "majority"} and len(results["training_curve"]) == 2
+    report = json.loads((scratch / paths.promotion_report("alpha")).read_text())
+    assert report["challenger_version"] >= 1 and report["candidate"]["cell"] in results["cells"]
+    # random labels: no probe reaches the macro F1 gate, so champion stays unset, and the report says so
+    assert report["promoted"] is False and report["champion"] is None
+    assert any(not check["passed"] and check["name"] == "macro_f1" for check in report["checks"])
+    assert (scratch / "mlflow.db").is_file()
 
 
 def test_dag_lists_the_stages(scratch: Path) -> None:

@@ -81,3 +81,13 @@ def test_unknown_item_lists_the_configured_ones() -> None:
 def test_missing_params_file(tmp_path) -> None:
     with pytest.raises(ParamsError, match="not found: run stages from the repository root"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_probes_must_use_views_that_are_built() -> None:
+    raw = embedded_params()
+    raw["train_probes"]["poolings"] = ["sum", "top50"]
+    raw["train_probes"]["binarize"] = [None, 2.0]
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert "(top level): Value error, train_probes asks for views that are not built: " in str(err.value)
+    assert "'poolings': ['top50'], 'binarize': [2.0]" in str(err.value) and "got" not in str(err.value)

@@ -75,6 +75,7 @@ def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: 
                              sae={"tiny": {"layers": [0], "widths": ["128"], "source": "train"}})
     params["datasets"] = {"tiny_texts": {"source": "file:unused.csv", "labels": [0, 1]}}
     params["extract"] |= {"shard_rows": 30, "device": "cpu", "poolings": ["sum", "top3"]}
+    params["train_probes"]["poolings"] = ["sum"]
     write_params(tmp_path, params)
 
     real_write, calls = ShardWriter._write_shard, []
@@ -92,6 +93,10 @@ def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: 
     extract_stage.run("tiny/tiny_texts")
     metrics = json.loads(paths.extract_metrics("tiny", "tiny_texts").read_text())
     assert metrics["texts_extracted_now"] == 40  # two shards of 30 survived the crash
+
+    extract_stage.run("tiny/tiny_texts")  # DVC reran it, say, for a logging change: nothing to redo
+    again = json.loads(paths.extract_metrics("tiny", "tiny_texts").read_text())
+    assert again == metrics and again["sae_quality"]["l0__sae128"]["tokens"] > 0
 
     resumed, ids = read_csr(paths.features_dir("tiny", "tiny_texts"), codes_name(0, "128", "top3"))
     fresh = extract(model, tokenizer, rows["text"].tolist(), [0], {0: {"128": sae}}, ["top3"],

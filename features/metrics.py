@@ -1,0 +1,101 @@
+"""Classification metrics of a probe, intervals over seeds and stratified training-curve subsets.
+
+Macro F1 is the headline (the paper's primary metric); accuracy and ROC AUC (binary, or one-vs-rest
+macro for more classes) come beside it. A metric that is undefined on a test set, such as ROC AUC
+on a single-class test set, is None, never a made-up number: callers log what exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from features.errors import SaefsError
+
+CONFIDENCE = 0.95
+
+
+def classification_metrics(y_true: Any, y_pred: Any, y_score: Any | None = None,
+                           labels: Sequence[int] | None = None) -> dict[str, float | None]:
+    """{macro_f1, accuracy, roc_auc, n} of one test set.
+
+    `y_score` is `predict_proba`'s [n, K] output (columns in `labels` order, default 0..K-1) or, for
+    two classes, the positive class's score [n]. `labels` names every class of the task, so a test
+    set missing one still averages F1 over the task's classes (a missed class scores 0).
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise SaefsError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be two 1-D arrays of equal length")
+    if not len(y_true):
+        raise SaefsError("no test rows: metrics need at least one labelled text")
+    classes = np.asarray(labels) if labels is not None else np.union1d(y_true, y_pred)
+    return {
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "roc_auc": None if y_score is None else _roc_auc(y_true, np.asarray(y_score, dtype=float), labels),
+        "n": float(len(y_true)),
+    }
+
+
+def _roc_auc(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[int] | None) -> float | None:
+    """Binary AUC of the positive class, or the mean one-vs-rest AUC over the classes present in y_true.
+
+    With every class present the mean equals scikit-learn's `multi_class="ovr", average="macro"`;
+    a class absent from the test set has no AUC, so it is left out instead of failing the run.
+    """
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return None  # undefined: no pair of texts from different classes to rank
+    classes = np.asarray(labels) if labels is not None else np.arange(2 if y_score.ndim == 1 else y_score.shape[1])
+    if y_score.ndim == 1:
+        if len(classes) != 2:
+            raise SaefsError(f"a 1-D y_score is the positive class's score of a binary task; {len(classes)} "
+                             "classes need predict_proba's [n, K] output")
+        return float(roc_auc_score(y_true == classes[1], y_score))
+    if y_score.shape[1] != len(classes) or not np.isin(present, classes).all():
+        raise SaefsError(f"y_score has {y_score.shape[1]} columns for classes {classes.tolist()} but y_true holds "
+                         f"{present.tolist()}: pass predict_proba's output and the task's labels")
+    column = {c: i for i, c in enumerate(classes.tolist())}
+    if len(classes) == 2:
+        return float(roc_auc_score(y_true == classes[1], y_score[:, 1]))
+    return float(np.mean([roc_auc_score(y_true == c, y_score[:, column[c]]) for c in present.tolist()]))
+
+
+def summarize_seeds(values: Sequence[float]) -> dict[str, float]:
+    """Mean and a 95% Student-t interval over seeds: mean ± t(0.975, n-1) · sd / sqrt(n); n=1 gives a point."""
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1 or not len(array):
+        raise SaefsError(f"summarize_seeds needs a non-empty list of numbers, got {values!r}")
+    if not np.isfinite(array).all():
+        raise SaefsError(f"summarize_seeds got non-finite values {values!r}: drop failed seeds first")
+    mean = float(array.mean())
+    if len(array) == 1:
+        return {"mean": mean, "low": mean, "high": mean, "n": 1}
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, len(array) - 1) * array.std(ddof=1) / np.sqrt(len(array)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(array)}
+
+
+def training_curve_fractions(y: Any, fractions: Sequence[float], seed: int,
+                             min_per_class: int = 1) -> dict[float, np.ndarray]:
+    """Sorted row indices of stratified subsets of a training split, one per fraction, nested.
+
+    Each class is shuffled once with `seed` and every fraction takes a prefix of it (at least
+    `min_per_class` rows, e.g. the CV folds, and at most the class), so a larger fraction holds
+    every row of a smaller one and the curve moves by adding texts, not by resampling.
+    """
+    y = np.asarray(y)
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise SaefsError(f"training-curve fractions {bad} are outside (0, 1]")
+    rng = np.random.default_rng(seed)
+    shuffled = {c: rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)}
+    subsets = {}
+    for fraction in fractions:
+        take = [rows[: min(len(rows), max(min_per_class, int(np.ceil(fraction * len(rows)))))]
+                for rows in shuffled.values()]
+        subsets[float(fraction)] = np.sort(np.concatenate(take))
+    return subsets

@@ -1,0 +1,307 @@
+"""Probes on pooled features: scikit-learn estimators from Feast-shaped frames to a fitted classifier.
+
+A probe is one `Pipeline` that takes the frame a Feast service returns, one row per text:
+
+  sparse  `latent_ids` (list of int) + `latent_values` (list of float): pooled SAE codes
+  binary  `latent_ids` only: the latents above a threshold (values are ones)
+  dense   `hidden` (list of float, the model width): a pooled hidden state
+  text    `text`: the TF-IDF baseline
+
+and runs [columns -> matrix] -> [binarize?] -> search over [select top-k? -> scale -> classifier],
+where the search is a `GridSearchCV` with stratified k-fold on the data `fit` gets (the train
+split; nothing here ever sees the test split). Every supervised or fitted step sits inside the
+search, so feature selection and scaling are refit per fold and the inner validation folds stay
+unseen by them; the stateless steps (columns, binarize) run once, before it.
+
+Estimators follow scikit-learn's contract, so the fitted pipeline logs with `mlflow.sklearn`
+(skops format) and serves the same frame it was trained on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_selection import SelectorMixin, f_classif
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MaxAbsScaler, StandardScaler
+from sklearn.tree import DecisionTreeClassifier
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from features.errors import SaefsError
+from features.feature_store import HIDDEN, IDS, VALUES, BinarizeOp, binarize_codes, to_csr
+
+ProbeKind = Literal["logreg", "tree"]
+ProbeInput = Literal["sparse", "dense"]
+SEARCH_STEP = "search"  # the GridSearchCV step of every probe; its inner steps: select, scale, clf
+MAX_ITER = 5000  # the paper's lbfgs budget; raw sum-pooled codes converge slowly even when scaled
+
+
+# --- frames -> matrices -------------------------------------------------------------------------
+
+class SparseColumns(TransformerMixin, BaseEstimator):
+    """Feast's sparse columns -> CSR [n, width]; without a values column (binary views) every listed id is 1.
+
+    `values_col=None`, or a frame without that column, gives ones. Whether values were used is
+    learned at fit (`uses_values_`), so a frame that later lacks them is an error, not ones.
+    """
+
+    def __init__(self, width: int, ids_col: str = IDS, values_col: str | None = VALUES) -> None:
+        self.width = width
+        self.ids_col = ids_col
+        self.values_col = values_col
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> SparseColumns:
+        if not isinstance(self.width, int | np.integer) or self.width < 1:
+            raise SaefsError(f"SparseColumns width={self.width!r}: pass the SAE width (number of latents), e.g. 16384")
+        _require_columns(X, [self.ids_col], type(self).__name__)
+        self.uses_values_ = self.values_col is not None and self.values_col in X.columns
+        return self
+
+    def transform(self, X: pd.DataFrame) -> sparse.csr_matrix:
+        check_is_fitted(self)
+        values_col = self.values_col if self.uses_values_ else None
+        _require_columns(X, [self.ids_col] + ([values_col] if values_col else []), type(self).__name__)
+        values = X[values_col] if values_col else None
+        return to_csr(X[self.ids_col], values, int(self.width))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return np.asarray([f"latent_{i}" for i in range(int(self.width))], dtype=object)
+
+
+class DenseColumn(TransformerMixin, BaseEstimator):
+    """One list column (a pooled hidden state per row) -> float32 ndarray [n, width]; width learned at fit."""
+
+    def __init__(self, col: str = HIDDEN) -> None:
+        self.col = col
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> DenseColumn:
+        self.width_ = self._matrix(X).shape[1]
+        return self
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        check_is_fitted(self)
+        matrix = self._matrix(X)
+        if matrix.shape[1] != self.width_:
+            raise SaefsError(f"column {self.col!r} has {matrix.shape[1]} values per row, the probe was fit on "
+                             f"{self.width_}: use features of the same model and layer")
+        return matrix
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self)
+        return np.asarray([f"{self.col}_{i}" for i in range(self.width_)], dtype=object)
+
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        _require_columns(X, [self.col], type(self).__name__)
+        rows = X[self.col].tolist()
+        missing = [i for i, row in enumerate(rows) if row is None or np.ndim(row) != 1]
+        if missing:
+            raise SaefsError(f"column {self.col!r} has no vector in rows {missing[:5]}: drop texts without "
+                             "features before fitting or predicting")
+        lengths = {len(row) for row in rows}
+        if len(lengths) > 1:
+            raise SaefsError(f"column {self.col!r} mixes vector lengths {sorted(lengths)}: "
+                             "one model and layer per probe")
+        return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+
+
+def _require_columns(X: Any, columns: Sequence[str], who: str) -> None:
+    if not isinstance(X, pd.DataFrame):
+        raise SaefsError(f"{who} takes a pandas DataFrame with columns {list(columns)} (as Feast returns), "
+                         f"got {type(X).__name__}")
+    missing = [c for c in columns if c not in X.columns]
+    if missing:
+        raise SaefsError(f"{who}: the frame lacks columns {missing} (it has {list(X.columns)}): "
+                         "request the feature service the probe was trained on")
+
+
+# --- matrix steps -------------------------------------------------------------------------------
+
+class Binarize(TransformerMixin, BaseEstimator):
+    """x -> 1 where x > threshold (or >= with op=">="), else 0, as float32; CSR stays CSR.
+
+    The paper's classifiers used `>`, its cross-lingual scripts `>=`. On sparse input the implicit
+    zeros must stay 0, so a threshold that would switch them on (< 0, or 0 with `>=`) is refused.
+    """
+
+    def __init__(self, threshold: float = 1.0, op: BinarizeOp = ">") -> None:
+        self.threshold = threshold
+        self.op = op
+
+    def fit(self, X: Any, y: Any = None) -> Binarize:
+        if self.op not in get_args(BinarizeOp):
+            raise SaefsError(f"Binarize op={self.op!r} is not one of {list(get_args(BinarizeOp))}")
+        validate_data(self, X, accept_sparse="csr", reset=True)
+        return self
+
+    def transform(self, X: Any) -> Any:
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", reset=False)
+        if not sparse.issparse(X):
+            passed = X > self.threshold if self.op == ">" else X >= self.threshold
+            return passed.astype(np.float32)
+        zeros_pass = 0 > self.threshold if self.op == ">" else 0 >= self.threshold
+        if zeros_pass:
+            raise SaefsError(f"Binarize(threshold={self.threshold}, op={self.op!r}) would turn every implicit zero of "
+                             "a sparse matrix on: use a threshold above 0 (or > 0 with '>=')")
+        return binarize_codes(X, float(self.threshold), self.op)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self)
+        if input_features is None:
+            input_features = getattr(self, "feature_names_in_", [f"x{i}" for i in range(self.n_features_in_)])
+        return np.asarray(input_features, dtype=object)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float32"]  # output is always float32 (0/1 exactly)
+        return tags
+
+
+class SelectTopKLatents(SelectorMixin, BaseEstimator):
+    """Keep the k latents with the largest ANOVA F between classes (`selected_`: their column indices).
+
+    ANOVA F (`f_classif`) works on CSR without densifying (per-class sums of x and x^2), handles
+    any number of classes in one pass and is scale-free: it divides the between-class spread by the
+    within-class variance, so raw sum-pooled codes with large magnitudes do not win by scale alone,
+    as they would by a difference of class means. Mutual information would be the alternative, but
+    scikit-learn computes it one feature at a time (seconds per thousand latents). A latent constant
+    over the training texts scores 0; one constant within each class but differing between them
+    scores inf and ranks first. Ties go to the lower index; k larger than the width keeps every latent.
+    """
+
+    def __init__(self, k: int = 1000) -> None:
+        self.k = k
+
+    def fit(self, X: Any, y: Any) -> SelectTopKLatents:
+        if not isinstance(self.k, int | np.integer) or self.k < 1:
+            raise SaefsError(f"SelectTopKLatents k={self.k!r}: pass a positive number of latents to keep")
+        X, y = validate_data(self, X, y, accept_sparse="csr")
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore", (UserWarning, RuntimeWarning))  # constant latents: scored 0 below
+            scores, _ = f_classif(X, y)
+        self.scores_ = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=np.inf)
+        keep = min(int(self.k), X.shape[1])
+        self.selected_ = np.sort(np.argsort(-self.scores_, kind="stable")[:keep])
+        return self
+
+    def _get_support_mask(self) -> np.ndarray:
+        check_is_fitted(self)
+        mask = np.zeros(self.n_features_in_, dtype=bool)
+        mask[self.selected_] = True
+        return mask
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.target_tags.required = True
+        return tags
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+# kind -> (input -> (steps before the classifier, classifier, search grid)); a new kind is one entry
+ClassifierSpec = tuple[list[tuple[str, Any]], Any, dict[str, list[Any]]]
+
+
+def _logreg(input: ProbeInput, *, C_grid: Sequence[float], class_weight: str | None, scale: bool,
+            seed: int) -> ClassifierSpec:
+    # Dense hidden states: a few residual dimensions are orders of magnitude larger than the rest
+    # (Gemma's dominant direction), so one L2 penalty over the C grid needs standardized columns.
+    # Sparse codes: MaxAbsScaler is the one scaler that keeps CSR sparse (centring would densify
+    # a 16k-wide matrix); it maps raw codes to [0, 1] per latent and leaves 0/1 features unchanged.
+    scaler = StandardScaler() if input == "dense" else MaxAbsScaler()
+    clf = LogisticRegression(max_iter=MAX_ITER, class_weight=class_weight, random_state=seed)
+    return ([("scale", scaler)] if scale else []), clf, {"clf__C": [float(c) for c in C_grid]}
+
+
+def _tree(input: ProbeInput, *, C_grid: Sequence[float], class_weight: str | None, scale: bool,
+          seed: int) -> ClassifierSpec:
+    clf = DecisionTreeClassifier(class_weight=class_weight, random_state=seed)
+    return [], clf, {"clf__max_depth": [3, 5, 7, 9]}  # trees are scale-invariant: no scaler
+
+
+CLASSIFIERS: dict[str, Callable[..., ClassifierSpec]] = {"logreg": _logreg, "tree": _tree}
+
+
+def make_probe(
+    kind: ProbeKind,
+    *,
+    width: int | None = None,
+    binarize: float | None = None,
+    op: BinarizeOp = ">",
+    select_k: int | None = None,
+    C_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0),
+    cv: int = 5,
+    seed: int = 0,
+    input: ProbeInput = "sparse",
+    class_weight: Literal["balanced"] | None = "balanced",
+    scale: bool = True,
+    scoring: str = "f1_macro",
+    n_jobs: int | None = None,
+) -> Pipeline:
+    """A probe: [SparseColumns(width) | DenseColumn] -> [Binarize?] -> GridSearchCV([select?, scale?, clf]).
+
+    The search picks C (logreg) or max_depth (tree) by stratified `cv`-fold CV, shuffled with
+    `seed`, on whatever `fit` receives, scored by macro F1 (the paper's headline metric; its grid
+    search used accuracy), then refits the best on all of it. `scale=False` reproduces the
+    paper's unscaled probes. Binarization applies to SAE codes only, as in the paper.
+    """
+    if kind not in CLASSIFIERS:
+        raise SaefsError(f"unknown probe kind {kind!r}: expected one of {sorted(CLASSIFIERS)}")
+    if input not in get_args(ProbeInput):
+        raise SaefsError(f"probe input {input!r} is not one of {list(get_args(ProbeInput))}")
+    if input == "sparse" and width is None:
+        raise SaefsError("a sparse probe needs width= (the SAE's number of latents) to shape its CSR matrix")
+    if input == "dense" and binarize is not None:
+        raise SaefsError("binarize applies to SAE codes, not hidden states: pass input='sparse' or binarize=None")
+    if cv < 2:
+        raise SaefsError(f"cv={cv}: choosing a hyperparameter needs at least 2 folds")
+    prep, clf, grid = CLASSIFIERS[kind](input, C_grid=C_grid, class_weight=class_weight, scale=scale, seed=seed)
+
+    inner = [("select", SelectTopKLatents(k=select_k))] if select_k is not None else []
+    search = GridSearchCV(Pipeline([*inner, *prep, ("clf", clf)]), grid, scoring=scoring, n_jobs=n_jobs,
+                          cv=StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed), error_score="raise")
+    columns = SparseColumns(width=int(width)) if input == "sparse" else DenseColumn()  # type: ignore[arg-type]
+    outer: list[tuple[str, Any]] = [("columns", columns)]
+    if binarize is not None:
+        outer.append(("binarize", Binarize(threshold=binarize, op=op)))
+    return Pipeline([*outer, (SEARCH_STEP, search)])
+
+
+def chosen_params(probe: Pipeline) -> dict[str, Any]:
+    """The hyperparameters a fitted probe's search chose, without the step prefix: {'C': 0.1}."""
+    check_is_fitted(probe)
+    best = probe.named_steps[SEARCH_STEP].best_params_
+    return {key.split("__", 1)[-1]: value for key, value in best.items()}
+
+
+# --- baselines ----------------------------------------------------------------------------------
+
+def make_tfidf_baseline(seed: int = 0, *, text_col: str = "text", stop_words: str | None = "english") -> Pipeline:
+    """The paper's bag-of-words baseline on a frame's text column: TF-IDF 1-2 grams (20k) + balanced logreg.
+
+    English stop words are removed for every language, as the paper's code did.
+    """
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), max_features=20000, stop_words=stop_words)
+    clf = LogisticRegression(max_iter=10000, class_weight="balanced", random_state=seed)
+    return Pipeline([("tfidf", ColumnTransformer([("text", tfidf, text_col)])), ("clf", clf)])
+
+
+def make_majority_baseline() -> ClassifierMixin:
+    """The floor every probe must beat: the training split's most frequent class for every text.
+
+    `DummyClassifier` ignores X's contents, so it takes the same frame as the probes as is.
+    """
+    return DummyClassifier(strategy="most_frequent")

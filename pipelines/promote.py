@@ -1,0 +1,108 @@
+"""Stage promote: register the best probe of a dataset as `challenger`; move `champion` only if it passes.
+
+The candidate is the probe with the best validation macro F1 over every model and SAE cell of
+the dataset (the test split chooses nothing). It becomes `champion` of the registered model
+`saefs-<dataset>` when its test macro F1 passes `promote.min_macro_f1` and trails the best
+hidden-state probe (also chosen on validation) by at most `promote.max_drop_vs_hidden`; the gates
+are also run through MLflow's `validate_evaluation_results`. The report (JSON, and an MLflow run)
+says what was compared and why the alias moved or stayed.
+
+    python -m pipelines.promote <dataset>                      # the stage
+    python -m pipelines.promote <dataset> --rollback [--to N]  # champion back to the previous (or N)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from features import tracking
+from features.errors import SaefsError
+from features.io import write_json
+from pipelines import paths, setup_logging
+from pipelines.params import load_params
+
+log = logging.getLogger("saefs.promote")
+
+
+def registered_name(dataset: str) -> str:
+    return f"saefs-{dataset}"
+
+
+def _best(cells: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    name = max(cells, key=lambda k: cells[k].get("val_macro_f1", -1.0))
+    return name, cells[name]
+
+
+def run(dataset: str) -> dict[str, Any]:
+    params = load_params()
+    params.dataset(dataset)
+    sae_cells, hidden_cells, baselines = {}, {}, {}
+    for model in params.sae:
+        results = json.loads(paths.probe_metrics(dataset, model).read_text())
+        for name, cell in results["cells"].items():
+            (hidden_cells if cell["input"] == "dense" else sae_cells)[name] = cell | {"model": model}
+        baselines[model] = results["baselines"]
+    candidate_name, candidate = _best(sae_cells)
+    hidden_name, hidden = _best(hidden_cells)
+    thresholds = tracking.Thresholds(min_macro_f1=params.promote.min_macro_f1,
+                                     max_drop_vs_hidden=params.promote.max_drop_vs_hidden)
+    decision = tracking.promotion_decision({tracking.MACRO_F1: candidate["macro_f1"]},
+                                           {tracking.HIDDEN_F1: hidden["macro_f1"]}, thresholds)
+    mlflow_passed, mlflow_message = tracking.mlflow_validation(decision)
+
+    tracking.configure(params.promote.tracking_uri)
+    tracking.experiment(f"saefs/{dataset}")
+    name = registered_name(dataset)
+    previous = tracking.get_alias_version(name, tracking.CHAMPION)
+    version = tracking.register(candidate["model_uri"], name)
+    tracking.set_alias(name, tracking.CHALLENGER, version)
+    if decision.promote and mlflow_passed:
+        tracking.set_alias(name, tracking.CHAMPION, version)
+    champion = tracking.get_alias_version(name, tracking.CHAMPION)
+    report = {
+        "dataset": dataset, "registered_model": name, "candidate": {"cell": candidate_name, **candidate},
+        "hidden_baseline": {"cell": hidden_name, **hidden}, "other_baselines": baselines,
+        "challenger_version": version, "previous_champion": previous, "champion": champion,
+        "promoted": champion == version and previous != version,
+        "decision": decision.summary(), "checks": [asdict(c) for c in decision.checks],
+        "mlflow_validation": {"passed": mlflow_passed, "message": mlflow_message},
+    }
+    with tracking.start_parent(f"promote:{dataset}", tags={"stage": "promote", "dataset": dataset,
+                                                          "registered_model": name}):
+        tracking.log_metrics({"candidate_macro_f1": candidate["macro_f1"], "hidden_macro_f1": hidden["macro_f1"],
+                              "promoted": float(report["promoted"])})
+        import mlflow
+
+        mlflow.log_dict(report, "promotion_report.json")
+    write_json(paths.promotion_report(dataset), report)
+    log.info("%s: %s v%d (%s): %s", dataset, name, version, candidate_name, decision.summary())
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="a key of `datasets` in params.yaml")
+    parser.add_argument("--rollback", action="store_true", help="move champion back to the version before it")
+    parser.add_argument("--to", type=int, help="with --rollback: the version to move champion to")
+    args = parser.parse_args(argv)
+    try:
+        if args.rollback:
+            tracking.configure(load_params().promote.tracking_uri)
+            version = tracking.rollback(registered_name(args.dataset), tracking.CHAMPION, args.to)
+            log.info("%s: champion is now version %d", registered_name(args.dataset), version)
+        else:
+            run(args.dataset)
+    except SaefsError as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Stage train_probes: the paper's probe grid for one (dataset, model), read through Feast, tracked in MLflow.
+
+For every SAE cell (layer x SAE x pooling x binarization) and hidden-state baseline in
+`train_probes`, a logistic-regression probe is fitted on the training split with C chosen by
+cross-validation on that split alone, `seeds` times (CV shuffles); the test split only scores.
+The best cell (by validation macro F1) also gets a decision tree, top-k latent selection and a
+training-size curve. TF-IDF and majority baselines run on the same split. One MLflow parent run
+per invocation, a child run per cell with its model (signature: the online store's columns) and
+the Feast feature service it reads; metrics/train_probes/<dataset>/<model>.json summarises.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import tracking
+from features.feature_store import hidden_view_name, historical_frame, view_name
+from features.io import write_json
+from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
+from features.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
+from pipelines import paths, stage_main
+from pipelines.feature_params import FEATURE_REPO
+from pipelines.params import Params, load_params
+
+log = logging.getLogger("saefs.train_probes")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One probed feature set: a Feast feature service and what it holds."""
+
+    service: str
+    input: str  # "sparse" (SAE codes, raw or binarized) or "dense" (hidden states)
+    params: dict[str, Any]
+
+
+def cells(params: Params, model: str) -> list[Cell]:
+    sae, probes, op = params.sae_of(model), params.train_probes, params.build_features.binarize_op
+    out = [Cell(view_name(model, layer, width, pooling, threshold, op), "sparse",
+                {"layer": layer, "width": width, "pooling": pooling, "binarize": threshold, "op": op})
+           for layer in sae.layers for width in sae.widths for pooling in probes.poolings
+           for threshold in probes.binarize]
+    out += [Cell(hidden_view_name(model, layer, pooling), "dense",
+                 {"layer": layer, "width": "hidden", "pooling": pooling, "binarize": None})
+            for layer in sae.layers for pooling in probes.hidden]
+    return out
+
+
+def _fit_score(probe: Any, X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
+               test: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit on the `train` rows (the probe's own CV picks its hyperparameters there), score on `test`."""
+    test = ~train if test is None else test
+    probe.fit(X[train], y[train])
+    scores = probe.predict_proba(X[test])
+    metrics = classification_metrics(y[test], probe.predict(X[test]), scores, labels=list(probe.classes_))
+    search = probe.steps[-1][1] if hasattr(probe, "steps") else probe
+    validation = float(search.best_score_) if hasattr(search, "best_score_") else None
+    return metrics | {"val_macro_f1": validation}
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("macro_f1", "accuracy", "roc_auc", "val_macro_f1"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            stats = summarize_seeds(values)
+            out |= {key: stats["mean"], f"{key}_low": stats["low"], f"{key}_high": stats["high"]}
+    return out | {"seeds": len(runs)}
+
+
+def _probe_cell(cell: Cell, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, width: int,
+                params: Params, kind: str = "logreg", select_k: int | None = None) -> tuple[dict, Any]:
+    p = params.train_probes
+    runs, first = [], None
+    for seed in range(p.seeds):
+        probe = make_probe(kind, width=width if cell.input == "sparse" else None, input=cell.input,
+                           select_k=select_k, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs)
+        runs.append(_fit_score(probe, X, y, train))
+        first = first or probe
+    return _summary(runs) | {"chosen": chosen_params(first)}, first
+
+
+def _log_cell(name: str, cell_params: dict, summary: dict, probe: Any, X: pd.DataFrame, tags: dict) -> str:
+    # Plain lists in the example: the signature then reads 64-bit ids and values, which the
+    # online store's 32-bit arrays widen into safely (the reverse would be refused).
+    example = pd.DataFrame({column: [np.asarray(v).tolist() for v in X[column].head(3)] for column in X.columns})
+    with tracking.child_run(name, params=cell_params, tags=tags):
+        tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        return tracking.log_probe(probe, example).model_uri
+
+
+def run(cell_id: str) -> None:
+    from feast import FeatureStore
+
+    dataset, _, model = cell_id.partition("/")
+    params = load_params()
+    params.dataset(dataset)
+    prepared = pd.read_parquet(paths.prepared(dataset))
+    entity_df = prepared[["text_id", "event_timestamp"]]
+    y, train = prepared["label"].to_numpy(), (prepared["split"] == "train").to_numpy()
+    store = FeatureStore(repo_path=str(FEATURE_REPO))
+    tracking.configure(params.promote.tracking_uri)
+    tracking.experiment(f"saefs/{dataset}")
+    results: dict[str, Any] = {"dataset": dataset, "model": model, "cells": {}, "baselines": {}}
+    started = time.perf_counter()
+    tags = {"dataset": dataset, "model": model, "stage": "train_probes"}
+    with tracking.start_parent(f"train_probes:{model}", tags=tags,
+                               params={"seeds": params.train_probes.seeds, "cv_folds": params.train_probes.cv_folds}):
+        frames: dict[str, tuple[pd.DataFrame, int]] = {}
+        for cell in cells(params, model):
+            X, width = frames.setdefault(cell.service, historical_frame(store, cell.service, entity_df))
+            summary, probe = _probe_cell(cell, X, y, train, width, params)
+            tags = {"feature_service": cell.service, "dataset": dataset, "model": model, "probe": "logreg"}
+            uri = _log_cell(cell.service, cell.params | {"model": model, "probe": "logreg"}, summary, probe, X, tags)
+            results["cells"][cell.service] = cell.params | summary | {"model_uri": uri, "input": cell.input}
+            log.info("%s: %s macro F1 %.3f (val %.3f)", cell_id, cell.service, summary["macro_f1"],
+                     summary.get("val_macro_f1", float("nan")))
+        _extras(cell_id, params, results, frames, y, train)
+        _baselines(prepared, y, train, params, results)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(paths.probe_metrics(dataset, model), results)
+    write_plots(results, paths.probe_plots(dataset, model))
+
+
+def _extras(cell_id: str, params: Params, results: dict, frames: dict, y: np.ndarray, train: np.ndarray) -> None:
+    """Tree, top-k selection and the training-size curve, on the best SAE cell by validation."""
+    sae_cells = {k: v for k, v in results["cells"].items() if v["input"] == "sparse"}
+    best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1))
+    X, width = frames[best]
+    cell = Cell(best, "sparse", {k: sae_cells[best][k] for k in ("layer", "width", "pooling", "binarize")})
+    for variant, kind, select_k in (("tree", "tree", None), ("select", "logreg", params.train_probes.select_k)):
+        summary, probe = _probe_cell(cell, X, y, train, width, params, kind=kind,
+                                     select_k=min(select_k, width) if select_k else None)
+        name = f"{best}__{variant}{select_k or ''}"
+        uri = _log_cell(name, cell.params | {"probe": kind, "select_k": select_k}, summary, probe, X,
+                        {"feature_service": best, "probe": variant})
+        results["cells"][name] = cell.params | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
+    curve, p = [], params.train_probes
+    train_rows = np.flatnonzero(train)
+    subsets = training_curve_fractions(y[train], p.train_fractions, seed=0, min_per_class=p.cv_folds)
+    for fraction, subset in subsets.items():
+        fit_rows = np.zeros_like(train)
+        fit_rows[train_rows[subset]] = True
+        probe = make_probe("logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, n_jobs=p.n_jobs)
+        curve.append({"fraction": fraction, "train_rows": int(fit_rows.sum()),
+                      **_fit_score(probe, X, y, fit_rows, test=~train)})
+    results["best_cell"], results["training_curve"] = best, curve
+    log.info("%s: best cell by validation %s", cell_id, best)
+
+
+def _baselines(prepared: pd.DataFrame, y: np.ndarray, train: np.ndarray, params: Params, results: dict) -> None:
+    text = prepared[["text"]]
+    for name, make in (("tfidf", make_tfidf_baseline), ("majority", lambda seed: make_majority_baseline())):
+        runs = [_fit_score(make(seed), text, y, train) for seed in range(params.train_probes.seeds)]
+        summary = _summary(runs)
+        with tracking.child_run(name, params={"probe": name}, tags={"probe": name, "baseline": "true"}):
+            tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        results["baselines"][name] = summary
+
+
+def write_plots(results: dict, path: Path) -> None:
+    """One row per cell for DVC plots (macro F1 by layer, pooling, binarization)."""
+    rows = [{"cell": name, "layer": c["layer"], "width": c["width"], "pooling": c["pooling"],
+             "binarize": "none" if c["binarize"] is None else str(c["binarize"]), "variant": c.get("variant", "logreg"),
+             "macro_f1": c["macro_f1"], "macro_f1_low": c["macro_f1_low"], "macro_f1_high": c["macro_f1_high"]}
+            for name, c in results["cells"].items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, argv, doc=__doc__, arg="cell", help="<dataset>/<model>, keys of `datasets` and `sae`")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

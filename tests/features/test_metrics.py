@@ -1,0 +1,76 @@
+"""Metrics on hand-computed cases, the seed interval's arithmetic and nested stratified subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from features.errors import SaefsError
+from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
+
+
+def test_binary_metrics_by_hand() -> None:
+    # class 1: tp 2, fp 1, fn 1 -> F1 2/3; class 0: tp 1, fp 1, fn 1 -> F1 1/2; macro 7/12
+    y_true, y_pred = [1, 1, 1, 0, 0], [1, 1, 0, 1, 0]
+    scores = [0.9, 0.8, 0.3, 0.6, 0.1]  # 6 positive-negative pairs, 5 ranked right -> AUC 5/6
+    metrics = classification_metrics(y_true, y_pred, scores)
+    assert metrics["macro_f1"] == pytest.approx(7 / 12)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["roc_auc"] == pytest.approx(5 / 6)
+    assert metrics["n"] == 5
+    proba = np.column_stack([1 - np.array(scores), scores])
+    assert classification_metrics(y_true, y_pred, proba)["roc_auc"] == pytest.approx(5 / 6)
+
+
+def test_single_class_test_set_has_no_auc_and_still_scores_f1() -> None:
+    metrics = classification_metrics([1, 1, 1], [1, 0, 1], [0.9, 0.2, 0.8], labels=[0, 1])
+    assert metrics["roc_auc"] is None
+    # class 1: F1 = 2*2/(2*2+0+1) = 0.8; class 0 (absent, one false positive): 0 -> macro 0.4
+    assert metrics["macro_f1"] == pytest.approx(0.4)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_multiclass_auc_is_one_vs_rest_macro() -> None:
+    rng = np.random.default_rng(0)
+    y_true = np.array([0, 1, 2] * 10)
+    proba = rng.dirichlet(np.ones(3), size=30)
+    metrics = classification_metrics(y_true, proba.argmax(axis=1), proba)
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y_true, proba, multi_class="ovr", average="macro"))
+    missing_class = y_true != 2  # class 2 absent from this test set: AUC over classes 0 and 1 only
+    expected = np.mean([roc_auc_score(y_true[missing_class] == c, proba[missing_class, c]) for c in (0, 1)])
+    subset = classification_metrics(y_true[missing_class], proba[missing_class].argmax(axis=1),
+                                     proba[missing_class], labels=[0, 1, 2])
+    assert subset["roc_auc"] == pytest.approx(expected)
+
+
+def test_metric_inputs_are_checked() -> None:
+    with pytest.raises(SaefsError, match="equal length"):
+        classification_metrics([0, 1], [0])
+    with pytest.raises(SaefsError, match=r"predict_proba's \[n, K\]"):
+        classification_metrics([0, 1, 2], [0, 1, 2], [0.1, 0.5, 0.9], labels=[0, 1, 2])
+
+
+def test_seed_interval_is_a_student_t_interval() -> None:
+    # mean 2, sd 1, n 3: half-width t(0.975, 2) / sqrt(3) = 4.302653 / 1.732051 = 2.484138
+    summary = summarize_seeds([1.0, 2.0, 3.0])
+    assert summary["mean"] == pytest.approx(2.0) and summary["n"] == 3
+    assert summary["low"] == pytest.approx(2 - 2.484138, abs=1e-6)
+    assert summary["high"] == pytest.approx(2 + 2.484138, abs=1e-6)
+    assert summarize_seeds([0.8]) == {"mean": 0.8, "low": 0.8, "high": 0.8, "n": 1}
+    assert summarize_seeds([0.7, 0.7])["low"] == pytest.approx(0.7)
+    with pytest.raises(SaefsError, match="non-empty"):
+        summarize_seeds([])
+
+
+def test_training_curve_subsets_are_stratified_nested_and_seeded() -> None:
+    y = np.array([0] * 80 + [1] * 20)
+    subsets = training_curve_fractions(y, [0.1, 0.5, 1.0], seed=3)
+    assert [np.bincount(y[rows]).tolist() for rows in subsets.values()] == [[8, 2], [40, 10], [80, 20]]
+    assert set(subsets[0.1]) <= set(subsets[0.5]) <= set(subsets[1.0])
+    again = training_curve_fractions(y, [0.1], seed=3)[0.1]
+    np.testing.assert_array_equal(again, subsets[0.1])
+    assert not np.array_equal(training_curve_fractions(y, [0.1], seed=4)[0.1], again)
+    assert np.bincount(y[training_curve_fractions(y, [0.01], seed=0, min_per_class=5)[0.01]]).tolist() == [5, 5]
+    with pytest.raises(SaefsError, match="outside"):
+        training_curve_fractions(y, [0.0], seed=0)

@@ -1,0 +1,215 @@
+"""Probes: Feast-shaped frames -> matrices, binarization, top-k selection, CV on train only, baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from features.errors import SaefsError
+from features.probes import (
+    SEARCH_STEP,
+    Binarize,
+    DenseColumn,
+    SelectTopKLatents,
+    SparseColumns,
+    chosen_params,
+    make_majority_baseline,
+    make_probe,
+    make_tfidf_baseline,
+)
+
+WIDTH = 64
+INFORMATIVE = (0, 1, 2)  # 0 and 1 fire on class 1, 2 on class 0 (90% of the time each)
+FAST = {"C_grid": (0.1, 1.0), "cv": 3}  # keeps each search at 7 fits
+
+
+def synthetic_frame(n: int = 200, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Feast's sparse columns for `n` texts: 6 noise latents each, plus the informative ones of its class."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    ids, values = [], []
+    for label in y:
+        active = set(rng.choice(np.arange(len(INFORMATIVE), WIDTH), 6, replace=False).tolist())
+        if rng.random() < 0.9:
+            active |= {0, 1} if label == 1 else {2}
+        row = sorted(active)
+        ids.append(row)
+        values.append((1.5 + rng.random(len(row)) * 2).round(3).tolist())
+    return pd.DataFrame({"latent_ids": ids, "latent_values": values}), y
+
+
+def split(frame: pd.DataFrame, y: np.ndarray, n_train: int = 150):
+    return frame.iloc[:n_train], y[:n_train], frame.iloc[n_train:], y[n_train:]
+
+
+# --- frames -> matrices -------------------------------------------------------------------------
+
+def test_sparse_columns_builds_csr_from_lists_arrays_and_none() -> None:
+    frame = pd.DataFrame({"latent_ids": [[1, 3], np.array([0], dtype=np.int32), None],
+                          "latent_values": [[0.5, 2.0], np.array([1.5], dtype=np.float32), None]})
+    matrix = SparseColumns(width=4).fit_transform(frame)
+    assert sparse.isspmatrix_csr(matrix) and matrix.shape == (3, 4)
+    np.testing.assert_allclose(matrix.toarray(), [[0, 0.5, 0, 2.0], [1.5, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_sparse_columns_without_values_gives_ones() -> None:
+    frame = pd.DataFrame({"latent_ids": [[1, 3], [2]]})
+    np.testing.assert_array_equal(SparseColumns(width=4).fit_transform(frame).toarray(),
+                                  [[0, 1, 0, 1], [0, 0, 1, 0]])
+    with_values = pd.DataFrame({"latent_ids": [[1]], "latent_values": [[7.0]]})
+    assert SparseColumns(width=4, values_col=None).fit_transform(with_values).toarray()[0, 1] == 1
+
+
+def test_sparse_columns_errors_name_the_input() -> None:
+    fitted = SparseColumns(width=4).fit(pd.DataFrame({"latent_ids": [[1]], "latent_values": [[2.0]]}))
+    with pytest.raises(SaefsError, match=r"lacks columns \['latent_values'\]"):
+        fitted.transform(pd.DataFrame({"latent_ids": [[1]]}))  # trained on values: ones would be wrong
+    with pytest.raises(SaefsError, match="takes a pandas DataFrame"):
+        fitted.transform(np.zeros((1, 4)))
+    with pytest.raises(SaefsError, match="outside a width of 4"):
+        fitted.transform(pd.DataFrame({"latent_ids": [[9]], "latent_values": [[1.0]]}))
+    with pytest.raises(SaefsError, match="pass the SAE width"):
+        SparseColumns(width=0).fit(pd.DataFrame({"latent_ids": [[1]]}))
+
+
+def test_dense_column_stacks_rows_and_checks_width() -> None:
+    frame = pd.DataFrame({"hidden": [np.arange(3.0), [1.0, 2.0, 3.0]]})
+    step = DenseColumn().fit(frame)
+    assert step.transform(frame).dtype == np.float32 and step.transform(frame).shape == (2, 3)
+    assert step.get_feature_names_out().tolist() == ["hidden_0", "hidden_1", "hidden_2"]
+    with pytest.raises(SaefsError, match="fit on 3"):
+        step.transform(pd.DataFrame({"hidden": [[1.0, 2.0]]}))
+    with pytest.raises(SaefsError, match=r"no vector in rows \[1\]"):
+        step.transform(pd.DataFrame({"hidden": [[1.0, 2.0, 3.0], None]}))
+
+
+# --- binarize and select ------------------------------------------------------------------------
+
+def test_binarize_strict_and_inclusive_at_the_threshold() -> None:
+    codes = sparse.csr_matrix(np.array([[0.0, 1.0, 1.5], [0.5, 0.0, 1.0]]))
+    strict = Binarize(threshold=1.0, op=">").fit_transform(codes)
+    inclusive = Binarize(threshold=1.0, op=">=").fit_transform(codes)
+    assert sparse.isspmatrix_csr(strict) and strict.dtype == np.float32
+    np.testing.assert_array_equal(strict.toarray(), [[0, 0, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(inclusive.toarray(), [[0, 1, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(Binarize(op=">=").fit_transform(codes.toarray()), inclusive.toarray())
+
+
+def test_binarize_refuses_what_would_densify_or_is_unknown() -> None:
+    codes = sparse.csr_matrix(np.eye(2))
+    with pytest.raises(SaefsError, match="every implicit zero"):
+        Binarize(threshold=0.0, op=">=").fit_transform(codes)
+    with pytest.raises(SaefsError, match="not one of"):
+        Binarize(op="gt").fit(codes)  # type: ignore[arg-type]
+
+
+def test_select_top_k_finds_the_informative_latents_on_csr() -> None:
+    frame, y = synthetic_frame()
+    codes = SparseColumns(width=WIDTH).fit_transform(frame)
+    select = SelectTopKLatents(k=3).fit(codes, y)
+    assert set(select.selected_.tolist()) == set(INFORMATIVE)
+    assert sparse.issparse(select.transform(codes)) and select.transform(codes).shape == (len(y), 3)
+    assert SelectTopKLatents(k=10_000).fit(codes, y).selected_.tolist() == list(range(WIDTH))
+
+
+def test_select_top_k_scores_constant_latents_zero() -> None:
+    X = np.array([[1.0, 0.0, 5.0], [1.0, 1.0, 5.0], [1.0, 0.0, 5.0], [1.0, 1.0, 5.0]])
+    select = SelectTopKLatents(k=1).fit(X, [0, 1, 0, 1])
+    assert select.scores_[0] == 0 and select.scores_[2] == 0 and select.selected_.tolist() == [1]
+
+
+@parametrize_with_checks([Binarize(), SelectTopKLatents(k=2)])
+def test_sklearn_estimator_checks(estimator, check) -> None:
+    check(estimator)
+
+
+@pytest.mark.parametrize("estimator", [SparseColumns(width=8, values_col=None), DenseColumn(col="h"),
+                                       make_probe("logreg", width=8, binarize=1.0, select_k=4)])
+def test_params_round_trip_through_clone_and_set_params(estimator) -> None:
+    params = estimator.get_params()
+    cloned = clone(estimator)
+    assert cloned is not estimator and cloned.get_params().keys() == params.keys()
+    assert cloned.set_params(**{key: params[key] for key in cloned.get_params(deep=False)}) is cloned
+    assert not any(name.endswith("_") and not name.startswith("_") for name in vars(cloned))  # nothing learned
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+def test_logreg_probe_beats_the_majority_floor() -> None:
+    train, y_train, test, y_test = split(*synthetic_frame())
+    probe = make_probe("logreg", width=WIDTH, binarize=1.0, **FAST).fit(train, y_train)
+    floor = make_majority_baseline().fit(train, y_train)
+    probe_f1 = f1_score(y_test, probe.predict(test), average="macro")
+    assert probe_f1 > 0.8 > f1_score(y_test, floor.predict(test), average="macro")
+    assert chosen_params(probe)["C"] in FAST["C_grid"]
+    assert probe.predict_proba(test).shape == (len(test), 2)
+
+
+def test_c_is_chosen_by_cv_on_the_train_rows_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    train, y_train, test, _ = split(*synthetic_frame())
+    rows_seen: list[int] = []
+    original_fit = LogisticRegression.fit
+
+    def spy(self, X, y, *args, **kwargs):
+        rows_seen.append(X.shape[0])
+        return original_fit(self, X, y, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    probe = make_probe("logreg", width=WIDTH, **FAST).fit(train, y_train)
+    # per C, one fit per fold on (cv-1)/cv of the train rows, then one refit on all of them
+    assert len(rows_seen) == len(FAST["C_grid"]) * FAST["cv"] + 1
+    assert max(rows_seen[:-1]) < len(train) and rows_seen[-1] == len(train)
+    search = probe.named_steps[SEARCH_STEP]
+    assert search.n_splits_ == FAST["cv"] and search.best_params_["clf__C"] in FAST["C_grid"]
+    probe.predict(test)
+    assert len(rows_seen) == len(FAST["C_grid"]) * FAST["cv"] + 1  # predicting never refits
+
+
+def test_selection_runs_inside_the_search() -> None:
+    train, y_train, _, _ = split(*synthetic_frame())
+    probe = make_probe("logreg", width=WIDTH, select_k=3, **FAST).fit(train, y_train)
+    best = probe.named_steps[SEARCH_STEP].best_estimator_
+    assert set(best.named_steps["select"].selected_.tolist()) == set(INFORMATIVE)
+    assert type(best.named_steps["scale"]).__name__ == "MaxAbsScaler"  # keeps CSR sparse
+
+
+def test_dense_probe_standardizes_hidden_states() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 120)
+    hidden = rng.normal(size=(120, 8)) + np.outer(y, [3, 0, 0, 0, 0, 0, 0, 0]) + [0, 500, 0, 0, 0, 0, 0, 0]
+    frame = pd.DataFrame({"hidden": list(hidden)})
+    probe = make_probe("logreg", input="dense", **FAST).fit(frame, y)
+    assert type(probe.named_steps[SEARCH_STEP].best_estimator_.named_steps["scale"]).__name__ == "StandardScaler"
+    assert probe.score(frame, y) > 0.9
+
+
+def test_tree_probe_chooses_a_depth_from_the_grid() -> None:
+    train, y_train, test, y_test = split(*synthetic_frame())
+    probe = make_probe("tree", width=WIDTH, cv=3).fit(train, y_train)
+    assert chosen_params(probe)["max_depth"] in (3, 5, 7, 9)
+    assert f1_score(y_test, probe.predict(test), average="macro") > 0.8
+
+
+def test_make_probe_rejects_impossible_configurations() -> None:
+    with pytest.raises(SaefsError, match="needs width="):
+        make_probe("logreg")
+    with pytest.raises(SaefsError, match="not hidden states"):
+        make_probe("logreg", input="dense", binarize=1.0)
+    with pytest.raises(SaefsError, match="unknown probe kind"):
+        make_probe("svm", width=8)  # type: ignore[arg-type]
+
+
+# --- baselines ----------------------------------------------------------------------------------
+
+def test_tfidf_baseline_and_majority_floor_take_a_text_frame() -> None:
+    texts = pd.DataFrame({"text": ["a lovely kind message", "you awful idiot"] * 20, "latent_ids": [[1]] * 40})
+    y = np.array([0, 1] * 20)
+    assert make_tfidf_baseline(seed=0).fit(texts, y).score(texts, y) == 1.0
+    floor = make_majority_baseline().fit(texts, np.array([1] * 30 + [0] * 10))
+    assert floor.predict(texts).tolist() == [1] * 40

@@ -1,0 +1,168 @@
+"""MLflow helpers against a sqlite store in a temporary folder: runs, logged probes, aliases, rollback, gates."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from features import tracking
+from features.errors import SaefsError
+from features.probes import make_probe
+from features.tracking import Thresholds, promotion_decision
+from tests.features.test_probes import FAST, WIDTH, split, synthetic_frame
+
+mlflow = pytest.importorskip("mlflow")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One sqlite store for the module (a fresh one costs ~4 s of migrations), chosen through the env var."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        tracking.configure("sqlite:////nonexistent/ignored.db")
+        tracking.experiment("probes", artifact_location=(folder / "artifacts").as_uri())
+        yield folder
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[Pipeline, pd.DataFrame]:
+    train, y_train, test, _ = split(*synthetic_frame())
+    return make_probe("logreg", width=WIDTH, binarize=1.0, **FAST).fit(train, y_train), test
+
+
+def test_configure_prefers_the_environment_and_leaves_it_as_found(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    try:
+        assert tracking.configure(f"sqlite:///{tmp_path}/a.db") == f"sqlite:///{tmp_path}/a.db"
+        assert "MLFLOW_TRACKING_URI" not in os.environ  # MLflow exported it; configure takes it back
+        assert tracking.configure(f"sqlite:///{tmp_path}/b.db") == f"sqlite:///{tmp_path}/b.db"
+        assert mlflow.get_registry_uri() == f"sqlite:///{tmp_path}/b.db"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/env.db")
+        assert tracking.configure(f"sqlite:///{tmp_path}/b.db") == f"sqlite:///{tmp_path}/env.db"
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/env.db"
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+def test_parent_and_child_runs_log_params_metrics_and_tags(store: Path) -> None:
+    with pytest.raises(SaefsError, match="needs an active parent run"):
+        with tracking.child_run("orphan"):
+            pass
+    with tracking.start_parent("sweep", tags={"dataset": "toy"}, params={"seed": 0}) as parent:
+        with tracking.child_run("l9__sae4k__sum__bin1", params={"C": 0.1}, tags={"kind": "logreg"}) as child:
+            tracking.log_metrics({"macro_f1": 0.9, "roc_auc": None})
+    run = mlflow.MlflowClient().get_run(child.info.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.data.params == {"C": "0.1"} and run.data.tags["kind"] == "logreg"
+    assert run.data.metrics == {"macro_f1": 0.9}  # the undefined AUC is left out
+    assert mlflow.MlflowClient().get_run(parent.info.run_id).data.tags["dataset"] == "toy"
+
+
+def test_logged_probe_serves_list_columns_by_alias(store: Path, fitted: tuple[Pipeline, pd.DataFrame]) -> None:
+    probe, test = fitted
+    with tracking.start_parent("log"):
+        info = tracking.log_probe(probe, test, registered_model_name="toy_probe")
+    assert info.model_uri.startswith("models:/m-")
+    inputs = {c.name: str(c.type) for c in info.signature.inputs.inputs}
+    assert inputs == {"latent_ids": "Array(long)", "latent_values": "Array(double)"}
+    requirements = (Path(mlflow.artifacts.download_artifacts(info.model_uri)) / "requirements.txt").read_text()
+    assert "scikit-learn==" in requirements and "skops==" in requirements
+
+    tracking.set_alias("toy_probe", tracking.CHAMPION, info.registered_model_version)
+    served = mlflow.pyfunc.load_model("models:/toy_probe@champion")
+    np.testing.assert_allclose(served.predict(test), probe.predict_proba(test), rtol=1e-6)
+    as_arrays = pd.DataFrame({"latent_ids": [np.asarray(r, dtype=np.int32) for r in test["latent_ids"]],
+                              "latent_values": [np.asarray(r, dtype=np.float32) for r in test["latent_values"]]})
+    np.testing.assert_allclose(served.predict(as_arrays), probe.predict_proba(test), rtol=1e-5)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="got NoneType"):
+        served.predict(pd.DataFrame({"latent_ids": [[1], None], "latent_values": [[2.0], None]}))
+
+
+def test_dense_probe_round_trips_through_pyfunc(store: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    frame = pd.DataFrame({"hidden": list(rng.normal(size=(60, 6)) + y[:, None])})
+    probe = make_probe("logreg", input="dense", **FAST).fit(frame, y)
+    with tracking.start_parent("dense"):
+        info = tracking.log_probe(probe, frame)
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(info.model_uri).predict(frame), probe.predict_proba(frame),
+                               rtol=1e-6)
+
+
+def test_foreign_types_are_refused_before_logging() -> None:
+    with pytest.raises(SaefsError, match=r"\['math.log1p'\]"):  # numpy's ufuncs are trusted already
+        tracking.trusted_types(Pipeline([("log", FunctionTransformer(math.log1p))]))
+
+
+def test_aliases_rollback_walks_the_champion_history(store: Path, fitted: tuple[Pipeline, pd.DataFrame]) -> None:
+    probe, test = fitted
+    with tracking.start_parent("versions"):
+        uri = tracking.log_probe(probe, test).model_uri
+    name = "rollback_probe"
+    versions = [tracking.register(uri, name) for _ in range(3)]
+    assert versions == [1, 2, 3]
+    assert tracking.get_alias_version(name, tracking.CHAMPION) is None
+    assert tracking.get_alias_version("no_such_model", tracking.CHAMPION) is None
+    for version in versions:
+        tracking.set_alias(name, tracking.CHAMPION, version)
+    tracking.set_alias(name, tracking.CHALLENGER, 3)
+    assert tracking.alias_history(name, tracking.CHAMPION) == [1, 2, 3]
+
+    assert tracking.rollback(name) == 2 and tracking.get_alias_version(name, tracking.CHAMPION) == 2
+    assert tracking.rollback(name) == 1  # one further back, not back to 3
+    with pytest.raises(SaefsError, match="no earlier version"):
+        tracking.rollback(name)
+    assert tracking.rollback(name, to_version=3) == 3
+    assert tracking.alias_history(name, tracking.CHAMPION) == [1, 3]
+    assert tracking.get_alias_version(name, tracking.CHALLENGER) == 3  # other aliases untouched
+
+    client = mlflow.MlflowClient()
+    assert "champion_rolled_back" in client.get_model_version(name, "2").tags
+    assert "champion_since" in client.get_model_version(name, "3").tags
+    assert mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(test.head(2)).shape == (2, 2)
+
+
+GATES = Thresholds(min_macro_f1=0.8, max_drop_vs_hidden=0.02, min_transfer_f1=0.7, min_transfer_margin=0.05)
+BASELINES = {"hidden_macro_f1": 0.85, "transfer_majority_macro_f1": 0.4}
+
+
+@pytest.mark.parametrize(("candidate", "baselines", "failed"), [
+    ({"macro_f1": 0.84, "transfer_macro_f1": 0.75}, BASELINES, []),
+    ({"macro_f1": 0.79, "transfer_macro_f1": 0.75}, {**BASELINES, "hidden_macro_f1": 0.7}, ["macro_f1"]),
+    ({"macro_f1": 0.82, "transfer_macro_f1": 0.75}, BASELINES, ["macro_f1_minus_hidden"]),
+    ({"macro_f1": 0.84, "transfer_macro_f1": 0.69}, {**BASELINES, "transfer_majority_macro_f1": 0.66},
+     ["transfer_macro_f1", "transfer_minus_majority"]),
+    ({"macro_f1": 0.84, "transfer_macro_f1": 0.72}, {**BASELINES, "transfer_majority_macro_f1": 0.7},
+     ["transfer_minus_majority"]),
+    ({"macro_f1": 0.84}, {"transfer_majority_macro_f1": 0.4}, ["macro_f1_minus_hidden", "transfer_macro_f1",
+                                                               "transfer_minus_majority"]),
+    ({"macro_f1": math.nan, "transfer_macro_f1": 0.75}, BASELINES, ["macro_f1", "macro_f1_minus_hidden"]),
+])
+def test_promotion_gates_and_mlflow_agree(candidate: dict, baselines: dict, failed: list[str]) -> None:
+    decision = promotion_decision(candidate, baselines, GATES)
+    assert [c.name for c in decision.checks if not c.passed] == failed
+    assert decision.promote is (not failed)
+    passed, message = tracking.mlflow_validation(decision)
+    assert passed is decision.promote
+    assert all(name in message for name in failed)
+
+
+def test_gates_that_are_off_are_not_checked() -> None:
+    decision = promotion_decision({"macro_f1": 0.81}, {}, Thresholds(max_drop_vs_hidden=None))
+    assert decision.promote and [c.name for c in decision.checks] == ["macro_f1"]
+    assert decision.summary().startswith("promote: ok macro_f1: macro F1 0.8100 >= 0.8")
