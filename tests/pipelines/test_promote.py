@@ -1,0 +1,71 @@
+"""The promote stage: best probe by validation -> challenger; champion only past the gates; rollback CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from features import tracking
+from features.probes import make_probe
+from pipelines import paths, promote
+from tests.features.test_probes import FAST, WIDTH, split, synthetic_frame
+from tests.helpers import embedded_params, write_params
+
+mlflow = pytest.importorskip("mlflow")
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    params = embedded_params()
+    store = f"sqlite:///{tmp_path}/mlflow.db"  # absolute: MLflow caches stores by URI, across tests
+    params["promote"] = {"min_macro_f1": 0.8, "max_drop_vs_hidden": 0.02, "tracking_uri": store}
+    write_params(tmp_path, params)
+    tracking.configure(store)
+    tracking.experiment("saefs/spam")
+    train, y_train, test, _ = split(*synthetic_frame())
+    with tracking.start_parent("probes"):
+        uri = tracking.log_probe(make_probe("logreg", width=WIDTH, **FAST).fit(train, y_train), train.head(3)).model_uri
+    yield params, uri
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def write_results(params: dict, uri: str, sae_f1: float, hidden_f1: float) -> None:
+    """What train_probes leaves for every model of the profile: one SAE cell and one hidden-state cell."""
+    for model in params["sae"]:
+        cells = {f"{model}__sae": {"input": "sparse", "macro_f1": sae_f1, "val_macro_f1": 0.9, "model_uri": uri},
+                 f"{model}__hidden": {"input": "dense", "macro_f1": hidden_f1, "val_macro_f1": 0.8,
+                                      "model_uri": uri}}
+        path = paths.probe_metrics("spam", model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"cells": cells, "baselines": {"majority": {"macro_f1": 0.33}}}))
+
+
+def test_a_probe_past_the_gates_becomes_champion_and_a_worse_one_does_not(project) -> None:
+    params, uri = project
+    write_results(params, uri, sae_f1=0.93, hidden_f1=0.92)
+    first = promote.run("spam")
+    assert first["promoted"] and first["champion"] == first["challenger_version"] == 1
+    assert first["mlflow_validation"]["passed"]
+
+    write_results(params, uri, sae_f1=0.85, hidden_f1=0.92)  # trails the hidden-state probe by 0.07
+    second = promote.run("spam")
+    assert second["challenger_version"] == 2 and second["champion"] == 1 and not second["promoted"]
+    failed = [c["name"] for c in second["checks"] if not c["passed"]]
+    assert failed == ["macro_f1_minus_hidden"]
+    assert json.loads(paths.promotion_report("spam").read_text())["decision"].startswith("keep the champion")
+
+
+def test_rollback_moves_champion_to_the_version_before(project) -> None:
+    params, uri = project
+    for _ in range(2):
+        write_results(params, uri, sae_f1=0.95, hidden_f1=0.9)
+        promote.run("spam")
+    assert tracking.get_alias_version("saefs-spam", tracking.CHAMPION) == 2
+    assert promote.main(["spam", "--rollback"]) == 0
+    assert tracking.get_alias_version("saefs-spam", tracking.CHAMPION) == 1
