@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from features import tracking
 from features.feature_store import hidden_view_name, historical_frame, view_name
@@ -97,6 +98,14 @@ def _log_cell(name: str, cell_params: dict, summary: dict, probe: Any, X: pd.Dat
         return tracking.log_probe(probe, example).model_uri
 
 
+def dvc_hashes(*stages: str) -> dict[str, str]:
+    """The md5 DVC recorded for the outputs of `stages` (dvc.lock), to tie a run to its data and features."""
+    lock = Path("dvc.lock")
+    entries = yaml.safe_load(lock.read_text()).get("stages", {}) if lock.is_file() else {}
+    return {f"dvc.{out['path']}": out["md5"] for stage in stages for out in entries.get(stage, {}).get("outs", [])
+            if "md5" in out}
+
+
 def run(cell_id: str) -> None:
     from feast import FeatureStore
 
@@ -111,7 +120,8 @@ def run(cell_id: str) -> None:
     tracking.experiment(f"saefs/{dataset}")
     results: dict[str, Any] = {"dataset": dataset, "model": model, "cells": {}, "baselines": {}}
     started = time.perf_counter()
-    tags = {"dataset": dataset, "model": model, "stage": "train_probes"}
+    tags = {"dataset": dataset, "model": model, "stage": "train_probes",
+            **dvc_hashes(f"prepare_data@{dataset}", f"build_features@{model}")}
     with tracking.start_parent(f"train_probes:{model}", tags=tags,
                                params={"seeds": params.train_probes.seeds, "cv_folds": params.train_probes.cv_folds}):
         frames: dict[str, tuple[pd.DataFrame, int]] = {}
