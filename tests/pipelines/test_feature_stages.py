@@ -170,3 +170,20 @@ def test_build_features_params_name_the_bad_key() -> None:
         parse_params(params)
     params["build_features"] = {"binarize": [None, 1.0], "binarize_op": ">=", "hidden": ["last", "mean"]}
     assert parse_params(params).build_features.binarize_op == ">="
+
+
+def test_an_unknown_text_is_missing_online_never_an_all_zero_vector(project) -> None:
+    store = project["store"]
+    rows = [{"text_id": project["ids"][1]}, {"text_id": "alpha-0000000000000000"}]
+    raw = store.get_online_features(features=store.get_feature_service(RAW), entity_rows=rows).to_dict()
+    assert raw["latent_ids"][0] is not None and raw["latent_ids"][1] is None and raw["latent_values"][1] is None
+
+
+def test_materializing_twice_changes_nothing(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, ids = project["store"], project["ids"]
+    entity_rows = [{"text_id": text_id} for text_id in ids]
+    before = store.get_online_features(features=store.get_feature_service(RAW), entity_rows=entity_rows).to_dict()
+    monkeypatch.chdir(project["root"])
+    materialize.run("feature_repo")
+    after = store.get_online_features(features=store.get_feature_service(RAW), entity_rows=entity_rows).to_dict()
+    assert after == before
