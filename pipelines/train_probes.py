@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from features import tracking
+from features.errors import SaefsError
 from features.feature_store import hidden_view_name, historical_frame, view_name
 from features.io import write_json
 from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
@@ -107,14 +108,17 @@ def dvc_hashes(*stages: str) -> dict[str, str]:
 
 
 def run(cell_id: str) -> None:
-    from feast import FeatureStore
-
     dataset, _, model = cell_id.partition("/")
     params = load_params()
     params.dataset(dataset)
     prepared = pd.read_parquet(paths.prepared(dataset))
     entity_df = prepared[["text_id", "event_timestamp"]]
     y, train = prepared["label"].to_numpy(), (prepared["split"] == "train").to_numpy()
+    classes = np.unique(y[train])
+    if len(classes) < 2:
+        raise SaefsError(f"{dataset}: the training split holds one class only (label {classes.tolist()}); a probe "
+                         "needs two: check the dataset's labels and prepare_data's split")
+    from feast import FeatureStore  # after the cheap checks: its import costs ~16 s
     store = FeatureStore(repo_path=str(FEATURE_REPO))
     tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")

@@ -151,6 +151,26 @@ def test_logreg_probe_beats_the_majority_floor() -> None:
     assert probe.predict_proba(test).shape == (len(test), 2)
 
 
+def planted_frame(n: int = 400, seed: int = 1) -> tuple[pd.DataFrame, np.ndarray]:
+    """A planted signal: latent 0 fires on every class-1 text and only there; 6 noise latents each."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    noise = [set(rng.choice(np.arange(3, WIDTH), 6, replace=False).tolist()) for _ in y]
+    ids = [sorted(row | {0} if label == 1 else row) for row, label in zip(noise, y, strict=True)]
+    values = [[2.0] * len(row) for row in ids]
+    return pd.DataFrame({"latent_ids": ids, "latent_values": values}), y
+
+
+def test_a_planted_signal_is_found_and_shuffled_labels_stay_near_chance() -> None:
+    frame, y = planted_frame()
+    train, y_train, test, y_test = split(frame, y, n_train=300)
+    probe = make_probe("logreg", width=WIDTH, **FAST).fit(train, y_train)
+    assert f1_score(y_test, probe.predict(test), average="macro") == 1.0
+    shuffled = np.random.default_rng(2).permutation(y_train)
+    chance = make_probe("logreg", width=WIDTH, **FAST).fit(train, shuffled)
+    assert 0.3 < f1_score(y_test, chance.predict(test), average="macro") < 0.7
+
+
 def test_c_is_chosen_by_cv_on_the_train_rows_only(monkeypatch: pytest.MonkeyPatch) -> None:
     train, y_train, test, _ = split(*synthetic_frame())
     rows_seen: list[int] = []

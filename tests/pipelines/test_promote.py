@@ -69,3 +69,4 @@ def test_rollback_moves_champion_to_the_version_before(project) -> None:
     assert tracking.get_alias_version("saefs-spam", tracking.CHAMPION) == 2
     assert promote.main(["spam", "--rollback"]) == 0
     assert tracking.get_alias_version("saefs-spam", tracking.CHAMPION) == 1
+
