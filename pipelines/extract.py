@@ -78,7 +78,7 @@ def run(cell: str) -> None:
             rows = df.iloc[start : start + ex.shard_rows]
             out = extract(model, tokenizer, rows["text"].tolist(), cfg.layers, saes, ex.poolings,
                           max_tokens=ex.max_tokens, batch_size=ex.batch_size,
-                          include_bos=ex.include_bos or ex.paper_compat, paper_compat=ex.paper_compat,
+                          include_bos=ex.pools_bos, paper_compat=ex.paper_compat,
                           meters=meters, progress=True)
             sparse = {codes_name(layer, width, spec): m for (layer, width, spec), m in out.codes.items()}
             dense = {hidden_name(layer, spec): h for (layer, spec), h in out.hidden.items()}

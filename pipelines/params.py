@@ -149,6 +149,11 @@ class ExtractParams(Strict):
             pooling_top_n(spec)
         return v
 
+    @property
+    def pools_bos(self) -> bool:
+        """Whether BOS enters pooled values: asked for, or implied by the paper code's choices."""
+        return self.include_bos or self.paper_compat
+
 
 class CheckSaeParams(Strict):
     """Thresholds of the SAE quality gate (a wrong layer or model shows up as low variance explained)."""

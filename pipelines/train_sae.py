@@ -45,7 +45,7 @@ def _train(name: str, params: Params, out: Path, device: str, report: dict[str, 
     started = time.perf_counter()
     texts = training_texts(params)
     acts = collect_activations(model, tokenizer, texts, cfg.layers, max_tokens=ex.max_tokens,
-                               batch_size=ex.batch_size, include_bos=ex.include_bos or ex.paper_compat,
+                               batch_size=ex.batch_size, include_bos=ex.pools_bos,
                                paper_compat=ex.paper_compat)
     report |= {"texts": len(texts), "tokens": len(acts[cfg.layers[0]]),
                "collect_seconds": round(time.perf_counter() - started, 1)}
