@@ -261,6 +261,19 @@ class Thresholds:
     min_transfer_f1: float | None = None  # transfer (other model, language or dataset) gate, off by default
     min_transfer_margin: float = 0.05  # and at least this far above the transfer set's majority floor
 
+    def impossible(self) -> list[str]:
+        """Why these gates can never pass, whatever the probe; empty if a perfect probe could pass them.
+
+        Macro F1 lies in [0, 1], so a minimum above 1, a required lead over the hidden-state probe
+        above 1 (max_drop_vs_hidden < -1) or a transfer margin above 1 is unreachable.
+        """
+        transfer = self.min_transfer_f1 is not None
+        needs = {"min_macro_f1": self.min_macro_f1, "min_transfer_f1": self.min_transfer_f1,
+                 "max_drop_vs_hidden": None if self.max_drop_vs_hidden is None else -self.max_drop_vs_hidden,
+                 "min_transfer_margin": self.min_transfer_margin if transfer else None}
+        return [f"{key}={getattr(self, key)} can never pass (macro F1 lies in [0, 1]): set it so that a perfect "
+                "probe would pass" for key, need in needs.items() if need is not None and need > 1.0]
+
 
 @dataclass(frozen=True)
 class Check:
@@ -291,7 +304,8 @@ def promotion_decision(candidate: Mapping[str, float], baselines: Mapping[str, f
     `hidden_macro_f1` (the hidden-state probe of the same cell) and `transfer_majority_macro_f1`.
     A metric the gate needs but nobody measured fails the gate: promotion fails closed.
     """
-    checks = [_check(MACRO_F1, candidate.get(MACRO_F1), thresholds.min_macro_f1,
+    checks = [Check("thresholds", None, 0.0, False, f"thresholds: {reason}") for reason in thresholds.impossible()]
+    checks += [_check(MACRO_F1, candidate.get(MACRO_F1), thresholds.min_macro_f1,
                      f"macro F1 {{value}} >= {thresholds.min_macro_f1}")]
     if thresholds.max_drop_vs_hidden is not None:
         checks.append(_check("macro_f1_minus_hidden", _difference(candidate.get(MACRO_F1), baselines.get(HIDDEN_F1)),

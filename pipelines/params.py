@@ -188,7 +188,7 @@ class TrainProbesParams(Strict):
 class PromoteParams(Strict):
     """When a probe becomes `champion` (checked on the test split, chosen on validation)."""
 
-    min_macro_f1: float = Field(ge=0, le=1)
+    min_macro_f1: float = Field(ge=0, description="above 1 can never pass: promote reports it and moves no alias")
     max_drop_vs_hidden: float | None = Field(ge=0, description="may trail the best hidden-state probe by this much")
     tracking_uri: str = Field(description="MLflow tracking URI unless MLFLOW_TRACKING_URI is set")
 

@@ -33,7 +33,9 @@ def registered_name(dataset: str) -> str:
     return f"saefs-{dataset}"
 
 
-def _best(cells: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def _best(cells: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, Any]]:
+    if not cells:
+        return None, {}
     name = max(cells, key=lambda k: cells[k].get("val_macro_f1", -1.0))
     return name, cells[name]
 
@@ -41,18 +43,21 @@ def _best(cells: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
 def run(dataset: str) -> dict[str, Any]:
     params = load_params()
     params.dataset(dataset)
-    sae_cells, hidden_cells, baselines = {}, {}, {}
+    sae_cells, hidden_cells, baselines, skipped = {}, {}, {}, {}
     for model in params.sae:
         results = json.loads(paths.probe_metrics(dataset, model).read_text())
         for name, cell in results["cells"].items():
             (hidden_cells if cell["input"] == "dense" else sae_cells)[name] = cell | {"model": model}
         baselines[model] = results["baselines"]
+        skipped |= results.get("skipped", {})
     candidate_name, candidate = _best(sae_cells)
     hidden_name, hidden = _best(hidden_cells)
+    if candidate_name is None:
+        return _nothing_to_promote(dataset, skipped, baselines, params.promote.tracking_uri)
     thresholds = tracking.Thresholds(min_macro_f1=params.promote.min_macro_f1,
                                      max_drop_vs_hidden=params.promote.max_drop_vs_hidden)
     decision = tracking.promotion_decision({tracking.MACRO_F1: candidate["macro_f1"]},
-                                           {tracking.HIDDEN_F1: hidden["macro_f1"]}, thresholds)
+                                           {tracking.HIDDEN_F1: hidden.get("macro_f1")}, thresholds)
     mlflow_passed, mlflow_message = tracking.mlflow_validation(decision)
 
     tracking.configure(params.promote.tracking_uri)
@@ -70,17 +75,38 @@ def run(dataset: str) -> dict[str, Any]:
         "challenger_version": version, "previous_champion": previous, "champion": champion,
         "promoted": champion == version and previous != version,
         "decision": decision.summary(), "checks": [asdict(c) for c in decision.checks],
-        "mlflow_validation": {"passed": mlflow_passed, "message": mlflow_message},
+        "mlflow_validation": {"passed": mlflow_passed, "message": mlflow_message}, "skipped_cells": skipped,
     }
     with tracking.start_parent(f"promote:{dataset}", tags={"stage": "promote", "dataset": dataset,
                                                           "registered_model": name}):
-        tracking.log_metrics({"candidate_macro_f1": candidate["macro_f1"], "hidden_macro_f1": hidden["macro_f1"],
+        tracking.log_metrics({"candidate_macro_f1": candidate["macro_f1"], "hidden_macro_f1": hidden.get("macro_f1"),
                               "promoted": float(report["promoted"])})
         import mlflow
 
         mlflow.log_dict(report, "promotion_report.json")
     write_json(paths.promotion_report(dataset), report)
     log.info("%s: %s v%d (%s): %s", dataset, name, version, candidate_name, decision.summary())
+    return report
+
+
+def _nothing_to_promote(dataset: str, skipped: dict, baselines: dict, tracking_uri: str) -> dict[str, Any]:
+    """No SAE cell was probed (all skipped): report it, register nothing, move no alias."""
+    name = registered_name(dataset)
+    tracking.configure(tracking_uri)
+    tracking.experiment(f"saefs/{dataset}")
+    reasons = sorted({cell["reason"] for cell in skipped.values()})
+    report = {"dataset": dataset, "registered_model": name, "candidate": None, "challenger_version": None,
+              "champion": tracking.get_alias_version(name, tracking.CHAMPION), "promoted": False,
+              "decision": f"keep the champion: no SAE cell could be probed ({len(skipped)} skipped: "
+                          + "; ".join(reasons) + ")",
+              "checks": [], "skipped_cells": skipped, "other_baselines": baselines}
+    with tracking.start_parent(f"promote:{dataset}", tags={"stage": "promote", "dataset": dataset,
+                                                          "registered_model": name, "status": "nothing to promote"}):
+        import mlflow
+
+        mlflow.log_dict(report, "promotion_report.json")
+    write_json(paths.promotion_report(dataset), report)
+    log.error("%s: %s", dataset, report["decision"])
     return report
 
 

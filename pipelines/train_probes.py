@@ -11,9 +11,11 @@ the Feast feature service it reads; metrics/train_probes/<dataset>/<model>.json 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from threadpoolctl import threadpool_limits
 
 from features import tracking
 from features.errors import SaefsError
-from features.feature_store import hidden_view_name, historical_frame, view_name
+from features.feature_store import IDS, hidden_view_name, historical_frame, view_name
 from features.io import write_json
 from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
 from features.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
@@ -54,6 +57,30 @@ def cells(params: Params, model: str) -> list[Cell]:
                  {"layer": layer, "width": "hidden", "pooling": pooling, "binarize": None})
             for layer in sae.layers for pooling in probes.hidden]
     return out
+
+
+class Timings(dict[str, float]):
+    """Seconds per phase of the stage (retrieval, fitting, logging), for the metrics and the benchmark."""
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[phase] = round(self.get(phase, 0.0) + time.perf_counter() - started, 2)
+
+
+def empty_reason(cell: Cell, X: pd.DataFrame, train: np.ndarray) -> str | None:
+    """Why a sparse cell cannot be probed: no latent active in any training text (None if it can)."""
+    if cell.input != "sparse":
+        return None
+    active = X[IDS].map(lambda ids: ids is not None and len(ids) > 0).to_numpy()
+    if active[train].any():
+        return None
+    return (f"no latent is active in any of its {int(train.sum())} training texts (a binarize threshold above "
+            "every pooled value, or an SAE whose latents never fire on this data): a probe could only predict "
+            "the majority class; lower train_probes.binarize or check the SAE (check_sae)")
 
 
 def _fit_score(probe: Any, X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
@@ -90,13 +117,16 @@ def _probe_cell(cell: Cell, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, w
     return _summary(runs) | {"chosen": chosen_params(first)}, first
 
 
+def input_example(X: pd.DataFrame) -> pd.DataFrame:
+    """Three rows as plain lists: the signature then reads 64-bit ids and values, which the online
+    store's 32-bit arrays widen into safely (the reverse would be refused)."""
+    return pd.DataFrame({column: [np.asarray(v).tolist() for v in X[column].head(3)] for column in X.columns})
+
+
 def _log_cell(name: str, cell_params: dict, summary: dict, probe: Any, X: pd.DataFrame, tags: dict) -> str:
-    # Plain lists in the example: the signature then reads 64-bit ids and values, which the
-    # online store's 32-bit arrays widen into safely (the reverse would be refused).
-    example = pd.DataFrame({column: [np.asarray(v).tolist() for v in X[column].head(3)] for column in X.columns})
     with tracking.child_run(name, params=cell_params, tags=tags):
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
-        return tracking.log_probe(probe, example).model_uri
+        return tracking.log_probe(probe, input_example(X)).model_uri
 
 
 def dvc_hashes(*stages: str) -> dict[str, str]:
@@ -122,60 +152,94 @@ def run(cell_id: str) -> None:
     store = FeatureStore(repo_path=str(FEATURE_REPO))
     tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
-    results: dict[str, Any] = {"dataset": dataset, "model": model, "cells": {}, "baselines": {}}
-    started = time.perf_counter()
+    results: dict[str, Any] = {"dataset": dataset, "model": model, "cells": {}, "skipped": {}, "baselines": {}}
+    started, timings = time.perf_counter(), Timings()
     tags = {"dataset": dataset, "model": model, "stage": "train_probes",
             **dvc_hashes(f"prepare_data@{dataset}", f"build_features@{model}")}
-    with tracking.start_parent(f"train_probes:{model}", tags=tags,
-                               params={"seeds": params.train_probes.seeds, "cv_folds": params.train_probes.cv_folds}):
+    # One BLAS thread: these lbfgs problems are too small to split, and a threaded BLAS on a busy
+    # machine spins (4x slower fitting, benchmarks/train_probes.py); `n_jobs` parallelises instead.
+    with threadpool_limits(limits=1), tracking.start_parent(
+            f"train_probes:{model}", tags=tags,
+            params={"seeds": params.train_probes.seeds, "cv_folds": params.train_probes.cv_folds}):
         frames: dict[str, tuple[pd.DataFrame, int]] = {}
         for cell in cells(params, model):
-            X, width = frames.setdefault(cell.service, historical_frame(store, cell.service, entity_df))
-            summary, probe = _probe_cell(cell, X, y, train, width, params)
+            with timings("retrieval"):
+                X, width = frames[cell.service] = historical_frame(store, cell.service, entity_df)
             tags = {"feature_service": cell.service, "dataset": dataset, "model": model, "probe": "logreg"}
-            uri = _log_cell(cell.service, cell.params | {"model": model, "probe": "logreg"}, summary, probe, X, tags)
+            if reason := empty_reason(cell, X, train):
+                _skip(cell_id, cell, reason, tags, results)
+                continue
+            with timings("fitting"):
+                summary, probe = _probe_cell(cell, X, y, train, width, params)
+            with timings("logging"):
+                uri = _log_cell(cell.service, cell.params | {"model": model, "probe": "logreg"}, summary, probe,
+                                X, tags)
             results["cells"][cell.service] = cell.params | summary | {"model_uri": uri, "input": cell.input}
             log.info("%s: %s macro F1 %.3f (val %.3f)", cell_id, cell.service, summary["macro_f1"],
                      summary.get("val_macro_f1", float("nan")))
-        _extras(cell_id, params, results, frames, y, train)
-        _baselines(prepared, y, train, params, results)
-    results["seconds"] = round(time.perf_counter() - started, 1)
+        _extras(cell_id, params, results, frames, y, train, timings)
+        _baselines(prepared, y, train, params, results, timings)
+    results["seconds"] = {"total": round(time.perf_counter() - started, 1), **timings}
+    log.info("%s: %s", cell_id, ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in results["seconds"].items()))
     write_json(paths.probe_metrics(dataset, model), results)
     write_plots(results, paths.probe_plots(dataset, model))
 
 
-def _extras(cell_id: str, params: Params, results: dict, frames: dict, y: np.ndarray, train: np.ndarray) -> None:
+def _skip(cell_id: str, cell: Cell, reason: str, tags: dict, results: dict) -> None:
+    """Record a cell that cannot be probed: in the metrics, the log and MLflow (where promote and a person look)."""
+    log.warning("%s: %s skipped: %s", cell_id, cell.service, reason)
+    results["skipped"][cell.service] = cell.params | {"input": cell.input, "reason": reason}
+    with tracking.child_run(cell.service, params=cell.params, tags=tags | {"status": "skipped", "reason": reason}):
+        pass
+
+
+def _extras(cell_id: str, params: Params, results: dict, frames: dict, y: np.ndarray, train: np.ndarray,
+            timings: Timings) -> None:
     """Tree, top-k selection and the training-size curve, on the best SAE cell by validation."""
     sae_cells = {k: v for k, v in results["cells"].items() if v["input"] == "sparse"}
+    results["best_cell"], results["training_curve"] = None, []
+    if not sae_cells:
+        log.warning("%s: no SAE cell could be probed (see `skipped`): no tree, selection or training curve", cell_id)
+        return
     best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1))
     X, width = frames[best]
     cell = Cell(best, "sparse", {k: sae_cells[best][k] for k in ("layer", "width", "pooling", "binarize")})
     for variant, kind, select_k in (("tree", "tree", None), ("select", "logreg", params.train_probes.select_k)):
-        summary, probe = _probe_cell(cell, X, y, train, width, params, kind=kind,
-                                     select_k=min(select_k, width) if select_k else None)
+        with timings("fitting"):
+            summary, probe = _probe_cell(cell, X, y, train, width, params, kind=kind,
+                                         select_k=min(select_k, width) if select_k else None)
         name = f"{best}__{variant}{select_k or ''}"
-        uri = _log_cell(name, cell.params | {"probe": kind, "select_k": select_k}, summary, probe, X,
-                        {"feature_service": best, "probe": variant})
+        with timings("logging"):
+            uri = _log_cell(name, cell.params | {"probe": kind, "select_k": select_k}, summary, probe, X,
+                            {"feature_service": best, "probe": variant})
         results["cells"][name] = cell.params | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
-    curve, p = [], params.train_probes
-    train_rows = np.flatnonzero(train)
-    subsets = training_curve_fractions(y[train], p.train_fractions, seed=0, min_per_class=p.cv_folds)
-    for fraction, subset in subsets.items():
-        fit_rows = np.zeros_like(train)
-        fit_rows[train_rows[subset]] = True
-        probe = make_probe("logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, n_jobs=p.n_jobs)
-        curve.append({"fraction": fraction, "train_rows": int(fit_rows.sum()),
-                      **_fit_score(probe, X, y, fit_rows, test=~train)})
+    # the curve: `seeds` nested subsets per fraction (each seed draws its own), mean and interval
+    runs: dict[float, list[dict[str, Any]]] = {}
+    p, train_rows = params.train_probes, np.flatnonzero(train)
+    for seed in range(p.seeds):
+        subsets = training_curve_fractions(y[train], p.train_fractions, seed=seed, min_per_class=p.cv_folds)
+        for fraction, subset in subsets.items():
+            fit_rows = np.zeros_like(train)
+            fit_rows[train_rows[subset]] = True
+            probe = make_probe("logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs)
+            with timings("fitting"):
+                runs.setdefault(fraction, []).append(_fit_score(probe, X, y, fit_rows, test=~train))
+            runs[fraction][-1]["train_rows"] = int(fit_rows.sum())
+    curve = [{"fraction": fraction, "train_rows": points[0]["train_rows"], **_summary(points)}
+             for fraction, points in runs.items()]
     results["best_cell"], results["training_curve"] = best, curve
     log.info("%s: best cell by validation %s", cell_id, best)
 
 
-def _baselines(prepared: pd.DataFrame, y: np.ndarray, train: np.ndarray, params: Params, results: dict) -> None:
+def _baselines(prepared: pd.DataFrame, y: np.ndarray, train: np.ndarray, params: Params, results: dict,
+               timings: Timings) -> None:
     text = prepared[["text"]]
     for name, make in (("tfidf", make_tfidf_baseline), ("majority", lambda seed: make_majority_baseline())):
-        runs = [_fit_score(make(seed), text, y, train) for seed in range(params.train_probes.seeds)]
+        with timings("fitting"):
+            runs = [_fit_score(make(seed), text, y, train) for seed in range(params.train_probes.seeds)]
         summary = _summary(runs)
-        with tracking.child_run(name, params={"probe": name}, tags={"probe": name, "baseline": "true"}):
+        with timings("logging"), tracking.child_run(name, params={"probe": name},
+                                                     tags={"probe": name, "baseline": "true"}):
             tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
         results["baselines"][name] = summary
 

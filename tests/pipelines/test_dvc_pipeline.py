@@ -24,6 +24,7 @@ STAGES = {"prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "vali
           "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
           "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_labels", "build_features@tiny", "feast_apply",
           "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta"}
+EMPTY_THRESHOLD = 100000.0
 FEAST_STAGES = {"build_labels", "build_features@tiny", "feast_apply", "materialize"}
 
 
@@ -50,8 +51,10 @@ def tiny_params() -> dict:
                  "paper_compat": False, "shard_rows": 40, "device": "cpu"},
         check_sae={"min_fve": -10.0, "max_dead_fraction": 1.0},
     )
+    # a threshold above every pooled code: its views hold no latent, so train_probes must skip them
+    params["build_features"]["binarize"] = [None, 1.0, EMPTY_THRESHOLD]
     params["train_probes"] |= {"poolings": ["sum"], "seeds": 2, "cv_folds": 3, "C_grid": [0.1, 1.0],
-                               "select_k": 16, "train_fractions": [0.5, 1.0]}
+                               "select_k": 16, "train_fractions": [0.5, 1.0], "binarize": [None, 1.0, EMPTY_THRESHOLD]}
     return params
 
 
@@ -109,8 +112,13 @@ def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
     expected = {"tiny__l1__sae64__sum__raw", "tiny__l2__sae64__sum__bin1", "tiny__l1__hidden__last"}
     assert expected <= set(results["cells"])
     assert set(results["baselines"]) == {"tfidf", "majority"} and len(results["training_curve"]) == 2
+    empty = {"tiny__l1__sae64__sum__bin100000", "tiny__l2__sae64__sum__bin100000"}
+    assert set(results["skipped"]) == empty and not empty & set(results["cells"])
+    assert all("no latent is active" in cell["reason"] for cell in results["skipped"].values())
+    assert {"retrieval", "fitting", "logging", "total"} <= set(results["seconds"])
     report = json.loads((scratch / paths.promotion_report("alpha")).read_text())
     assert report["challenger_version"] >= 1 and report["candidate"]["cell"] in results["cells"]
+    assert set(report["skipped_cells"]) == empty
     # random labels: no probe reaches the macro F1 gate, so champion stays unset, and the report says so
     assert report["promoted"] is False and report["champion"] is None
     assert any(not check["passed"] and check["name"] == "macro_f1" for check in report["checks"])

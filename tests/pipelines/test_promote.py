@@ -70,3 +70,31 @@ def test_rollback_moves_champion_to_the_version_before(project) -> None:
     assert promote.main(["spam", "--rollback"]) == 0
     assert tracking.get_alias_version("saefs-spam", tracking.CHAMPION) == 1
 
+
+
+def test_thresholds_that_can_never_pass_are_reported_and_no_alias_moves(project) -> None:
+    params, uri = project
+    write_results(params, uri, sae_f1=0.95, hidden_f1=0.9)
+    assert promote.run("spam")["champion"] == 1
+    params["promote"]["min_macro_f1"] = 1.2
+    write_params(Path.cwd(), params)
+    report = promote.run("spam")
+    assert report["champion"] == 1 and report["challenger_version"] == 2 and not report["promoted"]
+    assert "min_macro_f1=1.2 can never pass" in report["decision"]
+    assert not report["mlflow_validation"]["passed"]
+
+
+def test_a_dataset_whose_cells_were_all_skipped_registers_nothing(project) -> None:
+    params, _ = project
+    reason = "no latent is active in any of its 80 training texts"
+    for model in params["sae"]:
+        path = paths.probe_metrics("spam", model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"cells": {}, "baselines": {},
+                                    "skipped": {f"{model}__bin9": {"input": "sparse", "reason": reason}}}))
+    report = promote.run("spam")
+    assert report["challenger_version"] is None and report["champion"] is None and not report["promoted"]
+    assert "no SAE cell could be probed" in report["decision"] and reason in report["decision"]
+    assert len(report["skipped_cells"]) == len(params["sae"])
+    assert mlflow.MlflowClient().search_registered_models() == []
+    assert json.loads(paths.promotion_report("spam").read_text())["decision"] == report["decision"]

@@ -1,0 +1,133 @@
+"""Benchmark `train_probes`: where the grid's time goes (retrieval, fitting, logging), in one run.
+
+    python benchmarks/train_probes.py --cell spam/smollm2_135m_it [--seeds 2]
+
+Needs `dvc repro materialize` (the Feast store with the cell's views). For the (dataset, model)
+given, it times, with the stage's own code and params:
+
+  retrieval  every feature service of the cell read through Feast (`historical_frame`)
+  fitting    each cell's probe, `--seeds` seeds: one process with BLAS on all cores (baseline),
+             one process with one BLAS thread, two processes (n_jobs=2) of one thread (ratios)
+  logging    `log_model` of one probe with explicit requirements (what the stage does) against
+             MLflow inferring them (its default: it imports the model in a subprocess), ratio
+
+then projects the stage's time for the full cell (all seeds) from these, and prints the phase
+split that the last `dvc repro` recorded in metrics/train_probes/*/*.json for the whole grid.
+MLflow writes go to a scratch store; the project's mlflow.db is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+import pipelines  # noqa: F401  (offline environment)
+from features import tracking
+from features.feature_store import historical_frame
+from features.probes import make_probe
+from pipelines import paths
+from pipelines.feature_params import FEATURE_REPO
+from pipelines.params import load_params
+from pipelines.train_probes import cells, input_example
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    started = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - started, out
+
+
+def recorded_grid() -> None:
+    """The phase split of the last full run, summed over every (dataset, model)."""
+    totals: dict[str, float] = {}
+    for path in sorted(Path("metrics/train_probes").glob("*/*.json")):
+        seconds = json.loads(path.read_text()).get("seconds")
+        if isinstance(seconds, dict):
+            for phase, value in seconds.items():
+                totals[phase] = totals.get(phase, 0.0) + value
+    if not totals:
+        print("no phase timings in metrics/train_probes yet (run `dvc repro train_probes`)")
+        return
+    total = totals.pop("total")
+    print(f"last full grid (metrics/train_probes): {total / 60:.1f} min in the stages; " + ", ".join(
+        f"{phase} {value / total:.0%}" for phase, value in totals.items())
+          + f", start-up and the rest {1 - sum(totals.values()) / total:.0%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cell", default="spam/smollm2_135m_it", help="<dataset>/<model>")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per cell here (the stage: train_probes.seeds)")
+    args = parser.parse_args()
+    dataset, _, model = args.cell.partition("/")
+    params = load_params()
+    p = params.train_probes
+    prepared = pd.read_parquet(paths.prepared(dataset))
+    y, train = prepared["label"].to_numpy(), (prepared["split"] == "train").to_numpy()
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(FEATURE_REPO))
+    grid = cells(params, model)
+    retrieval, frames = 0.0, {}
+    for cell in grid:
+        seconds, frames[cell.service] = timed(historical_frame, store, cell.service,
+                                              prepared[["text_id", "event_timestamp"]])
+        retrieval += seconds
+    print(f"{args.cell}: {len(grid)} cells, {len(prepared)} texts, {p.seeds} seeds in params")
+    print(f"retrieval: {retrieval:.1f} s for {len(grid)} services ({retrieval / len(grid):.2f} s each)")
+
+    # (n_jobs, BLAS threads in this process): the stage's setting is (n_jobs, 1); the baseline is
+    # one process with the BLAS default (all cores), which small lbfgs problems oversubscribe
+    configs = {(1, None): 0.0, (1, 1): 0.0, (2, 1): 0.0}
+    fitted = None
+    with threadpool_limits(limits=1):  # starts the loky workers, so their one-time start-up is not timed
+        warm = pd.DataFrame({"hidden": [[float(i % 2), 1.0] for i in range(20)]})
+        make_probe("logreg", input="dense", C_grid=[1.0], cv=2, n_jobs=2).fit(warm, [i % 2 for i in range(20)])
+    for cell in grid:
+        X, width = frames[cell.service]
+        for (n_jobs, threads) in configs:
+            cell_seconds = 0.0
+            with threadpool_limits(limits=threads):
+                for seed in range(args.seeds):
+                    probe = make_probe("logreg", width=width if cell.input == "sparse" else None, input=cell.input,
+                                       C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=n_jobs)
+                    seconds, fitted = timed(probe.fit, X[train], y[train])
+                    cell_seconds += seconds
+            configs[n_jobs, threads] += cell_seconds
+            print(f"  fit {cell.service} n_jobs={n_jobs} BLAS threads={threads or 'default'}: "
+                  f"{cell_seconds / args.seeds:.2f} s per seed")
+    per_seed = {config: total / (len(grid) * args.seeds) for config, total in configs.items()}
+    baseline = per_seed[1, None]
+    print("fitting, per cell and seed: " + ", ".join(
+        f"n_jobs={n} BLAS threads={t or 'default'} {s:.2f} s ({baseline / s:.2f}x)" for (n, t), s in per_seed.items()))
+
+    with tempfile.TemporaryDirectory() as scratch:
+        tracking.configure(f"sqlite:///{scratch}/mlflow.db")
+        tracking.experiment("bench", artifact_location=f"{scratch}/artifacts")
+        example = input_example(X)
+        import mlflow
+
+        with tracking.start_parent("bench"):
+            tracking.log_probe(fitted, example, name="warm-up")  # the first log_model pays one-time imports
+            explicit, _ = timed(tracking.log_probe, fitted, example)
+            inferred, _ = timed(mlflow.sklearn.log_model, fitted, name="inferred", input_example=example,
+                                skops_trusted_types=tracking.trusted_types(fitted))
+        mlflow.set_tracking_uri(None)
+    print(f"logging: {explicit:.2f} s per probe with explicit requirements, {inferred:.2f} s when MLflow infers "
+          f"them ({inferred / explicit:.1f}x slower)")
+    fit_stage = per_seed.get((p.n_jobs, 1), per_seed[1, 1]) * len(grid) * p.seeds
+    projected = retrieval + fit_stage + explicit * len(grid)
+    print(f"projected for this (dataset, model) at params' seeds={p.seeds}, n_jobs={p.n_jobs} (grid cells only): "
+          f"{projected:.0f} s = retrieval {retrieval / projected:.0%}, fitting {fit_stage / projected:.0%}, "
+          f"logging {explicit * len(grid) / projected:.0%}")
+    recorded_grid()
+
+
+if __name__ == "__main__":
+    main()
