@@ -130,23 +130,19 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     assert "1 of 2 datasets above 0.8 (below: alpha)" in md  # the paper's claim 1, counted on the inputs
 
 
-def test_plot_tables_match_the_metrics(project: Path) -> None:
+def test_without_transfer_csvs_it_renders_says_so_and_writes_plot_tables(project: Path) -> None:
     assert report.main([]) == 0
+    html = _text(project / "reports/index.html")
+    assert "Not produced yet: plots/transfer/cross_model.csv" in html
+    assert "Not produced yet: plots/transfer/cross_lingual.csv" in html
     layer = pd.read_csv(project / paths.report_plot("layer"))
     results = json.loads(paths.probe_metrics("alpha", "m1").read_text())
     row = layer[(layer["dataset"] == "alpha") & (layer["model"] == "m1") & (layer["features"] == "sae")
                 & (layer["layer"] == 6)].iloc[0]
     assert row["macro_f1"] == results["cells"][row["cell"]]["macro_f1"] and row["label"] == "alpha m1 sae L6"
     assert row["cell"] == "m1__l6__sae64__sum__bin1"  # the best by validation at layer 6
-    for name in ("layer", "pooling_binarize", "width", "baselines", "training_curve"):
+    for name in ("layer", "pooling_binarize", "width", "baselines", "training_curve"):  # dvc.yaml's x and y
         assert {"macro_f1", "label"} <= set(pd.read_csv(project / paths.report_plot(name)).columns)
-
-
-def test_without_transfer_csvs_the_sections_say_which_stage_makes_them(project: Path) -> None:
-    assert report.main([]) == 0
-    html = _text(project / "reports/index.html")
-    assert "Not produced yet: plots/transfer/cross_model.csv" in html
-    assert "Not produced yet: plots/transfer/cross_lingual.csv" in html
 
 
 def test_a_missing_metrics_file_names_it_and_its_stage(project: Path, caplog: pytest.LogCaptureFixture) -> None:
