@@ -25,13 +25,13 @@ class Section:
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, svg)
 
 
-def with_interval(frame: pd.DataFrame, prefix: str = "macro_f1", name: str = "test macro F1 [95% CI]") -> pd.DataFrame:
-    """Fold mean, low and high into one readable column, in place of the three."""
+def with_interval(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fold macro F1's mean, low and high into one readable column, in place of the three."""
     text = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
-            zip(frame[prefix], frame[f"{prefix}_low"], frame[f"{prefix}_high"], strict=True)]
-    position = frame.columns.get_loc(prefix)
-    out = frame.drop(columns=[prefix, f"{prefix}_low", f"{prefix}_high"])
-    out.insert(position, name, text)
+            zip(frame["macro_f1"], frame["macro_f1_low"], frame["macro_f1_high"], strict=True)]
+    position = frame.columns.get_loc("macro_f1")
+    out = frame.drop(columns=tables.F1)
+    out.insert(position, "test macro F1 [95% CI]", text)
     return out
 
 
@@ -39,7 +39,7 @@ def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.apply(lambda col: col.map(lambda v: f"{v:.3f}") if pd.api.types.is_float_dtype(col) else col)
 
 
-def _setup_section(inputs: RunInputs, cells: pd.DataFrame) -> Section:
+def _setup_section(inputs: RunInputs) -> Section:
     setup = inputs.setup
     n_test = tables.test_rows(inputs.probes)
     smallest = min(n_test.values()) if n_test else None
@@ -56,7 +56,7 @@ def _setup_section(inputs: RunInputs, cells: pd.DataFrame) -> Section:
         sizes = f"{smallest}" if smallest == max(n_test.values()) else f"{smallest}-{max(n_test.values())}"
         paragraphs.append(f"The test splits hold {sizes} texts; sampling alone moves a "
                           f"score near 0.8 by about ±{tables.binomial_half_width(smallest):.2f} (95%, binomial), "
-                          "more than most differences between cells below.")
+                          "larger than many differences between the cells below.")
     described = [("models", setup.get("models", {})), ("SAEs", setup.get("saes", {})),
                  ("datasets", setup.get("datasets", {}))]
     return Section("setup", "What produced these numbers", paragraphs,
@@ -122,7 +122,7 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                  if len(losses) else "The best SAE probe is at or above the hidden-state and TF-IDF baselines on "
                  "every (dataset, model).")
     sections = [
-        _setup_section(inputs, cells),
+        _setup_section(inputs),
         Section("best", "Best configuration per dataset",
                 ["The probe `promote` registered as challenger (best validation macro F1 over every model and SAE "
                  "cell), its test score, and what it was compared with; champion is the registered version that "
