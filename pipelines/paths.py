@@ -84,3 +84,16 @@ def probe_plots(dataset: str, model: str) -> Path:
 
 def promotion_report(dataset: str) -> Path:
     return Path("reports") / "promotion" / f"{dataset}.json"
+
+
+def transfer_plot(kind: str) -> Path:
+    """transfer: plots/transfer/cross_model.csv or cross_lingual.csv (the transfer/report contract)."""
+    return Path("plots") / "transfer" / f"{kind}.csv"
+
+
+REPORT_DIR = Path("reports")
+REPORT_PLOTS = Path("plots") / "report"
+
+
+def report_plot(name: str) -> Path:
+    return REPORT_PLOTS / f"{name}.csv"

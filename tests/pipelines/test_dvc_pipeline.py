@@ -19,11 +19,12 @@ from features.shards import read_csr, read_dense
 from pipelines import paths
 from tests.features.tiny import make_model, make_texts, make_tokenizer
 from tests.helpers import REPO, embedded_params, write_params
+from tests.pipelines.test_report import write_transfer
 
 STAGES = {"prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
           "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_labels", "build_features@tiny", "feast_apply",
-          "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta"}
+          "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta", "report"}
 EMPTY_THRESHOLD = 100000.0
 FEAST_STAGES = {"build_labels", "build_features@tiny", "feast_apply", "materialize"}
 
@@ -71,6 +72,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus = make_texts([4 + i % 9 for i in range(300)], seed=7)
     pd.DataFrame({"text": corpus, "label": 0}).to_csv(repo / "corpus.csv", index=False)
     write_params(repo, tiny_params())
+    write_transfer(repo)  # the report's transfer inputs, until the transfer stage writes them here
     dvc(repo, "init", "--no-scm", "-q")
     return repo
 
@@ -102,7 +104,7 @@ def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) ->
     # and retrain too; its data, validation, extraction and SAE checks stay as they are
     assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta", "extract@tiny-beta",
                                           "check_sae@tiny-beta", *FEAST_STAGES, "train_probes@alpha-tiny",
-                                          "train_probes@beta-tiny", "promote@alpha", "promote@beta"}
+                                          "train_probes@beta-tiny", "promote@alpha", "promote@beta", "report"}
     assert len(pd.read_parquet(scratch / paths.prepared("beta"))) == 110
 
 
@@ -123,6 +125,15 @@ def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
     assert report["promoted"] is False and report["champion"] is None
     assert any(not check["passed"] and check["name"] == "macro_f1" for check in report["checks"])
     assert (scratch / "mlflow.db").is_file()
+
+
+def test_report_and_its_dvc_plots(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    html = (scratch / "reports/index.html").read_text()
+    assert 'id="sae-quality"' in html and "tiny__l2__sae64" in html and "Not produced yet" not in html
+    shown = dvc(scratch, "plots", "show", "--json")  # declared in dvc.yaml, rendered by DVC's templates
+    assert all(f'"plots/report/{name}.csv": [{{"type": "vega"' in shown
+               for name in ("layer", "pooling_binarize", "width", "baselines", "training_curve"))
 
 
 def test_dag_lists_the_stages(scratch: Path) -> None:

@@ -1,0 +1,114 @@
+"""The paper's numbers (shared/PAPER.md, "Numbers to reproduce") set beside this run's.
+
+Each claim this run can speak to gets this run's figure, the models and data that produced it,
+and a plain verdict; claims on datasets or modalities the run does not have say so instead of
+borrowing a number from a different task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from features.report import best_by
+
+
+@dataclass(frozen=True)
+class PaperNumber:
+    number: int
+    quantity: str
+    value: str
+    setup: str  # the paper's models and data behind the value
+
+
+GEMMA2 = "Gemma 2 2B/9B, Gemma Scope JumpReLU SAEs (16k-1m)"
+PAPER_NUMBERS = (
+    PaperNumber(1, "SAE features, best macro F1", "> 0.8", f"{GEMMA2}; safety text tasks [abstract]"),
+    PaperNumber(2, "binarized sum pooling, middle layers", "> 0.85", f"{GEMMA2}; several benchmarks [TL;DR]"),
+    PaperNumber(3, "SAE beats hidden-state and bag-of-words baselines", "qualitative", f"{GEMMA2} [abstract]"),
+    PaperNumber(4, "binarized >= non-binarized", "qualitative", f"{GEMMA2} [abstract]"),
+    PaperNumber(5, "best mean configuration over datasets", "bin 1.0 + sum + L12 + 16k: 0.802 ± 0.143",
+                "Gemma 2 2B/9B, mean ± sd over the repo's datasets [MOSAIC results]"),
+    PaperNumber(6, "reject_prompts / jailbreak / election, best SAE", "1.00 / 1.00 / 1.00", f"{GEMMA2} [MOSAIC]"),
+    PaperNumber(7, "toxicity, best SAE (hidden)", "0.972 (0.966)",
+                "textdetox multilingual toxicity, pooled languages, Gemma 2 [MOSAIC]"),
+    PaperNumber(8, "translated toxicity", "0.970", "AIM-Harvard English MT of textdetox [MOSAIC]"),
+    PaperNumber(9, "banking77 / massive-scenario / massive-intent", "0.916 / 0.906 / 0.831", f"{GEMMA2} [MOSAIC]"),
+    PaperNumber(10, "tweet sentiment multilingual / stance abortion", "0.857 / 0.778", f"{GEMMA2} [MOSAIC]"),
+    PaperNumber(11, "9B-IT NQ-Swap correctness", "0.871", "Gemma 2 features, 9B-IT behaviour labels [MOSAIC]"),
+    PaperNumber(12, "PubMedQA correctness 2B / 9B / 9B-IT targets, SAE (hidden)",
+                "0.713 / 0.675 / 0.631 (0.85 / 0.85 / 0.77)", "Gemma 2 2B features [MOSAIC]"),
+    PaperNumber(13, "vision-tower baselines flowers / food / CIFAR-100", "0.98 / 0.98 / 0.79", "PaliGemma 2 [MOSAIC]"),
+    PaperNumber(14, "election_questions 2B L12 16k, SAE vs hidden", "0.990 vs 0.976", "Gemma 2 2B [MOSAIC notebook]"),
+)
+TOXICITY_WORDS = ("toxic", "hate", "offensive")
+
+
+def _f(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _list(items: list[str]) -> str:
+    return ", ".join(items) if items else "none"
+
+
+def compare(best: pd.DataFrame, cells: pd.DataFrame, cross_model: pd.DataFrame | None,
+            run_setup: str) -> pd.DataFrame:
+    """One row per paper number: this run's value, its models and data, and a verdict.
+
+    `best` is report.best_config_table, `cells` report.cells_frame; `run_setup` names this run's models,
+    SAEs and data in a few words.
+    """
+    n = len(best)
+    below = sorted(best.loc[best["macro_f1"] <= 0.8, "dataset"])
+    ours = {1: (", ".join(f"{r.dataset} {_f(r.macro_f1)}" for r in best.itertuples()),
+                f"{n - len(below)} of {n} datasets above 0.8 (below: {_list(below)})")}
+
+    sae = cells[(cells["features"] == "sae") & (cells["variant"] == "logreg")]
+    bin_sum = best_by(sae[(sae["pooling"] == "sum") & (sae["binarize"] != "none")], ["dataset"])
+    ours[2] = (", ".join(f"{r.dataset} {_f(r.macro_f1)} ({r.model} L{r.layer})" for r in bin_sum.itertuples()),
+               f"{int((bin_sum['macro_f1'] > 0.85).sum())} of {len(bin_sum)} datasets above 0.85")
+
+    beats = best[(best["macro_f1"] > best["hidden_f1"]) & (best["macro_f1"] > best["tfidf_f1"])]
+    ours[3] = ("; ".join(f"{r.dataset}: SAE {_f(r.macro_f1)} / hidden {_f(r.hidden_f1)} / TF-IDF {_f(r.tfidf_f1)}"
+                         for r in best.itertuples()),
+               f"SAE above both on {len(beats)} of {n} datasets ({_list(list(beats.dataset))})")
+
+    by_bin = best_by(sae.assign(binarized=sae["binarize"] != "none"), ["dataset", "model", "binarized"])
+    pairs = by_bin.pivot_table(index=["dataset", "model"], columns="binarized", values="macro_f1")
+    if {True, False} <= set(pairs.columns):
+        diff = (pairs[True] - pairs[False]).dropna()
+        ours[4] = (f"binarized minus continuous (each chosen on validation): mean {diff.mean():+.3f}",
+                   f"binarized >= continuous in {int((diff >= 0).sum())} of {len(diff)} (dataset, model) pairs")
+
+    config = sae.assign(config=sae["model"] + " L" + sae["layer"].astype(str) + " " + sae["width"] + " "
+                        + sae["pooling"] + " bin " + sae["binarize"])
+    means = config.groupby("config").agg(val=("val_macro_f1", "mean"), test=("macro_f1", "mean"),
+                                         sd=("macro_f1", "std"), datasets=("dataset", "count"))
+    means = means[means["datasets"] == means["datasets"].max()].sort_values("val", ascending=False)
+    top = means.iloc[0]
+    ours[5] = (f"{means.index[0]}: {_f(top['test'])} ± {_f(top['sd'])}",
+               f"chosen on mean validation F1 over {int(top['datasets'])} datasets")
+
+    toxic = best[best["dataset"].str.contains("|".join(TOXICITY_WORDS))]
+    if len(toxic):
+        ours[7] = ("; ".join(f"{r.dataset} {_f(r.macro_f1)} (hidden {_f(r.hidden_f1)})" for r in toxic.itertuples()),
+                   f"SAE above hidden on {int((toxic['macro_f1'] > toxic['hidden_f1']).sum())} of {len(toxic)}; "
+                   "English tweets and prompts, not the multilingual textdetox set")
+
+    if cross_model is not None and len(ok := cross_model[cross_model["status"] == "ok"]):
+        lose = ok[ok["macro_f1"] < ok["hidden_f1"]]
+        ours[12] = ("; ".join(f"{r.task} {r.source}→{r.target} {_f(r.macro_f1)} (hidden {_f(r.hidden_f1)})"
+                              for r in ok.itertuples()),
+                    f"hidden above SAE in {len(lose)} of {len(ok)} behaviour-prediction cells")
+    missing = {12: ("not produced yet", "the transfer stage writes plots/transfer/cross_model.csv"),
+               13: ("no counterpart in this run", "no vision model in saefs")}
+
+    rows = []
+    for p in PAPER_NUMBERS:
+        value, verdict = ours.get(p.number) or missing.get(p.number, (
+            "no counterpart in this run", "its dataset is not in this profile (the paper profile has it)"))
+        rows.append({"#": p.number, "quantity": p.quantity, "paper": p.value, "paper setup": p.setup,
+                     "this run": value, "this run setup": run_setup if p.number in ours else "", "verdict": verdict})
+    return pd.DataFrame(rows)

@@ -1,0 +1,196 @@
+"""The run's results laid out like the paper's: tidy tables from the stage metrics, and where they differ.
+
+Every table comes from the metrics other stages wrote (probe results per dataset and model, SAE
+quality per dataset, promotion reports, transfer CSVs); nothing here refits. A "best" row is
+chosen on validation macro F1 (as `promote` chooses), and its test macro F1 is reported with the
+95% interval over seeds that `train_probes` recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from features.errors import SaefsError
+
+CROSS_MODEL_COLUMNS = ["task", "source", "target", "macro_f1", "macro_f1_low", "macro_f1_high", "hidden_f1",
+                       "tfidf_f1", "majority_f1", "n_train", "n_test", "status"]
+CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", "macro_f1", "macro_f1_low", "macro_f1_high",
+                         "majority_f1", "n_train", "n_test", "status"]
+F1 = ["macro_f1", "macro_f1_low", "macro_f1_high"]
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What the report reads, already parsed; `pipelines/report.py` knows where each file lives."""
+
+    probes: Mapping[tuple[str, str], dict[str, Any]]  # (dataset, model) -> metrics/train_probes JSON
+    sae_quality: Mapping[tuple[str, str], dict[str, Any]]  # (model, dataset) -> metrics/extract JSON
+    sae_training: Mapping[str, dict[str, Any]]  # model -> metrics/train_sae JSON
+    promotion: Mapping[str, dict[str, Any]]  # dataset -> reports/promotion JSON
+    cross_model: pd.DataFrame | None = None  # plots/transfer/cross_model.csv, None until transfer has run
+    cross_lingual: pd.DataFrame | None = None
+    setup: dict[str, Any] = field(default_factory=dict)  # profile, models, datasets, SAEs, seeds (from params)
+
+
+def check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> pd.DataFrame:
+    """The transfer CSV contract: every expected column present (extra columns are kept)."""
+    missing = [c for c in expected if c not in frame.columns]
+    if missing:
+        raise SaefsError(f"{source} lacks columns {missing}; the transfer contract needs {expected}")
+    return frame
+
+
+def cells_frame(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
+    """One row per probed cell: dataset, model, features (sae/hidden), layer, width, pooling, binarize, F1s."""
+    rows = []
+    for (dataset, model), results in probes.items():
+        for name, cell in results["cells"].items():
+            rows.append({"dataset": dataset, "model": model, "cell": name,
+                         "features": "hidden" if cell["input"] == "dense" else "sae",
+                         "layer": int(cell["layer"]), "width": str(cell["width"]), "pooling": cell["pooling"],
+                         "binarize": "none" if cell["binarize"] is None else str(float(cell["binarize"])),
+                         "variant": cell.get("variant", "logreg"), "seeds": int(cell["seeds"]),
+                         "val_macro_f1": cell.get("val_macro_f1", math.nan), **{k: cell[k] for k in F1}})
+    if not rows:
+        raise SaefsError("no probe cells in the train_probes metrics: run `dvc repro train_probes`")
+    return pd.DataFrame(rows)
+
+
+def best_by(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group of `keys`, the logistic-regression cell with the best validation macro F1."""
+    probes = cells[cells["variant"] == "logreg"].sort_values(["val_macro_f1", "cell"], ascending=[False, True])
+    return probes.groupby(keys, sort=True).head(1).sort_values(keys).reset_index(drop=True)
+
+
+def layer_table(cells: pd.DataFrame) -> pd.DataFrame:
+    return best_by(cells, ["dataset", "model", "features", "layer"])
+
+
+def pooling_table(cells: pd.DataFrame) -> pd.DataFrame:
+    return best_by(cells[cells["features"] == "sae"], ["dataset", "model", "pooling", "binarize"])
+
+
+def width_table(cells: pd.DataFrame) -> pd.DataFrame:
+    return best_by(cells[cells["features"] == "sae"], ["dataset", "model", "width"])
+
+
+def baselines_table(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
+    """Per dataset and model: the best SAE and hidden-state probes, top-k selection, tree, TF-IDF, majority."""
+    rows = []
+    best = best_by(cells, ["dataset", "model", "features"])
+    for row in best.itertuples():
+        rows.append({"dataset": row.dataset, "model": row.model, "method": f"{row.features} (best)",
+                     "cell": row.cell, "seeds": row.seeds, **{k: getattr(row, k) for k in F1}})
+    extras = cells[cells["variant"] != "logreg"]
+    for row in extras.itertuples():
+        rows.append({"dataset": row.dataset, "model": row.model, "method": f"sae {row.variant}",
+                     "cell": row.cell, "seeds": row.seeds, **{k: getattr(row, k) for k in F1}})
+    for (dataset, model), results in probes.items():
+        for name, baseline in results["baselines"].items():
+            rows.append({"dataset": dataset, "model": model, "method": name, "cell": name,
+                         "seeds": int(baseline["seeds"]), **{k: baseline[k] for k in F1}})
+    return pd.DataFrame(rows).sort_values(["dataset", "model", "method"]).reset_index(drop=True)
+
+
+def curve_table(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
+    """The training-size curve of each (dataset, model)'s best cell: one fit per fraction."""
+    rows = [{"dataset": dataset, "model": model, "cell": results["best_cell"], "fraction": point["fraction"],
+             "train_rows": int(point["train_rows"]), "macro_f1": point["macro_f1"]}
+            for (dataset, model), results in probes.items() for point in results["training_curve"]]
+    return pd.DataFrame(rows).sort_values(["dataset", "model", "fraction"]).reset_index(drop=True)
+
+
+def best_config_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per dataset, what `promote` chose (on validation, over every model) and what it was compared with."""
+    rows = []
+    for dataset, report in sorted(promotion.items()):
+        candidate, hidden = report["candidate"], report["hidden_baseline"]
+        baselines = next(iter(report["other_baselines"].values()))  # the same split for every model
+        rows.append({"dataset": dataset, "model": candidate["model"], "cell": candidate["cell"],
+                     **{k: candidate[k] for k in F1}, "seeds": candidate["seeds"],
+                     "hidden_cell": hidden["cell"], "hidden_f1": hidden["macro_f1"],
+                     "tfidf_f1": baselines["tfidf"]["macro_f1"], "majority_f1": baselines["majority"]["macro_f1"],
+                     "champion": f"v{report['champion']}" if report["champion"] is not None else "none",
+                     "decision": report["decision"]})
+    return pd.DataFrame(rows)
+
+
+def sae_quality_table(sae_quality: Mapping[tuple[str, str], dict[str, Any]],
+                      sae_training: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per SAE (model, layer, width) and dataset: variance explained, L0, dead latents; plus how it was trained."""
+    rows = []
+    for (model, dataset), metrics in sae_quality.items():
+        trained = sae_training.get(model, {})
+        for sae, quality in metrics["sae_quality"].items():
+            layer, width = sae.removeprefix("l").split("__sae")
+            info = trained.get("saes", {}).get(sae, {})
+            rows.append({"model": model, "sae": sae, "layer": int(layer), "width": width, "dataset": dataset,
+                         "fve": quality["fve"], "l0": quality["l0"], "dead_fraction": quality["dead_fraction"],
+                         "tokens": int(quality["tokens"]), "architecture": info.get("architecture", "pretrained"),
+                         "source": trained.get("source", "?")})
+    return pd.DataFrame(rows).sort_values(["model", "layer", "width", "dataset"]).reset_index(drop=True)
+
+
+def sae_quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
+    """Per SAE: mean variance explained and its range over the datasets it encoded."""
+    grouped = quality.groupby(["model", "layer", "width", "sae", "architecture", "source"], sort=True)
+    return grouped.agg(fve=("fve", "mean"), fve_min=("fve", "min"), fve_max=("fve", "max"), l0=("l0", "mean"),
+                       dead_fraction=("dead_fraction", "mean"), datasets=("dataset", "count")).reset_index()
+
+
+def losses(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
+    """Where the best SAE probe (by validation) scores below a baseline on test, and whether intervals separate."""
+    table = baselines_table(cells, probes)
+    rows = []
+    for (dataset, model), group in table.groupby(["dataset", "model"], sort=True):
+        methods = group.set_index("method")
+        if "sae (best)" not in methods.index:
+            continue
+        sae = methods.loc["sae (best)"]
+        for other in ("hidden (best)", "tfidf"):
+            if other not in methods.index or methods.loc[other, "macro_f1"] <= sae["macro_f1"]:
+                continue
+            base = methods.loc[other]
+            rows.append({"dataset": dataset, "model": model, "sae_cell": sae["cell"], "sae_f1": sae["macro_f1"],
+                         "baseline": other.removesuffix(" (best)"), "baseline_cell": base["cell"],
+                         "baseline_f1": base["macro_f1"], "gap": base["macro_f1"] - sae["macro_f1"],
+                         "separated": bool(base["macro_f1_low"] > sae["macro_f1_high"])})
+    return pd.DataFrame(rows, columns=["dataset", "model", "sae_cell", "sae_f1", "baseline", "baseline_cell",
+                                       "baseline_f1", "gap", "separated"])
+
+
+def test_rows(probes: Mapping[tuple[str, str], dict[str, Any]]) -> dict[str, int]:
+    """Test-split size per dataset (the curve's points record it), for the sampling-noise caveat."""
+    return {dataset: int(results["training_curve"][-1]["n"]) for (dataset, _), results in probes.items()
+            if results.get("training_curve") and "n" in results["training_curve"][-1]}
+
+
+def binomial_half_width(n: int, p: float = 0.8) -> float:
+    """95% normal-approximation half-width of a proportion p measured on n test items."""
+    return 1.96 * math.sqrt(p * (1 - p) / n)
+
+
+def plot_tables(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Tidy tables for `dvc plots show` (bar_horizontal: x = macro_f1, y = label), by file stem."""
+    def labelled(frame: pd.DataFrame, parts: list[str], prefix: dict[str, str] | None = None) -> pd.DataFrame:
+        prefix = prefix or {}
+        label = frame[parts].astype(str).apply(lambda r: " ".join(prefix.get(k, "") + r[k] for k in parts), axis=1)
+        return frame.assign(label=label).reset_index(drop=True)
+
+    keep = ["dataset", "model", "cell", *F1, "seeds"]
+    layers, pooling, widths = layer_table(cells), pooling_table(cells), width_table(cells)
+    curve = curve_table(probes)
+    return {
+        "layer": labelled(layers[["features", "layer", *keep]], ["dataset", "model", "features", "layer"],
+                          {"layer": "L"}),
+        "pooling_binarize": labelled(pooling[["pooling", "binarize", *keep]],
+                                     ["dataset", "model", "pooling", "binarize"], {"binarize": "bin "}),
+        "width": labelled(widths[["width", "layer", *keep]], ["dataset", "model", "width"]),
+        "baselines": labelled(baselines_table(cells, probes), ["dataset", "model", "method"]),
+        "training_curve": labelled(curve, ["dataset", "model", "train_rows"], {"train_rows": "n="}),
+    }

@@ -1,0 +1,219 @@
+"""The report as sections (text, table, figure), rendered to one self-contained HTML page and a Markdown twin.
+
+The HTML carries its figures as inline SVG and its style inline: no script, font or CDN, so it
+opens offline from disk. The Markdown twin has the same text and tables (figures are HTML-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jinja2
+import pandas as pd
+
+from features import figures, paper
+from features import report as tables
+from features.report import RunInputs
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, svg)
+
+
+def with_interval(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fold macro F1's mean, low and high into one readable column, in place of the three."""
+    text = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+            zip(frame["macro_f1"], frame["macro_f1_low"], frame["macro_f1_high"], strict=True)]
+    position = frame.columns.get_loc("macro_f1")
+    out = frame.drop(columns=tables.F1)
+    out.insert(position, "test macro F1 [95% CI]", text)
+    return out
+
+
+def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.apply(lambda col: col.map(lambda v: f"{v:.3f}") if pd.api.types.is_float_dtype(col) else col)
+
+
+def _setup_section(inputs: RunInputs) -> Section:
+    setup = inputs.setup
+    n_test = tables.test_rows(inputs.probes)
+    smallest = min(n_test.values()) if n_test else None
+    paragraphs = [
+        f"Profile {setup.get('profile', '?')}. Every number below was produced by these models, SAEs and "
+        "data, not by the paper's Gemma 2 and Gemma Scope; the section 'This run beside the paper' sets the two "
+        "side by side.",
+        f"Probes: logistic regression, C chosen by cross-validation on the training split; each cell fitted with "
+        f"{setup.get('probe_seeds', '?')} seeds (CV shuffles). A 'best' cell is chosen on validation macro F1, "
+        "never on test. Intervals are 95% Student-t intervals over those seeds: they show how much the fit moves, "
+        "not how much a new test sample would.",
+    ]
+    if smallest:
+        sizes = f"{smallest}" if smallest == max(n_test.values()) else f"{smallest}-{max(n_test.values())}"
+        paragraphs.append(f"The test splits hold {sizes} texts; sampling alone moves a "
+                          f"score near 0.8 by about ±{tables.binomial_half_width(smallest):.2f} (95%, binomial), "
+                          "larger than many differences between the cells below.")
+    described = [("models", setup.get("models", {})), ("SAEs", setup.get("saes", {})),
+                 ("datasets", setup.get("datasets", {}))]
+    return Section("setup", "What produced these numbers", paragraphs,
+                   tables=[(caption, pd.DataFrame([{"name": k, **v} for k, v in items.items()]))
+                           for caption, items in described if items])
+
+
+def _seeds_note(cells: pd.DataFrame) -> str:
+    seeds = sorted(cells["seeds"].unique())
+    return (f"Test macro F1, mean over {'/'.join(str(s) for s in seeds)} seeds; whiskers and brackets: 95% "
+            "interval over seeds; each point is the cell chosen on validation.")
+
+
+def _transfer_section(anchor: str, title: str, frame: pd.DataFrame | None, kind: str, intro: str, panel: list[str],
+                      rows: str, columns: str) -> Section:
+    """A transfer matrix per `panel` group (rows x columns heatmaps) and the whole CSV as a table."""
+    section = Section(anchor, title)
+    if frame is None:
+        section.paragraphs.append(f"Not produced yet: plots/transfer/{kind}.csv (the transfer stage writes it; "
+                                  "`dvc repro transfer`). This section fills in when it exists.")
+        return section
+    section.paragraphs.append(intro + " 95% intervals as the transfer stage reports them; skipped cells say why "
+                              "in the table.")
+    for keys, part in frame.groupby(panel, sort=True):
+        name = " ".join(map(str, keys))
+        shown = part.assign(macro_f1=part["macro_f1"].where(part["status"] == "ok"))
+        section.figures.append((f"{name}: test macro F1 [95% interval], {rows} x {columns}",
+                                figures.heatmap(shown, rows, columns, name)))
+    section.tables.append(("Every cell, with the baselines on the same split",
+                           with_interval(frame.sort_values([*panel, rows, columns]))))
+    return section
+
+
+def _transfer_sections(inputs: RunInputs) -> list[Section]:
+    return [
+        _transfer_section("cross-model", "Cross-model transfer: one model's features predict another's behaviour",
+                          inputs.cross_model, "cross_model", "Rows: the model whose features the probe reads "
+                          "(source); columns: the model whose right or wrong answers are the labels (target).",
+                          ["task"], "source", "target"),
+        _transfer_section("cross-lingual", "Cross-lingual transfer: train on one language, test on another",
+                          inputs.cross_lingual, "cross_lingual", "Rows: training language; columns: test language "
+                          "(zero-shot off the diagonal).", ["task", "model"], "train_lang", "test_lang"),
+    ]
+
+
+def build_sections(inputs: RunInputs) -> list[Section]:
+    cells = tables.cells_frame(inputs.probes)
+    note = _seeds_note(cells)
+    best = tables.best_config_table(inputs.promotion)
+    baselines = tables.baselines_table(cells, inputs.probes)
+    losses = tables.losses(cells, inputs.probes)
+    comparison = paper.compare(best, cells, inputs.cross_model, inputs.setup.get("summary", ""))
+    layers, pooling, widths = tables.layer_table(cells), tables.pooling_table(cells), tables.width_table(cells)
+    curve = tables.curve_table(inputs.probes)
+    quality = tables.sae_quality_table(inputs.sae_quality, inputs.sae_training)
+    summary = tables.sae_quality_summary(quality)
+
+    def columns(keys: list[str]) -> list[str]:
+        return ["dataset", "model", *keys, "cell", "macro_f1", "macro_f1_low", "macro_f1_high", "val_macro_f1", "seeds"]
+
+    lose_text = ("The best SAE probe (by validation) scores below a baseline on test in these (dataset, model) "
+                 "pairs; 'separated' means the baseline's interval lies wholly above the SAE probe's."
+                 if len(losses) else "The best SAE probe is at or above the hidden-state and TF-IDF baselines on "
+                 "every (dataset, model).")
+    sections = [
+        _setup_section(inputs),
+        Section("best", "Best configuration per dataset",
+                ["The probe `promote` registered as challenger (best validation macro F1 over every model and SAE "
+                 "cell), its test score, and what it was compared with; champion is the registered version that "
+                 "passed the gates."],
+                tables=[("Best SAE probe per dataset", with_interval(best))]),
+        Section("paper", "This run beside the paper",
+                ["Paper values from shared/PAPER.md, 'Numbers to reproduce'. 'This run' names the models and data "
+                 "that produced each of our numbers; they are not the paper's, so a verdict says whether the "
+                 "claim's shape holds here, not whether a number matches.", lose_text],
+                tables=[("Paper numbers and this run's counterparts", comparison),
+                        ("Where SAE features lose", losses)]),
+        Section("layers", "Macro F1 by layer",
+                ["Per layer, the best SAE cell (over width, pooling and binarization) and the best hidden-state "
+                 "probe (last or mean token), each chosen on validation."],
+                tables=[("By layer", with_interval(layers[columns(["features", "layer"])]))],
+                figures=[(note, figures.lines(layers, "layer", ["model", "features"],
+                                              "layer (blocks.L.hook_resid_post)", "Macro F1 by layer"))]),
+        Section("pooling", "Pooling x binarization",
+                ["Per pooling and binarization threshold, the best SAE cell over layers and widths (validation)."],
+                tables=[("Pooling x binarization", with_interval(pooling[columns(["pooling", "binarize"])]))],
+                figures=[(note, figures.forest(pooling.assign(bin="bin " + pooling["binarize"]),
+                                               ["model", "pooling", "bin"], "Pooling x binarization"))]),
+        Section("width", "SAE width",
+                ["Per SAE width, the best cell over layers, poolings and binarization (validation)."
+                 + (" This run has one width only, so the figure shows no width effect." if
+                    widths["width"].nunique() == 1 else "")],
+                tables=[("By SAE width", with_interval(widths[columns(["width", "layer"])]))],
+                figures=[(note, figures.forest(widths, ["model", "width"], "SAE width"))]),
+        Section("baselines", "SAE against hidden-state and TF-IDF baselines",
+                ["Best SAE and hidden-state probes (validation), the decision tree and top-k latent selection on "
+                 "the best SAE cell, and TF-IDF and majority baselines on the same split."],
+                tables=[("Baselines", with_interval(baselines))],
+                figures=[(note + " TF-IDF and majority are deterministic: their intervals have zero width.",
+                          figures.forest(baselines, ["model", "method"], "SAE against baselines"))]),
+        Section("curve", "Training-size curve",
+                ["The best SAE cell of each (dataset, model) refitted on growing stratified subsets of the training "
+                 "split (subset seed 0) and scored on the whole test split."],
+                tables=[("Training-size curve", curve)],
+                figures=[("Test macro F1 against training rows. One fit per point (seed 0): train_probes records no "
+                          "repeats for the curve, so no interval is drawn.",
+                          figures.lines(curve, "train_rows", ["model"], "training rows", "Training-size curve"))]),
+        *_transfer_sections(inputs),
+        Section("sae-quality", "SAE quality per layer",
+                [f"Each SAE's fraction of variance explained, L0 and dead-latent fraction on every dataset's tokens "
+                 f"(extract). SAE training seed {inputs.setup.get('sae_seed', '?')}, one SAE per (layer, width): the "
+                 "whiskers span the datasets, not seeds."],
+                tables=[("Per SAE, over datasets", summary), ("Per SAE and dataset", quality)],
+                figures=[("Variance explained per SAE: mean over datasets, whiskers at min and max.",
+                          figures.quality_bars(summary, "SAE variance explained"))]),
+    ]
+    for section in sections:
+        section.tables = [(caption, _rounded(table)) for caption, table in section.tables]
+    return sections
+
+
+HTML = jinja2.Template("""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 12px; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; } figure { margin: 1em 0; overflow-x: auto; } figcaption { font-size: 12px; color: #555; }
+nav a { margin-right: 1em; } h3 { font-size: 14px; }
+</style></head><body>
+<h1>{{ title }}</h1>
+<nav>{% for s in sections %}<a href="#{{ s.id }}">{{ s.title }}</a>{% endfor %}</nav>
+{% for s in sections %}<section id="{{ s.id }}"><h2>{{ s.title }}</h2>
+{% for p in s.paragraphs %}<p>{{ p }}</p>
+{% endfor %}{% for caption, svg in s.figures %}<figure>{{ svg | safe }}<figcaption>{{ caption }}</figcaption></figure>
+{% endfor %}{% for caption, table in s.tables %}<h3>{{ caption }}</h3>
+{{ table.to_html(index=False, border=0) | safe }}
+{% endfor %}</section>
+{% endfor %}</body></html>
+""", autoescape=True)
+
+MARKDOWN = jinja2.Template("""# {{ title }}
+
+Figures are in index.html (inline SVG); this twin has the same text and tables.
+{% for s in sections %}
+## {{ s.title }}
+{% for p in s.paragraphs %}
+{{ p }}
+{% endfor %}{% for caption, svg in s.figures %}
+*Figure: {{ caption }}*
+{% endfor %}{% for caption, table in s.tables %}
+**{{ caption }}**
+
+{{ table.to_markdown(index=False) }}
+{% endfor %}{% endfor %}""")
+
+
+def render(sections: list[Section], title: str) -> tuple[str, str]:
+    """The HTML page and its Markdown twin."""
+    return HTML.render(title=title, sections=sections), MARKDOWN.render(title=title, sections=sections)

@@ -1,0 +1,163 @@
+"""The report stage on a fixture metrics tree: every section, numbers that match the inputs, clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.errors import SaefsError
+from features.report import CROSS_LINGUAL_COLUMNS, CROSS_MODEL_COLUMNS
+from pipelines import paths, report
+from tests.helpers import embedded_params, write_params
+
+DATASETS, MODELS = ("alpha", "beta"), ("m1", "m2")
+LAYERS = {"m1": [3, 6], "m2": [4]}
+SECTIONS = ["setup", "best", "paper", "layers", "pooling", "width", "baselines", "curve", "cross-model",
+            "cross-lingual", "sae-quality"]
+
+
+def _cell(f1: float, val: float, *, layer: int, width: str, pooling: str, binarize: float | None,
+          dense: bool = False, spread: float = 0.01) -> dict:
+    return {"layer": layer, "width": width, "pooling": pooling, "binarize": binarize, "seeds": 3,
+            "input": "dense" if dense else "sparse", "macro_f1": f1, "macro_f1_low": f1 - spread,
+            "macro_f1_high": f1 + spread, "val_macro_f1": val, "model_uri": "models:/m-x"}
+
+
+def probe_results(dataset: str, model: str, offset: float) -> dict:
+    """What train_probes writes for one (dataset, model): SAE cells, hidden cells, extras, baselines, curve."""
+    cells = {}
+    for i, layer in enumerate(LAYERS[model]):
+        for pooling in ("sum", "top2"):
+            for binarize in (None, 1.0):
+                f1 = 0.6 + offset + 0.05 * i + (0.02 if binarize else 0) + (0.01 if pooling == "sum" else 0)
+                name = f"{model}__l{layer}__sae64__{pooling}__{'bin1' if binarize else 'raw'}"
+                cells[name] = _cell(round(f1, 4), round(f1 - 0.01, 4), layer=layer, width="64", pooling=pooling,
+                                    binarize=binarize)
+        cells[f"{model}__l{layer}__hidden__last"] = _cell(0.7 + offset, 0.69 + offset, layer=layer, width="hidden",
+                                                          pooling="last", binarize=None, dense=True)
+    best = max((k for k, c in cells.items() if c["input"] == "sparse"), key=lambda k: cells[k]["val_macro_f1"])
+    for suffix, variant in (("tree", "tree"), ("select16", "select")):
+        cells[f"{best}__{suffix}"] = cells[best] | {"macro_f1": 0.5, "macro_f1_low": 0.49, "macro_f1_high": 0.51,
+                                                    "variant": variant}
+    point = {"macro_f1": 0.0, "accuracy": 0.0, "n": 40.0, "val_macro_f1": 0.0}
+    baseline = {"macro_f1": 0.9, "macro_f1_low": 0.9, "macro_f1_high": 0.9, "seeds": 3}
+    return {"dataset": dataset, "model": model, "cells": cells, "best_cell": best,
+            "baselines": {"tfidf": baseline, "majority": baseline | {"macro_f1": 0.33, "macro_f1_low": 0.33,
+                                                                     "macro_f1_high": 0.33}},
+            "training_curve": [point | {"fraction": f, "train_rows": int(160 * f), "macro_f1": 0.5 + 0.2 * f}
+                               for f in (0.5, 1.0)]}
+
+
+def promotion(dataset: str, results: dict[str, dict]) -> dict:
+    """promote's report: the best SAE and hidden cells by validation over the models."""
+    def best(kind: str) -> dict:
+        cells = {k: c | {"model": m} for m, r in results.items() for k, c in r["cells"].items() if c["input"] == kind}
+        name = max(cells, key=lambda k: cells[k]["val_macro_f1"])
+        return {"cell": name, **cells[name]}
+
+    return {"dataset": dataset, "candidate": best("sparse"), "hidden_baseline": best("dense"),
+            "other_baselines": {m: r["baselines"] for m, r in results.items()}, "champion": None,
+            "decision": "keep the champion: FAIL macro_f1"}
+
+
+def write_transfer(root: Path) -> None:
+    """The transfer stage's two CSVs, by the contract (one skipped cell each)."""
+    cross = [["phys_tf", s, t, 0.61, 0.58, 0.64, 0.66, 0.55, 0.33, 160, 40, "ok"] for s in MODELS for t in MODELS]
+    cross[-1][3:6], cross[-1][-1] = [float("nan")] * 3, "skipped: target answered every item right"
+    lingual = [["living_room", "m1", a, b, 0.777, 0.75, 0.8, 0.33, 100, 30, "ok"] for a in ("en", "fr") for b in
+               ("en", "fr")]
+    for kind, rows, columns in (("cross_model", cross, CROSS_MODEL_COLUMNS),
+                                ("cross_lingual", lingual, CROSS_LINGUAL_COLUMNS)):
+        path = root / paths.transfer_plot(kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+
+
+def write_metrics_tree(root: Path) -> None:
+    for i, dataset in enumerate(DATASETS):
+        results = {m: probe_results(dataset, m, 0.2 * i + 0.03 * j) for j, m in enumerate(MODELS)}
+        for model, result in results.items():
+            for path, obj in ((paths.probe_metrics(dataset, model), result),
+                              (paths.extract_metrics(model, dataset),
+                               {"sae_quality": {f"l{layer}__sae64": {"fve": 0.7 - 0.1 * i, "l0": 4.0,
+                                                                     "dead_fraction": 0.2, "tokens": 900}
+                                                for layer in LAYERS[model]}})):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(obj))
+        paths.promotion_report(dataset).parent.mkdir(parents=True, exist_ok=True)
+        paths.promotion_report(dataset).write_text(json.dumps(promotion(dataset, results)))
+    for model in MODELS:
+        paths.train_sae_metrics(model).parent.mkdir(parents=True, exist_ok=True)
+        paths.train_sae_metrics(model).write_text(json.dumps(
+            {"source": "train", "saes": {f"l{layer}__sae64": {"architecture": "topk"} for layer in LAYERS[model]}}))
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    datasets = {d: {"source": f"file:{d}.csv", "labels": [0, 1]} for d in DATASETS}
+    write_params(tmp_path, embedded_params(
+        models={m: {"source": f"path:{m}"} for m in MODELS}, datasets=datasets,
+        sae={m: {"layers": LAYERS[m], "widths": ["64"], "source": "train"} for m in MODELS}))
+    write_metrics_tree(tmp_path)
+    return tmp_path
+
+
+def _text(path: Path) -> str:
+    return re.sub(r"\s+", " ", path.read_text())
+
+
+def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
+    write_transfer(project)
+    assert report.main([]) == 0
+    html, md = _text(project / "reports/index.html"), _text(project / "reports/index.md")
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in html
+    assert "Not produced yet" not in html
+    candidate = json.loads(paths.promotion_report("beta").read_text())["candidate"]
+    interval = f"{candidate['macro_f1']:.3f} [{candidate['macro_f1_low']:.3f}, {candidate['macro_f1_high']:.3f}]"
+    assert candidate["cell"] in html and interval in html and interval in md
+    assert "0.777 [0.750, 0.800]" in html and "0.777 [0.750, 0.800]" in md  # a cross-lingual cell, as the CSV has it
+    assert "[0.75, 0.80]" in html  # and its heatmap annotation
+    assert "skipped: target answered every item right" in html and "skipped" in md
+    assert html.count("<svg") == 6 + 1 + 1  # six result figures, one heatmap per transfer task
+    assert not re.search(r"<script|<link|src=\"http|@import", html)  # self-contained: opens offline
+    assert "1 of 2 datasets above 0.8 (below: alpha)" in md  # the paper's claim 1, counted on the inputs
+
+
+def test_without_transfer_csvs_it_renders_says_so_and_writes_plot_tables(project: Path) -> None:
+    assert report.main([]) == 0
+    html = _text(project / "reports/index.html")
+    assert "Not produced yet: plots/transfer/cross_model.csv" in html
+    assert "Not produced yet: plots/transfer/cross_lingual.csv" in html
+    layer = pd.read_csv(project / paths.report_plot("layer"))
+    results = json.loads(paths.probe_metrics("alpha", "m1").read_text())
+    row = layer[(layer["dataset"] == "alpha") & (layer["model"] == "m1") & (layer["features"] == "sae")
+                & (layer["layer"] == 6)].iloc[0]
+    assert row["macro_f1"] == results["cells"][row["cell"]]["macro_f1"] and row["label"] == "alpha m1 sae L6"
+    assert row["cell"] == "m1__l6__sae64__sum__bin1"  # the best by validation at layer 6
+    for name in ("layer", "pooling_binarize", "width", "baselines", "training_curve"):  # dvc.yaml's x and y
+        assert {"macro_f1", "label"} <= set(pd.read_csv(project / paths.report_plot(name)).columns)
+
+
+def test_a_missing_metrics_file_names_it_and_its_stage(project: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths.extract_metrics("m2", "beta").unlink()
+    with pytest.raises(SaefsError, match=r"metrics/extract/m2/beta.json not found: stage `extract@m2-beta`"):
+        report.run()
+    with caplog.at_level(logging.ERROR, logger="saefs.report"):
+        assert report.main([]) == 2
+    assert "dvc repro extract@m2-beta" in caplog.text
+    assert not (project / "reports/index.html").exists()
+
+
+def test_a_transfer_csv_off_contract_is_refused(project: Path) -> None:
+    write_transfer(project)
+    path = paths.transfer_plot("cross_model")
+    pd.read_csv(path).drop(columns=["hidden_f1"]).to_csv(path, index=False)
+    with pytest.raises(SaefsError, match=r"plots/transfer/cross_model.csv lacks columns \['hidden_f1'\]"):
+        report.run()
