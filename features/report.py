@@ -98,9 +98,11 @@ def baselines_table(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[s
 
 
 def curve_table(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
-    """The training-size curve of each (dataset, model)'s best cell: one fit per fraction."""
+    """The training-size curve of each (dataset, model)'s best cell: mean and interval over seeds per fraction."""
     rows = [{"dataset": dataset, "model": model, "cell": results["best_cell"], "fraction": point["fraction"],
-             "train_rows": int(point["train_rows"]), "macro_f1": point["macro_f1"]}
+             "train_rows": int(point["train_rows"]), "seeds": point.get("seeds", 1), "macro_f1": point["macro_f1"],
+             "macro_f1_low": point.get("macro_f1_low", point["macro_f1"]),
+             "macro_f1_high": point.get("macro_f1_high", point["macro_f1"])}
             for (dataset, model), results in probes.items() for point in results["training_curve"]]
     return pd.DataFrame(rows).sort_values(["dataset", "model", "fraction"]).reset_index(drop=True)
 

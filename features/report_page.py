@@ -159,10 +159,9 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                           figures.forest(baselines, ["model", "method"], "SAE against baselines"))]),
         Section("curve", "Training-size curve",
                 ["The best SAE cell of each (dataset, model) refitted on growing stratified subsets of the training "
-                 "split (subset seed 0) and scored on the whole test split."],
-                tables=[("Training-size curve", curve)],
-                figures=[("Test macro F1 against training rows. One fit per point (seed 0): train_probes records no "
-                          "repeats for the curve, so no interval is drawn.",
+                 "split (each seed draws its own nested subsets and CV folds) and scored on the whole test split."],
+                tables=[("Training-size curve", with_interval(curve))],
+                figures=[("Test macro F1 against training rows: mean over seeds with 95% whiskers.",
                           figures.lines(curve, "train_rows", ["model"], "training rows", "Training-size curve"))]),
         *_transfer_sections(inputs),
         Section("sae-quality", "SAE quality per layer",

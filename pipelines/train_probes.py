@@ -225,7 +225,7 @@ def _extras(cell_id: str, params: Params, results: dict, frames: dict, y: np.nda
             with timings("fitting"):
                 runs.setdefault(fraction, []).append(_fit_score(probe, X, y, fit_rows, test=~train))
             runs[fraction][-1]["train_rows"] = int(fit_rows.sum())
-    curve = [{"fraction": fraction, "train_rows": points[0]["train_rows"], **_summary(points)}
+    curve = [{"fraction": fraction, "train_rows": points[0]["train_rows"], "n": points[0]["n"], **_summary(points)}
              for fraction, points in runs.items()]
     results["best_cell"], results["training_curve"] = best, curve
     log.info("%s: best cell by validation %s", cell_id, best)
