@@ -31,7 +31,7 @@ from features import tracking
 from features.errors import SaefsError
 from features.extract import extract
 from features.feature_store import binarize_codes
-from features.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes
+from features.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
 from features.prepare import text_id
 
 log = logging.getLogger("saefs.serve")
@@ -68,6 +68,7 @@ class Champion:
     service: str
     service_object: Any  # feast.FeatureService, looked up once
     view: str
+    push_views: list[str]  # the views its push source writes (the feature service's view)
     kind: str  # "sparse" or "binary"
     model: str
     layer: int
@@ -115,9 +116,9 @@ def load_champion(store: Any, registered_model: str, version: int) -> Champion:
                          f"SAE probes only (views of kind {list(PUSHABLE_KINDS)})")
     probe = mlflow.sklearn.load_model(f"models:/{registered_model}/{version}")
     threshold = tags.get("threshold")
-    return Champion(registered_model, version, probe, service, service_object, view, tags["kind"], tags["model"],
-                    int(tags["layer"]), tags["sae"], tags["pooling"], None if threshold is None else float(threshold),
-                    tags.get("op", ">"))
+    return Champion(registered_model, version, probe, service, service_object, view, push_views(store, view),
+                    tags["kind"], tags["model"], int(tags["layer"]), tags["sae"], tags["pooling"],
+                    None if threshold is None else float(threshold), tags.get("op", ">"))
 
 
 def explain(probe: Pipeline, frame: pd.DataFrame, predicted: np.ndarray, top: int) -> list[list[Latent]]:
@@ -219,7 +220,7 @@ class Scorer:
         ids = [text_id(dataset, text) for text in texts]
         codes = self.encode(champion, texts)
         with self._store_lock:
-            push_codes(self.store, champion.view, champion.kind, ids, codes, datetime.now(UTC))
+            push_codes(self.store, champion.push_views, champion.kind, ids, codes, datetime.now(UTC))
             frame = online_frame(self.store, champion.service_object, champion.kind, ids)
         return self._predict(dataset, champion, ids, frame)
 
