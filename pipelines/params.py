@@ -204,6 +204,8 @@ class ServeParams(Strict):
     max_chars: int = Field(gt=0, description="characters per text")
     top_latents: int = Field(ge=0, description="latents per explanation (largest coefficient x activation)")
     champion_poll_s: float = Field(ge=0, description="how often the champion alias is checked; 0: every request")
+    torch_threads: int = Field(ge=0, description="intra-op threads of the service's forward passes; 0: torch's "
+                               "default (one per core), which stalls when other processes share the cores")
 
 
 class Params(Strict):

@@ -45,6 +45,10 @@ def build_scorer(params: Params) -> Scorer:
     from features.sae import load_sae
     from pipelines.train_sae import SAE_INDEX
 
+    if params.serve.torch_threads:
+        import torch
+
+        torch.set_num_threads(params.serve.torch_threads)
     device = resolve_device(params.extract.device)
 
     def load_lm(model: str) -> tuple[Any, Any]:

@@ -63,7 +63,8 @@ def scratch_params(root: Path) -> dict[str, Any]:
         build_features={"binarize": [None, 1.0], "binarize_op": ">", "hidden": ["last"]},
         promote={"min_macro_f1": 0.0, "max_drop_vs_hidden": None, "tracking_uri": f"sqlite:///{root}/mlflow.db"},
         serve={"datasets": [DATASET], "host": "127.0.0.1", "port": 8000, "max_texts": MAX_TEXTS,
-               "max_chars": MAX_CHARS, "top_latents": WIDTH, "champion_poll_s": 0.0},
+               "max_chars": MAX_CHARS, "top_latents": WIDTH, "champion_poll_s": 0.0,
+               "torch_threads": 0},  # 0: leave this process's torch threads as they are
     )
     params["train_probes"] = {"poolings": ["sum"], "binarize": [None, 1.0], "hidden": ["last"], "C_grid": [1.0],
                               "cv_folds": 2, "seeds": 1, "select_k": 8, "train_fractions": [1.0], "n_jobs": 1}
