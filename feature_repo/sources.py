@@ -1,15 +1,19 @@
 """Offline sources: one parquet per view, as listed by data/feast/catalog.json (`feast_apply` merges
 there the catalogs that `build_labels` and each `build_features@<model>` write).
 
+Each served view (all but `labels`) also gets a push source (`push__<view>`, batched by its file
+source), through which the scoring service writes features of new texts online.
+
 Without a catalog (before the first `dvc repro feast_apply`) there are no sources, and the repo
 defines only the entity, so `feast apply` still works.
 """
 
 from pathlib import Path
 
-from feast import FileSource
+from feast import FileSource, PushSource
 
 from features.feature_store import CATALOG_FILE, CREATED, EVENT_TIME, read_catalog
+from features.online import PUSHABLE_KINDS, push_source_name
 
 ROOT = Path(__file__).resolve().parent.parent  # the saefs checkout; catalog paths are relative to it
 CATALOG_PATH = ROOT / "data" / "feast" / CATALOG_FILE
@@ -23,3 +27,10 @@ SOURCES = {
     for spec in CATALOG
 }
 globals().update({source.name: source for source in SOURCES.values()})  # feast apply collects module attributes
+
+PUSH_SOURCES = {
+    spec.name: PushSource(name=push_source_name(spec.name), batch_source=SOURCES[spec.name],
+                          description=f"features of new texts for {spec.name}, pushed by the scoring service")
+    for spec in CATALOG if spec.kind in PUSHABLE_KINDS
+}
+globals().update({source.name: source for source in PUSH_SOURCES.values()})  # as above

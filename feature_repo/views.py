@@ -5,7 +5,7 @@ from datetime import timedelta
 from entities import text
 from feast import FeatureView, Field
 from feast.types import Array, Float32, Int32, Int64, String
-from sources import CATALOG, SOURCES
+from sources import CATALOG, PUSH_SOURCES, SOURCES
 
 from features.feature_store import HIDDEN, IDS, VALUES, ViewSpec
 
@@ -19,7 +19,7 @@ def feature_view(spec: ViewSpec) -> FeatureView:
         name=spec.name,
         entities=[text],
         ttl=timedelta(0),  # features of a text never expire
-        source=SOURCES[spec.name],
+        source=PUSH_SOURCES.get(spec.name, SOURCES[spec.name]),  # served code views take pushes too
         schema=[Field(name=column, dtype=TYPES[column]) for column in spec.features],
         online=spec.kind != "labels",  # labels are training targets, never served
         tags=spec.tags(),

@@ -193,6 +193,21 @@ class PromoteParams(Strict):
     tracking_uri: str = Field(description="MLflow tracking URI unless MLFLOW_TRACKING_URI is set")
 
 
+class ServeParams(Strict):
+    """The scoring service (`saefs serve`, `saefs score`): what it serves, where it listens, request limits."""
+
+    datasets: list[Name] = Field(min_length=1, description="keys of `datasets` (checked when the service starts) "
+                                 "whose `saefs-<dataset>@champion` is served; the first is a request's default")
+    host: str = Field(min_length=1, description="bind address; 127.0.0.1 keeps the API on this machine")
+    port: int = Field(ge=1, le=65535)
+    max_texts: int = Field(gt=0, description="texts per POST /score request")
+    max_chars: int = Field(gt=0, description="characters per text")
+    top_latents: int = Field(ge=0, description="latents per explanation (largest coefficient x activation)")
+    champion_poll_s: float = Field(ge=0, description="how often the champion alias is checked; 0: every request")
+    torch_threads: int = Field(ge=0, description="intra-op threads of the service's forward passes; 0: torch's "
+                               "default (one per core), which stalls when other processes share the cores")
+
+
 class Params(Strict):
     profile: Literal["embedded", "paper"]
     models: dict[Name, ModelParams] = Field(min_length=1)
@@ -206,6 +221,7 @@ class Params(Strict):
     build_features: BuildFeaturesParams
     train_probes: TrainProbesParams
     promote: PromoteParams
+    serve: ServeParams
 
     @model_validator(mode="after")
     def _sae_models_exist(self) -> Params:

@@ -1,0 +1,243 @@
+"""The scoring service end to end on a tiny model: extract -> Feast -> train_probes -> promote -> HTTP API.
+
+The stages run in this process on a scratch project, as DVC would run them; the API is called
+through FastAPI's TestClient (httpx), the CLI through typer's runner.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import tracking
+from features.feature_store import historical_frame
+from features.io import write_parquet
+from features.prepare import text_id
+from pipelines import (
+    build_features,
+    extract,
+    feast_apply,
+    materialize,
+    paths,
+    prepare_model,
+    promote,
+    serve,
+    train_probes,
+)
+from pipelines.params import ParamsError, load_params, parse_params
+from pipelines.train_sae import SAE_INDEX
+from tests.features.tiny import HIDDEN, make_jumprelu_sae, make_model, make_tokenizer
+from tests.helpers import embedded_params, write_params
+from tests.pipelines.test_feature_stages import copy_repo
+
+mlflow = pytest.importorskip("mlflow")
+MODEL, DATASET, WIDTH = "tiny", "alpha", 64
+NAME = promote.registered_name(DATASET)
+MAX_TEXTS, MAX_CHARS = 4, 120
+
+
+def labelled_texts(n: int, seed: int) -> tuple[list[str], list[int]]:
+    """Class 1 draws most words from w0..w59, class 0 from w200..w259: a signal a probe on SAE codes can find."""
+    rng = np.random.default_rng(seed)
+    labels = [i % 2 for i in range(n)]
+    texts = []
+    for label in labels:
+        words = rng.integers(0, 60, 8) + (0 if label else 200)
+        words[rng.random(8) < 0.3] = rng.integers(60, 200)
+        texts.append(" ".join(f"w{w}" for w in words))
+    return texts, labels
+
+
+def scratch_params(root: Path) -> dict[str, Any]:
+    params = embedded_params(
+        models={MODEL: {"source": "path:tiny"}},
+        datasets={DATASET: {"source": "file:alpha.csv", "labels": [0, 1], "label_names": ["calm", "rude"]}},
+        sae={MODEL: {"layers": [1], "widths": [str(WIDTH)], "source": "train"}},
+        extract={"max_tokens": 12, "batch_size": 8, "poolings": ["sum"], "include_bos": False,
+                 "paper_compat": False, "shard_rows": 64, "device": "cpu"},
+        build_features={"binarize": [None, 1.0], "binarize_op": ">", "hidden": ["last"]},
+        promote={"min_macro_f1": 0.0, "max_drop_vs_hidden": None, "tracking_uri": f"sqlite:///{root}/mlflow.db"},
+        serve={"datasets": [DATASET], "host": "127.0.0.1", "port": 8000, "max_texts": MAX_TEXTS,
+               "max_chars": MAX_CHARS, "top_latents": WIDTH, "champion_poll_s": 0.0,
+               "torch_threads": 0},  # 0: leave this process's torch threads as they are
+    )
+    params["train_probes"] = {"poolings": ["sum"], "binarize": [None, 1.0], "hidden": ["last"], "C_grid": [1.0],
+                              "cv_folds": 2, "seeds": 1, "select_k": 8, "train_fractions": [1.0], "n_jobs": 1}
+    return params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory):
+    """A scratch project after extract ... promote, and a TestClient on its scoring service."""
+    from fastapi.testclient import TestClient
+
+    root = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        copy_repo(root)
+        make_model("gemma3", n_layers=2).save_pretrained(root / "tiny")
+        make_tokenizer().save_pretrained(root / "tiny")
+        params = scratch_params(root)
+        write_params(root, params)
+        prepare_model.run(MODEL)
+        make_jumprelu_sae(HIDDEN, WIDTH).save_model(paths.sae_dir(MODEL) / "l1__sae64")
+        sae_spec = f"path:{paths.sae_dir(MODEL)}/l1__sae64"
+        (paths.sae_dir(MODEL) / SAE_INDEX).write_text(json.dumps({"l1__sae64": sae_spec}))
+        texts, labels = labelled_texts(80, seed=0)
+        write_parquet(paths.prepared(DATASET), pd.DataFrame({
+            "text_id": [text_id(DATASET, t) for t in texts], "text": texts, "label": labels,
+            "label_name": [["calm", "rude"][y] for y in labels], "split": ["train"] * 60 + ["test"] * 20,
+            "lang": "en", "event_timestamp": pd.Timestamp("2025-01-01", tz="UTC")}))
+        extract.run(f"{MODEL}/{DATASET}")
+        build_features.run(MODEL)
+        build_features.run("labels")
+        feast_apply.run("feature_repo")
+        materialize.run("feature_repo")
+        train_probes.run(f"{DATASET}/{MODEL}")
+        report = promote.run(DATASET)
+        assert report["champion"] == 1
+        scorer = serve.build_scorer(load_params())
+        with TestClient(serve.create_app(scorer, load_params().serve)) as client:
+            yield {"client": client, "scorer": scorer, "texts": texts, "report": report, "root": root}
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+def test_new_texts_get_labels_probabilities_versions_and_explanations(project) -> None:
+    client = project["client"]
+    response = client.post("/score", json={"texts": ["w1 w2 w3 w40 w7", "w201 w230 w250 w209"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["dataset"] == DATASET and len(body["results"]) == 2
+    service = project["report"]["candidate"]["cell"].split("__select")[0].split("__tree")[0]
+    for result, text in zip(body["results"], ["w1 w2 w3 w40 w7", "w201 w230 w250 w209"], strict=True):
+        assert result["text_id"] == text_id(DATASET, text) and result["label"] in ("calm", "rude")
+        assert result["label"] == ["calm", "rude"][result["label_id"]] and 0.5 <= result["probability"] <= 1
+        assert result["registered_model"] == NAME and result["model_version"] == 1
+        assert result["feature_service"] == service
+    assert "/score" in client.get("/openapi.json").json()["paths"]
+
+
+def test_explanations_add_up_to_the_logit(project) -> None:
+    """With every active latent listed, the contributions plus the intercept give log(p / (1 - p))."""
+    champion = project["scorer"].champion(DATASET)
+    clf = champion.probe.steps[-1][1].best_estimator_.steps[-1][1]
+    if not hasattr(clf, "coef_"):
+        pytest.skip("the champion is a tree: it has no coefficients to explain by")
+    [result] = project["client"].post("/score", json={"texts": ["w5 w9 w33 w41 w2 w2"]}).json()["results"]
+    contributions = [latent["contribution"] for latent in result["top_latents"]]
+    assert contributions == sorted(contributions, reverse=True)
+    sign = 1.0 if result["label_id"] == 1 else -1.0
+    p = result["probability"]
+    assert np.isclose(sum(contributions) + sign * clf.intercept_[0], np.log(p / (1 - p)), atol=1e-4)
+    for latent in result["top_latents"]:
+        assert np.isclose(latent["coefficient"] * latent["activation"], latent["contribution"], rtol=1e-5)
+
+
+def test_stored_and_new_text_scoring_agree_with_the_batch_prediction(project) -> None:
+    from feast import FeatureStore
+
+    client, text = project["client"], project["texts"][70]  # a test-split text, materialized by the pipeline
+    stored = client.get(f"/score/{text_id(DATASET, text)}")
+    assert stored.status_code == 200, stored.text
+    champion = project["scorer"].champion(DATASET)
+    entity = pd.DataFrame({"text_id": [text_id(DATASET, text)], "event_timestamp": [pd.Timestamp.now(tz="UTC")]})
+    frame, _ = historical_frame(FeatureStore(repo_path="feature_repo"), champion.service, entity)
+    batch = champion.probe.predict_proba(frame)[0]
+    assert np.isclose(stored.json()["probability"], batch.max(), atol=1e-6)
+    [new] = client.post("/score", json={"texts": [text]}).json()["results"]  # recomputed, pushed, read back
+    assert new["text_id"] == stored.json()["text_id"] and new["label"] == stored.json()["label"]
+    assert np.isclose(new["probability"], stored.json()["probability"], atol=1e-4)
+    assert client.get(f"/score/{text_id(DATASET, 'w3 w4 w5')}").status_code == 404
+    client.post("/score", json={"texts": ["w3 w4 w5"]})
+    assert client.get(f"/score/{text_id(DATASET, 'w3 w4 w5')}").status_code == 200  # pushed online
+
+
+@pytest.mark.parametrize(("request_body", "field"), [
+    ({"texts": "w1 w2"}, ["body", "texts"]),
+    ({"texts": ["w1", 2]}, ["body", "texts", 1]),
+    ({"texts": []}, ["body", "texts"]),
+    ({"texts": ["w1"] * (MAX_TEXTS + 1)}, ["body", "texts"]),
+    ({"texts": ["w1 " * (MAX_CHARS // 3 + 1)]}, ["body", "texts", 0]),
+    ({"texts": ["w1"], "dataset": "nowhere"}, ["body", "dataset"]),
+    ({"texts": ["w1"], "threshold": 2}, ["body", "threshold"]),
+])
+def test_bad_requests_get_a_422_naming_the_field(project, request_body: dict, field: list) -> None:
+    response = project["client"].post("/score", json=request_body)
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [field]
+
+
+def test_malformed_json_and_textless_input_get_a_422(project) -> None:
+    client = project["client"]
+    response = client.post("/score", content=b'{"texts": ["w1",', headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["type"] == "json_invalid"
+    response = client.post("/score", json={"texts": ["   "]})  # no token besides BOS
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "texts"]
+    assert "no tokens besides BOS" in response.json()["detail"][0]["msg"]
+
+
+def test_no_champion_gives_503_with_a_message_and_not_ready(project) -> None:
+    client = project["client"]
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").status_code == 200
+    mlflow.MlflowClient().delete_registered_model_alias(NAME, tracking.CHAMPION)
+    try:
+        response = client.post("/score", json={"texts": ["w1 w2"]})
+        assert response.status_code == 503 and f"{NAME} has no champion yet" in response.json()["detail"]
+        assert client.get(f"/score/{text_id(DATASET, project['texts'][0])}").status_code == 503
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["champions"] == {DATASET: None}
+        assert client.get("/health").status_code == 200
+    finally:
+        tracking.set_alias(NAME, tracking.CHAMPION, 1)
+    assert client.get("/ready").json() == {"ready": True, "champions": {DATASET: 1}}
+
+
+def test_a_moved_alias_is_picked_up(project) -> None:
+    client, report = project["client"], project["report"]
+    cells = json.loads(paths.probe_metrics(DATASET, MODEL).read_text())["cells"]
+    other = next(name for name, cell in cells.items()
+                 if cell["input"] == "sparse" and "variant" not in cell and name != report["candidate"]["cell"])
+    version = tracking.register(cells[other]["model_uri"], NAME)
+    tracking.set_alias(NAME, tracking.CHAMPION, version)
+    try:
+        [result] = client.post("/score", json={"texts": ["w1 w2 w3"]}).json()["results"]
+        assert result["model_version"] == version and result["feature_service"] == other
+        assert client.get(f"/score/{text_id(DATASET, project['texts'][3])}").json()["feature_service"] == other
+    finally:
+        tracking.set_alias(NAME, tracking.CHAMPION, 1)
+    assert client.post("/score", json={"texts": ["w1 w2 w3"]}).json()["results"][0]["model_version"] == 1
+
+
+def test_cli_scores_a_text(project) -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(serve.cli, ["score", "w1 w2 w3", "--dataset", DATASET])
+    assert result.exit_code == 0, result.output
+    [scored] = json.loads(result.stdout)["results"]
+    assert scored["text_id"] == text_id(DATASET, "w1 w2 w3") and scored["model_version"] == 1
+    unknown = CliRunner().invoke(serve.cli, ["score", "w1", "--dataset", "nowhere"])
+    assert unknown.exit_code == 2
+
+
+def test_serve_params_name_the_bad_key_and_unknown_datasets_stop_the_service() -> None:
+    params = embedded_params()
+    params["serve"]["max_textz"] = 3
+    with pytest.raises(ParamsError, match=r"serve\.max_textz: unknown key \(allowed here: datasets, host, port"):
+        parse_params(params)
+    params = embedded_params()
+    params["serve"]["port"] = 70000
+    with pytest.raises(ParamsError, match=r"serve\.port: Input should be less than or equal to 65535"):
+        parse_params(params)
+    params = embedded_params()
+    params["serve"]["datasets"] = ["spam", "nowhere"]
+    with pytest.raises(ParamsError, match=r"dataset 'nowhere' is not configured"):
+        serve.build_scorer(parse_params(params))
