@@ -22,7 +22,7 @@ from features.naming import pooling_top_n
 from pipelines.feature_params import BuildFeaturesParams
 
 PARAMS_FILE = Path("params.yaml")
-PROFILES = ("embedded", "paper")
+PROFILES = ("embedded", "paper", "cluster")
 
 
 class Strict(BaseModel):
@@ -193,8 +193,15 @@ class PromoteParams(Strict):
     tracking_uri: str = Field(description="MLflow tracking URI unless MLFLOW_TRACKING_URI is set")
 
 
+class ScaleOutParams(Strict):
+    """How the pipeline spreads over workers; the services (Feast, MLflow, DVC remote) are set by environment."""
+
+    extract_workers: int = Field(ge=1, description="extract processes (torchrun, one model replica each); "
+                                 "the shards are the same for any number")
+
+
 class Params(Strict):
-    profile: Literal["embedded", "paper"]
+    profile: Literal["embedded", "paper", "cluster"]
     models: dict[Name, ModelParams] = Field(min_length=1)
     datasets: dict[Name, DatasetParams] = Field(min_length=1)
     prepare_data: PrepareDataParams
@@ -206,6 +213,7 @@ class Params(Strict):
     build_features: BuildFeaturesParams
     train_probes: TrainProbesParams
     promote: PromoteParams
+    scale_out: ScaleOutParams
 
     @model_validator(mode="after")
     def _sae_models_exist(self) -> Params:
