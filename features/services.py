@@ -75,3 +75,17 @@ def check_mlflow(tracking_uri: str) -> None:
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
     if endpoint:
         check_reachable("MLflow artifact store (S3)", endpoint)
+
+
+def check_dvc_remote(root: str | os.PathLike[str] = ".") -> None:
+    """The default DVC remote of the project at `root`, when it is an S3 bucket, exists and answers."""
+    from dvc.config import Config
+
+    dvc_dir = os.path.join(root, ".dvc")
+    if not os.path.isdir(dvc_dir):
+        return
+    config = Config(dvc_dir=dvc_dir)
+    name = config["core"].get("remote")
+    remote = config["remote"].get(name, {}) if name else {}
+    if str(remote.get("url", "")).startswith("s3://"):
+        check_bucket(f"DVC remote '{name}'", remote["url"], remote.get("endpointurl"))

@@ -25,9 +25,9 @@ from features import tracking
 from features.errors import SaefsError
 from features.feature_store import open_store, to_csr
 from features.probes import make_probe
-from features.services import check_bucket
+from features.services import check_bucket, check_dvc_remote
 from features.shards import ShardWriter
-from pipelines import feast_apply, materialize, paths
+from pipelines import check_services, feast_apply, materialize, paths
 from tests.features.test_feature_store import random_codes
 from tests.features.test_probes import FAST
 from tests.pipelines.test_feature_stages import MODEL, RAW, WIDTH, build_offline_sources
@@ -66,6 +66,7 @@ def cluster(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def test_feast_registers_in_postgres_and_serves_from_redis(cluster: dict[str, Any], services: Services) -> None:
     import redis
 
+    check_services.run("feature_repo")  # the preflight passes: every configured service answers
     store, data = cluster["store"], cluster["data"]
     assert RAW in {view.name for view in store.list_feature_views()}
     assert not (paths.feast_registry()).exists() and not paths.feast_online_store().exists()  # nothing local
@@ -125,6 +126,10 @@ def test_dvc_pushes_and_pulls_features_through_the_bucket(cluster: dict[str, Any
     assert {path: (tmp_path / path).read_bytes() for path in stored} == stored
     listed = boto3.client("s3", endpoint_url=services.s3_endpoint).list_objects_v2(Bucket="saefs-dvc")
     assert listed["KeyCount"] >= len(stored)
+    check_dvc_remote(tmp_path)
+    dvc("remote", "modify", "cluster", "url", "s3://saefs-gone/store")
+    with pytest.raises(SaefsError, match=r"DVC remote 'cluster' bucket s3://saefs-gone at http://127\.0\.0\.1:"):
+        check_dvc_remote(tmp_path)
 
 
 @pytest.mark.parametrize("variable, component", [("SAEFS_REDIS", "Feast online store (Redis)"),
@@ -136,7 +141,7 @@ def test_unreachable_feast_service_is_named_and_leaves_the_catalog(cluster: dict
     address = f"127.0.0.1:{port}" if variable == "SAEFS_REDIS" else f"postgresql+psycopg2://saefs@127.0.0.1:{port}/x"
     monkeypatch.setenv(variable, address)
     catalog = paths.feast_catalog().read_bytes()
-    for stage in (feast_apply, materialize):
+    for stage in (feast_apply, materialize, check_services):
         with pytest.raises(SaefsError, match=rf"{re.escape(component)} at 127\.0\.0\.1:{port} is unreachable"):
             stage.run("feature_repo")
     assert paths.feast_catalog().read_bytes() == catalog
