@@ -42,8 +42,9 @@ def missing_binaries() -> list[str]:
 
 
 def _binary(name: str) -> str | None:
-    found = shutil.which(name) or sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return str(found[-1] if isinstance(found, list) and found else found) if found else None
+    """On PATH, else in Debian's versioned PostgreSQL folder (the newest)."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return shutil.which(name) or (str(candidates[-1]) if candidates else None)
 
 
 def free_port() -> int:
