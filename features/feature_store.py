@@ -411,19 +411,43 @@ def _importable(repo_dir: Path) -> Iterator[None]:
         sys.dont_write_bytecode = bytecode
 
 
+def open_store(repo_dir: str | os.PathLike[str]) -> FeatureStore:
+    """The repo's store, configured by `FEAST_FS_YAML_FILE_PATH` when set (as for the feast CLI), else by its
+    feature_store.yaml; its registry and online store must answer (a remote one is checked first)."""
+    from feast import FeatureStore
+    from feast.constants import FEAST_FS_YAML_FILE_PATH_ENV_NAME
+    from feast.repo_config import load_repo_config
+
+    from features.services import check_feast
+
+    repo_dir = Path(repo_dir).resolve()
+    yaml_file = Path(os.environ.get(FEAST_FS_YAML_FILE_PATH_ENV_NAME) or repo_dir / "feature_store.yaml").resolve()
+    if not yaml_file.is_file():
+        raise SaefsError(f"Feast configuration {yaml_file} not found: run stages from the project root, or fix "
+                         f"{FEAST_FS_YAML_FILE_PATH_ENV_NAME}")
+    config = load_repo_config(repo_dir, yaml_file)
+    check_feast(config)  # before FeatureStore, which connects to a SQL registry at once
+    return FeatureStore(repo_path=str(repo_dir), config=config)
+
+
+def local_store_files(store: FeatureStore) -> list[Path]:
+    """The registry and online-store files of a local store (none for a SQL registry or Redis)."""
+    registry, online = store.config.registry, store.config.online_store
+    files = [registry.path] if getattr(registry, "registry_type", "file") == "file" else []
+    files += [online.path] if online.type == "sqlite" else []
+    return [Path(store.repo_path) / path for path in files]
+
+
 def apply_repo(repo_dir: str | os.PathLike[str]) -> FeatureStore:
     """`feast apply` in this process: register the repo's objects and delete the ones it no longer defines."""
-    from feast import FeatureStore
     from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
 
     repo_dir = Path(repo_dir).resolve()
-    if not (repo_dir / "feature_store.yaml").is_file():
-        raise SaefsError(f"{repo_dir} has no feature_store.yaml: run stages from the project root")
+    store = open_store(repo_dir)
     with _importable(repo_dir):
         contents = parse_repo(repo_dir)
-    store = FeatureStore(repo_path=str(repo_dir))
-    for path in (store.config.registry.path, store.config.online_store.path):
-        (repo_dir / path).parent.mkdir(parents=True, exist_ok=True)  # Feast does not create them
+    for path in local_store_files(store):
+        path.parent.mkdir(parents=True, exist_ok=True)  # Feast does not create them
     to_apply, to_delete, _, _ = extract_objects_for_apply_delete(store.project, store.registry, contents)
     store.apply(to_apply, objects_to_delete=to_delete, partial=False)
     return store

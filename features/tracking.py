@@ -22,6 +22,7 @@ from importlib.metadata import version as installed_version
 from typing import TYPE_CHECKING, Any
 
 from features.errors import SaefsError
+from features.services import check_bucket, check_mlflow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +50,7 @@ def configure(tracking_uri_default: str) -> str:
 
     exported = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     tracking_uri = exported["MLFLOW_TRACKING_URI"] or tracking_uri_default
+    check_mlflow(tracking_uri)  # a server or database that is down fails here, before any run starts
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(exported["MLFLOW_REGISTRY_URI"] or tracking_uri)
     # MLflow also exports both URIs to os.environ; undo that, or the next configure() in this
@@ -70,6 +72,8 @@ def experiment(name: str, artifact_location: str | None = None) -> str:
 
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
+    if found is None and artifact_location and artifact_location.startswith("s3://"):
+        check_bucket("MLflow artifact store", artifact_location, os.environ.get("MLFLOW_S3_ENDPOINT_URL"))
     if found is None:
         experiment_id = client.create_experiment(name, artifact_location=artifact_location)
     else:

@@ -1,5 +1,9 @@
 """Stage extract: pooled SAE codes and hidden states of one dataset's texts under one model.
 
+With `scale_out.extract_workers` > 1 (or under torchrun) each worker holds a model replica and
+takes turns on shard-sized blocks; rank 0 writes them in order (features.distributed), so the
+shards are the same as one process's.
+
 Writes CSR shards (features.shards) holding, per row, every `l<L>__sae<W>__<pooling>` code
 matrix and every `l<L>__hidden__<last|mean>` hidden state, plus the SAE quality on these texts
 (variance explained, L0, dead latents) as a DVC metric. A killed run restarts after its last
@@ -19,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 import features
+from features import distributed
 from features.extract import extract, quality_meters
 from features.io import write_json
 from features.lm import load_prepared, resolve_device
@@ -26,7 +31,7 @@ from features.naming import codes_name, hidden_name, sae_name
 from features.sae import load_sae
 from features.shards import ShardWriter
 from pipelines import paths, stage_main
-from pipelines.params import load_params
+from pipelines.params import Params, load_params
 from pipelines.train_sae import SAE_INDEX
 
 log = logging.getLogger("saefs.extract")
@@ -51,8 +56,22 @@ def job_fingerprint(settings: dict, specs: dict[str, str], text_ids: list[str]) 
 
 
 def run(cell: str) -> None:
-    model_name, _, dataset = cell.partition("/")
     params = load_params()
+    workers = params.scale_out.extract_workers
+    if workers > 1 and not distributed.launched():
+        log.info("%s: extracting with %d workers (torchrun)", cell, workers)
+        distributed.launch("pipelines.extract", [cell], workers)
+        return
+    world = distributed.join_world()
+    try:
+        _extract(cell, params, world)
+    finally:
+        distributed.leave_world()
+
+
+def _extract(cell: str, params: Params, world: distributed.World) -> None:
+    """Every worker loads a model replica and extracts its turns of shard-sized blocks; the writer stores them."""
+    model_name, _, dataset = cell.partition("/")
     cfg, ex = params.sae_of(model_name), params.extract
     params.dataset(dataset)
     device = resolve_device(ex.device)
@@ -65,28 +84,45 @@ def run(cell: str) -> None:
     fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()}, specs, df["text_id"].tolist())
     out_dir = paths.features_dir(model_name, dataset)
     started, n_tokens, n_truncated, n_unknown = time.perf_counter(), 0, 0, 0
-    with ShardWriter(out_dir, ex.shard_rows, fingerprint) as writer:
-        done = writer.resume(df["text_id"].tolist())
-        if done == len(df) and (out_dir / REPORT).is_file():
+    writer = ShardWriter(out_dir, ex.shard_rows, fingerprint) if world.is_writer else None
+    done = writer.resume(df["text_id"].tolist()) if writer else 0
+    finished = writer is not None and done == len(df) and (out_dir / REPORT).is_file()
+    done, finished = distributed.broadcast((done, finished), world)
+    if finished:
+        if writer:
             log.info("%s: the same job already finished; keeping its shards and report", cell)
             write_json(paths.extract_metrics(model_name, dataset), json.loads((out_dir / REPORT).read_text()))
-            return
+        return
+    if writer:
         (out_dir / REPORT).unlink(missing_ok=True)  # whatever it said, it is not this job's
         if done:
             log.info("%s: resuming after %d rows already extracted", cell, done)
-        for start in range(done, len(df), ex.shard_rows):
-            rows = df.iloc[start : start + ex.shard_rows]
+    for turns in distributed.rounds(done, len(df), ex.shard_rows, world):
+        mine = turns[world.rank]
+        block = None
+        if mine is not None:
+            rows = df.iloc[mine[0] : mine[1]]
             out = extract(model, tokenizer, rows["text"].tolist(), cfg.layers, saes, ex.poolings,
                           max_tokens=ex.max_tokens, batch_size=ex.batch_size,
                           include_bos=ex.pools_bos, paper_compat=ex.paper_compat,
-                          meters=meters, progress=True)
+                          meters=meters, progress=world.size == 1)
+            block = (out, rows["text_id"].tolist())
+        blocks = distributed.gather(block, world)
+        if not writer:
+            continue
+        for out, text_ids in filter(None, blocks):
             sparse = {codes_name(layer, width, spec): m for (layer, width, spec), m in out.codes.items()}
             dense = {hidden_name(layer, spec): h for (layer, spec), h in out.hidden.items()}
-            writer.append(rows["text_id"].tolist(), sparse=sparse,
+            writer.append(text_ids, sparse=sparse,
                           dense=dense | {"n_tokens": out.n_tokens, "truncated": out.truncated})
             n_tokens, n_truncated = n_tokens + int(out.n_tokens.sum()), n_truncated + out.n_truncated
             n_unknown += int(out.unknown.sum())
-            log.info("%s: %d/%d rows", cell, start + len(rows), len(df))
+        log.info("%s: %d/%d rows", cell, max(turn[1] for turn in turns if turn), len(df))
+    all_meters = distributed.gather(meters, world)
+    if not writer:
+        return
+    writer.close()
+    meters = distributed.merge_meters(all_meters)
     seconds = time.perf_counter() - started
     # After a resumed crash the quality covers the rows extracted in this run: `tokens` says how many.
     quality = {sae_name(layer, width): asdict(meter.result()) | {"tokens": meter.n_tokens}

@@ -1,4 +1,4 @@
-"""Stage feast_apply: register every view of the run in the Feast registry (data/feast/registry.db).
+"""Stage feast_apply: register every view of the run in the Feast registry (data/feast/registry.db, or SQL).
 
 Merges the catalogs of `build_labels` and of each model's `build_features` into
 data/feast/catalog.json, which feature_repo/ turns into Feast objects, then applies the repo in
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from features.errors import SaefsError
-from features.feature_store import CATALOG_FILE, apply_repo, read_catalog, write_catalog
+from features.feature_store import CATALOG_FILE, apply_repo, open_store, read_catalog, write_catalog
 from pipelines import paths, stage_main
 from pipelines.feature_params import FEATURE_REPO
 from pipelines.params import load_params
@@ -28,6 +28,7 @@ def run(repo: str) -> None:
     absent = [view.path for view in views if not Path(view.path).is_file()]
     if absent:
         raise SaefsError(f"catalogued sources {absent[:3]} are missing: run `dvc repro build_features` again")
+    open_store(repo)  # a registry or online store that does not answer fails here, before the catalog is written
     write_catalog(paths.feast_catalog(), views)
     store = apply_repo(repo)
     log.info("registered %d feature views, %d on-demand views and %d feature services in project %s",

@@ -1,8 +1,8 @@
-"""Stage materialize: load every online view into the SQLite online store, one view at a time.
+"""Stage materialize: load every online view into the online store, one view at a time.
 
-The online store (data/feast/online_store.db) is rebuilt from the offline sources: each view's
-whole history, written in batches (feature_store.yaml's `materialization.online_write_batch_size`),
-without touching the registry, which stays `feast_apply`'s output.
+The online store (data/feast/online_store.db; Redis in the cluster profile) is rebuilt from the
+offline sources: each view's whole history, written in batches (feature_store.yaml's
+`materialization.online_write_batch_size`), without touching the registry, which stays `feast_apply`'s output.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from features.errors import SaefsError
-from features.feature_store import materialize_views
+from features.feature_store import materialize_views, open_store
 from pipelines import stage_main
 from pipelines.feature_params import FEATURE_REPO
 
@@ -21,19 +21,18 @@ log = logging.getLogger("saefs.materialize")
 
 
 def run(repo: str) -> None:
-    from feast import FeatureStore
-
-    store = FeatureStore(repo_path=repo)
-    registry, online = (Path(repo) / path for path in (store.config.registry.path, store.config.online_store.path))
-    if not registry.is_file():
-        raise SaefsError(f"{registry} not found: run `dvc repro feast_apply` first")
-    online.unlink(missing_ok=True)  # a rebuild: no rows of views that are gone
+    store = open_store(repo)
+    registry, online = store.config.registry, store.config.online_store
+    if getattr(registry, "registry_type", "file") == "file" and not (Path(repo) / registry.path).is_file():
+        raise SaefsError(f"{Path(repo) / registry.path} not found: run `dvc repro feast_apply` first")
+    if online.type == "sqlite":
+        (Path(repo) / online.path).unlink(missing_ok=True)  # a rebuild: no rows of views that are gone
     started = time.perf_counter()
     counts = materialize_views(store)
     for name, rows in counts.items():
         log.info("materialized %s: %d rows", name, rows)
-    log.info("%d views, %d rows in %.1f s into %s", len(counts), sum(counts.values()), time.perf_counter() - started,
-             online)
+    log.info("%d views, %d rows in %.1f s into the %s online store", len(counts), sum(counts.values()),
+             time.perf_counter() - started, online.type)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from features.naming import pooling_top_n
 from pipelines.feature_params import BuildFeaturesParams
 
 PARAMS_FILE = Path("params.yaml")
-PROFILES = ("embedded", "paper")
+PROFILES = ("embedded", "paper", "cluster")
 
 
 class Strict(BaseModel):
@@ -206,10 +206,15 @@ class ServeParams(Strict):
     champion_poll_s: float = Field(ge=0, description="how often the champion alias is checked; 0: every request")
     torch_threads: int = Field(ge=0, description="intra-op threads of the service's forward passes; 0: torch's "
                                "default (one per core), which stalls when other processes share the cores")
+class ScaleOutParams(Strict):
+    """How the pipeline spreads over workers; the services (Feast, MLflow, DVC remote) are set by environment."""
+
+    extract_workers: int = Field(ge=1, description="extract processes (torchrun, one model replica each); "
+                                 "the shards are the same for any number")
 
 
 class Params(Strict):
-    profile: Literal["embedded", "paper"]
+    profile: Literal["embedded", "paper", "cluster"]
     models: dict[Name, ModelParams] = Field(min_length=1)
     datasets: dict[Name, DatasetParams] = Field(min_length=1)
     prepare_data: PrepareDataParams
@@ -222,6 +227,7 @@ class Params(Strict):
     train_probes: TrainProbesParams
     promote: PromoteParams
     serve: ServeParams
+    scale_out: ScaleOutParams
 
     @model_validator(mode="after")
     def _sae_models_exist(self) -> Params:

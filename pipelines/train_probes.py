@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from features import tracking
 from features.errors import SaefsError
-from features.feature_store import IDS, hidden_view_name, historical_frame, view_name
+from features.feature_store import IDS, hidden_view_name, historical_frame, open_store, view_name
 from features.io import write_json
 from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
 from features.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
@@ -148,8 +148,7 @@ def run(cell_id: str) -> None:
     if len(classes) < 2:
         raise SaefsError(f"{dataset}: the training split holds one class only (label {classes.tolist()}); a probe "
                          "needs two: check the dataset's labels and prepare_data's split")
-    from feast import FeatureStore  # after the cheap checks: its import costs ~16 s
-    store = FeatureStore(repo_path=str(FEATURE_REPO))
+    store = open_store(FEATURE_REPO)  # after the cheap checks: importing feast costs ~16 s
     tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
     results: dict[str, Any] = {"dataset": dataset, "model": model, "cells": {}, "skipped": {}, "baselines": {}}

@@ -40,6 +40,25 @@ def copy_repo(root: Path) -> Path:
                                 ignore=shutil.ignore_patterns("__pycache__", "data")))
 
 
+def build_offline_sources(root: Path) -> dict[str, dict[str, Any]]:
+    """In `root` (the working directory): the Feast repo, shards of two datasets, params, and build_features."""
+    copy_repo(root)
+    data = {name: write_dataset(root, MODEL, name, rows, seed)
+            for seed, (name, rows) in enumerate([("alpha", 30), ("beta", 20)])}
+    params = embedded_params(
+        models={MODEL: {"source": "path:tiny"}},
+        datasets={name: {"source": f"file:{name}.csv", "labels": [0, 1]} for name in data},
+        sae={MODEL: {"layers": [1], "widths": ["64"], "source": "train"}},
+    )
+    params["extract"] |= {"poolings": ["sum"]}
+    params["build_features"] = {"binarize": [None, 1.0], "binarize_op": ">", "hidden": ["last"]}
+    params["train_probes"] |= {"poolings": ["sum"], "hidden": ["last"]}
+    write_params(root, params)
+    build_features.run(MODEL)
+    build_features.run("labels")
+    return data
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A scratch project after the three stages: its store, the shards' matrices, whether materialize left the
@@ -51,21 +70,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", "On demand feature view is an experimental feature", RuntimeWarning)
         patch.chdir(root)
-        copy_repo(root)
-        data = {name: write_dataset(root, MODEL, name, rows, seed)
-                for seed, (name, rows) in enumerate([("alpha", 30), ("beta", 20)])}
-        params = embedded_params(
-            models={MODEL: {"source": "path:tiny"}},
-            datasets={name: {"source": f"file:{name}.csv", "labels": [0, 1]} for name in data},
-            sae={MODEL: {"layers": [1], "widths": ["64"], "source": "train"}},
-        )
-        params["extract"] |= {"poolings": ["sum"]}
-        params["build_features"] = {"binarize": [None, 1.0], "binarize_op": ">", "hidden": ["last"]}
-        params["train_probes"] |= {"poolings": ["sum"], "hidden": ["last"]}
-        write_params(root, params)
-
-        build_features.run(MODEL)
-        build_features.run("labels")
+        data = build_offline_sources(root)
         feast_apply.run("feature_repo")
         registry = root / "data" / "feast" / "registry.db"
         applied = hashlib.sha256(registry.read_bytes()).hexdigest()

@@ -6,7 +6,8 @@ from pipelines.params import ParamsError, load_params, parse_params
 from tests.helpers import REPO, embedded_params
 
 
-@pytest.mark.parametrize("path", ["params.yaml", "profiles/embedded.yaml", "profiles/paper.yaml"])
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/embedded.yaml", "profiles/paper.yaml",
+                                  "profiles/cluster.yaml"])
 def test_shipped_params_validate(path: str) -> None:
     params = load_params(REPO / path)
     assert params.models and params.datasets
@@ -40,7 +41,7 @@ def test_wrong_type_names_the_key_and_the_value() -> None:
 
 
 def test_unknown_profile_lists_the_allowed_ones() -> None:
-    with pytest.raises(ParamsError, match=r"profile: Input should be 'embedded' or 'paper'"):
+    with pytest.raises(ParamsError, match=r"profile: Input should be 'embedded', 'paper' or 'cluster'"):
         parse_params(embedded_params(profile="laptop"))
 
 

@@ -57,9 +57,9 @@ def test_check_sae_stage_fails_with_the_sae_named(tmp_path: Path, monkeypatch: p
     assert results["success"] is False
 
 
-def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _extract_scratch(tiny, tmp_path: Path) -> tuple[pd.DataFrame, dict]:
+    """A scratch project (run from tmp_path) with the tiny model, its layer-0 SAE and 100 texts."""
     model, tokenizer, texts, sae = tiny
-    monkeypatch.chdir(tmp_path)
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     from features.models import prepare_model
@@ -77,7 +77,13 @@ def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: 
     params["extract"] |= {"shard_rows": 30, "device": "cpu", "poolings": ["sum", "top3"]}
     params["train_probes"]["poolings"] = ["sum"]
     write_params(tmp_path, params)
+    return rows, params
 
+
+def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer, _, sae = tiny
+    monkeypatch.chdir(tmp_path)
+    rows, params = _extract_scratch(tiny, tmp_path)
     real_write, calls = ShardWriter._write_shard, []
 
     def crash_on_third_shard(self, block):
@@ -103,3 +109,27 @@ def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: 
                     max_tokens=params["extract"]["max_tokens"], batch_size=32, progress=False)
     assert ids.tolist() == rows["text_id"].tolist()
     np.testing.assert_allclose(resumed.toarray(), fresh.codes[0, "128", "top3"].toarray())
+
+
+def test_two_extract_workers_write_the_shards_of_one(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _, params = _extract_scratch(tiny, tmp_path)
+    extract_stage.run("tiny/tiny_texts")
+    single = paths.features_dir("tiny", "tiny_texts").rename(tmp_path / "single")
+    one = json.loads(paths.extract_metrics("tiny", "tiny_texts").read_text())
+
+    params["scale_out"]["extract_workers"] = 2  # torchrun, gloo: 4 blocks of 30 texts in 2 rounds
+    write_params(tmp_path, params)
+    extract_stage.run("tiny/tiny_texts")
+    out_dir = paths.features_dir("tiny", "tiny_texts")
+    assert (out_dir / "manifest.json").read_bytes() == (single / "manifest.json").read_bytes()
+    for shard in sorted(single.glob("shard-*.npz")):
+        with np.load(shard) as expected, np.load(out_dir / shard.name) as got:
+            assert sorted(got.files) == sorted(expected.files)
+            for key in expected.files:
+                np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{shard.name} {key}")
+    two = json.loads(paths.extract_metrics("tiny", "tiny_texts").read_text())
+    assert two["texts_extracted_now"] == 100 and two["tokens"] == one["tokens"]
+    quality, expected = two["sae_quality"]["l0__sae128"], one["sae_quality"]["l0__sae128"]
+    assert quality["tokens"] == expected["tokens"]  # both workers' tokens were merged
+    assert quality == pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,40 @@
+"""Check that the services the configuration names answer: Feast registry and online store, MLflow, DVC remote.
+
+    python -m pipelines.check_services feature_repo
+
+A preflight for the cluster profile, before `dvc repro` or `dvc push`: an unreachable service is an
+error naming the component and its address (exit code 2). Local stores (the embedded profile's
+SQLite files, a local DVC remote) have nothing to reach and pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from features import tracking
+from features.feature_store import open_store
+from features.services import check_dvc_remote
+from pipelines import stage_main
+from pipelines.feature_params import FEATURE_REPO
+from pipelines.params import load_params
+
+log = logging.getLogger("saefs.check_services")
+
+
+def run(repo: str) -> None:
+    params = load_params()
+    store = open_store(repo)
+    uri = tracking.configure(params.promote.tracking_uri)
+    check_dvc_remote()
+    log.info("Feast (%s registry, %s online store), MLflow (%s) and the DVC remote answer",
+             getattr(store.config.registry, "registry_type", "file"), store.config.online_store.type,
+             uri.split("://", 1)[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, argv, doc=__doc__, arg="repo", help=f"the Feast repository ({FEATURE_REPO})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
