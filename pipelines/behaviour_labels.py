@@ -41,7 +41,9 @@ def run(cell: str) -> None:
                                                           seed=prep.seed, event_timestamp=prep.event_timestamp))
     accuracy = float(frame["label"].mean())
     write_parquet(paths.behaviour_labels(target, task), frame)
+    # prepare drops repeated prompts whose answers conflict (same text, both labels): counted apart
     report = {"items": len(frame), "skipped": sum(labelled.skipped.values()), "skipped_by_reason": labelled.skipped,
+              "dropped_duplicates": len(labelled.items) - len(frame),
               "accuracy": accuracy, "chance": float((1 / frame["options"].map(len)).mean()),
               "one_class": bool(frame["label"].nunique() < 2), "seconds": round(time.perf_counter() - started, 1)}
     write_json(paths.behaviour_metrics(target, task), report)
