@@ -23,7 +23,8 @@ from tests.helpers import REPO, embedded_params, write_params
 STAGES = {"prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
           "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_labels", "build_features@tiny", "feast_apply",
-          "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta"}
+          "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta",
+          "behaviour_labels@tiny-items", "transfer"}
 FEAST_STAGES = {"build_labels", "build_features@tiny", "feast_apply", "materialize"}
 
 
@@ -52,6 +53,14 @@ def tiny_params() -> dict:
     )
     params["train_probes"] |= {"poolings": ["sum"], "seeds": 2, "cv_folds": 3, "C_grid": [0.1, 1.0],
                                "select_k": 16, "train_fractions": [0.5, 1.0]}
+    params["behaviour_labels"] = {"targets": ["tiny"], "max_tokens": 40,
+                                  "tasks": {"items": {"source": "file:items.csv", "format": "letter_lines",
+                                                      "max_items": 60}}}
+    params["transfer"] |= {"sources": {"tiny": {"layer": 2, "width": "64"}}, "pair": ["tiny", "tiny"],
+                           "max_tokens": 24, "C_grid": [0.1, 1.0], "cv_folds": 3, "seeds": 1,
+                           "cross_lingual": {"xl": {"languages": {"en": {"source": "file:en.csv"},
+                                                                  "fr": {"source": "file:fr.csv"}},
+                                                    "labels": [0, 1], "max_rows": 60}}}
     return params
 
 
@@ -65,6 +74,14 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, name in enumerate(("alpha", "beta")):
         texts = make_texts([3 + i % 14 for i in range(120)], seed=seed)
         pd.DataFrame({"text": texts, "label": [i % 2 for i in range(120)]}).to_csv(repo / f"{name}.csv", index=False)
+    items = [f"{q}\n\nA.{a}\nB.{b}" for q, a, b in zip(make_texts([3 + i % 5 for i in range(70)], seed=3),
+                                                          make_texts([1 + i % 3 for i in range(70)], seed=4),
+                                                          make_texts([1 + i % 2 for i in range(70)], seed=5),
+                                                          strict=True)]
+    pd.DataFrame({"text": items, "label": [i % 2 for i in range(70)]}).to_csv(repo / "items.csv", index=False)
+    for seed, lang in enumerate(("en", "fr"), start=8):
+        texts = make_texts([3 + i % 6 for i in range(80)], seed=seed)
+        pd.DataFrame({"text": texts, "label": [i % 2 for i in range(80)]}).to_csv(repo / f"{lang}.csv", index=False)
     corpus = make_texts([4 + i % 9 for i in range(300)], seed=7)
     pd.DataFrame({"text": corpus, "label": 0}).to_csv(repo / "corpus.csv", index=False)
     write_params(repo, tiny_params())
@@ -115,6 +132,21 @@ def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
     assert report["promoted"] is False and report["champion"] is None
     assert any(not check["passed"] and check["name"] == "macro_f1" for check in report["checks"])
     assert (scratch / "mlflow.db").is_file()
+
+
+def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    labels = pd.read_parquet(scratch / paths.behaviour_labels("tiny", "items"))
+    report = json.loads((scratch / paths.behaviour_metrics("tiny", "items")).read_text())
+    assert report["items"] == len(labels) == 60 and report["accuracy"] == pytest.approx(labels["label"].mean())
+    assert {"text_id", "label", "split", "option_logprobs", "answer"} <= set(labels.columns)
+    cross_model = pd.read_csv(scratch / paths.transfer_table("cross_model"))
+    assert cross_model[["task", "source", "target"]].values.tolist() == [["items", "tiny", "tiny"]]
+    lingual = pd.read_csv(scratch / paths.transfer_table("cross_lingual"))
+    assert len(lingual) == 4 and set(lingual["test_lang"]) == {"en", "fr"}
+    assert (scratch / "plots/transfer/cross_lingual.png").is_file()
+    shown = dvc(scratch, "metrics", "show")
+    assert "metrics/transfer/cross_lingual.json" in shown and "metrics/behaviour_labels/tiny/items.json" in shown
 
 
 def test_dag_lists_the_stages(scratch: Path) -> None:
