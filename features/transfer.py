@@ -72,7 +72,7 @@ def heatmap(table: pd.DataFrame, rows: str, columns: str, title: str, path: str 
     import matplotlib.pyplot as plt
 
     grid = table.pivot_table(index=rows, columns=columns, values="macro_f1", aggfunc="first", sort=False)
-    fig, ax = plt.subplots(figsize=(1.4 * grid.shape[1] + 2.5, 0.6 * grid.shape[0] + 1.5))
+    fig, ax = plt.subplots(figsize=(1.4 * grid.shape[1] + 4.5, 0.6 * grid.shape[0] + 1.5))
     image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right")
     ax.set_yticks(range(grid.shape[0]), [" / ".join(map(str, r)) if isinstance(r, tuple) else str(r)
