@@ -185,12 +185,92 @@ class TrainProbesParams(Strict):
         return sorted(v)
 
 
+class ItemTask(Strict):
+    """Multiple-choice items of one task (features.behaviour parses them)."""
+
+    source: str = Field(description="sae_probes:<name> (text formats) or hf:<id>[:<config>] (HF row formats)")
+    format: str = Field(description="an item format of features.behaviour.ITEM_FORMATS")
+    split: str = "train"
+    max_items: int = Field(gt=0, description="items scored per target (a stable pseudo-random choice)")
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        from features.items import ITEM_FORMATS
+
+        if v not in ITEM_FORMATS:
+            raise ValueError(f"unknown item format {v!r}; expected one of {sorted(ITEM_FORMATS)}")
+        return v
+
+
+class BehaviourLabelsParams(Strict):
+    """Targets answer every task's items; the label of an item is whether the target got it right."""
+
+    targets: list[Name] = Field(min_length=1, description="models (keys of `models`) whose behaviour is labelled")
+    tasks: dict[Name, ItemTask] = Field(min_length=1)
+    max_tokens: int = Field(ge=2, description="prompt + longest option, BOS included; longer items are skipped")
+
+
+class TransferSource(Strict):
+    """The SAE cell of a source model whose features transfer (one of its `sae` layers and widths)."""
+
+    layer: int = Field(ge=0)
+    width: Width
+
+
+class LanguageSource(Strict):
+    source: str
+    split: str = "train"
+    text_field: str | None = None
+    label_field: str | None = None
+
+
+class CrossLingualTask(Strict):
+    """One task in several languages: train on one, test zero-shot on the others."""
+
+    languages: dict[str, LanguageSource] = Field(min_length=2, description="language code -> its source")
+    labels: list[int | str] = Field(min_length=2)
+    max_rows: int = Field(gt=0, description="rows per language (stratified, as prepare_data samples)")
+
+
+class TransferParams(Strict):
+    """Cross-model (source features -> target correctness) and cross-lingual probes."""
+
+    sources: dict[Name, TransferSource] = Field(min_length=1, description="source model -> its SAE cell")
+    pair: tuple[Name, Name] = Field(description="the highlighted (source, target) pair, e.g. 2B -> 9B-IT")
+    pooling: str
+    binarize: float | None = Field(description="the paper's cross-lingual features are binarized at 1.0")
+    hidden: Literal["last", "mean"] = Field(description="the hidden-state baseline's pooling")
+    max_tokens: int = Field(ge=2, description="tokens per text featurized (item prompts are longer than extract's)")
+    C_grid: list[float] = Field(min_length=1)
+    cv_folds: int = Field(ge=2, description="inner CV folds for C, and the same-language cells' folds")
+    seeds: int = Field(ge=1)
+    cross_lingual: dict[Name, CrossLingualTask]
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling(cls, v: str) -> str:
+        pooling_top_n(v)
+        return v
+
+
+class TransferGate(Strict):
+    """A champion whose features come from this model must also predict `target`'s correctness on `task`."""
+
+    task: Name
+    target: Name
+    min_macro_f1: float = Field(ge=0, le=1)
+    min_margin: float = Field(description="and beat the majority floor of that cell by this much")
+
+
 class PromoteParams(Strict):
     """When a probe becomes `champion` (checked on the test split, chosen on validation)."""
 
     min_macro_f1: float = Field(ge=0, description="above 1 can never pass: promote reports it and moves no alias")
     max_drop_vs_hidden: float | None = Field(ge=0, description="may trail the best hidden-state probe by this much")
     tracking_uri: str = Field(description="MLflow tracking URI unless MLFLOW_TRACKING_URI is set")
+    transfer_gates: dict[Name, TransferGate] = Field(description="source model -> the cross-model check its "
+                                                     "champions need (plots/transfer/cross_model.csv)")
 
 
 class ServeParams(Strict):
@@ -228,6 +308,8 @@ class Params(Strict):
     promote: PromoteParams
     serve: ServeParams
     scale_out: ScaleOutParams
+    behaviour_labels: BehaviourLabelsParams
+    transfer: TransferParams
 
     @model_validator(mode="after")
     def _sae_models_exist(self) -> Params:
@@ -246,6 +328,29 @@ class Params(Strict):
         if missing:
             raise ValueError(f"train_probes asks for views that are not built: {missing}; add them to "
                              "extract.poolings / build_features")
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_names_exist(self) -> Params:
+        behaviour, transfer = self.behaviour_labels, self.transfer
+        errors = [f"behaviour_labels.targets: {t!r} is not in models"
+                  for t in behaviour.targets if t not in self.models]
+        for name, cell in transfer.sources.items():
+            sae = self.sae.get(name)
+            if sae is None or cell.layer not in sae.layers or cell.width not in sae.widths:
+                errors.append(f"transfer.sources.{name}: layer {cell.layer} / width {cell.width} is not an SAE of "
+                              f"sae.{name} ({sae.layers if sae else 'none'} / {sae.widths if sae else 'none'})")
+        if transfer.pair[0] not in transfer.sources or transfer.pair[1] not in behaviour.targets:
+            errors.append(f"transfer.pair {list(transfer.pair)}: the source must be in transfer.sources, the target "
+                          "in behaviour_labels.targets")
+        if transfer.pooling not in self.extract.poolings:
+            errors.append(f"transfer.pooling {transfer.pooling!r} is not in extract.poolings")
+        for model, gate in self.promote.transfer_gates.items():
+            if (model not in transfer.sources or gate.target not in behaviour.targets
+                    or gate.task not in behaviour.tasks):
+                errors.append(f"promote.transfer_gates.{model}: needs a transfer source, a behaviour target and task")
+        if errors:
+            raise ValueError("; ".join(errors))
         return self
 
     def model(self, name: str) -> ModelParams:

@@ -86,9 +86,22 @@ def promotion_report(dataset: str) -> Path:
     return Path("reports") / "promotion" / f"{dataset}.json"
 
 
-def transfer_plot(kind: str) -> Path:
-    """transfer: plots/transfer/cross_model.csv or cross_lingual.csv (the transfer/report contract)."""
-    return Path("plots") / "transfer" / f"{kind}.csv"
+def behaviour_labels(target: str, task: str) -> Path:
+    """behaviour_labels@<target>: the target's correctness on a task's items, in the prepared schema."""
+    return DATA / "behaviour" / target / f"{task}.parquet"
+
+
+def behaviour_metrics(target: str, task: str) -> Path:
+    return Path("metrics") / "behaviour_labels" / target / f"{task}.json"
+
+
+def transfer_table(matrix: str) -> Path:
+    """transfer: `cross_model` or `cross_lingual`, one row per cell (DVC plots; a PNG heatmap beside it)."""
+    return Path("plots") / "transfer" / f"{matrix}.csv"
+
+
+def transfer_metrics(matrix: str) -> Path:
+    return Path("metrics") / "transfer" / f"{matrix}.json"
 
 
 REPORT_DIR = Path("reports")

@@ -3,8 +3,11 @@
 The candidate is the probe with the best validation macro F1 over every model and SAE cell of
 the dataset (the test split chooses nothing). It becomes `champion` of the registered model
 `saefs-<dataset>` when its test macro F1 passes `promote.min_macro_f1` and trails the best
-hidden-state probe (also chosen on validation) by at most `promote.max_drop_vs_hidden`; the gates
-are also run through MLflow's `validate_evaluation_results`. The report (JSON, and an MLflow run)
+hidden-state probe (also chosen on validation) by at most `promote.max_drop_vs_hidden`; when
+`promote.transfer_gates` names the candidate's model, its features must also have predicted the
+gate's target model's correctness on the gate's task (plots/transfer/cross_model.csv) with macro F1
+at least `min_macro_f1` and `min_margin` above that cell's majority floor. The gates are also run
+through MLflow's `validate_evaluation_results`. The report (JSON, and an MLflow run)
 says what was compared and why the alias moved or stayed.
 
     python -m pipelines.promote <dataset>                      # the stage
@@ -20,11 +23,13 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+import pandas as pd
+
 from features import tracking
 from features.errors import SaefsError
 from features.io import write_json
 from pipelines import paths, setup_logging
-from pipelines.params import load_params
+from pipelines.params import TransferGate, load_params
 
 log = logging.getLogger("saefs.promote")
 
@@ -38,6 +43,18 @@ def _best(cells: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, Any]]
         return None, {}
     name = max(cells, key=lambda k: cells[k].get("val_macro_f1", -1.0))
     return name, cells[name]
+
+
+def transfer_check(source: str, gate: TransferGate) -> dict[str, Any]:
+    """The cross-model cell a gate needs; macro F1 None (the gate fails closed) when it was skipped or not run."""
+    where = paths.transfer_table("cross_model")
+    table = pd.read_csv(where) if where.is_file() else pd.DataFrame(columns=["task", "source", "target"])
+    cell = table[(table["task"] == gate.task) & (table["source"] == source) & (table["target"] == gate.target)]
+    row = cell.iloc[0].to_dict() if len(cell) else {"status": f"missing from {where}: run the transfer stage"}
+    ok = row.get("status") == "ok"
+    return {"task": gate.task, "source": source, "target": gate.target, "status": row["status"],
+            tracking.TRANSFER_F1: float(row["macro_f1"]) if ok else None,
+            tracking.TRANSFER_MAJORITY_F1: float(row["majority_f1"]) if ok else None}
 
 
 def run(dataset: str) -> dict[str, Any]:
@@ -54,10 +71,16 @@ def run(dataset: str) -> dict[str, Any]:
     hidden_name, hidden = _best(hidden_cells)
     if candidate_name is None:
         return _nothing_to_promote(dataset, skipped, baselines, params.promote.tracking_uri)
+    gate = params.promote.transfer_gates.get(candidate["model"])
+    transfer = transfer_check(candidate["model"], gate) if gate else None
     thresholds = tracking.Thresholds(min_macro_f1=params.promote.min_macro_f1,
-                                     max_drop_vs_hidden=params.promote.max_drop_vs_hidden)
-    decision = tracking.promotion_decision({tracking.MACRO_F1: candidate["macro_f1"]},
-                                           {tracking.HIDDEN_F1: hidden.get("macro_f1")}, thresholds)
+                                     max_drop_vs_hidden=params.promote.max_drop_vs_hidden,
+                                     min_transfer_f1=gate.min_macro_f1 if gate else None,
+                                     min_transfer_margin=gate.min_margin if gate else 0.0)
+    decision = tracking.promotion_decision(
+        {tracking.MACRO_F1: candidate["macro_f1"], tracking.TRANSFER_F1: (transfer or {}).get(tracking.TRANSFER_F1)},
+        {tracking.HIDDEN_F1: hidden.get("macro_f1"),
+         tracking.TRANSFER_MAJORITY_F1: (transfer or {}).get(tracking.TRANSFER_MAJORITY_F1)}, thresholds)
     mlflow_passed, mlflow_message = tracking.mlflow_validation(decision)
 
     tracking.configure(params.promote.tracking_uri)
@@ -71,7 +94,7 @@ def run(dataset: str) -> dict[str, Any]:
     champion = tracking.get_alias_version(name, tracking.CHAMPION)
     report = {
         "dataset": dataset, "registered_model": name, "candidate": {"cell": candidate_name, **candidate},
-        "hidden_baseline": {"cell": hidden_name, **hidden}, "other_baselines": baselines,
+        "hidden_baseline": {"cell": hidden_name, **hidden}, "other_baselines": baselines, "transfer_check": transfer,
         "challenger_version": version, "previous_champion": previous, "champion": champion,
         "promoted": champion == version and previous != version,
         "decision": decision.summary(), "checks": [asdict(c) for c in decision.checks],

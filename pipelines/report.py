@@ -36,7 +36,7 @@ def read_json(path: Path, stage: str) -> dict[str, Any]:
 
 def read_transfer(kind: str) -> pd.DataFrame | None:
     """A transfer CSV, checked against the contract; None (and a note in the report) until transfer has run."""
-    path = paths.transfer_plot(kind)
+    path = paths.transfer_table(kind)
     if not path.is_file():
         log.warning("%s not found: its report section says so until stage `transfer` writes it", path)
         return None

@@ -19,12 +19,12 @@ from features.shards import read_csr, read_dense
 from pipelines import paths
 from tests.features.tiny import make_model, make_texts, make_tokenizer
 from tests.helpers import REPO, embedded_params, write_params
-from tests.pipelines.test_report import write_transfer
 
 STAGES = {"prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
           "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_labels", "build_features@tiny", "feast_apply",
-          "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta", "report"}
+          "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta",
+          "behaviour_labels@tiny-items", "transfer", "report"}
 EMPTY_THRESHOLD = 100000.0
 FEAST_STAGES = {"build_labels", "build_features@tiny", "feast_apply", "materialize"}
 
@@ -55,7 +55,16 @@ def tiny_params() -> dict:
     # a threshold above every pooled code: its views hold no latent, so train_probes must skip them
     params["build_features"]["binarize"] = [None, 1.0, EMPTY_THRESHOLD]
     params["train_probes"] |= {"poolings": ["sum"], "seeds": 2, "cv_folds": 3, "C_grid": [0.1, 1.0],
-                               "select_k": 16, "train_fractions": [0.5, 1.0], "binarize": [None, 1.0, EMPTY_THRESHOLD]}
+                               "select_k": 16, "train_fractions": [0.5, 1.0],
+                               "binarize": [None, 1.0, EMPTY_THRESHOLD]}
+    params["behaviour_labels"] = {"targets": ["tiny"], "max_tokens": 40,
+                                  "tasks": {"items": {"source": "file:items.csv", "format": "letter_lines",
+                                                      "max_items": 60}}}
+    params["transfer"] |= {"sources": {"tiny": {"layer": 2, "width": "64"}}, "pair": ["tiny", "tiny"],
+                           "max_tokens": 24, "C_grid": [0.1, 1.0], "cv_folds": 3, "seeds": 1,
+                           "cross_lingual": {"xl": {"languages": {"en": {"source": "file:en.csv"},
+                                                                  "fr": {"source": "file:fr.csv"}},
+                                                    "labels": [0, 1], "max_rows": 60}}}
     return params
 
 
@@ -69,10 +78,17 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, name in enumerate(("alpha", "beta")):
         texts = make_texts([3 + i % 14 for i in range(120)], seed=seed)
         pd.DataFrame({"text": texts, "label": [i % 2 for i in range(120)]}).to_csv(repo / f"{name}.csv", index=False)
+    items = [f"{q}\n\nA.{a}\nB.{b}" for q, a, b in zip(make_texts([3 + i % 5 for i in range(70)], seed=3),
+                                                          make_texts([1 + i % 3 for i in range(70)], seed=4),
+                                                          make_texts([1 + i % 2 for i in range(70)], seed=5),
+                                                          strict=True)]
+    pd.DataFrame({"text": items, "label": [i % 2 for i in range(70)]}).to_csv(repo / "items.csv", index=False)
+    for seed, lang in enumerate(("en", "fr"), start=8):
+        texts = make_texts([3 + i % 6 for i in range(80)], seed=seed)
+        pd.DataFrame({"text": texts, "label": [i % 2 for i in range(80)]}).to_csv(repo / f"{lang}.csv", index=False)
     corpus = make_texts([4 + i % 9 for i in range(300)], seed=7)
     pd.DataFrame({"text": corpus, "label": 0}).to_csv(repo / "corpus.csv", index=False)
     write_params(repo, tiny_params())
-    write_transfer(repo)  # the report's transfer inputs, until the transfer stage writes them here
     dvc(repo, "init", "--no-scm", "-q")
     return repo
 
@@ -134,6 +150,21 @@ def test_report_and_its_dvc_plots(scratch: Path) -> None:
     shown = dvc(scratch, "plots", "show", "--json")  # declared in dvc.yaml, rendered by DVC's templates
     assert all(f'"plots/report/{name}.csv": [{{"type": "vega"' in shown
                for name in ("layer", "pooling_binarize", "width", "baselines", "training_curve"))
+
+
+def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    labels = pd.read_parquet(scratch / paths.behaviour_labels("tiny", "items"))
+    report = json.loads((scratch / paths.behaviour_metrics("tiny", "items")).read_text())
+    assert report["items"] == len(labels) == 60 and report["accuracy"] == pytest.approx(labels["label"].mean())
+    assert {"text_id", "label", "split", "option_logprobs", "answer"} <= set(labels.columns)
+    cross_model = pd.read_csv(scratch / paths.transfer_table("cross_model"))
+    assert cross_model[["task", "source", "target"]].values.tolist() == [["items", "tiny", "tiny"]]
+    lingual = pd.read_csv(scratch / paths.transfer_table("cross_lingual"))
+    assert len(lingual) == 4 and set(lingual["test_lang"]) == {"en", "fr"}
+    assert (scratch / "plots/transfer/cross_lingual.png").is_file()
+    shown = dvc(scratch, "metrics", "show")
+    assert "metrics/transfer/cross_lingual.json" in shown and "metrics/behaviour_labels/tiny/items.json" in shown
 
 
 def test_dag_lists_the_stages(scratch: Path) -> None:

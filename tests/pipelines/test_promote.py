@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from features import tracking
@@ -23,7 +24,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     params = embedded_params()
     store = f"sqlite:///{tmp_path}/mlflow.db"  # absolute: MLflow caches stores by URI, across tests
-    params["promote"] = {"min_macro_f1": 0.8, "max_drop_vs_hidden": 0.02, "tracking_uri": store}
+    params["promote"] = {"min_macro_f1": 0.8, "max_drop_vs_hidden": 0.02, "tracking_uri": store,
+                         "transfer_gates": {}}
     write_params(tmp_path, params)
     tracking.configure(store)
     tracking.experiment("saefs/spam")
@@ -98,3 +100,33 @@ def test_a_dataset_whose_cells_were_all_skipped_registers_nothing(project) -> No
     assert len(report["skipped_cells"]) == len(params["sae"])
     assert mlflow.MlflowClient().search_registered_models() == []
     assert json.loads(paths.promotion_report("spam").read_text())["decision"] == report["decision"]
+def write_transfer(macro_f1: float | None, status: str = "ok") -> None:
+    """What the transfer stage leaves: one cross-model cell per source, predicting smollm2's phys_tf answers."""
+    path = paths.transfer_table("cross_model")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"task": "phys_tf", "source": source, "target": "smollm2_135m_it", "macro_f1": macro_f1,
+             "majority_f1": 0.4, "status": status} for source in ("gemma3_270m", "smollm2_135m_it")]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_the_transfer_gate_blocks_a_promotion_until_the_transfer_check_passes(project) -> None:
+    params, uri = project
+    gate = {"task": "phys_tf", "target": "smollm2_135m_it", "min_macro_f1": 0.6, "min_margin": 0.05}
+    params["promote"]["transfer_gates"] = {model: gate for model in params["sae"]}
+    write_params(Path.cwd(), params)
+    write_results(params, uri, sae_f1=0.93, hidden_f1=0.92)  # passes every other gate
+
+    write_transfer(0.58)
+    blocked = promote.run("spam")
+    assert not blocked["promoted"] and blocked["champion"] is None
+    assert [c["name"] for c in blocked["checks"] if not c["passed"]] == ["transfer_macro_f1"]
+    assert blocked["transfer_check"]["transfer_macro_f1"] == 0.58 and not blocked["mlflow_validation"]["passed"]
+
+    write_transfer(None, status="skipped: one class (every label is 1)")  # nothing measured: fails closed
+    skipped = promote.run("spam")
+    assert not skipped["promoted"] and skipped["transfer_check"]["status"].startswith("skipped")
+
+    write_transfer(0.75)
+    passed = promote.run("spam")
+    assert passed["promoted"] and passed["champion"] == passed["challenger_version"]
+    assert "ok transfer_minus_majority" in passed["decision"]

@@ -73,7 +73,7 @@ def write_transfer(root: Path) -> None:
                ("en", "fr")]
     for kind, rows, columns in (("cross_model", cross, CROSS_MODEL_COLUMNS),
                                 ("cross_lingual", lingual, CROSS_LINGUAL_COLUMNS)):
-        path = root / paths.transfer_plot(kind)
+        path = root / paths.transfer_table(kind)
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
 
@@ -157,7 +157,7 @@ def test_a_missing_metrics_file_names_it_and_its_stage(project: Path, caplog: py
 
 def test_a_transfer_csv_off_contract_is_refused(project: Path) -> None:
     write_transfer(project)
-    path = paths.transfer_plot("cross_model")
+    path = paths.transfer_table("cross_model")
     pd.read_csv(path).drop(columns=["hidden_f1"]).to_csv(path, index=False)
     with pytest.raises(SaefsError, match=r"plots/transfer/cross_model.csv lacks columns \['hidden_f1'\]"):
         report.run()

@@ -1,0 +1,244 @@
+"""Stage transfer: source models' SAE features predict target models' correctness, and across languages.
+
+Cross-model: for every source model (its `transfer.sources` SAE cell), the item prompts of every
+behaviour task are featurized with the same `extract()` as the extract stage, and per target a
+probe on the (binarized, pooled) codes predicts whether the target answered right, on the
+target's train/test split: a source x target matrix of macro F1 (mean and 95% interval over
+seeds) beside the hidden-state, TF-IDF and majority baselines. A target with one class (always
+right or always wrong) is reported as skipped, never trained on.
+
+Cross-lingual: every `transfer.cross_lingual` task in its languages, same features, train on one
+language and test zero-shot on the others; same-language cells by k-fold CV (features.transfer).
+
+Why not the extract/build_features grid: item prompts and the OOD language sets are not
+`datasets` (they would enter every train_probes and promote cell); this stage calls the same
+extraction code directly on them, with `transfer.max_tokens` (item prompts outgrow extract's).
+
+Writes plots/transfer/{cross_model,cross_lingual}.csv (+ PNG heatmaps), metrics/transfer/*.json
+(task -> source/model -> target/test language, for the rows trained on the first language),
+and one MLflow run in `saefs/transfer` with a child run per cell and the heatmaps as artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import tracking
+from features.datasets import load_source
+from features.errors import SaefsError
+from features.extract import extract
+from features.io import atomic_path, write_json
+from features.lm import load_prepared, resolve_device
+from features.naming import sae_name
+from features.prepare import PrepareConfig, prepare
+from features.probes import make_majority_baseline, make_probe, make_tfidf_baseline
+from features.sae import load_sae
+from features.transfer import codes_frame, cross_lingual_splits, heatmap, hidden_frame, skip_reason
+from pipelines import paths, setup_logging
+from pipelines.params import CrossLingualTask, Params, load_params
+from pipelines.train_probes import _fit_score, _summary
+from pipelines.train_sae import SAE_INDEX
+
+log = logging.getLogger("saefs.transfer")
+
+CROSS_MODEL_COLUMNS = ["task", "source", "target", "macro_f1", "macro_f1_low", "macro_f1_high", "hidden_f1",
+                       "tfidf_f1", "majority_f1", "n_train", "n_test", "status"]
+CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", "macro_f1", "macro_f1_low", "macro_f1_high",
+                         "majority_f1", "n_train", "n_test", "status"]
+
+
+def language_frames(task: str, spec: CrossLingualTask, params: Params) -> pd.DataFrame:
+    """Every language of a cross-lingual task, each sampled to `max_rows` stratified as prepare_data does."""
+    prep, frames = params.prepare_data, []
+    for lang, source in spec.languages.items():
+        raw = load_source(source.source, split=source.split, text_field=source.text_field,
+                          label_field=source.label_field)
+        cfg = PrepareConfig(name=f"{task}_{lang}", labels=tuple(spec.labels), lang=lang, max_rows=spec.max_rows,
+                            test_size=prep.test_size, seed=prep.seed, event_timestamp=prep.event_timestamp)
+        frames.append(prepare(raw, cfg)[0])
+    return pd.concat(frames, ignore_index=True)
+
+
+class Featurizer:
+    """One source model and its transfer SAE cell: texts -> (codes frame, hidden frame, SAE width)."""
+
+    def __init__(self, source: str, params: Params) -> None:
+        self.cell, self.params = params.transfer.sources[source], params
+        device = resolve_device(params.extract.device)
+        self.model, self.tokenizer = load_prepared(paths.model_dir(source), device)
+        specs = json.loads((paths.sae_dir(source) / SAE_INDEX).read_text())
+        self.sae = load_sae(specs[sae_name(self.cell.layer, self.cell.width)], device)
+
+    def __call__(self, texts: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+        t, ex, layer, width = self.params.transfer, self.params.extract, self.cell.layer, self.cell.width
+        out = extract(self.model, self.tokenizer, texts, [layer], {layer: {width: self.sae}}, [t.pooling],
+                      max_tokens=t.max_tokens, batch_size=ex.batch_size, include_bos=ex.pools_bos,
+                      paper_compat=ex.paper_compat)
+        if out.n_truncated:
+            log.warning("%d of %d texts cut at transfer.max_tokens=%d", out.n_truncated, len(texts), t.max_tokens)
+        return (codes_frame(out.codes[layer, width, t.pooling]), hidden_frame(out.hidden[layer, t.hidden]),
+                int(self.sae.cfg.d_sae))
+
+
+def _sae_probe(params: Params, width: int, seed: int) -> Any:
+    t = params.transfer
+    return make_probe("logreg", width=width, binarize=t.binarize, op=params.build_features.binarize_op,
+                      C_grid=t.C_grid, cv=t.cv_folds, seed=seed)
+
+
+def _runs(make: Any, X: pd.DataFrame, y: np.ndarray, masks: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    return _summary([_fit_score(make(seed), X, y, train, test) for seed, (train, test) in enumerate(masks)])
+
+
+def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, codes: pd.DataFrame,
+                     hidden: pd.DataFrame, width: int, params: Params) -> dict[str, Any]:
+    """One source -> target cell; `codes`/`hidden` rows are aligned with `labels` rows."""
+    t = params.transfer
+    y, train = labels["label"].to_numpy(), (labels["split"] == "train").to_numpy()
+    row: dict[str, Any] = {"task": task, "source": source, "target": target,
+                           "n_train": int(train.sum()), "n_test": int((~train).sum())}
+    reason = skip_reason(y, train, ~train, t.cv_folds)
+    if reason:
+        return row | {"status": reason}
+    masks = [(train, ~train)] * t.seeds  # seeds reshuffle the inner CV that picks C
+    sae = _runs(lambda seed: _sae_probe(params, width, seed), codes, y, masks)
+    dense = _runs(lambda seed: make_probe("logreg", input="dense", C_grid=t.C_grid, cv=t.cv_folds, seed=seed),
+                  hidden, y, masks)
+    tfidf = _runs(make_tfidf_baseline, labels[["text"]], y, masks[:1])
+    majority = _runs(lambda seed: make_majority_baseline(), codes, y, masks[:1])
+    return row | {"macro_f1": sae["macro_f1"], "macro_f1_low": sae["macro_f1_low"],
+                  "macro_f1_high": sae["macro_f1_high"], "hidden_f1": dense["macro_f1"],
+                  "tfidf_f1": tfidf["macro_f1"], "majority_f1": majority["macro_f1"], "status": "ok"}
+
+
+def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.DataFrame, width: int,
+                        params: Params) -> list[dict[str, Any]]:
+    t, y = params.transfer, frame["label"].to_numpy()
+    rows = []
+    for train_lang, test_lang, masks in cross_lingual_splits(frame["lang"], y, t.cv_folds, params.prepare_data.seed):
+        if train_lang != test_lang:
+            masks = masks * t.seeds  # zero-shot: the same rows, inner CV reshuffled per seed
+        train, test = masks[0]
+        row = {"task": task, "model": model, "train_lang": train_lang, "test_lang": test_lang,
+               "n_train": int(train.sum()), "n_test": int(test.sum())}
+        reason = skip_reason(y, train, test, t.cv_folds)
+        if reason:
+            rows.append(row | {"status": reason})
+            continue
+        sae = _runs(lambda seed: _sae_probe(params, width, seed), codes, y, masks)
+        majority = _runs(lambda seed: make_majority_baseline(), codes, y, masks)
+        rows.append(row | {"macro_f1": sae["macro_f1"], "macro_f1_low": sae["macro_f1_low"],
+                           "macro_f1_high": sae["macro_f1_high"], "majority_f1": majority["macro_f1"],
+                           "status": "ok"})
+    return rows
+
+
+def nested_metrics(table: pd.DataFrame, levels: list[str]) -> dict[str, Any]:
+    """{level0: {level1: {level2: {macro_f1, macro_f1_low, macro_f1_high}}}} of the cells that ran."""
+    out: dict[str, Any] = {}
+    for row in table[table["status"] == "ok"].to_dict("records"):
+        leaf = out
+        for level in levels:
+            leaf = leaf.setdefault(str(row[level]), {})
+        leaf.update({key: round(float(row[key]), 4) for key in ("macro_f1", "macro_f1_low", "macro_f1_high")})
+    return out
+
+
+def run() -> dict[str, pd.DataFrame]:
+    params = load_params()
+    b, t = params.behaviour_labels, params.transfer
+    labels = {(task, target): pd.read_parquet(paths.behaviour_labels(target, task))
+              for task in b.tasks for target in b.targets}
+    languages = {task: language_frames(task, spec, params) for task, spec in t.cross_lingual.items()}
+    tracking.configure(params.promote.tracking_uri)
+    tracking.experiment("saefs/transfer")
+    model_rows: list[dict[str, Any]] = []
+    lingual_rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with tracking.start_parent("transfer", tags={"stage": "transfer", "pair": "->".join(t.pair)},
+                               params={"pooling": t.pooling, "binarize": t.binarize, "seeds": t.seeds}):
+        for source, cell in t.sources.items():
+            featurize = Featurizer(source, params)
+            for task in b.tasks:
+                prompts = pd.concat([labels[task, target][["text_id", "text"]] for target in b.targets])
+                prompts = prompts.drop_duplicates("text_id").reset_index(drop=True)
+                codes, hidden, width = featurize(prompts["text"].tolist())
+                position = pd.Series(prompts.index, index=prompts["text_id"])
+                for target in b.targets:
+                    frame = labels[task, target]
+                    at = position[frame["text_id"]].to_numpy()
+                    row = cross_model_cell(task, source, target, frame, codes.iloc[at].reset_index(drop=True),
+                                           hidden.iloc[at].reset_index(drop=True), width, params)
+                    model_rows.append(row)
+                    _log_cell(f"{task}:{source}->{target}", row, {"layer": cell.layer, "width": cell.width})
+                    log.info("%s: %s -> %s: %s macro F1 %s", task, source, target, row["status"], row.get("macro_f1"))
+            for task, frame in languages.items():
+                codes, _, width = featurize(frame["text"].tolist())
+                for row in cross_lingual_cells(task, source, frame, codes, width, params):
+                    lingual_rows.append(row)
+                    _log_cell(f"{task}:{source}:{row['train_lang']}->{row['test_lang']}", row,
+                              {"layer": cell.layer, "width": cell.width})
+            del featurize
+            gc.collect()  # one model in memory at a time
+        tables = {"cross_model": pd.DataFrame(model_rows).reindex(columns=CROSS_MODEL_COLUMNS),
+                  "cross_lingual": pd.DataFrame(lingual_rows).reindex(columns=CROSS_LINGUAL_COLUMNS)}
+        write_outputs(tables)
+        _log_artifacts()
+    log.info("transfer: %d cross-model and %d cross-lingual cells in %.0f s", len(model_rows), len(lingual_rows),
+             time.perf_counter() - started)
+    return tables
+
+
+def write_outputs(tables: dict[str, pd.DataFrame]) -> None:
+    levels = {"cross_model": ["task", "source", "target"], "cross_lingual": ["task", "model", "test_lang"]}
+    for matrix, table in tables.items():
+        with atomic_path(paths.transfer_table(matrix)) as tmp:
+            table.to_csv(tmp, index=False)
+        ran = table
+        if matrix == "cross_lingual":  # the JSON holds the zero-shot row of each task's first language
+            first = table.groupby(["task", "model"])["train_lang"].transform("first")
+            ran = table[table["train_lang"] == first]
+        write_json(paths.transfer_metrics(matrix), nested_metrics(ran, levels[matrix]))
+    heatmap(tables["cross_model"], ["task", "source"], "target", "SAE probe: source features -> target correctness",
+            paths.transfer_table("cross_model").with_suffix(".png"))
+    heatmap(tables["cross_lingual"], ["task", "model", "train_lang"], "test_lang",
+            "SAE probe: train language -> test language", paths.transfer_table("cross_lingual").with_suffix(".png"))
+
+
+def _log_cell(name: str, row: dict[str, Any], cell: dict[str, Any]) -> None:
+    params = {k: v for k, v in row.items() if isinstance(v, str)} | cell
+    with tracking.child_run(name, params=params, tags={"stage": "transfer", "status": row["status"]}):
+        tracking.log_metrics({k: float(v) for k, v in row.items()
+                              if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)})
+
+
+def _log_artifacts() -> None:
+    import mlflow
+
+    for matrix in ("cross_model", "cross_lingual"):
+        for path in (paths.transfer_table(matrix), paths.transfer_table(matrix).with_suffix(".png")):
+            mlflow.log_artifact(str(path), artifact_path="transfer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    try:
+        run()
+    except SaefsError as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Option scoring against a hand computation, skips for long items, and the labels as a prepared dataset."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from features.behaviour import behaviour_frame, label_items, score_options
+from features.items import Item, ItemError, mcq_prompt
+from features.prepare import PrepareConfig
+from features.schema import PREPARED_COLUMNS
+from tests.features.tiny import BOS_ID, make_model, make_tokenizer
+
+
+def hand_logprob(model, ids: list[int], n_option: int) -> float:
+    """Sum of log p(token | everything before it) over the last `n_option` tokens, from a plain full forward."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return float(sum(logprobs[p - 1, ids[p]] for p in range(len(ids) - n_option, len(ids))))
+
+
+def word_ids(text: str) -> list[int]:
+    return [4 + int(w[1:]) for w in text.split()]  # make_tokenizer's vocabulary: w<i> -> 4 + i
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "gemma2", "llama"])  # gemma2: final logit softcapping
+def test_scores_match_a_hand_computation_with_multi_token_options(kind: str) -> None:
+    model, tokenizer = make_model(kind, n_layers=2), make_tokenizer()
+    prompt, options = "w1 w2 w3", ["w7", "w8 w9 w10", "w11 w12"]
+    scores = score_options(model, tokenizer, prompt, options, max_tokens=32)
+    expected = [hand_logprob(model, [BOS_ID, *word_ids(prompt), *word_ids(o)], len(o.split())) for o in options]
+    assert scores == pytest.approx(expected, abs=1e-4)
+
+
+def test_bos_is_prepended_when_the_tokenizer_does_not_add_it() -> None:
+    model, with_bos = make_model("gemma3", n_layers=2), make_tokenizer()
+    backend = with_bos.backend_tokenizer
+    backend.post_processor = None
+    without_bos = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                          unk_token="<unk>", pad_token="<pad>")
+    assert without_bos("w1")["input_ids"] == word_ids("w1")
+    options = ["w5", "w6 w7"]
+    assert score_options(model, without_bos, "w1 w2", options, 16) == pytest.approx(
+        score_options(model, make_tokenizer(), "w1 w2", options, 16), abs=1e-6)
+
+
+def test_too_long_items_are_skipped_and_counted() -> None:
+    model, tokenizer = make_model("gpt2", n_layers=1), make_tokenizer()  # gpt2 tiny: a 64-token context
+    with pytest.raises(ItemError, match="more than 64") as err:
+        score_options(model, tokenizer, " ".join(["w1"] * 70), ["w2", "w3"], max_tokens=1000)
+    assert err.value.reason == "too_long"
+    items = [Item("w1 w2", ("w3", "w4"), 0), Item(" ".join(["w5"] * 20), ("w3", "w4"), 1)]
+    labelled = label_items(model, tokenizer, items, max_tokens=24, skipped={"empty_option": 2}, progress=False)
+    assert labelled.items == items[:1] and labelled.skipped == {"empty_option": 2, "too_long": 1}
+    assert labelled.prompts == [mcq_prompt(items[0])] and len(labelled.option_logprobs[0]) == 2
+
+
+def test_an_option_without_tokens_is_an_item_error() -> None:
+    model, tokenizer = make_model("gemma3", n_layers=1), make_tokenizer()
+    with pytest.raises(ItemError, match="no tokens"):
+        score_options(model, tokenizer, "w1", ["w2", " "], 16)
+
+
+def frame_of(correct: list[bool]):
+    from features.behaviour import Labelled
+
+    items = [Item(f"w{i} w{i + 1}", ("w1", "w2"), 0) for i in range(len(correct))]
+    scores = [[0.0, -1.0] if ok else [-1.0, 0.0] for ok in correct]
+    labelled = Labelled([mcq_prompt(i) for i in items], items, scores, {})
+    return behaviour_frame("task", labelled, PrepareConfig(name="task", labels=(0, 1), test_size=0.25))
+
+
+def test_labels_are_a_prepared_dataset_with_the_scores_beside() -> None:
+    correct = [i % 3 != 0 for i in range(40)]
+    frame = frame_of(correct)
+    assert list(frame.columns[: len(PREPARED_COLUMNS)]) == list(PREPARED_COLUMNS)
+    assert set(frame["split"]) == {"train", "test"} and frame["label"].sum() == sum(correct)
+    assert (frame["label"] == (frame["answer"] == frame["correct_answer"])).all()
+    assert frame["label_name"].map({"incorrect": 0, "correct": 1}).equals(frame["label"])
+
+
+def test_a_target_that_is_always_right_keeps_one_class_and_no_test_split() -> None:
+    frame = frame_of([True] * 12)
+    assert set(frame["label"]) == {1} and set(frame["split"]) == {"train"} and len(frame) == 12
+    assert str(frame["event_timestamp"].dtype) == "datetime64[ns, UTC]"
+    pd.testing.assert_frame_equal(frame, frame_of([True] * 12))
