@@ -15,6 +15,22 @@ def embedded_params(**overrides: Any) -> dict[str, Any]:
     """The shipped params.yaml as a dict, with top-level groups replaced by `overrides`."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw.update(copy.deepcopy(overrides))
+    return follow_models(raw, keep=set(overrides))
+
+
+def follow_models(raw: dict[str, Any], keep: set[str] = frozenset()) -> dict[str, Any]:
+    """Point the groups that name models (behaviour_labels, transfer) at `models`/`sae` of `raw`, unless `keep`
+    lists them: a test that swaps the models for tiny ones gets a configuration that still validates."""
+    models, sae = list(raw["models"]), raw["sae"]
+    if "behaviour_labels" not in keep:
+        targets = [m for m in raw["behaviour_labels"]["targets"] if m in raw["models"]]
+        raw["behaviour_labels"]["targets"] = targets or models[:1]
+    if "transfer" not in keep:
+        raw["transfer"]["sources"] = {m: {"layer": cell["layers"][0], "width": cell["widths"][0]}
+                                      for m, cell in sae.items()}
+        first = next(iter(sae))
+        if not set(raw["transfer"]["pair"]) <= set(sae):
+            raw["transfer"]["pair"] = [first, first]
     return raw
 
 

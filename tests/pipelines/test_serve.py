@@ -61,7 +61,8 @@ def scratch_params(root: Path) -> dict[str, Any]:
         extract={"max_tokens": 12, "batch_size": 8, "poolings": ["sum"], "include_bos": False,
                  "paper_compat": False, "shard_rows": 64, "device": "cpu"},
         build_features={"binarize": [None, 1.0], "binarize_op": ">", "hidden": ["last"]},
-        promote={"min_macro_f1": 0.0, "max_drop_vs_hidden": None, "tracking_uri": f"sqlite:///{root}/mlflow.db"},
+        promote={"min_macro_f1": 0.0, "max_drop_vs_hidden": None, "tracking_uri": f"sqlite:///{root}/mlflow.db",
+                 "transfer_gates": {}},
         serve={"datasets": [DATASET], "host": "127.0.0.1", "port": 8000, "max_texts": MAX_TEXTS,
                "max_chars": MAX_CHARS, "top_latents": WIDTH, "champion_poll_s": 0.0,
                "torch_threads": 0},  # 0: leave this process's torch threads as they are
