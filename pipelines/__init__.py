@@ -5,6 +5,7 @@ MLflow or DVC module is imported, so a bare `dvc repro` behaves like `make repro
 already set win: export HF_HUB_OFFLINE=0 to let the paper profile reach the hub.
 """
 
+import argparse
 import logging
 import os
 from collections.abc import Callable
@@ -29,19 +30,26 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def stage_main(run: Callable[[str], None], argv: list[str] | None, *, doc: str, arg: str, help: str) -> int:
-    """The shared shape of a per-item stage: parse the item name, run, report input errors cleanly."""
-    import argparse
-
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
+            action: Callable[[argparse.Namespace], object]) -> int:
+    """Parse `argv`, run `action`; an input error (SaefsError) is logged as one line and exits with 2."""
     from features.errors import SaefsError
 
     setup_logging()
-    parser = argparse.ArgumentParser(description=doc)
-    parser.add_argument(arg, help=help)
-    name = getattr(parser.parse_args(argv), arg)
+    args = parser.parse_args(argv)
     try:
-        run(name)
+        action(args)
     except SaefsError as err:
         logging.getLogger("saefs").error("%s", err)
         return 2
     return 0
+
+
+def stage_main(run: Callable[..., object], argv: list[str] | None, *, doc: str, arg: str | None = None,
+               help: str | None = None) -> int:
+    """The shared shape of a stage: `run(<arg>)` for a per-item stage (`arg` names the item), `run()` without."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if arg is None:
+        return run_cli(parser, argv, lambda args: run())
+    parser.add_argument(arg, help=help)
+    return run_cli(parser, argv, lambda args: run(getattr(args, arg)))

@@ -26,9 +26,8 @@ from typing import Any
 import pandas as pd
 
 from features import tracking
-from features.errors import SaefsError
 from features.io import write_json
-from pipelines import paths, setup_logging
+from pipelines import paths, run_cli
 from pipelines.params import TransferGate, load_params
 
 log = logging.getLogger("saefs.promote")
@@ -133,24 +132,21 @@ def _nothing_to_promote(dataset: str, skipped: dict, baselines: dict, tracking_u
     return report
 
 
+def _rollback_or_run(args: argparse.Namespace) -> None:
+    if args.rollback:
+        tracking.configure(load_params().promote.tracking_uri)
+        version = tracking.rollback(registered_name(args.dataset), tracking.CHAMPION, args.to)
+        log.info("%s: champion is now version %d", registered_name(args.dataset), version)
+    else:
+        run(args.dataset)
+
+
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="a key of `datasets` in params.yaml")
     parser.add_argument("--rollback", action="store_true", help="move champion back to the version before it")
     parser.add_argument("--to", type=int, help="with --rollback: the version to move champion to")
-    args = parser.parse_args(argv)
-    try:
-        if args.rollback:
-            tracking.configure(load_params().promote.tracking_uri)
-            version = tracking.rollback(registered_name(args.dataset), tracking.CHAMPION, args.to)
-            log.info("%s: champion is now version %d", registered_name(args.dataset), version)
-        else:
-            run(args.dataset)
-    except SaefsError as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    return run_cli(parser, argv, _rollback_or_run)
 
 
 if __name__ == "__main__":

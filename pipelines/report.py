@@ -9,7 +9,6 @@ reports/index.md, and tidy tables under plots/report/ that dvc.yaml declares as 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -21,7 +20,7 @@ import pandas as pd
 from features import report, report_page
 from features.errors import SaefsError
 from features.io import atomic_path
-from pipelines import paths, setup_logging
+from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 
 log = logging.getLogger("saefs.report")
@@ -90,14 +89,7 @@ def run() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    try:
-        run()
-    except SaefsError as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    return stage_main(run, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ and one MLflow run in `saefs/transfer` with a child run per cell and the heatmap
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -34,7 +33,6 @@ import pandas as pd
 
 from features import tracking
 from features.datasets import load_source
-from features.errors import SaefsError
 from features.extract import extract
 from features.io import atomic_path, write_json
 from features.lm import load_prepared, resolve_device
@@ -43,7 +41,7 @@ from features.prepare import PrepareConfig, prepare
 from features.probes import make_majority_baseline, make_probe, make_tfidf_baseline
 from features.sae import load_sae
 from features.transfer import codes_frame, cross_lingual_splits, heatmap, hidden_frame, skip_reason
-from pipelines import paths, setup_logging
+from pipelines import paths, stage_main
 from pipelines.params import CrossLingualTask, Params, load_params
 from pipelines.train_probes import _fit_score, _summary
 from pipelines.train_sae import SAE_INDEX
@@ -230,14 +228,7 @@ def _log_artifacts() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    try:
-        run()
-    except SaefsError as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    return stage_main(run, argv, doc=__doc__)
 
 
 if __name__ == "__main__":
