@@ -131,12 +131,13 @@ def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
     assert expected <= set(results["cells"])
     assert set(results["baselines"]) == {"tfidf", "majority"} and len(results["training_curve"]) == 2
     empty = {"tiny__l1__sae64__sum__bin100000", "tiny__l2__sae64__sum__bin100000"}
-    assert set(results["skipped"]) == empty and not empty & set(results["cells"])
+    # the tiny model's layer-1 codes may also stay under 1.0 everywhere: skipped too, never probed
+    assert empty <= set(results["skipped"]) and not set(results["skipped"]) & set(results["cells"])
     assert all("no latent is active" in cell["reason"] for cell in results["skipped"].values())
     assert {"retrieval", "fitting", "logging", "total"} <= set(results["seconds"])
     report = json.loads((scratch / paths.promotion_report("alpha")).read_text())
     assert report["challenger_version"] >= 1 and report["candidate"]["cell"] in results["cells"]
-    assert set(report["skipped_cells"]) == empty
+    assert set(report["skipped_cells"]) == set(results["skipped"])
     # random labels: no probe reaches the macro F1 gate, so champion stays unset, and the report says so
     assert report["promoted"] is False and report["champion"] is None
     assert any(not check["passed"] and check["name"] == "macro_f1" for check in report["checks"])
