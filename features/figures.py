@@ -91,7 +91,7 @@ def lines(table: pd.DataFrame, x: str, series: list[str], xlabel: str, title: st
     return to_svg(fig)
 
 
-def heatmap(table: pd.DataFrame, rows: str, columns: str, title: str) -> str:
+def heatmap_figure(table: pd.DataFrame, rows: str | list[str], columns: str, title: str) -> plt.Figure:
     """A matrix of macro F1 (rows x columns), each cell annotated with its value and 95% interval."""
     values = table.pivot(index=rows, columns=columns, values="macro_f1")
     low = table.pivot(index=rows, columns=columns, values="macro_f1_low").reindex_like(values)
@@ -103,13 +103,19 @@ def heatmap(table: pd.DataFrame, rows: str, columns: str, title: str) -> str:
         value = values.iat[i, j]
         text = "skipped" if np.isnan(value) else f"{value:.2f}\n[{low.iat[i, j]:.2f}, {high.iat[i, j]:.2f}]"
         ax.text(j, i, text, ha="center", va="center", fontsize=6, color="white" if value < 0.6 else "black")
-    ax.set_xticks(range(values.shape[1]), values.columns)
-    ax.set_yticks(range(values.shape[0]), values.index)
+    ax.set_xticks(range(values.shape[1]), [str(c) for c in values.columns], rotation=30, ha="right")
+    ax.set_yticks(range(values.shape[0]), [" / ".join(map(str, r)) if isinstance(r, tuple) else str(r)
+                                           for r in values.index])
     ax.set_xlabel(columns)
-    ax.set_ylabel(rows)
+    ax.set_ylabel(rows if isinstance(rows, str) else " / ".join(rows))
     fig.colorbar(image, ax=ax, label="macro F1")
     ax.set_title(title)
-    return to_svg(fig)
+    return fig
+
+
+def heatmap(table: pd.DataFrame, rows: str | list[str], columns: str, title: str) -> str:
+    """`heatmap_figure` as inline SVG text."""
+    return to_svg(heatmap_figure(table, rows, columns, title))
 
 
 def quality_bars(summary: pd.DataFrame, title: str) -> str:

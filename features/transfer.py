@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from features.errors import SaefsError
 from features.feature_store import HIDDEN, IDS, VALUES, sparse_columns
+from features.io import atomic_path
 
 Masks = list[tuple[np.ndarray, np.ndarray]]  # (train rows, test rows) as boolean masks, one pair per run
 
@@ -64,26 +65,11 @@ def hidden_frame(hidden: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({HIDDEN: list(np.asarray(hidden, dtype=np.float32))})
 
 
-def heatmap(table: pd.DataFrame, rows: str, columns: str, title: str, path: str | Path) -> None:
-    """Macro F1 of each (rows, columns) cell as an annotated heatmap PNG (skipped cells stay blank)."""
-    import matplotlib
+def heatmap(table: pd.DataFrame, rows: list[str], columns: str, title: str, path: str | Path) -> None:
+    """The report's heatmap of a transfer matrix (macro F1 and 95% interval per cell) as a PNG."""
+    from features.figures import heatmap_figure, plt
 
-    matplotlib.use("Agg")  # no display in stages and CI
-    import matplotlib.pyplot as plt
-
-    grid = table.pivot_table(index=rows, columns=columns, values="macro_f1", aggfunc="first", sort=False)
-    fig, ax = plt.subplots(figsize=(1.4 * grid.shape[1] + 4.5, 0.6 * grid.shape[0] + 1.5))
-    image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right")
-    ax.set_yticks(range(grid.shape[0]), [" / ".join(map(str, r)) if isinstance(r, tuple) else str(r)
-                                         for r in grid.index])
-    for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
-        if np.isfinite(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
-    ax.set_xlabel(columns if isinstance(columns, str) else " / ".join(columns))
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="macro F1")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig = heatmap_figure(table, rows, columns, title)
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -59,6 +59,7 @@ def test_frames_are_what_the_probes_take() -> None:
 
 
 def test_heatmap_writes_a_png_with_blank_skipped_cells(tmp_path) -> None:
-    table = pd.DataFrame({"task": ["t", "t"], "source": ["a", "a"], "target": ["a", "b"], "macro_f1": [0.7, None]})
+    table = pd.DataFrame({"task": ["t", "t"], "source": ["a", "a"], "target": ["a", "b"], "macro_f1": [0.7, None],
+                          "macro_f1_low": [0.6, None], "macro_f1_high": [0.8, None]})
     heatmap(table, ["task", "source"], "target", "title", tmp_path / "x.png")
     assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
