@@ -36,6 +36,7 @@ from features.feature_store import (
     apply_repo,
     historical_matrix,
     materialize_views,
+    open_store,
     read_catalog,
     to_csr,
     write_catalog,
@@ -79,7 +80,9 @@ def scratch_store(root: Path, codes: csr_matrix, text_ids: list[str], event_time
         ViewSpec(SPARSE, "sparse", str(sources / f"{SPARSE}.parquet"), codes.shape[1], len(text_ids)),
         ViewSpec(DENSE, "dense", str(sources / f"{DENSE}.parquet"), codes.shape[1], len(text_ids)),
     ])
-    return apply_repo(root / "feature_repo")
+    store = open_store(root / "feature_repo")
+    apply_repo(store)
+    return store
 
 
 def growth_per_1000(store, online_db: Path, view: str, texts: int) -> tuple[float, float]:
@@ -164,7 +167,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="saefs-bench-") as tmp:
         root = Path(tmp)
         store = scratch_store(root, codes, text_ids, event_time)
-        online_db = root / "data" / "feast" / "online_store.db"
+        online_db = root / feast_online_store()
         sparse_bytes, sparse_s = growth_per_1000(store, online_db, SPARSE, len(text_ids))
         dense_bytes, dense_s = growth_per_1000(store, online_db, DENSE, len(text_ids))
         print("storage (SQLite online store, per 1,000 texts):")
@@ -178,10 +181,8 @@ def main() -> None:
             texts = pd.DataFrame({JOIN_KEY: text_ids, EVENT_TIME: event_time})
             report_historical(store, SPARSE, entity_rows(texts, args.historical_rows))
     if real is not None:
-        from feast import FeatureStore
-
         spec, all_rows = real
-        store = FeatureStore(repo_path=str(FEATURE_REPO))
+        store = open_store(FEATURE_REPO)
         report_latency(store, spec.name, all_rows[JOIN_KEY].tolist(), args.repeats, spec.width)
         report_historical(store, spec.name, entity_rows(all_rows, max(args.historical_rows, len(all_rows))))
 

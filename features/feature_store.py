@@ -40,6 +40,7 @@ from scipy.sparse import csr_matrix, vstack
 from features.errors import SaefsError
 from features.io import atomic_path, write_json
 from features.naming import codes_name, hidden_name, parse_width
+from features.services import check_feast, display_address
 from features.shards import read_csr, read_dense
 
 if TYPE_CHECKING:
@@ -411,46 +412,56 @@ def _importable(repo_dir: Path) -> Iterator[None]:
         sys.dont_write_bytecode = bytecode
 
 
-def open_store(repo_dir: str | os.PathLike[str]) -> FeatureStore:
-    """The repo's store, configured by `FEAST_FS_YAML_FILE_PATH` when set (as for the feast CLI), else by its
-    feature_store.yaml; its registry and online store must answer (a remote one is checked first)."""
+def open_store(repo_dir: str | os.PathLike[str], yaml_file: str | os.PathLike[str] | None = None) -> FeatureStore:
+    """The repo's store, configured by `yaml_file` (default: the repo's feature_store.yaml); its registry and
+    online store must answer (a remote one is checked first)."""
     from feast import FeatureStore
-    from feast.constants import FEAST_FS_YAML_FILE_PATH_ENV_NAME
     from feast.repo_config import load_repo_config
 
-    from features.services import check_feast
-
     repo_dir = Path(repo_dir).resolve()
-    yaml_file = Path(os.environ.get(FEAST_FS_YAML_FILE_PATH_ENV_NAME) or repo_dir / "feature_store.yaml").resolve()
+    yaml_file = Path(yaml_file or repo_dir / "feature_store.yaml").resolve()
     if not yaml_file.is_file():
-        raise SaefsError(f"Feast configuration {yaml_file} not found: run stages from the project root, or fix "
-                         f"{FEAST_FS_YAML_FILE_PATH_ENV_NAME}")
+        raise SaefsError(f"Feast configuration {yaml_file} not found: run stages from the project root")
     config = load_repo_config(repo_dir, yaml_file)
     check_feast(config)  # before FeatureStore, which connects to a SQL registry at once
     return FeatureStore(repo_path=str(repo_dir), config=config)
 
 
-def local_store_files(store: FeatureStore) -> list[Path]:
-    """The registry and online-store files of a local store (none for a SQL registry or Redis)."""
+def store_locations(store: FeatureStore) -> dict[str, dict[str, str | None]]:
+    """Where the registry and the online store live: type, and a file (relative to the working directory) or
+    `host:port[/database]`; never a credential. What the feast_apply and materialize receipts record."""
+    registry, online = store.config.registry, store.config.online_store
+    registry_type = getattr(registry, "registry_type", "file")
+
+    def local(path: str) -> str:
+        return os.path.relpath(Path(store.repo_path) / path)
+
+    remote = getattr(online, "connection_string", None)  # Redis; other stores are recorded by type only
+    registry_address = local(registry.path) if registry_type == "file" else display_address(registry.path)
+    online_address = local(online.path) if online.type == "sqlite" else display_address(remote) if remote else None
+    return {"registry": {"type": registry_type, "address": registry_address},
+            "online_store": {"type": online.type, "address": online_address}}
+
+
+def apply_repo(store: FeatureStore) -> None:
+    """`feast apply` of the store's repo in this process: register its objects, delete the ones it no longer defines."""
+    from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
+
+    repo_dir = Path(store.repo_path)
+    with _importable(repo_dir):
+        contents = parse_repo(repo_dir)
+    _make_local_dirs(store)
+    to_apply, to_delete, _, _ = extract_objects_for_apply_delete(store.project, store.registry, contents)
+    store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+
+
+def _make_local_dirs(store: FeatureStore) -> None:
+    """The folders of a file registry and a SQLite online store, which Feast does not create."""
     registry, online = store.config.registry, store.config.online_store
     files = [registry.path] if getattr(registry, "registry_type", "file") == "file" else []
     files += [online.path] if online.type == "sqlite" else []
-    return [Path(store.repo_path) / path for path in files]
-
-
-def apply_repo(repo_dir: str | os.PathLike[str]) -> FeatureStore:
-    """`feast apply` in this process: register the repo's objects and delete the ones it no longer defines."""
-    from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
-
-    repo_dir = Path(repo_dir).resolve()
-    store = open_store(repo_dir)
-    with _importable(repo_dir):
-        contents = parse_repo(repo_dir)
-    for path in local_store_files(store):
-        path.parent.mkdir(parents=True, exist_ok=True)  # Feast does not create them
-    to_apply, to_delete, _, _ = extract_objects_for_apply_delete(store.project, store.registry, contents)
-    store.apply(to_apply, objects_to_delete=to_delete, partial=False)
-    return store
+    for path in files:
+        (Path(store.repo_path) / path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def materialize_views(store: FeatureStore, names: Sequence[str] | None = None) -> dict[str, int]:
@@ -468,6 +479,7 @@ def materialize_views(store: FeatureStore, names: Sequence[str] | None = None) -
     unknown = sorted(set(names or []) - {view.name for view in views})
     if unknown:
         raise SaefsError(f"no online feature views {unknown} in the registry: run `dvc repro feast_apply` first")
+    _make_local_dirs(store)
     store.provider.update_infra(store.project, tables_to_delete=[], tables_to_keep=views, entities_to_delete=[],
                                 entities_to_keep=store.list_entities(), partial=True)
     counts = {}

@@ -29,6 +29,13 @@ def host_port(address: str) -> tuple[str, int]:
     return parts.hostname, parts.port or DEFAULT_PORTS.get(scheme, 80)
 
 
+def display_address(address: str) -> str:
+    """`host:port`, plus `/database` for a URL that names one: an address to log or record, never a credential."""
+    host, port = host_port(address)
+    database = urlsplit(address).path.strip("/") if "://" in address else ""
+    return f"{host}:{port}" + (f"/{database}" if database else "")
+
+
 def check_reachable(component: str, address: str, timeout: float = TIMEOUT_S) -> None:
     """Open (and close) a TCP connection to `address`, or raise naming the component and host:port."""
     if "${" in address:

@@ -13,10 +13,9 @@ import logging
 import sys
 
 from features import tracking
-from features.feature_store import open_store
 from features.services import check_dvc_remote
 from pipelines import stage_main
-from pipelines.feature_params import FEATURE_REPO
+from pipelines.feature_params import FEATURE_REPO, feature_store
 from pipelines.params import load_params
 
 log = logging.getLogger("saefs.check_services")
@@ -24,7 +23,7 @@ log = logging.getLogger("saefs.check_services")
 
 def run(repo: str) -> None:
     params = load_params()
-    store = open_store(repo)
+    store = feature_store(params.feast_apply, repo)
     uri = tracking.configure(params.promote.tracking_uri)
     check_dvc_remote()
     log.info("Feast (%s registry, %s online store), MLflow (%s) and the DVC remote answer",

@@ -1,13 +1,21 @@
-"""The `build_features` group of params.yaml: which Feast views each model publishes."""
+"""The Feast groups of params.yaml (`build_features`: which views each model publishes; `feast_apply`: which
+Feast configuration the stages and the scoring service use), and the store that configuration opens."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from features.errors import SaefsError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
 FEATURE_REPO = Path("feature_repo")
+FEAST_YAML_ENV = "FEAST_FS_YAML_FILE_PATH"  # feast.constants.FEAST_FS_YAML_FILE_PATH_ENV_NAME, read by the feast CLI
 
 
 class BuildFeaturesParams(BaseModel):
@@ -27,3 +35,32 @@ class BuildFeaturesParams(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"binarize {v} repeats a threshold")
         return v
+
+
+class FeastApplyParams(BaseModel):
+    """Where the Feast registry and online store live, as one feature_store.yaml of the repo: a DVC param, so that
+    switching it (embedded: SQLite files; cluster: PostgreSQL + Redis) reruns the stages that write the store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feature_store_yaml: str = Field(pattern=r"\.ya?ml$", description="relative to the project root: "
+                                    "feature_repo/feature_store.yaml or feature_repo/feature_store.cluster.yaml")
+
+
+def feature_store(params: FeastApplyParams, repo: str | os.PathLike[str] = FEATURE_REPO) -> FeatureStore:
+    """The store of `repo` under `feast_apply.feature_store_yaml`; its registry and online store must answer.
+
+    An exported FEAST_FS_YAML_FILE_PATH (how the feast CLI is pointed at a variant) must name the same
+    file: DVC sees the param, not the variable, so a disagreement would write one store and record another.
+    """
+    from features.feature_store import open_store
+
+    yaml_file = Path(params.feature_store_yaml)
+    exported = os.environ.get(FEAST_YAML_ENV)
+    if exported and Path(exported).resolve() != yaml_file.resolve():
+        raise SaefsError(f"{FEAST_YAML_ENV}={exported} but params.yaml feast_apply.feature_store_yaml is {yaml_file}: "
+                         f"the stages use the param (DVC tracks it); unset {FEAST_YAML_ENV} or export the same file")
+    if not yaml_file.is_file():
+        raise SaefsError(f"params.yaml feast_apply.feature_store_yaml: {yaml_file} not found (a path relative to the "
+                         "project root, e.g. feature_repo/feature_store.yaml)")
+    return open_store(repo, yaml_file)

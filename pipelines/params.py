@@ -19,7 +19,7 @@ from features.datasets import DATASET_SOURCE_KINDS
 from features.errors import SaefsError
 from features.models import MODEL_SOURCE_KINDS
 from features.naming import pooling_top_n
-from pipelines.feature_params import BuildFeaturesParams
+from pipelines.feature_params import BuildFeaturesParams, FeastApplyParams
 
 PARAMS_FILE = Path("params.yaml")
 PROFILES = ("embedded", "paper", "cluster")
@@ -286,6 +286,8 @@ class ServeParams(Strict):
     champion_poll_s: float = Field(ge=0, description="how often the champion alias is checked; 0: every request")
     torch_threads: int = Field(ge=0, description="intra-op threads of the service's forward passes; 0: torch's "
                                "default (one per core), which stalls when other processes share the cores")
+
+
 class ScaleOutParams(Strict):
     """How the pipeline spreads over workers; the services (Feast, MLflow, DVC remote) are set by environment."""
 
@@ -304,6 +306,7 @@ class Params(Strict):
     extract: ExtractParams
     check_sae: CheckSaeParams
     build_features: BuildFeaturesParams
+    feast_apply: FeastApplyParams
     train_probes: TrainProbesParams
     promote: PromoteParams
     serve: ServeParams

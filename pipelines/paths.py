@@ -66,12 +66,32 @@ def feast_catalog() -> Path:
     return FEAST / "catalog.json"
 
 
+def feast_registry_dir() -> Path:
+    """feast_apply: applied.json, what it registered and where, beside the registry itself when it is a file
+    (registry.db, as feature_repo/feature_store.yaml says); a SQL registry leaves only the receipt here."""
+    return FEAST / "registry"
+
+
 def feast_registry() -> Path:
-    return FEAST / "registry.db"  # as feature_repo/feature_store.yaml says
+    return feast_registry_dir() / "registry.db"
+
+
+def feast_applied() -> Path:
+    return feast_registry_dir() / "applied.json"
+
+
+def feast_online_dir() -> Path:
+    """materialize: materialized.json, the rows it wrote per view and where, beside the online store when it is
+    SQLite (online_store.db, as feature_repo/feature_store.yaml says); Redis leaves only the receipt here."""
+    return FEAST / "online"
 
 
 def feast_online_store() -> Path:
-    return FEAST / "online_store.db"  # as feature_repo/feature_store.yaml says
+    return feast_online_dir() / "online_store.db"
+
+
+def feast_materialized() -> Path:
+    return feast_online_dir() / "materialized.json"
 
 
 def probe_metrics(dataset: str, model: str) -> Path:

@@ -28,7 +28,7 @@ from features import tracking
 from features.errors import SaefsError
 from features.scoring import ExtractSettings, NoChampion, Score, Scorer, UnknownText
 from pipelines import paths, setup_logging
-from pipelines.feature_params import FEATURE_REPO
+from pipelines.feature_params import feature_store
 from pipelines.params import Params, ServeParams, load_params
 from pipelines.promote import registered_name
 
@@ -38,8 +38,6 @@ log = logging.getLogger("saefs.serve")
 def build_scorer(params: Params) -> Scorer:
     """A scorer on this checkout's outputs (run from the project root, as DVC stages are)."""
     served = [params.dataset(name) for name in params.serve.datasets]  # each a key of `datasets`, or a clear error
-    from feast import FeatureStore  # after the cheap check
-
     from features.lm import load_prepared, resolve_device
     from features.naming import sae_name
     from features.sae import load_sae
@@ -62,7 +60,7 @@ def build_scorer(params: Params) -> Scorer:
     tracking.configure(params.promote.tracking_uri)
     ex = params.extract
     return Scorer(
-        FeatureStore(repo_path=str(FEATURE_REPO)),
+        feature_store(params.feast_apply),
         {dataset: registered_name(dataset) for dataset in params.serve.datasets},
         load_lm, load_model_sae,
         ExtractSettings(ex.max_tokens, ex.batch_size, ex.pools_bos, ex.paper_compat),

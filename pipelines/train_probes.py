@@ -27,12 +27,12 @@ from threadpoolctl import threadpool_limits
 
 from features import tracking
 from features.errors import SaefsError
-from features.feature_store import IDS, hidden_view_name, historical_frame, open_store, view_name
+from features.feature_store import IDS, hidden_view_name, historical_frame, view_name
 from features.io import write_json
 from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
 from features.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from pipelines import paths, stage_main
-from pipelines.feature_params import FEATURE_REPO
+from pipelines.feature_params import feature_store
 from pipelines.params import Params, load_params
 
 log = logging.getLogger("saefs.train_probes")
@@ -148,7 +148,7 @@ def run(cell_id: str) -> None:
     if len(classes) < 2:
         raise SaefsError(f"{dataset}: the training split holds one class only (label {classes.tolist()}); a probe "
                          "needs two: check the dataset's labels and prepare_data's split")
-    store = open_store(FEATURE_REPO)  # after the cheap checks: importing feast costs ~16 s
+    store = feature_store(params.feast_apply)  # after the cheap checks: importing feast costs ~16 s
     tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
     results: dict[str, Any] = {"dataset": dataset, "model": model, "cells": {}, "skipped": {}, "baselines": {}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from features.errors import SaefsError
-from features.services import check_mlflow, check_reachable, host_port
+from features.services import check_mlflow, check_reachable, display_address, host_port
 from tests.services import free_port
 
 
@@ -18,6 +18,15 @@ from tests.services import free_port
 ])
 def test_host_port_of_urls_and_redis_connection_strings(address: str, expected: tuple[str, int]) -> None:
     assert host_port(address) == expected
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("postgresql+psycopg2://feast:secret@pg.internal:5433/feast", "pg.internal:5433/feast"),
+    ("redis.internal:6380,db=0,password=secret", "redis.internal:6380"),
+    ("http://user:pw@mlflow.internal:5000/", "mlflow.internal:5000"),
+])
+def test_display_address_keeps_host_port_and_database_but_no_credential(address: str, expected: str) -> None:
+    assert display_address(address) == expected
 
 
 def test_unreachable_service_names_component_and_address_but_no_password() -> None:

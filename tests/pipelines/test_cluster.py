@@ -1,15 +1,20 @@
-"""The cluster profile against real servers on 127.0.0.1: Redis, PostgreSQL and moto's S3 (tests/services.py).
+"""The cluster profile against real servers on 127.0.0.1: Redis, PostgreSQL, moto's S3 and an MLflow server
+(tests/services.py).
 
-A slice of the pipeline: DVC push and pull through a bucket; feast_apply and materialize with the
-registry in PostgreSQL and the online store in Redis (feature_repo/feature_store.cluster.yaml);
-a probe trained on features read from Redis, tracked and registered in a PostgreSQL-backed MLflow
-with its artifacts in the bucket, then loaded by alias to score them; unreachable services.
-The 2-worker extraction is tested in test_sae_stages.py (it needs no server).
+The whole pipeline: `dvc repro` of test_dvc_pipeline's scratch project on the cluster configuration
+(the Feast registry in PostgreSQL, the online store in Redis, MLflow at a server backed by PostgreSQL
+with its artifacts in the bucket, extraction on 2 torchrun workers), then the scoring service on
+Redis and `dvc push`/`dvc pull` of every output through the bucket. A slice of it in this process:
+feast_apply and materialize (feature_repo/feature_store.cluster.yaml), a probe trained on features
+read from Redis and tracked by a client that writes to PostgreSQL and the bucket itself. Unreachable
+services. That 2 workers write the shards of one is tested in test_sae_stages.py (it needs no server).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -19,18 +24,24 @@ from typing import Any
 
 import boto3
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from features import tracking
 from features.errors import SaefsError
 from features.feature_store import open_store, to_csr
+from features.prepare import text_id
 from features.probes import make_probe
 from features.services import check_bucket, check_dvc_remote
 from features.shards import ShardWriter
-from pipelines import check_services, feast_apply, materialize, paths
+from pipelines import build_features, check_services, feast_apply, materialize, paths, serve
+from pipelines.params import load_params
 from tests.features.test_feature_store import random_codes
 from tests.features.test_probes import FAST
-from tests.pipelines.test_feature_stages import MODEL, RAW, WIDTH, build_offline_sources
+from tests.helpers import write_params
+from tests.pipelines.test_dvc_pipeline import STAGES, build_scratch_repo, dvc, ran, tiny_params
+from tests.pipelines.test_feature_stages import BIN1, MODEL, RAW, WIDTH, build_offline_sources
 from tests.services import S3_ENV, Services, free_port, missing_binaries, running_services
 
 pytestmark = pytest.mark.integration
@@ -54,13 +65,14 @@ def cluster(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Ite
         warnings.simplefilter("ignore", DeprecationWarning)
         patch.chdir(root)
         for key, value in {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": services.s3_endpoint, "SAEFS_REDIS": services.redis,
-                           "SAEFS_FEAST_REGISTRY": services.postgres("feast"),
-                           "FEAST_FS_YAML_FILE_PATH": str(root / CLUSTER_YAML)}.items():
+                           "SAEFS_FEAST_REGISTRY": services.postgres("feast")}.items():
             patch.setenv(key, value)
         data = build_offline_sources(root)
+        write_params(root, yaml.safe_load(Path("params.yaml").read_text())
+                     | {"feast_apply": {"feature_store_yaml": CLUSTER_YAML}})
         feast_apply.run("feature_repo")
         materialize.run("feature_repo")
-        yield {"root": root, "store": open_store("feature_repo"), "data": data}
+        yield {"root": root, "store": open_store("feature_repo", CLUSTER_YAML), "data": data}
 
 
 def test_feast_registers_in_postgres_and_serves_from_redis(cluster: dict[str, Any], services: Services) -> None:
@@ -147,6 +159,31 @@ def test_unreachable_feast_service_is_named_and_leaves_the_catalog(cluster: dict
     assert paths.feast_catalog().read_bytes() == catalog
 
 
+def test_apply_deletes_the_redis_keys_of_a_view_the_catalog_drops(cluster: dict[str, Any], services: Services) -> None:
+    import redis
+
+    def views_in_redis() -> set[str]:
+        client = redis.Redis(port=int(services.redis.split(":")[1]))
+        return {field.decode()[4:] for key in client.scan_iter() for field in client.hkeys(key)
+                if field.startswith(b"_ts:")}
+
+    assert {RAW, BIN1} <= views_in_redis()
+    full = Path("params.yaml").read_text()
+    params = yaml.safe_load(full)
+    params["build_features"]["binarize"] = params["train_probes"]["binarize"] = [None]
+    write_params(cluster["root"], params)
+    try:
+        build_features.run(MODEL)
+        feast_apply.run("feature_repo")  # the SQL registry still lists BIN1, so apply deletes it online too
+        assert RAW in views_in_redis() and BIN1 not in views_in_redis()
+    finally:
+        Path("params.yaml").write_text(full)
+        build_features.run(MODEL)
+        feast_apply.run("feature_repo")
+        materialize.run("feature_repo")
+    assert {RAW, BIN1} <= views_in_redis()
+
+
 def test_unreachable_mlflow_and_missing_bucket_are_named(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in S3_ENV.items():
         monkeypatch.setenv(key, value)
@@ -160,3 +197,106 @@ def test_unreachable_mlflow_and_missing_bucket_are_named(services: Services, mon
         check_bucket("DVC remote", "s3://no-such-bucket/store", services.s3_endpoint)
     check_bucket("DVC remote", "s3://saefs-dvc/store", services.s3_endpoint)
 
+
+
+# --- the whole pipeline: `dvc repro` on the cluster profile -----------------------------------------
+
+@pytest.fixture(scope="module")
+def pipeline(services: Services, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """test_dvc_pipeline's scratch project on the cluster profile, after `dvc repro` (twice) against the services;
+    its own Feast registry database and Redis database, beside the slice's."""
+    params = tiny_params() | {"profile": "cluster", "feast_apply": {"feature_store_yaml": CLUSTER_YAML},
+                              "scale_out": {"extract_workers": 2}}
+    # gates any probe passes (the labels are random), so that alpha has a champion to serve
+    params["promote"] |= {"tracking_uri": services.mlflow, "min_macro_f1": 0.0, "max_drop_vs_hidden": None}
+    params["serve"] |= {"datasets": ["alpha"], "torch_threads": 0, "champion_poll_s": 0.0}
+    repo = build_scratch_repo(tmp_path_factory.mktemp("pipeline"), params)
+    env = {"SAEFS_REDIS": f"{services.redis},db=1", "SAEFS_FEAST_REGISTRY": services.postgres("feast_pipeline")}
+    first = dvc(repo, "repro", env=env)  # no S3 credentials: MLflow's server writes the bucket for its clients
+    return {"repo": repo, "env": env, "first": first, "second": dvc(repo, "repro", env=env)}
+
+
+def test_dvc_repro_runs_every_stage_on_the_services_then_nothing(pipeline: dict[str, Any], services: Services) -> None:
+    import redis
+
+    repo = pipeline["repo"]
+    assert ran(pipeline["first"]) == STAGES and ran(pipeline["second"]) == set()
+    assert pipeline["first"].count("extracting with 2 workers (torchrun)") == 2  # extract@tiny-alpha and -beta
+    applied = json.loads((repo / paths.feast_applied()).read_text())
+    assert applied["registry"] == {"type": "sql", "address": f"127.0.0.1:{services.postgres_port}/feast_pipeline"}
+    materialized = json.loads((repo / paths.feast_materialized()).read_text())
+    assert materialized["online_store"] == {"type": "redis", "address": services.redis}
+    assert set(materialized["rows"]) == set(applied["feature_views"]) - {"labels"}
+    assert set(materialized["rows"].values()) == {200}  # every text of alpha and beta, in each view
+    assert redis.Redis(port=int(services.redis.split(":")[1]), db=1).dbsize() == 200  # one hash per text
+    for local in (paths.feast_registry(), paths.feast_online_store(), Path("mlflow.db"), Path("mlartifacts")):
+        assert not (repo / local).exists(), f"{local} was written locally"
+
+
+def test_probes_models_and_aliases_live_in_the_mlflow_server_with_artifacts_in_the_bucket(
+        pipeline: dict[str, Any], services: Services) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=services.mlflow, registry_uri=services.mlflow)
+    assert {"saefs/alpha", "saefs/beta", "saefs/transfer"} <= {e.name for e in client.search_experiments()}
+    report = json.loads((pipeline["repo"] / paths.promotion_report("alpha")).read_text())
+    assert int(client.get_model_version_by_alias("saefs-alpha", tracking.CHAMPION).version) == report["champion"]
+    pages = boto3.client("s3", endpoint_url=services.s3_endpoint).get_paginator("list_objects_v2")
+    keys = [item["Key"] for page in pages.paginate(Bucket="saefs-mlflow", Prefix="served/")
+            for item in page.get("Contents", [])]
+    assert any(key.endswith("/MLmodel") for key in keys) and any(key.endswith(".png") for key in keys)
+
+
+def test_scoring_reads_the_champion_from_the_server_and_features_from_redis(
+        pipeline: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    monkeypatch.chdir(pipeline["repo"])
+    for key, value in pipeline["env"].items():
+        monkeypatch.setenv(key, value)
+    alpha, beta = pd.read_parquet(paths.prepared("alpha")), pd.read_parquet(paths.prepared("beta"))
+    try:
+        scorer = serve.build_scorer(load_params())
+        stored = scorer.score_stored("alpha", alpha["text_id"][:3].tolist())  # materialized into Redis by dvc repro
+        assert [score.text_id for score in stored] == alpha["text_id"][:3].tolist()
+        champion = json.loads(paths.promotion_report("alpha").read_text())["champion"]
+        assert {score.model_version for score in stored} == {champion}
+        [again] = scorer.score_texts("alpha", [alpha["text"][0]])  # recomputed, pushed to Redis, read back
+        assert again.text_id == stored[0].text_id and np.isclose(again.probability, stored[0].probability, atol=1e-4)
+        new = beta["text"][0]  # a text alpha's rows do not hold
+        scorer.score_texts("alpha", [new])
+        assert scorer.score_stored("alpha", [text_id("alpha", new)])[0].text_id == text_id("alpha", new)
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+def test_dvc_pushes_and_pulls_every_pipeline_output_through_the_bucket(pipeline: dict[str, Any],
+                                                                       services: Services) -> None:
+    repo = pipeline["repo"]
+    dvc(repo, "remote", "add", "-d", "cluster", "s3://saefs-dvc/pipeline")
+    dvc(repo, "remote", "modify", "cluster", "endpointurl", services.s3_endpoint)
+    dvc(repo, "push", env=S3_ENV)
+    outputs = {path.relative_to(repo): path.read_bytes() for path in (repo / "data").rglob("*") if path.is_file()}
+    assert {path.parts[1] for path in outputs} >= {"models", "prepared", "saes", "features", "feast", "behaviour"}
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    dvc(repo, "pull", env=S3_ENV)
+    assert {path.relative_to(repo): path.read_bytes() for path in (repo / "data").rglob("*") if path.is_file()} \
+        == outputs
+    assert "Data and pipelines are up to date" in dvc(repo, "status")
+
+
+def test_switching_back_to_local_stores_reruns_only_the_stages_that_use_them(pipeline: dict[str, Any]) -> None:
+    repo = pipeline["repo"]
+    cluster = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(cluster) | {"profile": "embedded",
+                                        "feast_apply": {"feature_store_yaml": "feature_repo/feature_store.yaml"}}
+    params["promote"]["tracking_uri"] = "sqlite:///mlflow.db"
+    write_params(repo, params)
+    try:
+        changed = set(json.loads(dvc(repo, "status", "--json")))
+    finally:
+        (repo / "params.yaml").write_text(cluster)
+    assert changed == {"feast_apply", "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny",
+                       "promote@alpha", "promote@beta", "transfer", "report"}  # not a forward pass of the model

@@ -29,8 +29,8 @@ EMPTY_THRESHOLD = 100000.0
 FEAST_STAGES = {"build_labels", "build_features@tiny", "feast_apply", "materialize"}
 
 
-def dvc(repo: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
@@ -68,9 +68,8 @@ def tiny_params() -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
+def build_scratch_repo(repo: Path, params: dict) -> Path:
+    """A DVC project in `repo` (no git): this checkout's pipeline and code, a tiny model, small file datasets."""
     for item in ("dvc.yaml", "features", "pipelines", "feature_repo"):
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, repo / item)
     make_model("gemma3").save_pretrained(repo / "tiny")
@@ -88,9 +87,14 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pd.DataFrame({"text": texts, "label": [i % 2 for i in range(80)]}).to_csv(repo / f"{lang}.csv", index=False)
     corpus = make_texts([4 + i % 9 for i in range(300)], seed=7)
     pd.DataFrame({"text": corpus, "label": 0}).to_csv(repo / "corpus.csv", index=False)
-    write_params(repo, tiny_params())
+    write_params(repo, params)
     dvc(repo, "init", "--no-scm", "-q")
     return repo
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_scratch_repo(tmp_path_factory.mktemp("repo"), tiny_params())
 
 
 def test_repro_runs_every_stage_then_nothing(scratch: Path) -> None:

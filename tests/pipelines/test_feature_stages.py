@@ -6,6 +6,7 @@ Imports feast once (about 16 s); the stages run in this process, as DVC would ru
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -14,18 +15,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy.sparse import vstack
 
+from features.errors import SaefsError
 from features.feature_store import (
     apply_repo,
     binarize_codes,
     hidden_view_name,
     historical_matrix,
     on_demand_view_name,
+    open_store,
     to_csr,
     view_name,
 )
-from pipelines import build_features, feast_apply, materialize
+from pipelines import build_features, feast_apply, materialize, paths
 from pipelines.params import ParamsError, parse_params
 from tests.features.test_feature_store import EVENT_TIMES, write_dataset
 from tests.helpers import REPO, embedded_params, write_params
@@ -72,7 +76,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         patch.chdir(root)
         data = build_offline_sources(root)
         feast_apply.run("feature_repo")
-        registry = root / "data" / "feast" / "registry.db"
+        registry = root / paths.feast_registry()
         applied = hashlib.sha256(registry.read_bytes()).hexdigest()
         materialize.run("feature_repo")
         built = {
@@ -102,6 +106,39 @@ def test_stages_register_views_and_services_without_materialize_touching_the_reg
     assert sorted(s.name for s in store.list_feature_services()) == sorted([RAW, BIN1, HIDDEN, "labels", ON_DEMAND])
     assert project["registry_unchanged"]  # feast_apply's DVC output stays as it wrote it
     assert (project["root"] / "data" / "feast" / "catalog.json").is_file()
+
+
+def test_receipts_say_what_was_registered_and_materialized_where(project) -> None:
+    root = project["root"]
+    applied = json.loads((root / paths.feast_applied()).read_text())
+    assert applied["registry"] == {"type": "file", "address": str(paths.feast_registry())}
+    assert applied["feature_views"] == sorted([RAW, BIN1, HIDDEN, "labels"])
+    assert applied["on_demand_feature_views"] == [ON_DEMAND] and len(applied["feature_services"]) == 5
+    materialized = json.loads((root / paths.feast_materialized()).read_text())
+    assert materialized["online_store"] == {"type": "sqlite", "address": str(paths.feast_online_store())}
+    assert materialized["rows"] == {RAW: 50, BIN1: 50, HIDDEN: 50}  # labels are offline only
+
+
+def test_a_feast_configuration_other_than_the_params_one_is_refused(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project["root"])
+    applied = (project["root"] / paths.feast_applied()).read_bytes()
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", "feature_repo/feature_store.cluster.yaml")
+    with pytest.raises(SaefsError, match=r"FEAST_FS_YAML_FILE_PATH=feature_repo/feature_store\.cluster\.yaml but "
+                       r"params\.yaml feast_apply\.feature_store_yaml is feature_repo/feature_store\.yaml"):
+        feast_apply.run("feature_repo")
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(project["root"] / "feature_repo" / "feature_store.yaml"))
+    materialize.run("feature_repo")  # the same file, spelt otherwise: agreed
+    monkeypatch.delenv("FEAST_FS_YAML_FILE_PATH")
+    original = Path("params.yaml").read_text()
+    write_params(project["root"], {**yaml.safe_load(original),
+                                   "feast_apply": {"feature_store_yaml": "feature_repo/feature_store.redis.yaml"}})
+    try:
+        with pytest.raises(SaefsError, match=r"feast_apply\.feature_store_yaml: feature_repo/feature_store\.redis"
+                           r"\.yaml not found"):
+            materialize.run("feature_repo")
+    finally:
+        Path("params.yaml").write_text(original)
+    assert (project["root"] / paths.feast_applied()).read_bytes() == applied
 
 
 def test_online_features_equal_the_shards(project) -> None:
@@ -157,7 +194,8 @@ def test_on_demand_view_binarizes_at_the_request_threshold(project) -> None:
 
 def test_repo_without_a_catalog_defines_only_the_entity(tmp_path: Path) -> None:
     repo = copy_repo(tmp_path)  # no data/feast/catalog.json next to this copy
-    store = apply_repo(repo)
+    store = open_store(repo)
+    apply_repo(store)
     assert [e.name for e in store.list_entities()] == ["text"]
     assert store.list_feature_views() == [] and store.list_feature_services() == []
 
