@@ -30,9 +30,14 @@ def host_port(address: str) -> tuple[str, int]:
 
 
 def display_address(address: str) -> str:
-    """`host:port`, plus `/database` for a URL that names one: an address to log or record, never a credential."""
+    """`host:port/database` (a Redis connection string's `db`, 0 by default; a URL's path, if it names one): an
+    address to log, record and compare, never a credential."""
     host, port = host_port(address)
-    database = urlsplit(address).path.strip("/") if "://" in address else ""
+    if "://" in address:
+        database = urlsplit(address).path.strip("/")
+    else:
+        options = dict(option.partition("=")[::2] for option in address.split(",")[1:])
+        database = options.get("db", "0").strip()
     return f"{host}:{port}" + (f"/{database}" if database else "")
 
 

@@ -2,9 +2,11 @@
 
     python -m pipelines.check_services feature_repo
 
-A preflight for the cluster profile, before `dvc repro` or `dvc push`: an unreachable service is an
-error naming the component and its address (exit code 2). Local stores (the embedded profile's
-SQLite files, a local DVC remote) have nothing to reach and pass.
+A preflight for the cluster profile, before `dvc repro`, `dvc push` or `saefs serve`: an unreachable
+service is an error naming the component and its address (exit code 2). A Feast store other than
+the one the feast_apply and materialize receipts record gets a warning: DVC reruns those stages
+when the profile changes, but cannot see an address that changed. Local stores (the embedded
+profile's SQLite files, a local DVC remote) have nothing to reach.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from features import tracking
 from features.services import check_dvc_remote
 from pipelines import stage_main
-from pipelines.feature_params import FEATURE_REPO, feature_store
+from pipelines.feature_params import FEATURE_REPO, feature_store, stale_receipts
 from pipelines.params import load_params
 
 log = logging.getLogger("saefs.check_services")
@@ -26,6 +28,8 @@ def run(repo: str) -> None:
     store = feature_store(params.feast_apply, repo)
     uri = tracking.configure(params.promote.tracking_uri)
     check_dvc_remote()
+    for line in stale_receipts(store):  # after a profile switch `dvc repro` reruns both; after an address change, not
+        log.warning("%s: run `dvc repro -f feast_apply materialize` to fill the configured store", line)
     log.info("Feast (%s registry, %s online store), MLflow (%s) and the DVC remote answer",
              getattr(store.config.registry, "registry_type", "file"), store.config.online_store.type,
              uri.split("://", 1)[0])

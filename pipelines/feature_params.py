@@ -3,6 +3,7 @@ Feast configuration the stages and the scoring service use), and the store that 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from features.errors import SaefsError
+from pipelines import paths
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -64,3 +66,20 @@ def feature_store(params: FeastApplyParams, repo: str | os.PathLike[str] = FEATU
         raise SaefsError(f"params.yaml feast_apply.feature_store_yaml: {yaml_file} not found (a path relative to the "
                          "project root, e.g. feature_repo/feature_store.yaml)")
     return open_store(repo, yaml_file)
+
+
+def stale_receipts(store: FeatureStore) -> list[str]:
+    """Where the feast_apply and materialize receipts disagree with the store configured now (another database,
+    Redis or file: DVC sees neither the addresses nor the variables that give them), one line each."""
+    from features.feature_store import store_locations
+
+    now = store_locations(store)
+    lines = []
+    for receipt, part in ((paths.feast_applied(), "registry"), (paths.feast_materialized(), "online_store")):
+        if receipt.is_file():
+            recorded = json.loads(receipt.read_text())[part]
+            if recorded != now[part]:
+                lines.append(f"{receipt} records the {part.replace('_', ' ')} at {recorded['type']} "
+                             f"{recorded['address']}, but the configuration names {now[part]['type']} "
+                             f"{now[part]['address']}")
+    return lines

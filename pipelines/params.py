@@ -289,7 +289,7 @@ class ServeParams(Strict):
 
 
 class ScaleOutParams(Strict):
-    """How the pipeline spreads over workers; the services (Feast, MLflow, DVC remote) are set by environment."""
+    """How the pipeline spreads over workers (where the services live is set by environment: README, Scale-out)."""
 
     extract_workers: int = Field(ge=1, description="extract processes (torchrun, one model replica each); "
                                  "the shards are the same for any number")

@@ -28,7 +28,7 @@ from features import tracking
 from features.errors import SaefsError
 from features.scoring import ExtractSettings, NoChampion, Score, Scorer, UnknownText
 from pipelines import paths, setup_logging
-from pipelines.feature_params import feature_store
+from pipelines.feature_params import feature_store, stale_receipts
 from pipelines.params import Params, ServeParams, load_params
 from pipelines.promote import registered_name
 
@@ -58,9 +58,12 @@ def build_scorer(params: Params) -> Scorer:
         return load_sae(specs[sae_name(layer, width)], device)
 
     tracking.configure(params.promote.tracking_uri)
+    store = feature_store(params.feast_apply)
+    for line in stale_receipts(store):
+        log.warning("%s: stored texts may be missing online (`dvc repro -f feast_apply materialize`)", line)
     ex = params.extract
     return Scorer(
-        feature_store(params.feast_apply),
+        store,
         {dataset: registered_name(dataset) for dataset in params.serve.datasets},
         load_lm, load_model_sae,
         ExtractSettings(ex.max_tokens, ex.batch_size, ex.pools_bos, ex.paper_compat),

@@ -22,7 +22,8 @@ def test_host_port_of_urls_and_redis_connection_strings(address: str, expected: 
 
 @pytest.mark.parametrize("address, expected", [
     ("postgresql+psycopg2://feast:secret@pg.internal:5433/feast", "pg.internal:5433/feast"),
-    ("redis.internal:6380,db=0,password=secret", "redis.internal:6380"),
+    ("redis.internal:6380,db=2,password=secret", "redis.internal:6380/2"),
+    ("redis.internal:6380,password=secret", "redis.internal:6380/0"),
     ("http://user:pw@mlflow.internal:5000/", "mlflow.internal:5000"),
 ])
 def test_display_address_keeps_host_port_and_database_but_no_credential(address: str, expected: str) -> None:

@@ -13,6 +13,7 @@ services. That 2 workers write the shards of one is tested in test_sae_stages.py
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ from features.probes import make_probe
 from features.services import check_bucket, check_dvc_remote
 from features.shards import ShardWriter
 from pipelines import build_features, check_services, feast_apply, materialize, paths, serve
+from pipelines.feature_params import stale_receipts
 from pipelines.params import load_params
 from tests.features.test_feature_store import random_codes
 from tests.features.test_probes import FAST
@@ -89,6 +91,19 @@ def test_feast_registers_in_postgres_and_serves_from_redis(cluster: dict[str, An
     online = store.get_online_features(features=store.get_feature_service(RAW),
                                        entity_rows=[{"text_id": ids[i]} for i in rows]).to_dict()
     np.testing.assert_array_equal(to_csr(online["latent_ids"], online["latent_values"], WIDTH).toarray(), codes[rows])
+
+
+def test_a_store_other_than_the_receipts_say_is_named(cluster: dict[str, Any], services: Services,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    assert stale_receipts(cluster["store"]) == []
+    monkeypatch.setenv("SAEFS_REDIS", f"{services.redis},db=3")  # reachable, but never materialized
+    [line] = stale_receipts(open_store("feature_repo", CLUSTER_YAML))
+    assert line == (f"{paths.feast_materialized()} records the online store at redis {services.redis}/0, but the "
+                    f"configuration names redis {services.redis}/3")
+    with caplog.at_level(logging.WARNING, logger="saefs.check_services"):
+        check_services.run("feature_repo")
+    assert f"{line}: run `dvc repro -f feast_apply materialize`" in caplog.text
 
 
 def test_probe_tracked_in_postgres_with_s3_artifacts_scores_redis_features(cluster: dict[str, Any],
@@ -225,7 +240,7 @@ def test_dvc_repro_runs_every_stage_on_the_services_then_nothing(pipeline: dict[
     applied = json.loads((repo / paths.feast_applied()).read_text())
     assert applied["registry"] == {"type": "sql", "address": f"127.0.0.1:{services.postgres_port}/feast_pipeline"}
     materialized = json.loads((repo / paths.feast_materialized()).read_text())
-    assert materialized["online_store"] == {"type": "redis", "address": services.redis}
+    assert materialized["online_store"] == {"type": "redis", "address": f"{services.redis}/1"}
     assert set(materialized["rows"]) == set(applied["feature_views"]) - {"labels"}
     assert set(materialized["rows"].values()) == {200}  # every text of alpha and beta, in each view
     assert redis.Redis(port=int(services.redis.split(":")[1]), db=1).dbsize() == 200  # one hash per text
