@@ -28,8 +28,8 @@ def run(repo: str) -> None:
     store = feature_store(params.feast_apply, repo)
     uri = tracking.configure(params.promote.tracking_uri)
     check_dvc_remote()
-    for line in stale_receipts(store):  # after a profile switch `dvc repro` reruns both; after an address change, not
-        log.warning("%s: run `dvc repro -f feast_apply materialize` to fill the configured store", line)
+    for line in stale_receipts(store):
+        log.warning("%s", line)
     log.info("Feast (%s registry, %s online store), MLflow (%s) and the DVC remote answer",
              getattr(store.config.registry, "registry_type", "file"), store.config.online_store.type,
              uri.split("://", 1)[0])

@@ -70,7 +70,7 @@ def feature_store(params: FeastApplyParams, repo: str | os.PathLike[str] = FEATU
 
 def stale_receipts(store: FeatureStore) -> list[str]:
     """Where the feast_apply and materialize receipts disagree with the store configured now (another database,
-    Redis or file: DVC sees neither the addresses nor the variables that give them), one line each."""
+    Redis or file: DVC sees neither the addresses nor the variables that give them), one line each, with the fix."""
     from features.feature_store import store_locations
 
     now = store_locations(store)
@@ -81,5 +81,6 @@ def stale_receipts(store: FeatureStore) -> list[str]:
             if recorded != now[part]:
                 lines.append(f"{receipt} records the {part.replace('_', ' ')} at {recorded['type']} "
                              f"{recorded['address']}, but the configuration names {now[part]['type']} "
-                             f"{now[part]['address']}")
+                             f"{now[part]['address']}: `dvc repro` fills it when feast_apply.feature_store_yaml "
+                             "changed; when only an address did, `dvc repro -f feast_apply materialize`")
     return lines

@@ -60,7 +60,7 @@ def build_scorer(params: Params) -> Scorer:
     tracking.configure(params.promote.tracking_uri)
     store = feature_store(params.feast_apply)
     for line in stale_receipts(store):
-        log.warning("%s: stored texts may be missing online (`dvc repro -f feast_apply materialize`)", line)
+        log.warning("stored texts may be missing online: %s", line)
     ex = params.extract
     return Scorer(
         store,

@@ -99,11 +99,12 @@ def test_a_store_other_than_the_receipts_say_is_named(cluster: dict[str, Any], s
     assert stale_receipts(cluster["store"]) == []
     monkeypatch.setenv("SAEFS_REDIS", f"{services.redis},db=3")  # reachable, but never materialized
     [line] = stale_receipts(open_store("feature_repo", CLUSTER_YAML))
-    assert line == (f"{paths.feast_materialized()} records the online store at redis {services.redis}/0, but the "
-                    f"configuration names redis {services.redis}/3")
+    assert line.startswith(f"{paths.feast_materialized()} records the online store at redis {services.redis}/0, but "
+                           f"the configuration names redis {services.redis}/3: ")
+    assert line.endswith("`dvc repro -f feast_apply materialize`")
     with caplog.at_level(logging.WARNING, logger="saefs.check_services"):
         check_services.run("feature_repo")
-    assert f"{line}: run `dvc repro -f feast_apply materialize`" in caplog.text
+    assert line in caplog.text
 
 
 def test_probe_tracked_in_postgres_with_s3_artifacts_scores_redis_features(cluster: dict[str, Any],
