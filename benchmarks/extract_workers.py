@@ -5,7 +5,8 @@
 Needs `dvc repro extract@<model>-<dataset>` first (the prepared model, its SAEs and the texts).
 Each run is the whole stage (`python -m pipelines.extract <cell>`) in a scratch folder that links
 those inputs, with `scale_out.extract_workers` 1 or 2, alternating so that other load on the
-machine hits both alike. Prints the wall clock of each (process start to exit, model loading
+machine hits both alike. `--background-load N` keeps N busy processes running meanwhile, as other
+jobs on a shared machine would. Prints the wall clock of each (process start to exit, model loading
 included) and the extraction time the stage reports, their ratios, and whether every shard and
 the manifest came out byte-identical.
 """
@@ -29,7 +30,7 @@ import pipelines  # noqa: F401  (offline environment)
 from pipelines import paths
 from pipelines.extract import REPORT
 
-ROOT = Path(__file__).resolve().parents[1]
+CODE = Path(__file__).resolve().parents[1]  # the saefs code the stage runs; its data: the current directory's
 
 
 def scratch(root: Path, model: str, dataset: str, workers: int) -> Path:
@@ -37,8 +38,8 @@ def scratch(root: Path, model: str, dataset: str, workers: int) -> Path:
     project = root / f"workers{workers}"
     for source in (paths.model_dir(model), paths.sae_dir(model), paths.prepared(dataset)):
         (project / source).parent.mkdir(parents=True, exist_ok=True)
-        (project / source).symlink_to(ROOT / source)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        (project / source).symlink_to(source.resolve())
+    params = yaml.safe_load(Path("params.yaml").read_text())
     params["scale_out"]["extract_workers"] = workers
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return project
@@ -49,11 +50,13 @@ def run_stage(project: Path, cell: str) -> tuple[float, float]:
     model, dataset = cell.split("/")
     out_dir = project / paths.features_dir(model, dataset)
     subprocess.run(["rm", "-rf", str(out_dir)], check=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(CODE)}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipelines.extract", cell], cwd=project, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-m", "pipelines.extract", cell], cwd=project, env=env,
+                          capture_output=True, text=True)
     wall = time.perf_counter() - started
+    if done.returncode:
+        sys.exit(f"`python -m pipelines.extract {cell}` failed in {project}:\n{done.stderr[-3000:]}")
     return wall, json.loads((project / paths.extract_metrics(model, dataset)).read_text())["seconds"]
 
 
@@ -68,7 +71,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cell", default="gemma3_270m/spam", help="<model>/<dataset>")
     parser.add_argument("--repeats", type=int, default=2, help="runs per number of workers, alternating")
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="busy processes sharing the cores during the runs (default: none)")
     args = parser.parse_args()
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.background_load)]
+    try:
+        measure(args)
+    finally:
+        for hog in hogs:
+            hog.kill()
+
+
+def measure(args: argparse.Namespace) -> None:
     model, dataset = args.cell.split("/")
     times: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="saefs-workers-") as tmp:
@@ -81,7 +95,8 @@ def main() -> None:
         same = identical(*(project / paths.features_dir(model, dataset) for project in projects.values()))
     texts = len(pd.read_parquet(paths.prepared(dataset)))
     load = os.getloadavg()[0]
-    print(f"{args.cell}: {texts} texts, {os.cpu_count()} cores, load average {load:.1f} at the end")
+    print(f"{args.cell}: {texts} texts, {os.cpu_count()} cores, {args.background_load} busy processes beside, "
+          f"load average {load:.1f} at the end")
     for label, column in (("wall clock", 0), ("extraction", 1)):
         one = statistics.median(t[column] for t in times[1])
         two = statistics.median(t[column] for t in times[2])

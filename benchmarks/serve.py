@@ -13,8 +13,9 @@ connection each):
 
 Measured in the same run as a floor: GET /health (loopback HTTP plus FastAPI, no scoring work).
 The service writes new texts' features to the online store (data/feast/online/online_store.db, or
-Redis on the cluster profile): run it on a copy of a store you mind. Targets (issue 7, embedded profile, 2 CPU cores, concurrency 1): stored p99 under
-50 ms, new-text p99 under 1 s; at concurrency 8 no errors.
+Redis on the cluster profile): run it on a copy of a store you mind. Targets (issue 7, embedded
+profile, 2 CPU cores, concurrency 1): stored p99 under 50 ms, new-text p99 under 1 s; at
+concurrency 8 no errors.
 """
 
 from __future__ import annotations

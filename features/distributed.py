@@ -5,7 +5,8 @@ r * world + w. After each round the writer (rank 0) gathers the round's blocks a
 block order, so the output is the single-process output, row for row and shard for shard.
 
 Workers are started by `torchrun` (several machines: `torchrun --nnodes N --rdzv-endpoint ...`),
-or by `launch` on this machine; a process started without torchrun is a world of one.
+or by `launch` on this machine; a process started without torchrun is a world of one. torch is
+imported by the functions that use a process group, so the process that only launches does without.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from features.errors import SaefsError
-from features.sae import QualityMeter
+
+if TYPE_CHECKING:
+    from features.sae import QualityMeter
 
 # A worker that dies is noticed by torchrun, which stops the others; this only bounds a hung peer.
 TIMEOUT = timedelta(minutes=30)
@@ -46,12 +47,16 @@ def join_world() -> World:
     """The world torchrun set up (gloo process group), or a world of one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=TIMEOUT)
     return World(dist.get_rank(), dist.get_world_size())
 
 
 def leave_world() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -73,6 +78,8 @@ def broadcast(value: Any, world: World) -> Any:
     """The writer's `value`, on every worker."""
     if world.size == 1:
         return value
+    import torch.distributed as dist
+
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -82,6 +89,8 @@ def gather(value: Any, world: World) -> list[Any] | None:
     """Every worker's `value` in rank order on the writer; None elsewhere."""
     if world.size == 1:
         return [value]
+    import torch.distributed as dist
+
     out: list[Any] | None = [None] * world.size if world.is_writer else None
     dist.gather_object(value, out, dst=0)
     return out

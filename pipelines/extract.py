@@ -24,15 +24,11 @@ import pandas as pd
 
 import features
 from features import distributed
-from features.extract import extract, quality_meters
 from features.io import write_json
-from features.lm import load_prepared, resolve_device
 from features.naming import codes_name, hidden_name, sae_name
-from features.sae import load_sae
 from features.shards import ShardWriter
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
-from pipelines.train_sae import SAE_INDEX
 
 log = logging.getLogger("saefs.extract")
 
@@ -71,6 +67,12 @@ def run(cell: str) -> None:
 
 def _extract(cell: str, params: Params, world: distributed.World) -> None:
     """Every worker loads a model replica and extracts its turns of shard-sized blocks; the writer stores them."""
+    # Imported here, not at the top: a process that only starts torchrun skips their ~8 s (sae-lens, torch).
+    from features.extract import extract, quality_meters
+    from features.lm import load_prepared, resolve_device
+    from features.sae import load_sae
+    from pipelines.train_sae import SAE_INDEX
+
     model_name, _, dataset = cell.partition("/")
     cfg, ex = params.sae_of(model_name), params.extract
     params.dataset(dataset)
