@@ -16,6 +16,8 @@ from pipelines import paths
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+# features.feature_store (pyarrow, scipy: ~1 s) is imported by the functions below, not here: every stage
+# imports this module through pipelines.params before it checks its params.
 FEATURE_REPO = Path("feature_repo")
 FEAST_YAML_ENV = "FEAST_FS_YAML_FILE_PATH"  # feast.constants.FEAST_FS_YAML_FILE_PATH_ENV_NAME, read by the feast CLI
 
