@@ -42,8 +42,8 @@ from features.feature_store import (
     write_catalog,
     write_view,
 )
-from pipelines.feature_params import FEATURE_REPO
 from pipelines.paths import feast_catalog, feast_online_store, feast_registry
+from pipelines.stores import FEATURE_REPO
 
 SPARSE, DENSE = "bench__sparse", "bench__dense"
 

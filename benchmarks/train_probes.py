@@ -32,8 +32,8 @@ from features import tracking
 from features.feature_store import historical_frame
 from features.probes import make_probe
 from pipelines import paths
-from pipelines.feature_params import FEATURE_REPO
 from pipelines.params import load_params
+from pipelines.stores import FEATURE_REPO
 from pipelines.train_probes import cells, input_example
 
 

@@ -19,10 +19,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from features.errors import SaefsError
-from features.services import check_bucket, check_mlflow
+from features.services import check_bucket, check_mlflow, display_address
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -249,6 +251,57 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+# --- receipts: what a stage left in the store, checked before DVC trusts it ------------------
+
+def store_address(tracking_uri: str) -> str:
+    """The tracking store as a receipt records it: a SQLite/file URI as given, a database or server as
+    `<scheme>://host:port[/database]`, never a credential."""
+    scheme = urlsplit(tracking_uri).scheme
+    if scheme in ("", "file") or scheme.startswith("sqlite"):
+        return tracking_uri
+    return f"{scheme.split('+', 1)[0]}://{display_address(tracking_uri)}"
+
+
+def missing_models(model_uris: Sequence[str]) -> list[str]:
+    """The logged models (`models:/m-...`) of `model_uris` that the store no longer holds: no record, or no
+    MLmodel file in its artifacts (the database kept, the artifact folder deleted)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, missing = mlflow.MlflowClient(), []
+    for uri in model_uris:
+        try:
+            location = client.get_logged_model(uri.removeprefix("models:/")).artifact_location
+            listed = mlflow.artifacts.list_artifacts(artifact_uri=location)
+            present = any(PurePosixPath(item.path).name == "MLmodel" for item in listed)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            present = False
+        if not present:
+            missing.append(uri)
+    return missing
+
+
+def missing_registration(name: str, version: int | None, champion: int | None) -> str | None:
+    """Why the registry no longer holds what a promotion recorded (`name` v`version`, and a `champion` alias
+    when it set one), or None when it does. A champion moved since (a rollback) still counts as held."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        if version is not None:
+            client.get_model_version(name, str(version))
+        if champion is not None and get_alias_version(name, CHAMPION) is None:
+            return f"{name} has no {CHAMPION} alias"
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return f"{name} v{version} is not registered"
+    return None
+
+
 # --- promotion ----------------------------------------------------------------------------------
 
 # Keys of the candidate's and the baselines' metric dicts (test-split macro F1 each).
@@ -295,9 +348,14 @@ class Decision:
     promote: bool
     checks: list[Check] = field(default_factory=list)
 
-    def summary(self) -> str:
-        verdict = "promote" if self.promote else "keep the champion"
+    def summary(self, incumbent: int | None = None) -> str:
+        """The verdict and each check; `incumbent` is the version that held champion before (None: none did)."""
+        verdict = "promote" if self.promote else verdict_without_promotion(incumbent)
         return f"{verdict}: " + "; ".join(f"{'ok' if c.passed else 'FAIL'} {c.detail}" for c in self.checks)
+
+
+def verdict_without_promotion(incumbent: int | None) -> str:
+    return "no champion yet" if incumbent is None else f"keep the champion (v{incumbent})"
 
 
 def promotion_decision(candidate: Mapping[str, float], baselines: Mapping[str, float],

@@ -17,8 +17,8 @@ import sys
 from features import tracking
 from features.services import check_dvc_remote
 from pipelines import stage_main
-from pipelines.feature_params import FEATURE_REPO, feature_store, stale_receipts
 from pipelines.params import load_params
+from pipelines.stores import FEATURE_REPO, feature_store, stale_receipts
 
 log = logging.getLogger("saefs.check_services")
 

@@ -18,8 +18,8 @@ from features.errors import SaefsError
 from features.feature_store import CATALOG_FILE, apply_repo, read_catalog, store_locations, write_catalog
 from features.io import write_json
 from pipelines import paths, stage_main
-from pipelines.feature_params import FEATURE_REPO, feature_store
 from pipelines.params import load_params
+from pipelines.stores import FEATURE_REPO, feature_store
 
 log = logging.getLogger("saefs.feast_apply")
 

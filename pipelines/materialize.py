@@ -20,8 +20,8 @@ from features.errors import SaefsError
 from features.feature_store import materialize_views, store_locations
 from features.io import write_json
 from pipelines import paths, stage_main
-from pipelines.feature_params import FEATURE_REPO, feature_store
 from pipelines.params import load_params
+from pipelines.stores import FEATURE_REPO, feature_store
 
 log = logging.getLogger("saefs.materialize")
 

@@ -1,11 +1,39 @@
 """Where each stage writes: deterministic functions of names, never of time, so DVC can cache them.
 
-dvc.yaml spells the same paths; tests/test_dvc_yaml.py checks that the two agree.
+dvc.yaml spells the same paths; tests/pipelines/test_dvc_yaml.py checks that the two agree.
 """
 
 from pathlib import Path
 
 DATA = Path("data")
+
+
+SOURCES = DATA / "sources"
+
+
+def dataset_fingerprint(dataset: str) -> Path:
+    """fingerprint_sources: a dataset's source spec and, for `file:`, its content hash (prepare_data reads it)."""
+    return SOURCES / "datasets" / f"{dataset}.json"
+
+
+def model_fingerprint(model: str) -> Path:
+    return SOURCES / "models" / f"{model}.json"
+
+
+def sae_fingerprint(model: str) -> Path:
+    return SOURCES / "saes" / f"{model}.json"
+
+
+def corpus_fingerprint() -> Path:
+    return SOURCES / "corpus.json"
+
+
+def task_fingerprint(task: str) -> Path:
+    return SOURCES / "behaviour" / f"{task}.json"
+
+
+def cross_lingual_fingerprint() -> Path:
+    return SOURCES / "cross_lingual.json"
 
 
 def model_dir(model: str) -> Path:
@@ -104,6 +132,24 @@ def probe_plots(dataset: str, model: str) -> Path:
 
 def promotion_report(dataset: str) -> Path:
     return Path("reports") / "promotion" / f"{dataset}.json"
+
+
+TRACKING = DATA / "tracking"
+
+
+def stores_checked() -> Path:
+    """check_stores: the tracking store it checked the receipts below against (train_probes and promote read it)."""
+    return TRACKING / "stores.json"
+
+
+def probes_receipt(dataset: str, model: str) -> Path:
+    """train_probes@<dataset>-<model>: the tracking store and the logged probes the stage left there."""
+    return TRACKING / "train_probes" / dataset / f"{model}.json"
+
+
+def promotion_receipt(dataset: str) -> Path:
+    """promote@<dataset>: the tracking store, and the registered version and champion the stage left there."""
+    return TRACKING / "promote" / f"{dataset}.json"
 
 
 def behaviour_labels(target: str, task: str) -> Path:

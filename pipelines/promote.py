@@ -3,12 +3,15 @@
 The candidate is the probe with the best validation macro F1 over every model and SAE cell of
 the dataset (the test split chooses nothing). It becomes `champion` of the registered model
 `saefs-<dataset>` when its test macro F1 passes `promote.min_macro_f1` and trails the best
-hidden-state probe (also chosen on validation) by at most `promote.max_drop_vs_hidden`; when
+hidden-state probe (also chosen on validation) by at most `promote.max_drop_vs_hidden`, both
+judged on the fitted model that is registered (train_probes' `logged_macro_f1`), not on the mean
+over seeds; when
 `promote.transfer_gates` names the candidate's model, its features must also have predicted the
 gate's target model's correctness on the gate's task (plots/transfer/cross_model.csv) with macro F1
 at least `min_macro_f1` and `min_margin` above that cell's majority floor. The gates are also run
 through MLflow's `validate_evaluation_results`. The report (JSON, and an MLflow run)
-says what was compared and why the alias moved or stayed.
+says what was compared and why the alias moved or stayed; a receipt (data/tracking/promote/)
+records the version and champion left in the registry, for check_stores.
 
     python -m pipelines.promote <dataset>                      # the stage
     python -m pipelines.promote <dataset> --rollback [--to N]  # champion back to the previous (or N)
@@ -76,13 +79,15 @@ def run(dataset: str) -> dict[str, Any]:
                                      max_drop_vs_hidden=params.promote.max_drop_vs_hidden,
                                      min_transfer_f1=gate.min_macro_f1 if gate else None,
                                      min_transfer_margin=gate.min_margin if gate else 0.0)
+    # The gate judges the registered model itself (the fit train_probes logged), not the mean over seeds.
     decision = tracking.promotion_decision(
-        {tracking.MACRO_F1: candidate["macro_f1"], tracking.TRANSFER_F1: (transfer or {}).get(tracking.TRANSFER_F1)},
-        {tracking.HIDDEN_F1: hidden.get("macro_f1"),
+        {tracking.MACRO_F1: candidate["logged_macro_f1"],
+         tracking.TRANSFER_F1: (transfer or {}).get(tracking.TRANSFER_F1)},
+        {tracking.HIDDEN_F1: hidden.get("logged_macro_f1"),
          tracking.TRANSFER_MAJORITY_F1: (transfer or {}).get(tracking.TRANSFER_MAJORITY_F1)}, thresholds)
     mlflow_passed, mlflow_message = tracking.mlflow_validation(decision)
 
-    tracking.configure(params.promote.tracking_uri)
+    tracking_uri = tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
     name = registered_name(dataset)
     previous = tracking.get_alias_version(name, tracking.CHAMPION)
@@ -96,31 +101,41 @@ def run(dataset: str) -> dict[str, Any]:
         "hidden_baseline": {"cell": hidden_name, **hidden}, "other_baselines": baselines, "transfer_check": transfer,
         "challenger_version": version, "previous_champion": previous, "champion": champion,
         "promoted": champion == version and previous != version,
-        "decision": decision.summary(), "checks": [asdict(c) for c in decision.checks],
+        "decision": decision.summary(previous), "checks": [asdict(c) for c in decision.checks],
         "mlflow_validation": {"passed": mlflow_passed, "message": mlflow_message}, "skipped_cells": skipped,
     }
     with tracking.start_parent(f"promote:{dataset}", tags={"stage": "promote", "dataset": dataset,
                                                           "registered_model": name}):
-        tracking.log_metrics({"candidate_macro_f1": candidate["macro_f1"], "hidden_macro_f1": hidden.get("macro_f1"),
+        tracking.log_metrics({"candidate_macro_f1": candidate["logged_macro_f1"],
+                              "hidden_macro_f1": hidden.get("logged_macro_f1"),
                               "promoted": float(report["promoted"])})
         import mlflow
 
         mlflow.log_dict(report, "promotion_report.json")
     write_json(paths.promotion_report(dataset), report)
-    log.info("%s: %s v%d (%s): %s", dataset, name, version, candidate_name, decision.summary())
+    write_receipt(dataset, tracking_uri, name, version, champion)
+    log.info("%s: %s v%d (%s): %s", dataset, name, version, candidate_name, report["decision"])
     return report
+
+
+def write_receipt(dataset: str, tracking_uri: str, name: str, version: int | None, champion: int | None) -> None:
+    """What this promotion left in the registry; check_stores deletes it when the registry loses it (DVC reruns)."""
+    write_json(paths.promotion_receipt(dataset), {"tracking_store": tracking.store_address(tracking_uri),
+                                                  "registered_model": name, "version": version,
+                                                  "champion": champion})
 
 
 def _nothing_to_promote(dataset: str, skipped: dict, baselines: dict, tracking_uri: str) -> dict[str, Any]:
     """No SAE cell was probed (all skipped): report it, register nothing, move no alias."""
     name = registered_name(dataset)
-    tracking.configure(tracking_uri)
+    tracking_uri = tracking.configure(tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
     reasons = sorted({cell["reason"] for cell in skipped.values()})
+    champion = tracking.get_alias_version(name, tracking.CHAMPION)
     report = {"dataset": dataset, "registered_model": name, "candidate": None, "challenger_version": None,
-              "champion": tracking.get_alias_version(name, tracking.CHAMPION), "promoted": False,
-              "decision": f"keep the champion: no SAE cell could be probed ({len(skipped)} skipped: "
-                          + "; ".join(reasons) + ")",
+              "champion": champion, "promoted": False,
+              "decision": f"{tracking.verdict_without_promotion(champion)}: no SAE cell could be probed "
+                          f"({len(skipped)} skipped: " + "; ".join(reasons) + ")",
               "checks": [], "skipped_cells": skipped, "other_baselines": baselines}
     with tracking.start_parent(f"promote:{dataset}", tags={"stage": "promote", "dataset": dataset,
                                                           "registered_model": name, "status": "nothing to promote"}):
@@ -128,6 +143,7 @@ def _nothing_to_promote(dataset: str, skipped: dict, baselines: dict, tracking_u
 
         mlflow.log_dict(report, "promotion_report.json")
     write_json(paths.promotion_report(dataset), report)
+    write_receipt(dataset, tracking_uri, name, None, champion)
     log.error("%s: %s", dataset, report["decision"])
     return report
 

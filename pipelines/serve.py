@@ -28,9 +28,9 @@ from features import tracking
 from features.errors import SaefsError
 from features.scoring import ExtractSettings, NoChampion, Score, Scorer, UnknownText
 from pipelines import paths, setup_logging
-from pipelines.feature_params import feature_store, stale_receipts
 from pipelines.params import Params, ServeParams, load_params
 from pipelines.promote import registered_name
+from pipelines.stores import feature_store, stale_receipts
 
 log = logging.getLogger("saefs.serve")
 

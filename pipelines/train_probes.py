@@ -32,8 +32,8 @@ from features.io import write_json
 from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
 from features.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from pipelines import paths, stage_main
-from pipelines.feature_params import feature_store
 from pipelines.params import Params, load_params
+from pipelines.stores import feature_store
 
 log = logging.getLogger("saefs.train_probes")
 
@@ -95,9 +95,12 @@ def _fit_score(probe: Any, X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
     return metrics | {"val_macro_f1": validation}
 
 
+SUMMARY_KEYS = ("macro_f1", "accuracy", "roc_auc", "val_macro_f1")
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("macro_f1", "accuracy", "roc_auc", "val_macro_f1"):
+    for key in SUMMARY_KEYS:
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             stats = summarize_seeds(values)
@@ -114,7 +117,10 @@ def _probe_cell(cell: Cell, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, w
                            select_k=select_k, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs)
         runs.append(_fit_score(probe, X, y, train))
         first = first or probe
-    return _summary(runs) | {"chosen": chosen_params(first)}, first
+    # The logged (and maybe registered) model is the seed-0 fit: promote gates on its own scores, the
+    # mean over seeds is the cell's summary.
+    logged = {f"logged_{key}": runs[0][key] for key in SUMMARY_KEYS if runs[0].get(key) is not None}
+    return _summary(runs) | logged | {"chosen": chosen_params(first)}, first
 
 
 def input_example(X: pd.DataFrame) -> pd.DataFrame:
@@ -149,7 +155,7 @@ def run(cell_id: str) -> None:
         raise SaefsError(f"{dataset}: the training split holds one class only (label {classes.tolist()}); a probe "
                          "needs two: check the dataset's labels and prepare_data's split")
     store = feature_store(params.feast_apply)  # after the cheap checks: importing feast costs ~16 s
-    tracking.configure(params.promote.tracking_uri)
+    tracking_uri = tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
     results: dict[str, Any] = {"dataset": dataset, "model": model, "cells": {}, "skipped": {}, "baselines": {}}
     started, timings = time.perf_counter(), Timings()
@@ -182,6 +188,10 @@ def run(cell_id: str) -> None:
     log.info("%s: %s", cell_id, ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in results["seconds"].items()))
     write_json(paths.probe_metrics(dataset, model), results)
     write_plots(results, paths.probe_plots(dataset, model))
+    # last: check_stores deletes it when the store loses these models, and DVC then reruns this stage
+    write_json(paths.probes_receipt(dataset, model),
+               {"tracking_store": tracking.store_address(tracking_uri),
+                "models": sorted(cell["model_uri"] for cell in results["cells"].values())})
 
 
 def _skip(cell_id: str, cell: Cell, reason: str, tags: dict, results: dict) -> None:

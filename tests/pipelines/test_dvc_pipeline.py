@@ -20,11 +20,14 @@ from pipelines import paths
 from tests.features.tiny import make_model, make_texts, make_tokenizer
 from tests.helpers import REPO, embedded_params, write_params
 
-STAGES = {"prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
+STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
           "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_labels", "build_features@tiny", "feast_apply",
-          "materialize", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta",
-          "behaviour_labels@tiny-items", "transfer", "report"}
+          "materialize", "check_stores", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha",
+          "promote@beta", "behaviour_labels@tiny-items", "transfer", "report"}
+# always_changed: they hash the user's files and check the MLflow store behind the receipts on every repro
+ALWAYS = {"fingerprint_sources", "check_stores"}
+TRACKING_STAGES = {"train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta", "report"}
 EMPTY_THRESHOLD = 100000.0
 FEAST_STAGES = {"build_labels", "build_features@tiny", "feast_apply", "materialize"}
 
@@ -99,7 +102,8 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_then_nothing(scratch: Path) -> None:
     assert ran(dvc(scratch, "repro")) == STAGES
-    assert ran(dvc(scratch, "repro")) == set()
+    assert ran(dvc(scratch, "repro")) == ALWAYS
+    assert json.loads(dvc(scratch, "status", "--json")) == {stage: ["always changed"] for stage in ALWAYS}
 
 
 def test_outputs_line_up_with_the_prepared_rows(scratch: Path) -> None:
@@ -123,9 +127,27 @@ def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) ->
     # a Feast view holds every dataset's texts, so the other dataset's probes read a changed view
     # and retrain too; its data, validation, extraction and SAE checks stay as they are
     assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta", "extract@tiny-beta",
-                                          "check_sae@tiny-beta", *FEAST_STAGES, "train_probes@alpha-tiny",
-                                          "train_probes@beta-tiny", "promote@alpha", "promote@beta", "report"}
+                                          "check_sae@tiny-beta", *FEAST_STAGES, *ALWAYS, *TRACKING_STAGES}
     assert len(pd.read_parquet(scratch / paths.prepared("beta"))) == 110
+
+
+def test_editing_a_users_file_or_model_folder_reruns_what_reads_it(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    data, weights = scratch / "alpha.csv", next((scratch / "tiny").glob("*.safetensors"))
+    before = {path: path.read_bytes() for path in (data, weights)}
+    try:
+        data.write_text(data.read_text().replace("w1 ", "w2 ", 1))  # one edited text
+        assert data.read_bytes() != before[data]
+        weights.write_bytes(before[weights][:-1] + bytes([before[weights][-1] ^ 1]))  # one flipped bit
+        dvc(scratch, "repro", "fingerprint_sources")
+        changed = set(json.loads(dvc(scratch, "status", "--json"))) - ALWAYS
+        assert {"prepare_data@alpha", "prepare_model@tiny"} <= changed
+        assert "prepare_data@beta" not in changed
+    finally:
+        for path, content in before.items():
+            path.write_bytes(content)
+        dvc(scratch, "repro", "fingerprint_sources")
+    assert set(json.loads(dvc(scratch, "status", "--json"))) == ALWAYS
 
 
 def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
@@ -174,3 +196,53 @@ def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -
 
 def test_dag_lists_the_stages(scratch: Path) -> None:
     assert STAGES <= set(dvc(scratch, "stage", "list", "--name-only").split())
+
+
+def champions(repo: Path) -> dict[str, int | None]:
+    """`saefs-<dataset>@champion` of each scratch dataset, read from the repo's MLflow store in a fresh process."""
+    code = ("import json, mlflow; from features import tracking; mlflow.set_tracking_uri('sqlite:///mlflow.db'); "
+            "print(json.dumps({d: tracking.get_alias_version(f'saefs-{d}', 'champion') for d in ('alpha', 'beta')}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def promised_champions(repo: Path) -> dict[str, int | None]:
+    return {d: json.loads((repo / paths.promotion_report(d)).read_text())["champion"] for d in ("alpha", "beta")}
+
+
+def open_gates(repo: Path) -> None:
+    """Gates every probe passes, so each dataset gets a champion (the scratch labels are random)."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["promote"] |= {"min_macro_f1": 0.0, "max_drop_vs_hidden": None}
+    write_params(repo, params)
+
+
+def test_a_lost_tracking_store_is_refilled_by_repro(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    open_gates(scratch)
+    assert ran(dvc(scratch, "repro")) == {*ALWAYS, "promote@alpha", "promote@beta", "report"}
+    promised = promised_champions(scratch)
+    assert None not in promised.values() and champions(scratch) == promised
+    (scratch / "mlflow.db").unlink()  # the registry is gone; the artifacts stay
+    assert ran(dvc(scratch, "repro")) == {*ALWAYS, *TRACKING_STAGES}
+    assert champions(scratch) == promised_champions(scratch) == {"alpha": 1, "beta": 1}
+    shutil.rmtree(scratch / "mlruns")  # the artifacts are gone; the registry stays
+    assert ran(dvc(scratch, "repro")) == {*ALWAYS, *TRACKING_STAGES}
+    assert champions(scratch) == promised_champions(scratch) == {"alpha": 2, "beta": 2}
+    assert ran(dvc(scratch, "repro")) == ALWAYS
+
+
+def test_a_fresh_clone_ends_with_the_champions_its_promotion_reports_name(
+        scratch: Path, tmp_path: Path) -> None:
+    """What git holds of a run (code, params, dvc.lock, metrics, reports, the inputs), without data/ or MLflow:
+    every stage reruns, the probes and promotions included, though the lock already matches their inputs."""
+    open_gates(scratch)
+    dvc(scratch, "repro")
+    clone = tmp_path / "clone"
+    ignore = shutil.ignore_patterns("data", "mlruns", "mlflow.db", "cache", "tmp", "__pycache__")
+    shutil.copytree(scratch, clone, ignore=ignore)
+    assert ran(dvc(clone, "repro")) == STAGES
+    promised = promised_champions(clone)
+    assert None not in promised.values() and champions(clone) == promised

@@ -37,12 +37,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     mlflow.set_registry_uri(None)
 
 
-def write_results(params: dict, uri: str, sae_f1: float, hidden_f1: float) -> None:
-    """What train_probes leaves for every model of the profile: one SAE cell and one hidden-state cell."""
+def write_results(params: dict, uri: str, sae_f1: float, hidden_f1: float, sae_mean_f1: float = 0.5) -> None:
+    """What train_probes leaves for every model of the profile: one SAE cell and one hidden-state cell, each with
+    the logged (registered) fit's macro F1 and, apart, the mean over seeds (`sae_mean_f1`, never gated)."""
     for model in params["sae"]:
-        cells = {f"{model}__sae": {"input": "sparse", "macro_f1": sae_f1, "val_macro_f1": 0.9, "model_uri": uri},
-                 f"{model}__hidden": {"input": "dense", "macro_f1": hidden_f1, "val_macro_f1": 0.8,
-                                      "model_uri": uri}}
+        cells = {f"{model}__sae": {"input": "sparse", "macro_f1": sae_mean_f1, "logged_macro_f1": sae_f1,
+                                   "val_macro_f1": 0.9, "model_uri": uri},
+                 f"{model}__hidden": {"input": "dense", "macro_f1": hidden_f1, "logged_macro_f1": hidden_f1,
+                                      "val_macro_f1": 0.8, "model_uri": uri}}
         path = paths.probe_metrics("spam", model)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"cells": cells, "baselines": {"majority": {"macro_f1": 0.33}}}))
@@ -60,7 +62,26 @@ def test_a_probe_past_the_gates_becomes_champion_and_a_worse_one_does_not(projec
     assert second["challenger_version"] == 2 and second["champion"] == 1 and not second["promoted"]
     failed = [c["name"] for c in second["checks"] if not c["passed"]]
     assert failed == ["macro_f1_minus_hidden"]
-    assert json.loads(paths.promotion_report("spam").read_text())["decision"].startswith("keep the champion")
+    assert json.loads(paths.promotion_report("spam").read_text())["decision"].startswith("keep the champion (v1)")
+
+
+def test_the_gate_judges_the_registered_fit_not_the_mean_over_seeds(project) -> None:
+    params, uri = project
+    write_results(params, uri, sae_f1=0.7, hidden_f1=0.7, sae_mean_f1=0.95)  # the mean would pass, the model not
+    report = promote.run("spam")
+    assert not report["promoted"] and report["champion"] is None
+    assert [c["value"] for c in report["checks"] if c["name"] == "macro_f1"] == [0.7]
+    # with no champion there is none to keep: the report says so
+    assert report["decision"].startswith("no champion yet: FAIL macro_f1")
+
+
+def test_promote_leaves_a_receipt_of_what_it_registered(project) -> None:
+    params, uri = project
+    write_results(params, uri, sae_f1=0.93, hidden_f1=0.92)
+    report = promote.run("spam")
+    receipt = json.loads(paths.promotion_receipt("spam").read_text())
+    assert receipt == {"tracking_store": params["promote"]["tracking_uri"], "registered_model": "saefs-spam",
+                       "version": report["challenger_version"], "champion": report["champion"]}
 
 
 def test_rollback_moves_champion_to_the_version_before(project) -> None:

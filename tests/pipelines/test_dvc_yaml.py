@@ -1,0 +1,112 @@
+"""dvc.yaml against the code: each stage depends on every module it imports, and writes where pipelines/paths.py says.
+
+DVC reruns a stage only when a declared dependency changes, so a module missing from a stage's `deps`
+lets an edit leave stale outputs behind. The closure below follows every `import` of features/ and
+pipelines/ modules from the stage's entry module, lazy imports inside functions included (they run when
+the function does); imports under `if TYPE_CHECKING:` never run and are left out. Listing modules
+rather than whole package folders keeps an edit from rerunning stages that cannot see it (extraction
+costs most of an hour).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import paths
+from tests.helpers import REPO
+
+FIRST_PARTY = ("features", "pipelines")
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    type_only = {id(node) for branch in ast.walk(tree) if isinstance(branch, ast.If)
+                 and "TYPE_CHECKING" in ast.unparse(branch.test) for stmt in branch.body for node in ast.walk(stmt)}
+    names = []
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]  # a submodule, maybe
+    return names
+
+
+def import_closure(module: str) -> set[str]:
+    """Files (relative to the repo) of the first-party modules `module` imports, transitively, packages included."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        parts = todo.pop().split(".")
+        if parts[0] not in FIRST_PARTY:
+            continue
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            found = _module_file(".".join(parts[:depth]))
+            if found and found not in seen:
+                seen.add(found)
+                todo += _imported_names(found)
+    return {found.relative_to(REPO).as_posix() for found in seen}
+
+
+def stages() -> dict[str, dict]:
+    raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in raw.items()}
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_each_stage_depends_on_every_module_it_imports(name: str) -> None:
+    stage = stages()[name]
+    entry = re.search(r"python -m (pipelines\.\w+)", stage["cmd"])
+    assert entry, f"{name}: cmd {stage['cmd']!r} does not run a pipelines module"
+    missing = import_closure(entry.group(1)) - set(stage["deps"])
+    assert not missing, f"dvc.yaml stage {name} misses the modules it imports: add {sorted(missing)} to its deps"
+
+
+def test_every_listed_module_exists() -> None:
+    listed = {dep for stage in stages().values() for dep in stage.get("deps", [])
+              if isinstance(dep, str) and dep.endswith(".py")}
+    assert not [dep for dep in listed if not (REPO / dep).is_file()]
+
+
+def test_the_closure_follows_lazy_imports_and_skips_type_only_ones() -> None:
+    closure = import_closure("pipelines.extract")
+    assert "features/sae.py" in closure  # imported inside run()
+    assert "pipelines/paths.py" in closure and "pipelines/__init__.py" in closure
+    assert "features/feature_store.py" not in import_closure("pipelines.prepare_model")
+
+
+def test_outputs_are_where_pipelines_paths_puts_them() -> None:
+    from dvc.repo import Repo
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    with Repo(str(REPO)) as repo:
+        outs = {stage.addressing: {out.def_path for out in stage.outs} for stage in repo.index.stages}
+    models, datasets = list(params["sae"]), list(params["datasets"])
+    expected = {f"prepare_model@{m}": [paths.model_dir(m)] for m in params["models"]}
+    expected |= {f"prepare_data@{d}": [paths.prepared(d), paths.prepare_summary(d)] for d in datasets}
+    expected |= {f"validate_data@{d}": [paths.validation_dir(d), paths.validation_metrics(d)] for d in datasets}
+    expected |= {f"train_sae@{m}": [paths.sae_dir(m), paths.train_sae_metrics(m)] for m in models}
+    expected |= {f"extract@{m}-{d}": [paths.features_dir(m, d), paths.extract_metrics(m, d)]
+                 for m in models for d in datasets}
+    expected |= {f"build_features@{m}": [paths.feast_sources_dir(m)] for m in models}
+    expected |= {"fingerprint_sources": [paths.SOURCES], "check_stores": [paths.stores_checked()],
+                 "feast_apply": [paths.feast_catalog()], "materialize": [paths.feast_online_dir()]}
+    expected |= {f"train_probes@{d}-{m}": [paths.probe_metrics(d, m), paths.probe_plots(d, m),
+                                          paths.probes_receipt(d, m)] for d in datasets for m in models}
+    expected |= {f"promote@{d}": [paths.promotion_report(d), paths.promotion_receipt(d)] for d in datasets}
+    for stage, wanted in expected.items():
+        assert {str(path) for path in wanted} <= outs[stage], f"{stage} writes {sorted(outs[stage])}"
