@@ -109,6 +109,9 @@ def _prepare_hf(location: str, out_dir: Path, save_dtype: str) -> str:
 
 def _prepare_path(location: str, out_dir: Path, save_dtype: str) -> str:
     folder = Path(location)
+    if not folder.is_dir():
+        raise ModelSourceError(f"path:{location}: the folder {folder.resolve()} does not exist; point path: at a "
+                               "Hugging Face model folder (relative paths start at the project root)")
     if not (folder / "config.json").is_file():
         raise ModelSourceError(f"path:{location}: no config.json there; point path: at a Hugging Face model folder")
     if not any(folder.glob("*.safetensors")):
@@ -131,12 +134,34 @@ def _describe(source: str, kind: str, location: str, revision: str | None, load_
             f"{source}: cannot read the model config ({err}). Offline, a hub model must already be in the HF "
             "cache; otherwise use path:<local folder>"
         ) from None
+    _check_decoder_blocks(source, config)
     text = config.get_text_config()
     return ModelManifest(
         source=source, kind=kind, location=location, revision=revision,
         architecture=(config.architectures or [type(config).__name__])[0],
         n_layers=text.num_hidden_layers, d_model=text.hidden_size, vocab_size=text.vocab_size,
     )
+
+
+def _check_decoder_blocks(source: str, config) -> None:
+    """Find the decoder blocks on a weightless (meta) copy, so an unreadable architecture fails here, not in train_sae."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from features.lm import decoder_layers
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except ValueError as err:
+        raise ModelSourceError(
+            f"{source}: model type {config.model_type!r} is not a causal LM that transformers can build ({err}); "
+            "use a decoder-only language model"
+        ) from None
+    try:
+        decoder_layers(skeleton)
+    except SaefsError as err:
+        raise ModelSourceError(f"{source}: {err}") from None
 
 
 def prepare_model(source: str, out_dir: Path, save_dtype: str = "bfloat16") -> ModelManifest:

@@ -32,6 +32,34 @@ def test_path_source_without_safetensors_is_refused(tmp_path: Path) -> None:
         prepare_model(f"path:{src}", tmp_path / "prepared")
 
 
+def test_path_source_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match=rf"path:{tmp_path}/nowhere: the folder {tmp_path}/nowhere does not exist"):
+        prepare_model(f"path:{tmp_path}/nowhere", tmp_path / "prepared")
+
+
+def test_stage_names_the_param_key_of_a_missing_model_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import prepare_model as stage
+    from tests.helpers import embedded_params, write_params
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, embedded_params(models={"mine": {"source": "path:models/mine"}},
+                                           sae={"mine": {"layers": [0], "widths": ["128"], "source": "train"}}))
+    with pytest.raises(ModelSourceError, match=rf"models\.mine\.source: path:models/mine: the folder "
+                                               rf"{tmp_path}/models/mine does not exist"):
+        stage.run("mine")
+
+
+def test_an_architecture_without_readable_decoder_blocks_fails_at_prepare(tmp_path: Path) -> None:
+    from transformers import BlenderbotConfig
+
+    folder = tmp_path / "blenderbot"
+    BlenderbotConfig(vocab_size=64, d_model=16, encoder_layers=2, decoder_layers=4, encoder_attention_heads=2,
+                     decoder_attention_heads=2).save_pretrained(folder)  # num_hidden_layers is the encoder depth
+    (folder / "model.safetensors").write_bytes(b"")  # never read: the check builds a weightless copy
+    with pytest.raises(ModelSourceError, match=r"unsupported architecture 'blenderbot' \(BlenderbotForCausalLM\)"):
+        prepare_model(f"path:{folder}", tmp_path / "prepared")
+
+
 def test_hf_source_resolves_from_the_local_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The paper profile's `hf:` ids go through the same code; offline, a cached snapshot resolves."""
     from huggingface_hub import constants
