@@ -16,7 +16,7 @@ import importlib.util
 import json
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -144,7 +144,7 @@ def _describe(source: str, kind: str, location: str, revision: str | None, load_
 
 
 def _check_decoder_blocks(source: str, config) -> None:
-    """Find the decoder blocks on a weightless (meta) copy, so an unreadable architecture fails here, not in train_sae."""
+    """Find the decoder blocks on a weightless (meta) copy: an unreadable architecture fails here, not in train_sae."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -183,6 +183,17 @@ def read_manifest(prepared_dir: Path) -> ModelManifest:
     if not path.is_file():
         raise ModelSourceError(f"{prepared_dir} is not a prepared model folder (no {MANIFEST}); run prepare_model")
     return ModelManifest(**json.loads(path.read_text()))
+
+
+def check_depth(prepared_dir: Path, layers: Iterable[int], key: str) -> None:
+    """Refuse layers beyond the prepared model's depth (from its manifest) before anything loads the model."""
+    n_layers = read_manifest(prepared_dir).n_layers
+    beyond = sorted(layer for layer in set(layers) if not 0 <= layer < n_layers)
+    if beyond:
+        raise SaefsError(
+            f"{key}: layer {beyond[0] if len(beyond) == 1 else beyond} is beyond the depth of the model in "
+            f"{prepared_dir} ({n_layers} blocks: 0..{n_layers - 1}); choose layers from 0 to {n_layers - 1}"
+        )
 
 
 def model_location(prepared_dir: Path) -> tuple[str, str | None]:

@@ -24,7 +24,9 @@ import pandas as pd
 
 import features
 from features import distributed
+from features.errors import SaefsError
 from features.io import write_json
+from features.models import check_depth
 from features.naming import codes_name, hidden_name, sae_name
 from features.shards import ShardWriter
 from pipelines import paths, stage_main
@@ -51,8 +53,26 @@ def job_fingerprint(settings: dict, specs: dict[str, str], text_ids: list[str]) 
     return digest.hexdigest()
 
 
+def check_validated(dataset: str) -> None:
+    """Refuse texts that failed (or never passed) the validate_data gate, which `dvc repro` orders before extract."""
+    results = paths.validation_dir(dataset) / "results.json"
+    rerun = f"then run `dvc repro validate_data@{dataset}` (or `python -m pipelines.validate_data {dataset}`)"
+    if not results.is_file():
+        raise SaefsError(f"dataset {dataset!r} has not been validated (no {results}): {rerun} before extract")
+    recorded = json.loads(results.read_text())
+    if not recorded["success"]:
+        failed = "; ".join(f"{f['expectation']} ({f['detail']})" for f in recorded["failures"])
+        raise SaefsError(f"dataset {dataset!r} failed validation, recorded in {results}: {failed}. Fix the source "
+                         f"or its params (prepare_data, validate_data), {rerun} before extract")
+
+
 def run(cell: str) -> None:
     params = load_params()
+    model_name, _, dataset = cell.partition("/")
+    params.dataset(dataset)
+    # Cheap checks first: no model is loaded (nor torchrun started) for a request that must fail.
+    check_depth(paths.model_dir(model_name), params.sae_of(model_name).layers, f"params.yaml sae.{model_name}.layers")
+    check_validated(dataset)
     workers = params.scale_out.extract_workers
     if workers > 1 and not distributed.launched():
         log.info("%s: extracting with %d workers (torchrun)", cell, workers)
@@ -75,7 +95,6 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
 
     model_name, _, dataset = cell.partition("/")
     cfg, ex = params.sae_of(model_name), params.extract
-    params.dataset(dataset)
     device = resolve_device(ex.device)
     df = pd.read_parquet(paths.prepared(dataset), columns=["text_id", "text"])
     model, tokenizer = load_prepared(paths.model_dir(model_name), device)

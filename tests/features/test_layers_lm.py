@@ -138,7 +138,8 @@ def test_a_model_without_one_stack_of_blocks_is_named() -> None:
             self.left = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
             self.right = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
 
-    with pytest.raises(SaefsError, match=r"unsupported architecture 'twin' \(TwoStacks\).*2 candidates \(left, right\)"):
+    ambiguous = r"unsupported architecture 'twin' \(TwoStacks\).*2 candidates \(left, right\)"
+    with pytest.raises(SaefsError, match=ambiguous):
         decoder_layers(TwoStacks())
     flat = nn.Linear(2, 2)
     flat.config = SimpleNamespace(model_type="mlp", num_hidden_layers=4)  # type: ignore[assignment]

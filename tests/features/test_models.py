@@ -33,7 +33,8 @@ def test_path_source_without_safetensors_is_refused(tmp_path: Path) -> None:
 
 
 def test_path_source_that_does_not_exist_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ModelSourceError, match=rf"path:{tmp_path}/nowhere: the folder {tmp_path}/nowhere does not exist"):
+    missing = rf"path:{tmp_path}/nowhere: the folder {tmp_path}/nowhere does not exist"
+    with pytest.raises(ModelSourceError, match=missing):
         prepare_model(f"path:{tmp_path}/nowhere", tmp_path / "prepared")
 
 
