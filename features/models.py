@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from features.errors import SaefsError
@@ -55,6 +56,7 @@ class ModelManifest:
     n_layers: int
     d_model: int
     vocab_size: int
+    weights_sha256: str | None = None  # of the safetensors files, when they are local ("." or path:)
 
 
 def packaged_gguf(name: str, workdir: Path) -> Path:
@@ -174,8 +176,27 @@ def prepare_model(source: str, out_dir: Path, save_dtype: str = "bfloat16") -> M
     revision = location.partition("@")[2] or None if kind == "hf" else None
     load_from = str(out_dir) if resolved == "." else resolved
     manifest = _describe(source, kind, resolved, revision, load_from)
+    if kind != "hf":  # a hub model is identified by its id and revision; its weights stay in the HF cache
+        manifest = replace(manifest, weights_sha256=_weights_sha256(Path(load_from)))
     (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
+
+
+def _weights_sha256(folder: Path) -> str:
+    """One hash over every safetensors file of a model folder (name and content), read in 16 MB chunks."""
+    digest = hashlib.sha256()
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(weights.name.encode())
+        with weights.open("rb") as stream:
+            while chunk := stream.read(2**24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_identity(prepared_dir: Path) -> str:
+    """What a prepared model's activations depend on: its manifest (source, revision, weights hash, shape)."""
+    read_manifest(prepared_dir)  # a clear error for a folder that is not a prepared model
+    return hashlib.sha256((Path(prepared_dir) / MANIFEST).read_bytes()).hexdigest()
 
 
 def read_manifest(prepared_dir: Path) -> ModelManifest:

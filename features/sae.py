@@ -10,6 +10,8 @@ Specs:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,16 @@ def load_sae(spec: str, device: str = "cpu") -> SAE[Any]:
     """Resolve an SAE spec (see the module docstring) to an SAE in eval mode on `device`."""
     parsed = SaeSpec.parse(spec)
     return _LOADERS[parsed.kind](parsed.argument, device).eval()
+
+
+def sae_identity(sae: SAE[Any]) -> str:
+    """SHA-256 of an SAE's configuration (device aside) and weights: what its codes depend on, whatever its source."""
+    settings = {key: value for key, value in sae.cfg.to_dict().items() if key != "device"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_sae_fits(sae: SAE[Any], d_model: int, where: str) -> None:

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -26,11 +27,14 @@ import features
 from features import distributed
 from features.errors import SaefsError
 from features.io import write_json
-from features.models import check_depth
+from features.models import check_depth, model_identity
 from features.naming import codes_name, hidden_name, sae_name
 from features.shards import ShardWriter
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 log = logging.getLogger("saefs.extract")
 
@@ -40,17 +44,24 @@ FEATURE_CODE = ("extract.py", "lm.py", "layers.py", "pooling.py", "sae.py")
 REPORT = "extract_report.json"  # the finished job's metrics, kept with its shards
 
 
-def job_fingerprint(settings: dict, specs: dict[str, str], text_ids: list[str]) -> str:
-    """What the shards depend on besides the model: settings, code, SAEs (their weights, when local) and rows."""
-    digest = hashlib.sha256(json.dumps([settings, specs], sort_keys=True).encode())
+def job_fingerprint(settings: dict, identities: dict[str, str], text_ids: list[str]) -> str:
+    """What the shards depend on: settings, feature code, the model and each SAE (see `identities`) and the rows."""
+    digest = hashlib.sha256(json.dumps([settings, identities], sort_keys=True).encode())
     for module in FEATURE_CODE:
         digest.update((Path(features.__file__).parent / module).read_bytes())
-    for spec in sorted(specs.values()):
-        weights = Path(spec.removeprefix("path:")) / "sae_weights.safetensors"
-        if spec.startswith("path:") and weights.is_file():
-            digest.update(hashlib.sha256(weights.read_bytes()).digest())
     digest.update("\n".join(text_ids).encode())
     return digest.hexdigest()
+
+
+def job_identities(model_name: str, model_dtype: str, saes: dict[str, SAE[Any]]) -> dict[str, str]:
+    """The model (its prepared manifest, with the weights' hash, and the dtype it runs in) and every SAE by content.
+
+    The output is `persist`ed, so a model or SAE that changed under the same params must not find its old shards.
+    """
+    from features.sae import sae_identity
+
+    return {"model": model_identity(paths.model_dir(model_name)), "model_dtype": model_dtype} | {
+        name: sae_identity(sae) for name, sae in saes.items()}
 
 
 def check_validated(dataset: str) -> None:
@@ -102,7 +113,9 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
     saes = {layer: {width: load_sae(specs[sae_name(layer, width)], device) for width in cfg.widths}
             for layer in cfg.layers}
     meters = quality_meters(saes)
-    fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()}, specs, df["text_id"].tolist())
+    named = {sae_name(layer, width): sae for layer, widths in saes.items() for width, sae in widths.items()}
+    fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()},
+                                  job_identities(model_name, str(model.dtype), named), df["text_id"].tolist())
     out_dir = paths.features_dir(model_name, dataset)
     started, n_tokens, n_truncated, n_unknown = time.perf_counter(), 0, 0, 0
     writer = ShardWriter(out_dir, ex.shard_rows, fingerprint) if world.is_writer else None

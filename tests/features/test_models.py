@@ -22,6 +22,7 @@ def test_path_source_records_the_folder_and_its_shape(tmp_path: Path) -> None:
     manifest = prepare_model(f"path:{src}", tmp_path / "prepared")
     assert (manifest.kind, manifest.n_layers, manifest.d_model, manifest.vocab_size) == ("path", 2, 32, 128)
     assert model_location(tmp_path / "prepared") == (str(src.resolve()), None)
+    assert len(manifest.weights_sha256 or "") == 64  # the weights' identity, for extract's resume fingerprint
 
 
 def test_path_source_without_safetensors_is_refused(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from features.validation import Failure, SaeQualityRules, validate_sae_quality
 from pipelines import check_sae, paths
 from pipelines import extract as extract_stage
 from pipelines import train_sae as train_sae_stage
-from tests.features.tiny import make_model, make_texts, make_tokenizer
+from tests.features.tiny import HIDDEN, gemma_scope_params, make_model, make_texts, make_tokenizer
 from tests.helpers import embedded_params, write_params
 
 
@@ -183,3 +184,36 @@ def test_a_layer_beyond_the_depth_is_refused_before_loading_the_model(
         train_sae_stage.run("tiny")
     with pytest.raises(SaefsError, match=depth):
         extract_stage.run("tiny/tiny_texts")
+
+
+def test_extract_starts_over_when_the_model_or_an_sae_changes(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output is persisted and the params stay the same: only the content of the model or SAE differs."""
+    from features.models import prepare_model
+    from features.sae import load_sae
+
+    _, tokenizer, _, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    rows, params = _extract_scratch(tiny, tmp_path)
+    extract_stage.run("tiny/tiny_texts")
+    out_dir, sae_dir = paths.features_dir("tiny", "tiny_texts"), paths.sae_dir("tiny") / "l0__sae128"
+
+    def stored_and_fresh(model, sae) -> tuple[np.ndarray, np.ndarray]:
+        extract_stage.run("tiny/tiny_texts")
+        assert json.loads(paths.extract_metrics("tiny", "tiny_texts").read_text())["texts_extracted_now"] == 100
+        fresh = extract(model, tokenizer, rows["text"].tolist(), [0], {0: {"128": sae}}, ["sum"],
+                        max_tokens=params["extract"]["max_tokens"], batch_size=32, progress=False)
+        return read_csr(out_dir, codes_name(0, "128", "sum"))[0].toarray(), fresh.codes[0, "128", "sum"].toarray()
+
+    retrained = make_model("gemma3", n_layers=4, seed=1)  # new weights behind the same path: source
+    retrained.save_pretrained(tmp_path / "tiny")
+    prepare_model("path:tiny", paths.model_dir("tiny"))
+    stored, fresh = stored_and_fresh(retrained, load_sae(f"path:{sae_dir}"))
+    np.testing.assert_allclose(stored, fresh, rtol=1e-5)
+
+    shutil.rmtree(sae_dir)  # the same spec, now a Gemma Scope folder
+    sae_dir.mkdir()
+    np.savez(sae_dir / "params.npz", **gemma_scope_params(HIDDEN, 128))
+    stored, fresh = stored_and_fresh(retrained, load_sae(f"path:{sae_dir}"))
+    np.testing.assert_allclose(stored, fresh, rtol=1e-5)
