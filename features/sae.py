@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,9 @@ def encode(sae: SAE[Any], acts: Tensor) -> Tensor:
         return sae.encode(acts.to(device=sae.device, dtype=sae.dtype))
 
 
+_METER_SUMS = ("squared_error", "sum_x", "sum_x2", "n_active", "ever_active")
+
+
 class QualityMeter:
     """Streams reconstruction and sparsity sums over chunks of tokens (float64, on the CPU)."""
 
@@ -101,6 +104,28 @@ class QualityMeter:
         active = (codes > 0).cpu()
         self.n_active += active.sum()
         self.ever_active |= active.any(dim=0)
+
+    def add(self, other: QualityMeter) -> None:
+        """Take in another meter's tokens (another worker's, another shard's): sums add, ever-active ORs."""
+        self.n_tokens += other.n_tokens
+        self.squared_error += other.squared_error
+        self.sum_x += other.sum_x
+        self.sum_x2 += other.sum_x2
+        self.n_active += other.n_active
+        self.ever_active |= other.ever_active
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The running sums as arrays, e.g. to store with a shard; `load_state` restores them."""
+        return {"n_tokens": np.asarray(self.n_tokens, dtype=np.int64)} | {
+            name: getattr(self, name).numpy() for name in _METER_SUMS}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        missing = sorted({"n_tokens", *_METER_SUMS} - set(state))
+        if missing:
+            raise SaefsError(f"SAE quality state lacks {missing}: it was not written by QualityMeter.state")
+        self.n_tokens = int(state["n_tokens"])
+        for name in _METER_SUMS:
+            setattr(self, name, torch.from_numpy(np.array(state[name])).to(getattr(self, name).dtype))
 
     def result(self) -> SaeQuality:
         if self.n_tokens == 0:

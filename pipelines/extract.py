@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 import features
@@ -35,6 +36,9 @@ from pipelines.params import Params, load_params
 
 if TYPE_CHECKING:
     from sae_lens import SAE
+
+    from features.extract import SaeKey
+    from features.sae import QualityMeter
 
 log = logging.getLogger("saefs.extract")
 
@@ -112,7 +116,7 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
     specs = json.loads((paths.sae_dir(model_name) / SAE_INDEX).read_text())
     saes = {layer: {width: load_sae(specs[sae_name(layer, width)], device) for width in cfg.widths}
             for layer in cfg.layers}
-    meters = quality_meters(saes)
+    meters = quality_meters(saes)  # on the writer: the quality over every row written so far
     named = {sae_name(layer, width): sae for layer, widths in saes.items() for width, sae in widths.items()}
     fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()},
                                   job_identities(model_name, str(model.dtype), named), df["text_id"].tolist())
@@ -131,34 +135,34 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
         (out_dir / REPORT).unlink(missing_ok=True)  # whatever it said, it is not this job's
         if done:
             log.info("%s: resuming after %d rows already extracted", cell, done)
+            _restore_meters(meters, writer.stored_checkpoint(), out_dir)
     for turns in distributed.rounds(done, len(df), ex.shard_rows, world):
         mine = turns[world.rank]
         block = None
         if mine is not None:
-            rows = df.iloc[mine[0] : mine[1]]
+            rows, block_meters = df.iloc[mine[0] : mine[1]], quality_meters(saes)
             out = extract(model, tokenizer, rows["text"].tolist(), cfg.layers, saes, ex.poolings,
                           max_tokens=ex.max_tokens, batch_size=ex.batch_size,
                           include_bos=ex.pools_bos, paper_compat=ex.paper_compat,
-                          meters=meters, progress=world.size == 1)
-            block = (out, rows["text_id"].tolist())
+                          meters=block_meters, progress=world.size == 1)
+            block = (out, rows["text_id"].tolist(), block_meters)
         blocks = distributed.gather(block, world)
         if not writer:
             continue
-        for out, text_ids in filter(None, blocks):
+        for out, text_ids, block_meters in filter(None, blocks):
+            distributed.merge_meters([meters, block_meters])
             sparse = {codes_name(layer, width, spec): m for (layer, width, spec), m in out.codes.items()}
             dense = {hidden_name(layer, spec): h for (layer, spec), h in out.hidden.items()}
-            writer.append(text_ids, sparse=sparse,
-                          dense=dense | {"n_tokens": out.n_tokens, "truncated": out.truncated})
+            writer.append(text_ids, sparse=sparse, dense=dense | {"n_tokens": out.n_tokens, "truncated": out.truncated},
+                          checkpoint=_meters_checkpoint(meters))
             n_tokens, n_truncated = n_tokens + int(out.n_tokens.sum()), n_truncated + out.n_truncated
             n_unknown += int(out.unknown.sum())
         log.info("%s: %d/%d rows", cell, max(turn[1] for turn in turns if turn), len(df))
-    all_meters = distributed.gather(meters, world)
     if not writer:
         return
     writer.close()
-    meters = distributed.merge_meters(all_meters)
     seconds = time.perf_counter() - started
-    # After a resumed crash the quality covers the rows extracted in this run: `tokens` says how many.
+    # The quality covers every row, resumed ones included (restored from the last shard's checkpoint).
     quality = {sae_name(layer, width): asdict(meter.result()) | {"tokens": meter.n_tokens}
                for (layer, width), meter in meters.items() if meter.n_tokens}
     report = {
@@ -175,6 +179,23 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
         log.warning("%s: %d of %d texts were cut at max_tokens=%d",
                     cell, n_truncated, len(df) - done, ex.max_tokens)
     log.info("%s: %d tokens in %.0f s (%.0f tok/s)", cell, n_tokens, seconds, n_tokens / max(seconds, 1e-9))
+
+
+def _meters_checkpoint(meters: dict[SaeKey, QualityMeter]) -> dict[str, np.ndarray]:
+    """The SAE quality sums over the rows written so far, stored with each shard (ShardWriter checkpoints)."""
+    return {f"{sae_name(layer, width)}__{key}": array for (layer, width), meter in meters.items()
+            for key, array in meter.state().items()}
+
+
+def _restore_meters(meters: dict[SaeKey, QualityMeter], checkpoint: dict[str, np.ndarray], out_dir: Path) -> None:
+    """Continue the quality sums of the rows already stored, so that the metrics cover all rows."""
+    for (layer, width), meter in meters.items():
+        prefix = f"{sae_name(layer, width)}__"
+        state = {key.removeprefix(prefix): array for key, array in checkpoint.items() if key.startswith(prefix)}
+        if not state:
+            raise SaefsError(f"the shards in {out_dir} carry no SAE quality for {sae_name(layer, width)} "
+                             "(written by an older saefs): delete the folder to extract it again")
+        meter.load_state(state)
 
 
 def main(argv: list[str] | None = None) -> int:

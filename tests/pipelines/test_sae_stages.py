@@ -121,6 +121,9 @@ def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: 
                     max_tokens=params["extract"]["max_tokens"], batch_size=32, progress=False)
     assert ids.tolist() == rows["text_id"].tolist()
     np.testing.assert_allclose(resumed.toarray(), fresh.codes[0, "128", "top3"].toarray())
+    # The SAE quality covers all 100 texts, the 60 stored before the crash too, as an uninterrupted run's does.
+    uninterrupted = asdict(fresh.quality[0, "128"]) | {"tokens": int(fresh.n_tokens.sum())}
+    assert metrics["sae_quality"]["l0__sae128"] == pytest.approx(uninterrupted, rel=1e-6)
 
 
 def test_two_extract_workers_write_the_shards_of_one(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
