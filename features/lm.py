@@ -61,7 +61,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     holding `num_hidden_layers` modules: `layers` (Llama, Gemma, Mistral, Qwen2, Phi3, GPT-NeoX),
     `h` (GPT-2, Falcon), `decoder.layers` (OPT).
     """
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     n_layers = getattr(text_config, "num_hidden_layers", None)
