@@ -37,8 +37,7 @@ CODE = Path(__file__).resolve().parents[1]  # the saefs code the stage runs; its
 def scratch(root: Path, model: str, dataset: str, workers: int) -> Path:
     """A project folder whose model, SAEs and prepared texts link to this checkout's, with `workers` extractors."""
     project = root / f"workers{workers}"
-    inputs = (paths.model_dir(model), paths.sae_dir(model), paths.prepared(dataset), paths.validation_dir(dataset))
-    for source in inputs:
+    for source in (paths.model_dir(model), paths.sae_dir(model), paths.prepared(dataset)):
         (project / source).parent.mkdir(parents=True, exist_ok=True)
         (project / source).symlink_to(source.resolve())
     params = yaml.safe_load(Path("params.yaml").read_text())
