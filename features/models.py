@@ -176,10 +176,20 @@ def prepare_model(source: str, out_dir: Path, save_dtype: str = "bfloat16") -> M
     revision = location.partition("@")[2] or None if kind == "hf" else None
     load_from = str(out_dir) if resolved == "." else resolved
     manifest = _describe(source, kind, resolved, revision, load_from)
-    if kind != "hf":  # a hub model is identified by its id and revision; its weights stay in the HF cache
+    if kind == "hf":  # identified by id and commit (its weights stay in the HF cache): a moved branch is a new model
+        manifest = replace(manifest, revision=_hub_commit(resolved, revision) or revision)
+    else:
         manifest = replace(manifest, weights_sha256=_weights_sha256(Path(load_from)))
     (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a hub revision (default branch, branch, tag or commit) resolves to in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(cached).parent.name if isinstance(cached, str) else None  # .../snapshots/<commit>/config.json
 
 
 def _weights_sha256(folder: Path) -> str:

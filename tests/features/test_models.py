@@ -75,6 +75,8 @@ def test_hf_source_resolves_from_the_local_hub_cache(tmp_path: Path, monkeypatch
     manifest = prepare_model(f"hf:google/tiny-gemma@{revision}", tmp_path / "prepared")
     assert (manifest.location, manifest.revision, manifest.n_layers) == ("google/tiny-gemma", revision, 2)
     assert json.loads((tmp_path / "prepared" / "saefs_model.json").read_text())["kind"] == "hf"
+    # No revision: the commit `main` points at is recorded, so a branch that moves changes the manifest
+    assert prepare_model("hf:google/tiny-gemma", tmp_path / "main").revision == revision
 
 
 def test_hf_source_missing_offline_says_how_to_fix(tmp_path: Path) -> None:
