@@ -204,9 +204,13 @@ def _weights_sha256(folder: Path) -> str:
 
 
 def model_identity(prepared_dir: Path) -> str:
-    """What a prepared model's activations depend on: its manifest (source, revision, weights hash, shape)."""
-    read_manifest(prepared_dir)  # a clear error for a folder that is not a prepared model
-    return hashlib.sha256((Path(prepared_dir) / MANIFEST).read_bytes()).hexdigest()
+    """What a prepared model's activations depend on: its manifest (source, revision, weights hash, shape).
+
+    Not where the weights lie (`location`: an absolute path for path: models), which differs per checkout.
+    """
+    described = asdict(read_manifest(prepared_dir))
+    del described["location"]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(prepared_dir: Path) -> ModelManifest:
