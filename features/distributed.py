@@ -109,11 +109,5 @@ def merge_meters(meters: Sequence[dict[Any, QualityMeter]]) -> dict[Any, Quality
     merged = meters[0]
     for other in meters[1:]:
         for key, meter in merged.items():
-            theirs = other[key]
-            meter.n_tokens += theirs.n_tokens
-            meter.squared_error += theirs.squared_error
-            meter.sum_x += theirs.sum_x
-            meter.sum_x2 += theirs.sum_x2
-            meter.n_active += theirs.n_active
-            meter.ever_active |= theirs.ever_active
+            meter.add(other[key])
     return merged

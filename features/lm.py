@@ -14,16 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from features.errors import SaefsError
 from features.models import model_location
 
-# HF `config.model_type` -> attribute path of the decoder blocks. A new architecture is a new row.
-DECODER_LAYER_PATHS: dict[str, str] = {
-    "gemma": "model.layers",
-    "gemma2": "model.layers",
-    "gemma3_text": "model.layers",
-    "llama": "model.layers",
-    "gpt2": "transformer.h",
-}
-
-
 def resolve_device(device: str) -> str:
     """'auto' means the GPU when there is one."""
     if device == "auto":
@@ -65,18 +55,27 @@ def load_tokenizer(path: str | Path, revision: str | None = None) -> PreTrainedT
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a supported HF causal LM, in order."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    path = DECODER_LAYER_PATHS.get(str(model_type))
-    if path is None:
+    """The decoder blocks of an HF causal LM, in order, found by shape rather than by a per-architecture path.
+
+    They are the one `nn.ModuleList` under the base model (`model.model`, `model.transformer`, ...)
+    holding `num_hidden_layers` modules: `layers` (Llama, Gemma, Mistral, Qwen2, Phi3, GPT-NeoX),
+    `h` (GPT-2, Falcon), `decoder.layers` (OPT).
+    """
+    config: Any = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_layers = getattr(text_config, "num_hidden_layers", None)
+    base = getattr(model, "base_model", model)
+    found = [(name, module) for name, module in base.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) == n_layers]
+    if len(found) != 1:
+        where = f"{len(found)} candidates ({', '.join(name for name, _ in found)})" if found else "none"
         raise SaefsError(
-            f"unsupported architecture {model_type!r} ({type(model).__name__}): supported model types are "
-            f"{sorted(DECODER_LAYER_PATHS)}; add its decoder-block path to DECODER_LAYER_PATHS"
+            f"unsupported architecture {model_type!r} ({type(model).__name__}): saefs reads the residual stream "
+            f"after each decoder block, found as the one module list of num_hidden_layers={n_layers} blocks "
+            f"under the base model, and found {where}; use a Hugging Face causal LM with one stack of decoder blocks"
         )
-    module: Any = model
-    for attribute in path.split("."):
-        module = getattr(module, attribute)
-    return module
+    return found[0][1]
 
 
 def model_width(model: PreTrainedModel) -> int:

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
 import logging
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from features.errors import SaefsError
@@ -55,6 +56,7 @@ class ModelManifest:
     n_layers: int
     d_model: int
     vocab_size: int
+    weights_sha256: str | None = None  # of the safetensors files, when they are local ("." or path:)
 
 
 def packaged_gguf(name: str, workdir: Path) -> Path:
@@ -109,6 +111,9 @@ def _prepare_hf(location: str, out_dir: Path, save_dtype: str) -> str:
 
 def _prepare_path(location: str, out_dir: Path, save_dtype: str) -> str:
     folder = Path(location)
+    if not folder.is_dir():
+        raise ModelSourceError(f"path:{location}: the folder {folder.resolve()} does not exist; point path: at a "
+                               "Hugging Face model folder (relative paths start at the project root)")
     if not (folder / "config.json").is_file():
         raise ModelSourceError(f"path:{location}: no config.json there; point path: at a Hugging Face model folder")
     if not any(folder.glob("*.safetensors")):
@@ -131,12 +136,34 @@ def _describe(source: str, kind: str, location: str, revision: str | None, load_
             f"{source}: cannot read the model config ({err}). Offline, a hub model must already be in the HF "
             "cache; otherwise use path:<local folder>"
         ) from None
+    _check_decoder_blocks(source, config)
     text = config.get_text_config()
     return ModelManifest(
         source=source, kind=kind, location=location, revision=revision,
         architecture=(config.architectures or [type(config).__name__])[0],
         n_layers=text.num_hidden_layers, d_model=text.hidden_size, vocab_size=text.vocab_size,
     )
+
+
+def _check_decoder_blocks(source: str, config) -> None:
+    """Find the decoder blocks on a weightless (meta) copy: an unreadable architecture fails here, not in train_sae."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from features.lm import decoder_layers
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except ValueError as err:
+        raise ModelSourceError(
+            f"{source}: model type {config.model_type!r} is not a causal LM that transformers can build ({err}); "
+            "use a decoder-only language model"
+        ) from None
+    try:
+        decoder_layers(skeleton)
+    except SaefsError as err:
+        raise ModelSourceError(f"{source}: {err}") from None
 
 
 def prepare_model(source: str, out_dir: Path, save_dtype: str = "bfloat16") -> ModelManifest:
@@ -149,8 +176,41 @@ def prepare_model(source: str, out_dir: Path, save_dtype: str = "bfloat16") -> M
     revision = location.partition("@")[2] or None if kind == "hf" else None
     load_from = str(out_dir) if resolved == "." else resolved
     manifest = _describe(source, kind, resolved, revision, load_from)
+    if kind == "hf":  # identified by id and commit (its weights stay in the HF cache): a moved branch is a new model
+        manifest = replace(manifest, revision=_hub_commit(resolved, revision) or revision)
+    else:
+        manifest = replace(manifest, weights_sha256=_weights_sha256(Path(load_from)))
     (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a hub revision (default branch, branch, tag or commit) resolves to in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(cached).parent.name if isinstance(cached, str) else None  # .../snapshots/<commit>/config.json
+
+
+def _weights_sha256(folder: Path) -> str:
+    """One hash over every safetensors file of a model folder (name and content), read in 16 MB chunks."""
+    digest = hashlib.sha256()
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(weights.name.encode())
+        with weights.open("rb") as stream:
+            while chunk := stream.read(2**24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_identity(prepared_dir: Path) -> str:
+    """What a prepared model's activations depend on: its manifest (source, revision, weights hash, shape).
+
+    Not where the weights lie (`location`: an absolute path for path: models), which differs per checkout.
+    """
+    described = asdict(read_manifest(prepared_dir))
+    del described["location"]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(prepared_dir: Path) -> ModelManifest:
@@ -158,6 +218,17 @@ def read_manifest(prepared_dir: Path) -> ModelManifest:
     if not path.is_file():
         raise ModelSourceError(f"{prepared_dir} is not a prepared model folder (no {MANIFEST}); run prepare_model")
     return ModelManifest(**json.loads(path.read_text()))
+
+
+def check_depth(prepared_dir: Path, layers: Iterable[int], key: str) -> None:
+    """Refuse layers beyond the prepared model's depth (from its manifest) before anything loads the model."""
+    n_layers = read_manifest(prepared_dir).n_layers
+    beyond = sorted(layer for layer in set(layers) if not 0 <= layer < n_layers)
+    if beyond:
+        raise SaefsError(
+            f"{key}: layer {beyond[0] if len(beyond) == 1 else beyond} is beyond the depth of the model in "
+            f"{prepared_dir} ({n_layers} blocks: 0..{n_layers - 1}); choose layers from 0 to {n_layers - 1}"
+        )
 
 
 def model_location(prepared_dir: Path) -> tuple[str, str | None]:

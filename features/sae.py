@@ -10,7 +10,9 @@ Specs:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,16 @@ def load_sae(spec: str, device: str = "cpu") -> SAE[Any]:
     return _LOADERS[parsed.kind](parsed.argument, device).eval()
 
 
+def sae_identity(sae: SAE[Any]) -> str:
+    """SHA-256 of an SAE's configuration (device aside) and weights: what its codes depend on, whatever its source."""
+    settings = {key: value for key, value in sae.cfg.to_dict().items() if key != "device"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def check_sae_fits(sae: SAE[Any], d_model: int, where: str) -> None:
     """Fail early when an SAE cannot read the residual stream it is applied to."""
     if sae.cfg.d_in != d_model:
@@ -64,6 +76,9 @@ def encode(sae: SAE[Any], acts: Tensor) -> Tensor:
     """SAE codes [N, d_sae] of activations [N, d_in], computed on the SAE's device and dtype."""
     with torch.inference_mode():
         return sae.encode(acts.to(device=sae.device, dtype=sae.dtype))
+
+
+_METER_SUMS = ("squared_error", "sum_x", "sum_x2", "n_active", "ever_active")
 
 
 class QualityMeter:
@@ -89,6 +104,28 @@ class QualityMeter:
         active = (codes > 0).cpu()
         self.n_active += active.sum()
         self.ever_active |= active.any(dim=0)
+
+    def add(self, other: QualityMeter) -> None:
+        """Take in another meter's tokens (another worker's, another shard's): sums add, ever-active ORs."""
+        self.n_tokens += other.n_tokens
+        self.squared_error += other.squared_error
+        self.sum_x += other.sum_x
+        self.sum_x2 += other.sum_x2
+        self.n_active += other.n_active
+        self.ever_active |= other.ever_active
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The running sums as arrays, e.g. to store with a shard; `load_state` restores them."""
+        return {"n_tokens": np.asarray(self.n_tokens, dtype=np.int64)} | {
+            name: getattr(self, name).numpy() for name in _METER_SUMS}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        missing = sorted({"n_tokens", *_METER_SUMS} - set(state))
+        if missing:
+            raise SaefsError(f"SAE quality state lacks {missing}: it was not written by QualityMeter.state")
+        self.n_tokens = int(state["n_tokens"])
+        for name in _METER_SUMS:
+            setattr(self, name, torch.from_numpy(np.array(state[name])).to(getattr(self, name).dtype))
 
     def result(self) -> SaeQuality:
         if self.n_tokens == 0:

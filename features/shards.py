@@ -6,7 +6,9 @@ A folder holds:
                         for each named sparse matrix `<name>.indptr` (int64), `<name>.indices`
                         (uint16 up to 65,536 columns, else int32),
                         `<name>.data` (float32) and `<name>.shape`; for each named dense
-                        array (pooled hidden states, token counts) `<name>`; and `row_ids` (str).
+                        array (pooled hidden states, token counts) `<name>`; `row_ids` (str); and,
+                        when the writer is given checkpoints, `<name>.checkpoint` for each array of
+                        the caller's running state after the shard's last row (e.g. metric sums).
   manifest.json         the finished shards in order, rewritten after each one, and `complete`
                         once the writer is closed. A file the manifest does not list is not a
                         result: readers ignore it and the next writer deletes it.
@@ -36,6 +38,7 @@ from features.io import atomic_path, write_json
 MANIFEST = "manifest.json"
 FORMAT = "saefs-shards/1"
 ROW_IDS = "row_ids"
+_CHECKPOINT = ".checkpoint"  # suffix of the checkpoint arrays in a shard
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")  # no dots: '<name>.<part>' keys must stay unambiguous
 
 
@@ -99,6 +102,7 @@ class ShardWriter:
         self._manifest = found if found and found.fingerprint == fingerprint else _Manifest(fingerprint=fingerprint)
         self._pending: list[_Block] = []
         _remove_unlisted(self.out_dir, self._manifest)
+        self._checkpoint = self.stored_checkpoint() or None
 
     def resume(self, row_ids: Sequence[str]) -> int:
         """How many leading rows of `row_ids` are already stored; the caller appends the rest."""
@@ -110,19 +114,35 @@ class ShardWriter:
             )
         return len(stored)
 
+    def stored_checkpoint(self) -> dict[str, np.ndarray]:
+        """The checkpoint stored with the last finished shard ({} when there is none)."""
+        if not self._manifest.shards:
+            return {}
+        with np.load(self.out_dir / self._manifest.shards[-1]["file"]) as npz:
+            return {key.removesuffix(_CHECKPOINT): npz[key] for key in npz.files if key.endswith(_CHECKPOINT)}
+
     def append(
         self,
         row_ids: Sequence[str],
         sparse: Mapping[str, csr_matrix] | None = None,
         dense: Mapping[str, np.ndarray] | None = None,
+        checkpoint: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """Buffer rows (ids, named sparse matrices, named dense arrays) and write every full shard."""
+        """Buffer rows (ids, named sparse matrices, named dense arrays) and write every full shard.
+
+        `checkpoint`: the caller's running state after these rows, stored with the shard that ends
+        with them, for a resumed run to continue from (`stored_checkpoint`). Since a shard can only
+        store the state after its own last row, such appends must not cross a shard boundary.
+        """
         block = _Block(
             row_ids=np.asarray(row_ids, dtype=str),
             sparse={name: csr_matrix(matrix, dtype=np.float32) for name, matrix in (sparse or {}).items()},
             dense={name: np.asarray(array) for name, array in (dense or {}).items()},
         )
         self._check_block(block)
+        self._check_checkpoint(block, checkpoint)
+        if checkpoint is not None:
+            self._checkpoint = {name: np.array(array) for name, array in checkpoint.items()}  # the caller's goes on
         self._pending.append(block)
         while sum(map(len, self._pending)) >= self.shard_rows:
             buffered = _Block.concat(self._pending)
@@ -161,9 +181,24 @@ class ShardWriter:
         if mismatched:
             raise SaefsError(f"{len(block)} row ids but arrays with other row counts: {mismatched}")
 
+    def _check_checkpoint(self, block: _Block, checkpoint: Mapping[str, np.ndarray] | None) -> None:
+        """A checkpoint must end a shard or the rows so far; once given, every append carries one."""
+        if checkpoint is None:
+            if self._checkpoint is not None:
+                raise SaefsError(f"{self.out_dir} stores checkpoints with its shards: pass one with every append")
+            return
+        _check_names(checkpoint, {})
+        buffered = sum(map(len, self._pending)) + len(block)
+        if buffered > self.shard_rows:
+            raise SaefsError(
+                f"an append with a checkpoint would cross a shard boundary ({buffered} rows buffered, "
+                f"shard_rows={self.shard_rows}): append at most the rows that fill the current shard"
+            )
+
     def _write_shard(self, block: _Block) -> None:
         name = f"shard-{len(self._manifest.shards):05d}.npz"
         arrays: dict[str, np.ndarray] = {ROW_IDS: block.row_ids, **block.dense}
+        arrays.update({f"{key}{_CHECKPOINT}": array for key, array in (self._checkpoint or {}).items()})
         for key, matrix in block.sparse.items():
             arrays.update(_csr_arrays(key, matrix))
         with atomic_path(self.out_dir / name) as temporary:

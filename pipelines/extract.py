@@ -19,16 +19,26 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 import features
 from features import distributed
+from features.errors import SaefsError
 from features.io import write_json
+from features.models import check_depth, model_identity
 from features.naming import codes_name, hidden_name, sae_name
 from features.shards import ShardWriter
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from features.extract import SaeKey
+    from features.sae import QualityMeter
 
 log = logging.getLogger("saefs.extract")
 
@@ -38,21 +48,50 @@ FEATURE_CODE = ("extract.py", "lm.py", "layers.py", "pooling.py", "sae.py")
 REPORT = "extract_report.json"  # the finished job's metrics, kept with its shards
 
 
-def job_fingerprint(settings: dict, specs: dict[str, str], text_ids: list[str]) -> str:
-    """What the shards depend on besides the model: settings, code, SAEs (their weights, when local) and rows."""
-    digest = hashlib.sha256(json.dumps([settings, specs], sort_keys=True).encode())
+def job_fingerprint(settings: dict, identities: dict[str, str], text_ids: list[str]) -> str:
+    """What the shards depend on: settings, feature code, the model and each SAE (see `identities`) and the rows."""
+    digest = hashlib.sha256(json.dumps([settings, identities], sort_keys=True).encode())
     for module in FEATURE_CODE:
         digest.update((Path(features.__file__).parent / module).read_bytes())
-    for spec in sorted(specs.values()):
-        weights = Path(spec.removeprefix("path:")) / "sae_weights.safetensors"
-        if spec.startswith("path:") and weights.is_file():
-            digest.update(hashlib.sha256(weights.read_bytes()).digest())
     digest.update("\n".join(text_ids).encode())
     return digest.hexdigest()
 
 
+def job_identities(model_name: str, model_dtype: str, saes: dict[str, SAE[Any]]) -> dict[str, str]:
+    """The model (its prepared manifest, with the weights' hash, and the dtype it runs in) and every SAE by content.
+
+    The output is `persist`ed, so a model or SAE that changed under the same params must not find its old shards.
+    """
+    from features.sae import sae_identity
+
+    return {"model": model_identity(paths.model_dir(model_name)), "model_dtype": model_dtype} | {
+        name: sae_identity(sae) for name, sae in saes.items()}
+
+
+def check_validated(dataset: str) -> None:
+    """Refuse texts that failed the validate_data gate, which `dvc repro` orders before extract.
+
+    Texts never validated (no record: a scratch project, a benchmark) are extracted with a warning.
+    """
+    results = paths.validation_dir(dataset) / "results.json"
+    rerun = f"then run `dvc repro validate_data@{dataset}` (or `python -m pipelines.validate_data {dataset}`)"
+    if not results.is_file():
+        log.warning("dataset %r has not been validated (no %s): extracting anyway; %s", dataset, results, rerun)
+        return
+    recorded = json.loads(results.read_text())
+    if not recorded["success"]:
+        failed = "; ".join(f"{f['expectation']} ({f['detail']})" for f in recorded["failures"])
+        raise SaefsError(f"dataset {dataset!r} failed validation, recorded in {results}: {failed}. Fix the source "
+                         f"or its params (prepare_data, validate_data), {rerun} before extract")
+
+
 def run(cell: str) -> None:
     params = load_params()
+    model_name, _, dataset = cell.partition("/")
+    params.dataset(dataset)
+    # Cheap checks first: no model is loaded (nor torchrun started) for a request that must fail.
+    check_depth(paths.model_dir(model_name), params.sae_of(model_name).layers, f"params.yaml sae.{model_name}.layers")
+    check_validated(dataset)
     workers = params.scale_out.extract_workers
     if workers > 1 and not distributed.launched():
         log.info("%s: extracting with %d workers (torchrun)", cell, workers)
@@ -75,15 +114,16 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
 
     model_name, _, dataset = cell.partition("/")
     cfg, ex = params.sae_of(model_name), params.extract
-    params.dataset(dataset)
     device = resolve_device(ex.device)
     df = pd.read_parquet(paths.prepared(dataset), columns=["text_id", "text"])
     model, tokenizer = load_prepared(paths.model_dir(model_name), device)
     specs = json.loads((paths.sae_dir(model_name) / SAE_INDEX).read_text())
     saes = {layer: {width: load_sae(specs[sae_name(layer, width)], device) for width in cfg.widths}
             for layer in cfg.layers}
-    meters = quality_meters(saes)
-    fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()}, specs, df["text_id"].tolist())
+    meters = quality_meters(saes)  # on the writer: the quality over every row written so far
+    named = {sae_name(layer, width): sae for layer, widths in saes.items() for width, sae in widths.items()}
+    fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()},
+                                  job_identities(model_name, str(model.dtype), named), df["text_id"].tolist())
     out_dir = paths.features_dir(model_name, dataset)
     started, n_tokens, n_truncated, n_unknown = time.perf_counter(), 0, 0, 0
     writer = ShardWriter(out_dir, ex.shard_rows, fingerprint) if world.is_writer else None
@@ -99,34 +139,34 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
         (out_dir / REPORT).unlink(missing_ok=True)  # whatever it said, it is not this job's
         if done:
             log.info("%s: resuming after %d rows already extracted", cell, done)
+            _restore_meters(meters, writer.stored_checkpoint(), out_dir)
     for turns in distributed.rounds(done, len(df), ex.shard_rows, world):
         mine = turns[world.rank]
         block = None
         if mine is not None:
-            rows = df.iloc[mine[0] : mine[1]]
+            rows, block_meters = df.iloc[mine[0] : mine[1]], quality_meters(saes)
             out = extract(model, tokenizer, rows["text"].tolist(), cfg.layers, saes, ex.poolings,
                           max_tokens=ex.max_tokens, batch_size=ex.batch_size,
                           include_bos=ex.pools_bos, paper_compat=ex.paper_compat,
-                          meters=meters, progress=world.size == 1)
-            block = (out, rows["text_id"].tolist())
+                          meters=block_meters, progress=world.size == 1)
+            block = (out, rows["text_id"].tolist(), block_meters)
         blocks = distributed.gather(block, world)
         if not writer:
             continue
-        for out, text_ids in filter(None, blocks):
+        for out, text_ids, block_meters in filter(None, blocks):
+            distributed.merge_meters([meters, block_meters])
             sparse = {codes_name(layer, width, spec): m for (layer, width, spec), m in out.codes.items()}
             dense = {hidden_name(layer, spec): h for (layer, spec), h in out.hidden.items()}
-            writer.append(text_ids, sparse=sparse,
-                          dense=dense | {"n_tokens": out.n_tokens, "truncated": out.truncated})
+            writer.append(text_ids, sparse=sparse, dense=dense | {"n_tokens": out.n_tokens, "truncated": out.truncated},
+                          checkpoint=_meters_checkpoint(meters))
             n_tokens, n_truncated = n_tokens + int(out.n_tokens.sum()), n_truncated + out.n_truncated
             n_unknown += int(out.unknown.sum())
         log.info("%s: %d/%d rows", cell, max(turn[1] for turn in turns if turn), len(df))
-    all_meters = distributed.gather(meters, world)
     if not writer:
         return
     writer.close()
-    meters = distributed.merge_meters(all_meters)
     seconds = time.perf_counter() - started
-    # After a resumed crash the quality covers the rows extracted in this run: `tokens` says how many.
+    # The quality covers every row, resumed ones included (restored from the last shard's checkpoint).
     quality = {sae_name(layer, width): asdict(meter.result()) | {"tokens": meter.n_tokens}
                for (layer, width), meter in meters.items() if meter.n_tokens}
     report = {
@@ -143,6 +183,23 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
         log.warning("%s: %d of %d texts were cut at max_tokens=%d",
                     cell, n_truncated, len(df) - done, ex.max_tokens)
     log.info("%s: %d tokens in %.0f s (%.0f tok/s)", cell, n_tokens, seconds, n_tokens / max(seconds, 1e-9))
+
+
+def _meters_checkpoint(meters: dict[SaeKey, QualityMeter]) -> dict[str, np.ndarray]:
+    """The SAE quality sums over the rows written so far, stored with each shard (ShardWriter checkpoints)."""
+    return {f"{sae_name(layer, width)}__{key}": array for (layer, width), meter in meters.items()
+            for key, array in meter.state().items()}
+
+
+def _restore_meters(meters: dict[SaeKey, QualityMeter], checkpoint: dict[str, np.ndarray], out_dir: Path) -> None:
+    """Continue the quality sums of the rows already stored, so that the metrics cover all rows."""
+    for (layer, width), meter in meters.items():
+        prefix = f"{sae_name(layer, width)}__"
+        state = {key.removeprefix(prefix): array for key, array in checkpoint.items() if key.startswith(prefix)}
+        if not state:
+            raise SaefsError(f"the shards in {out_dir} carry no SAE quality for {sae_name(layer, width)} "
+                             "(written by an older saefs): delete the folder to extract it again")
+        meter.load_state(state)
 
 
 def main(argv: list[str] | None = None) -> int:

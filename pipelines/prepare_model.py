@@ -6,7 +6,7 @@ import logging
 import sys
 
 from features.io import atomic_path
-from features.models import prepare_model
+from features.models import ModelSourceError, prepare_model
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 
@@ -15,8 +15,11 @@ log = logging.getLogger("saefs.prepare_model")
 
 def run(name: str) -> None:
     cfg = load_params().model(name)
-    with atomic_path(paths.model_dir(name)) as tmp:
-        manifest = prepare_model(cfg.source, tmp, cfg.save_dtype)
+    try:
+        with atomic_path(paths.model_dir(name)) as tmp:
+            manifest = prepare_model(cfg.source, tmp, cfg.save_dtype)
+    except ModelSourceError as err:
+        raise ModelSourceError(f"params.yaml models.{name}.source: {err}") from None
     log.info("%s: %s, %d layers, d_model %d -> %s", name, manifest.architecture,
              manifest.n_layers, manifest.d_model, paths.model_dir(name))
 

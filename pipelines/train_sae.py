@@ -21,7 +21,7 @@ from features.extract import collect_activations
 from features.io import atomic_path, write_json
 from features.layers import hook_name
 from features.lm import load_prepared, resolve_device
-from features.models import read_manifest
+from features.models import check_depth, read_manifest
 from features.naming import parse_width, sae_name
 from features.prepare import sample_corpus
 from features.sae import check_sae_fits, load_sae
@@ -66,6 +66,7 @@ def run(name: str) -> None:
     params = load_params()
     cfg = params.sae_of(name)
     device = resolve_device(params.extract.device)
+    check_depth(paths.model_dir(name), cfg.layers, f"params.yaml sae.{name}.layers")
     d_model = read_manifest(paths.model_dir(name)).d_model
     final = paths.sae_dir(name)
     report: dict[str, Any] = {"source": cfg.source, "saes": {}}

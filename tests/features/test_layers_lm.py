@@ -97,11 +97,54 @@ def test_a_layer_beyond_the_depth_is_refused() -> None:
         capture_residuals(model, *padded_batch(), [5, 30])
 
 
-def test_unknown_architecture_is_named() -> None:
-    model = nn.Linear(2, 2)
-    model.config = SimpleNamespace(model_type="mamba")  # type: ignore[assignment]
-    with pytest.raises(SaefsError, match=r"unsupported architecture 'mamba'.*DECODER_LAYER_PATHS"):
-        decoder_layers(model)
+def other_family(kind: str) -> nn.Module:
+    """A tiny random causal LM (3 blocks) of a family that no table in saefs names, built offline."""
+    from transformers import (AutoModelForCausalLM, FalconConfig, GPTNeoXConfig, MistralConfig, OPTConfig,
+                              Phi3Config, Qwen2Config)
+
+    shape = {"vocab_size": VOCAB_SIZE, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2}
+    decoder = shape | {"intermediate_size": 64, "num_key_value_heads": 1}
+    configs = {
+        "mistral": lambda: MistralConfig(head_dim=16, **decoder),
+        "qwen2": lambda: Qwen2Config(**decoder),
+        "phi3": lambda: Phi3Config(pad_token_id=0, bos_token_id=2, eos_token_id=1, **decoder),
+        "opt": lambda: OPTConfig(ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64, **shape),
+        "gpt_neox": lambda: GPTNeoXConfig(intermediate_size=64, **shape),
+        "falcon": lambda: FalconConfig(**shape),
+    }
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(configs[kind]()).eval()
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2", "phi3", "opt", "gpt_neox", "falcon"])
+def test_decoder_blocks_of_other_families_are_found_and_read_like_hf(kind: str) -> None:
+    model = other_family(kind)
+    input_ids, attention_mask = padded_batch()
+    expected = hf_hidden_states(model, input_ids, attention_mask)
+    assert len(decoder_layers(model)) == 3
+    post = capture_residuals(model, input_ids, attention_mask, [0, 1])  # block 2 is post-norm in HF
+    pre = capture_residuals(model, input_ids, attention_mask, [0, 1, 2], paper_compat=True)
+    for layer in (0, 1):
+        torch.testing.assert_close(post[layer], expected[layer + 1])
+    for layer in (0, 1, 2):
+        torch.testing.assert_close(pre[layer], expected[layer])
+
+
+def test_a_model_without_one_stack_of_blocks_is_named() -> None:
+    class TwoStacks(nn.Module):  # which list holds the residual stream is ambiguous
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = SimpleNamespace(model_type="twin", num_hidden_layers=2)
+            self.left = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+            self.right = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+
+    ambiguous = r"unsupported architecture 'twin' \(TwoStacks\).*2 candidates \(left, right\)"
+    with pytest.raises(SaefsError, match=ambiguous):
+        decoder_layers(TwoStacks())
+    flat = nn.Linear(2, 2)
+    flat.config = SimpleNamespace(model_type="mlp", num_hidden_layers=4)  # type: ignore[assignment]
+    with pytest.raises(SaefsError, match=r"unsupported architecture 'mlp'.*num_hidden_layers=4.*found none"):
+        decoder_layers(flat)
 
 
 def test_load_from_a_saved_folder_uses_safetensors_and_pads_right(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ def test_path_source_records_the_folder_and_its_shape(tmp_path: Path) -> None:
     manifest = prepare_model(f"path:{src}", tmp_path / "prepared")
     assert (manifest.kind, manifest.n_layers, manifest.d_model, manifest.vocab_size) == ("path", 2, 32, 128)
     assert model_location(tmp_path / "prepared") == (str(src.resolve()), None)
+    assert len(manifest.weights_sha256 or "") == 64  # the weights' identity, for extract's resume fingerprint
 
 
 def test_path_source_without_safetensors_is_refused(tmp_path: Path) -> None:
@@ -30,6 +31,35 @@ def test_path_source_without_safetensors_is_refused(tmp_path: Path) -> None:
         f.unlink()
     with pytest.raises(ModelSourceError, match="no .safetensors weights"):
         prepare_model(f"path:{src}", tmp_path / "prepared")
+
+
+def test_path_source_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    missing = rf"path:{tmp_path}/nowhere: the folder {tmp_path}/nowhere does not exist"
+    with pytest.raises(ModelSourceError, match=missing):
+        prepare_model(f"path:{tmp_path}/nowhere", tmp_path / "prepared")
+
+
+def test_stage_names_the_param_key_of_a_missing_model_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import prepare_model as stage
+    from tests.helpers import embedded_params, write_params
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, embedded_params(models={"mine": {"source": "path:models/mine"}},
+                                           sae={"mine": {"layers": [0], "widths": ["128"], "source": "train"}}))
+    with pytest.raises(ModelSourceError, match=rf"models\.mine\.source: path:models/mine: the folder "
+                                               rf"{tmp_path}/models/mine does not exist"):
+        stage.run("mine")
+
+
+def test_an_architecture_without_readable_decoder_blocks_fails_at_prepare(tmp_path: Path) -> None:
+    from transformers import BlenderbotConfig
+
+    folder = tmp_path / "blenderbot"
+    BlenderbotConfig(vocab_size=64, d_model=16, encoder_layers=2, decoder_layers=4, encoder_attention_heads=2,
+                     decoder_attention_heads=2).save_pretrained(folder)  # num_hidden_layers is the encoder depth
+    (folder / "model.safetensors").write_bytes(b"")  # never read: the check builds a weightless copy
+    with pytest.raises(ModelSourceError, match=r"unsupported architecture 'blenderbot' \(BlenderbotForCausalLM\)"):
+        prepare_model(f"path:{folder}", tmp_path / "prepared")
 
 
 def test_hf_source_resolves_from_the_local_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,6 +75,8 @@ def test_hf_source_resolves_from_the_local_hub_cache(tmp_path: Path, monkeypatch
     manifest = prepare_model(f"hf:google/tiny-gemma@{revision}", tmp_path / "prepared")
     assert (manifest.location, manifest.revision, manifest.n_layers) == ("google/tiny-gemma", revision, 2)
     assert json.loads((tmp_path / "prepared" / "saefs_model.json").read_text())["kind"] == "hf"
+    # No revision: the commit `main` points at is recorded, so a branch that moves changes the manifest
+    assert prepare_model("hf:google/tiny-gemma", tmp_path / "main").revision == revision
 
 
 def test_hf_source_missing_offline_says_how_to_fix(tmp_path: Path) -> None:

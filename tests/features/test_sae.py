@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
 
 from features import sae as sae_module
 from features.errors import SaefsError
-from features.sae import SaeSpec, check_sae_fits, load_sae, sae_quality
+from features.sae import QualityMeter, SaeSpec, check_sae_fits, encode, load_sae, sae_quality
 from tests.features.tiny import gemma_scope_params, make_jumprelu_sae
 
 D_IN, D_SAE = 16, 48
@@ -130,3 +131,18 @@ def test_quality_counts_dead_latents_and_lost_variance() -> None:
     assert quality.fve == pytest.approx(expected_fve, rel=1e-5)
     assert quality.l0 == pytest.approx((acts > 0).sum().item() / 100)
     assert quality.dead_fraction == 0.5
+
+
+def test_quality_state_round_trips_and_adds_up() -> None:
+    sae, acts = make_jumprelu_sae(8, 16), torch.randn(30, 8)
+    whole, first, second = (QualityMeter(8, 16) for _ in range(3))
+    whole.update(sae, acts, encode(sae, acts))
+    first.update(sae, acts[:12], encode(sae, acts[:12]))
+    second.update(sae, acts[12:], encode(sae, acts[12:]))
+    restored = QualityMeter(8, 16)
+    restored.load_state(first.state())  # e.g. read back from a shard
+    restored.add(second)
+    assert restored.n_tokens == 30
+    assert asdict(restored.result()) == pytest.approx(asdict(whole.result()), rel=1e-12)
+    with pytest.raises(SaefsError, match=r"lacks \['ever_active'\]"):
+        QualityMeter(8, 16).load_state({k: v for k, v in first.state().items() if k != "ever_active"})

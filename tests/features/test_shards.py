@@ -175,3 +175,28 @@ def test_latent_ids_take_two_bytes_up_to_64k_latents(tmp_path: Path, width: int,
         assert npz["codes.indices"].dtype == stored
     loaded, _ = read_csr(tmp_path, "codes")
     assert loaded.indices.dtype == np.int32 and (loaded != matrix).nnz == 0
+
+
+def test_checkpoints_travel_with_their_shard_and_resume(tmp_path: Path) -> None:
+    rows, folder = make_rows(), tmp_path / "ckpt"
+    writer = ShardWriter(folder, SHARD_ROWS, "job")
+    for lo in range(0, 15, SHARD_ROWS):  # three shards, each with the running row count after it
+        hi = lo + SHARD_ROWS
+        writer.append(rows["row_ids"][lo:hi], dense={"n_tokens": rows["dense"]["n_tokens"][lo:hi]},
+                      checkpoint={"rows_so_far": np.asarray(hi)})
+    assert writer.stored_checkpoint() == {"rows_so_far": 15}
+    writer.append(rows["row_ids"][15:17], dense={"n_tokens": rows["dense"]["n_tokens"][15:17]},
+                  checkpoint={"rows_so_far": np.asarray(17)})  # pending: no shard ends there yet
+
+    resumed = ShardWriter(folder, SHARD_ROWS, "job")  # a killed run: the pending rows are lost
+    assert resumed.resume(rows["row_ids"]) == 15 and resumed.stored_checkpoint() == {"rows_so_far": 15}
+    with pytest.raises(SaefsError, match="stores checkpoints with its shards: pass one with every append"):
+        resumed.append(rows["row_ids"][15:17], dense={"n_tokens": rows["dense"]["n_tokens"][15:17]})
+    with pytest.raises(SaefsError, match=r"would cross a shard boundary \(6 rows buffered, shard_rows=5\)"):
+        resumed.append(rows["row_ids"][15:21], dense={"n_tokens": rows["dense"]["n_tokens"][15:21]},
+                       checkpoint={"rows_so_far": np.asarray(21)})
+    resumed.append(rows["row_ids"][15:18], dense={"n_tokens": rows["dense"]["n_tokens"][15:18]},
+                   checkpoint={"rows_so_far": np.asarray(18)})
+    resumed.close()  # the last, partial shard keeps the final state
+    assert ShardWriter(folder, SHARD_ROWS, "job").stored_checkpoint() == {"rows_so_far": 18}
+    assert read_dense(folder, "n_tokens")[1].tolist() == rows["row_ids"][:18]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,13 @@ from features.extract import collect_activations, extract
 from features.naming import codes_name
 from features.sae_training import SAETrainingConfig, train_sae
 from features.shards import ShardWriter, read_csr
-from features.validation import SaeQualityRules, validate_sae_quality
+from features.errors import SaefsError
+from features.io import write_json
+from features.validation import Failure, SaeQualityRules, validate_sae_quality
 from pipelines import check_sae, paths
 from pipelines import extract as extract_stage
-from tests.features.tiny import make_model, make_texts, make_tokenizer
+from pipelines import train_sae as train_sae_stage
+from tests.features.tiny import HIDDEN, gemma_scope_params, make_model, make_texts, make_tokenizer
 from tests.helpers import embedded_params, write_params
 
 
@@ -57,6 +63,12 @@ def test_check_sae_stage_fails_with_the_sae_named(tmp_path: Path, monkeypatch: p
     assert results["success"] is False
 
 
+def record_validation(dataset: str, failures: list[Failure]) -> None:
+    """What validate_data leaves in data/validation/<dataset>/ (the stage needs labelled, split texts)."""
+    write_json(paths.validation_dir(dataset) / "results.json",
+               {"dataset": dataset, "success": not failures, "failures": [asdict(f) for f in failures]})
+
+
 def _extract_scratch(tiny, tmp_path: Path) -> tuple[pd.DataFrame, dict]:
     """A scratch project (run from tmp_path) with the tiny model, its layer-0 SAE and 100 texts."""
     model, tokenizer, texts, sae = tiny
@@ -71,6 +83,7 @@ def _extract_scratch(tiny, tmp_path: Path) -> tuple[pd.DataFrame, dict]:
     rows = pd.DataFrame({"text_id": [f"t{i:03d}" for i in range(100)], "text": texts[:100]})
     paths.prepared("tiny_texts").parent.mkdir(parents=True)
     rows.to_parquet(paths.prepared("tiny_texts"))
+    record_validation("tiny_texts", [])
     params = embedded_params(models={"tiny": {"source": "path:tiny"}},
                              sae={"tiny": {"layers": [0], "widths": ["128"], "source": "train"}})
     params["datasets"] = {"tiny_texts": {"source": "file:unused.csv", "labels": [0, 1]}}
@@ -109,6 +122,9 @@ def test_extract_stage_resumes_after_a_crash(tiny, tmp_path: Path, monkeypatch: 
                     max_tokens=params["extract"]["max_tokens"], batch_size=32, progress=False)
     assert ids.tolist() == rows["text_id"].tolist()
     np.testing.assert_allclose(resumed.toarray(), fresh.codes[0, "128", "top3"].toarray())
+    # The SAE quality covers all 100 texts, the 60 stored before the crash too, as an uninterrupted run's does.
+    uninterrupted = asdict(fresh.quality[0, "128"]) | {"tokens": int(fresh.n_tokens.sum())}
+    assert metrics["sae_quality"]["l0__sae128"] == pytest.approx(uninterrupted, rel=1e-6)
 
 
 def test_two_extract_workers_write_the_shards_of_one(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,3 +149,76 @@ def test_two_extract_workers_write_the_shards_of_one(tiny, tmp_path: Path, monke
     quality, expected = two["sae_quality"]["l0__sae128"], one["sae_quality"]["l0__sae128"]
     assert quality["tokens"] == expected["tokens"]  # both workers' tokens were merged
     assert quality == pytest.approx(expected, rel=1e-6)
+
+
+def test_extract_refuses_a_dataset_that_failed_validation(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _extract_scratch(tiny, tmp_path)
+    record_validation("tiny_texts", [Failure("every class has enough rows", "expect_column_values_to_be_between",
+                                             "class_rows", 12, "class 1 has 12 rows, needs >= 20")])
+    with pytest.raises(SaefsError, match=r"dataset 'tiny_texts' failed validation.*every class has enough rows "
+                                         r"\(class 1 has 12 rows, needs >= 20\).*dvc repro validate_data@tiny_texts"):
+        extract_stage.run("tiny/tiny_texts")
+    assert not paths.features_dir("tiny", "tiny_texts").exists()
+    (paths.validation_dir("tiny_texts") / "results.json").unlink()  # never validated: said, not refused
+    with caplog.at_level(logging.WARNING, logger="saefs.extract"):
+        extract_stage.run("tiny/tiny_texts")
+    assert "dataset 'tiny_texts' has not been validated" in caplog.text
+
+
+def test_a_layer_beyond_the_depth_is_refused_before_loading_the_model(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import features.lm
+
+    monkeypatch.chdir(tmp_path)
+    _, params = _extract_scratch(tiny, tmp_path)
+    params["sae"]["tiny"]["layers"] = [0, 7]
+    write_params(tmp_path, params)
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(features.lm, "load_prepared", no_load)
+    monkeypatch.setattr(train_sae_stage, "load_prepared", no_load)
+    depth = (r"params\.yaml sae\.tiny\.layers: layer 7 is beyond the depth of the model in data/models/tiny "
+             r"\(4 blocks: 0\.\.3\)")
+    with pytest.raises(SaefsError, match=depth):
+        train_sae_stage.run("tiny")
+    with pytest.raises(SaefsError, match=depth):
+        extract_stage.run("tiny/tiny_texts")
+
+
+def test_extract_starts_over_when_the_model_or_an_sae_changes(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output is persisted and the params stay the same: only the content of the model or SAE differs."""
+    from features.models import prepare_model
+    from features.sae import load_sae
+
+    _, tokenizer, _, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    rows, params = _extract_scratch(tiny, tmp_path)
+    extract_stage.run("tiny/tiny_texts")
+    out_dir, sae_dir = paths.features_dir("tiny", "tiny_texts"), paths.sae_dir("tiny") / "l0__sae128"
+
+    def stored_and_fresh(model, sae) -> tuple[np.ndarray, np.ndarray]:
+        extract_stage.run("tiny/tiny_texts")
+        assert json.loads(paths.extract_metrics("tiny", "tiny_texts").read_text())["texts_extracted_now"] == 100
+        fresh = extract(model, tokenizer, rows["text"].tolist(), [0], {0: {"128": sae}}, ["sum"],
+                        max_tokens=params["extract"]["max_tokens"], batch_size=32, progress=False)
+        return read_csr(out_dir, codes_name(0, "128", "sum"))[0].toarray(), fresh.codes[0, "128", "sum"].toarray()
+
+    retrained = make_model("gemma3", n_layers=4, seed=1)  # new weights behind the same path: source
+    retrained.save_pretrained(tmp_path / "tiny")
+    prepare_model("path:tiny", paths.model_dir("tiny"))
+    stored, fresh = stored_and_fresh(retrained, load_sae(f"path:{sae_dir}"))
+    np.testing.assert_allclose(stored, fresh, rtol=1e-5)
+
+    shutil.rmtree(sae_dir)  # the same spec, now a Gemma Scope folder
+    sae_dir.mkdir()
+    np.savez(sae_dir / "params.npz", **gemma_scope_params(HIDDEN, 128))
+    stored, fresh = stored_and_fresh(retrained, load_sae(f"path:{sae_dir}"))
+    np.testing.assert_allclose(stored, fresh, rtol=1e-5)
