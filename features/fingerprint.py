@@ -18,13 +18,13 @@ LOCAL_KINDS = ("file", "path")  # source kinds that name a local file or folder
 CHUNK = 1 << 20
 
 
-def content_hash(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
+def content_hash(path: str | Path, pattern: str = "*") -> str:
+    """SHA-256 of a file's bytes, or of a folder's files matching `pattern` (relative names and bytes, sorted)."""
     path = Path(path)
     if path.is_file():
         files = [(path.name, path)]
     elif path.is_dir():
-        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob(pattern) if p.is_file())
     else:
         raise SaefsError(f"{path} does not exist: fix the params entry that names it, or create it")
     digest = hashlib.sha256()

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from features.errors import SaefsError
 from features.models import model_location
 
+
 def resolve_device(device: str) -> str:
     """'auto' means the GPU when there is one."""
     if device == "auto":

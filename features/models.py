@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from features.errors import SaefsError
+from features.fingerprint import content_hash
 
 log = logging.getLogger(__name__)
 MANIFEST = "saefs_model.json"
@@ -179,7 +180,7 @@ def prepare_model(source: str, out_dir: Path, save_dtype: str = "bfloat16") -> M
     if kind == "hf":  # identified by id and commit (its weights stay in the HF cache): a moved branch is a new model
         manifest = replace(manifest, revision=_hub_commit(resolved, revision) or revision)
     else:
-        manifest = replace(manifest, weights_sha256=_weights_sha256(Path(load_from)))
+        manifest = replace(manifest, weights_sha256=content_hash(load_from, "*.safetensors"))
     (out_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
 
@@ -190,17 +191,6 @@ def _hub_commit(repo_id: str, revision: str | None) -> str | None:
 
     cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     return Path(cached).parent.name if isinstance(cached, str) else None  # .../snapshots/<commit>/config.json
-
-
-def _weights_sha256(folder: Path) -> str:
-    """One hash over every safetensors file of a model folder (name and content), read in 16 MB chunks."""
-    digest = hashlib.sha256()
-    for weights in sorted(folder.glob("*.safetensors")):
-        digest.update(weights.name.encode())
-        with weights.open("rb") as stream:
-            while chunk := stream.read(2**24):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_identity(prepared_dir: Path) -> str:

@@ -99,8 +99,15 @@ def test_a_layer_beyond_the_depth_is_refused() -> None:
 
 def other_family(kind: str) -> nn.Module:
     """A tiny random causal LM (3 blocks) of a family that no table in saefs names, built offline."""
-    from transformers import (AutoModelForCausalLM, FalconConfig, GPTNeoXConfig, MistralConfig, OPTConfig,
-                              Phi3Config, Qwen2Config)
+    from transformers import (
+        AutoModelForCausalLM,
+        FalconConfig,
+        GPTNeoXConfig,
+        MistralConfig,
+        OPTConfig,
+        Phi3Config,
+        Qwen2Config,
+    )
 
     shape = {"vocab_size": VOCAB_SIZE, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2}
     decoder = shape | {"intermediate_size": 64, "num_key_value_heads": 1}

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.errors import SaefsError
 from features.extract import collect_activations, extract
+from features.io import write_json
 from features.naming import codes_name
 from features.sae_training import SAETrainingConfig, train_sae
 from features.shards import ShardWriter, read_csr
-from features.errors import SaefsError
-from features.io import write_json
 from features.validation import Failure, SaeQualityRules, validate_sae_quality
 from pipelines import check_sae, paths
 from pipelines import extract as extract_stage
