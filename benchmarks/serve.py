@@ -291,8 +291,8 @@ def main() -> None:
                 p50, p99 = np.percentile(timings, [50, 99])
                 print(f"  churn {kind:<7} p50 {p50:8.1f} ms  p99 {p99:8.1f} ms  {len(timings) / args.churn_s:7.1f} "
                       f"req/s  errors {seen.errors.get(kind, 0)}/{len(timings)}")
-            print(f"  {seen.moves} alias moves, {seen.rewrites} store rewrites, answers per version {seen.per_version}, "
-                  f"{len(seen.half_loaded)} from a half-loaded model"
+            print(f"  {seen.moves} alias moves, {seen.rewrites} store rewrites, answers per version "
+                  f"{seen.per_version}, {len(seen.half_loaded)} from a half-loaded model"
                   f"{': ' + '; '.join(seen.half_loaded[:5]) if seen.half_loaded else ''}")
         print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
     finally:
