@@ -7,7 +7,8 @@ The HTTP API (FastAPI; its schema at /openapi.json, the docs at /docs):
   POST /score            {"texts": [...], "dataset": "spam"}  new texts, through the online store
   GET  /score/{text_id}  ?dataset=spam                        a text already in the online store
   GET  /health           the process is up
-  GET  /ready            200 once every served dataset has a champion, 503 (naming those without) before
+  GET  /ready            200 once every served dataset's champion is loaded, 503 (naming those without) before;
+                         it never waits for a load (one due starts in the background)
 
 Errors say whose fault they are. The request's: over `serve.max_texts` texts or `serve.max_chars`
 characters per text, the wrong shape, malformed JSON or a text with no token get a 422 whose
