@@ -169,8 +169,10 @@ def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes the input as UTF-8, and fails (500) on a text it refused for a lone surrogate.
-        return AsciiJSONResponse({"detail": jsonable_encoder(err.errors())}, status_code=422)
+        # FastAPI's own handler echoes each refused input, and fails (500) on one JSON cannot hold (NaN, which
+        # Python's parser takes) or UTF-8 cannot (a lone surrogate, also possible in a key, hence ASCII).
+        errors = [{key: value for key, value in error.items() if key != "input"} for error in err.errors()]
+        return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(BadTexts)
     def _bad_texts(_request: Request, err: BadTexts) -> JSONResponse:  # e.g. a text with no tokens
