@@ -1,7 +1,8 @@
 """The scoring service end to end on a tiny model: extract -> Feast -> train_probes -> promote -> HTTP API.
 
 The stages run in this process on a scratch project, as DVC would run them; the API is called
-through FastAPI's TestClient (httpx), the CLI through typer's runner.
+through FastAPI's TestClient (httpx), or over loopback sockets to uvicorn in a thread where the
+wire matters (slow and huge bodies), the CLI through typer's runner.
 """
 
 from __future__ import annotations
