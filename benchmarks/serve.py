@@ -1,6 +1,7 @@
 """Benchmark the scoring service over loopback: latency p50/p99 and throughput, stored and new texts.
 
     python benchmarks/serve.py [--dataset spam] [--requests 200] [--new-requests 40] [--port 8765]
+                               [--churn-s 30] [--other-version N] [--churn-only]
 
 Starts `saefs serve` (python -m pipelines.serve serve) on 127.0.0.1 in a child process on this
 checkout's outputs (after `dvc repro`: the online store, the registry's champion), waits for
@@ -12,10 +13,19 @@ connection each):
           (so every request pays a full 64-token forward): extract -> push -> online read -> probe
 
 Measured in the same run as a floor: GET /health (loopback HTTP plus FastAPI, no scoring work).
+
+Then, for `--churn-s` seconds, churn: 32 clients on stored texts and 8 on new texts at once,
+while this process moves `champion` back and forth every `--move-every-s` seconds between the
+champion and another version (`--other-version`, else the champion's model registered again), so
+the service reloads on its poll, and rewrites the online store's rows from the offline sources
+(as `materialize` does, in place) over and over. Every answer is checked for a half-loaded model:
+its feature service must be that of its version's run, and one version must give one text one
+probability. Errors (any non-200 or transport failure) must be 0. The alias is put back at the end.
+
 The service writes new texts' features to the online store (data/feast/online/online_store.db, or
-Redis on the cluster profile): run it on a copy of a store you mind. Targets (issue 7, embedded
-profile, 2 CPU cores, concurrency 1): stored p99 under 50 ms, new-text p99 under 1 s; at
-concurrency 8 no errors.
+Redis on the cluster profile), and churn registers a version and rewrites the store: run it on a
+copy you do not mind. Targets (issue 7, embedded profile, 2 CPU cores, concurrency 1): stored p99
+under 50 ms, new-text p99 under 1 s; at concurrency 8, and under churn, no errors.
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,10 +48,14 @@ import numpy as np
 import pandas as pd
 
 import pipelines  # noqa: F401  (offline environment)
+from features import tracking
+from features.feature_store import materialize_views
 from features.lm import load_tokenizer
 from features.models import model_location
 from pipelines import paths
-from pipelines.params import load_params
+from pipelines.feature_params import feature_store
+from pipelines.params import Params, load_params
+from pipelines.promote import registered_name
 
 READY_TIMEOUT_S = 600  # loading the champion's language model takes ~10-60 s on a busy 2-core machine
 
@@ -113,14 +129,117 @@ def wait_ready(base: str, server: subprocess.Popen, log_path: Path) -> dict:
     sys.exit(f"not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
 
 
+@dataclass
+class Churn:
+    """What the churn phase saw: latencies and errors per kind, alias moves, store rewrites, inconsistent answers."""
+
+    timings: dict[str, list[float]]
+    errors: dict[str, int]
+    moves: int
+    rewrites: int
+    half_loaded: list[str]
+    per_version: dict[int, int]  # answers per champion version: both must appear, or the service never swapped
+
+
+def churn(base: str, params: Params, dataset: str, stored_ids: list[str], texts: list[str], seconds: float,
+          move_every_s: float, other_version: int | None, stored_clients: int = 32, new_clients: int = 8) -> Churn:
+    """Stored and new texts at once while the champion alias moves and the online store is rewritten."""
+    import mlflow
+
+    name = registered_name(dataset)
+    champion = tracking.get_alias_version(name, tracking.CHAMPION)
+    if champion is None:
+        sys.exit(f"{name} has no champion")
+    client = mlflow.MlflowClient()
+    if other_version is None:  # the champion's model again, as a new version: the service must reload it
+        other_version = tracking.register(client.get_model_version(name, str(champion)).source, name)
+    versions = [champion, other_version]
+    services = {v: client.get_run(client.get_model_version(name, str(v)).run_id).data.tags["feature_service"]
+                for v in versions}
+    store = feature_store(params.feast_apply)
+    stop = threading.Event()
+    lock = threading.Lock()
+    timings: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, int] = defaultdict(int)
+    answers: list[tuple[str, int, str, str, float]] = []  # (kind, version, feature service, text_id, probability)
+    counts = {"moves": 0, "rewrites": 0}
+
+    def record(kind: str, started: float, response: httpx.Response | None) -> None:
+        with lock:
+            timings[kind].append((time.perf_counter() - started) * 1000)
+            if response is None or response.status_code != 200:
+                errors[kind] += 1
+                if errors[kind] <= 3:
+                    print(f"    {kind} error: {'transport' if response is None else response.status_code} "
+                          f"{'' if response is None else response.text[:200]}")
+                return
+            body = response.json()
+            for result in body.get("results", [body]):
+                answers.append((kind, result["model_version"], result["feature_service"], result["text_id"],
+                                result["probability"]))
+
+    def client_loop(kind: str, slot: int, stride: int) -> None:
+        with httpx.Client(base_url=base, timeout=120) as http:
+            i = slot
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    if kind == "stored":
+                        response = http.get(f"/score/{stored_ids[i % len(stored_ids)]}", params={"dataset": dataset})
+                    else:
+                        response = http.post("/score", json={"texts": [texts[i % len(texts)]], "dataset": dataset})
+                except httpx.HTTPError:
+                    response = None
+                record(kind, started, response)
+                i += stride
+
+    def promoter() -> None:
+        while not stop.wait(move_every_s):
+            counts["moves"] += 1
+            tracking.set_alias(name, tracking.CHAMPION, versions[counts["moves"] % 2])
+
+    def rewriter() -> None:
+        while not stop.is_set():
+            materialize_views(store)
+            counts["rewrites"] += 1
+
+    threads = [threading.Thread(target=client_loop, args=("stored", slot, stored_clients))
+               for slot in range(stored_clients)]
+    threads += [threading.Thread(target=client_loop, args=("new", slot, new_clients)) for slot in range(new_clients)]
+    threads += [threading.Thread(target=promoter), threading.Thread(target=rewriter)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        tracking.set_alias(name, tracking.CHAMPION, champion)
+    half_loaded = [f"{kind} {text} scored by v{version} with {service}, v{version} reads {services.get(version)}"
+                   for kind, version, service, text, _ in answers if services.get(version) != service]
+    probabilities: dict[tuple[int, str], set[float]] = defaultdict(set)
+    for _, version, _, text, probability in answers:
+        probabilities[version, text].add(round(probability, 5))
+    half_loaded += [f"{text} got probabilities {sorted(p)} from v{version}"
+                    for (version, text), p in probabilities.items() if len(p) > 1]
+    per_version = {version: sum(1 for answer in answers if answer[1] == version) for version in versions}
+    return Churn(dict(timings), dict(errors), counts["moves"], counts["rewrites"], half_loaded, per_version)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", help="a served dataset (default: serve.datasets[0])")
     parser.add_argument("--requests", type=int, default=200, help="stored-text and /health requests per concurrency")
     parser.add_argument("--new-requests", type=int, default=40, help="new-text requests per concurrency")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--churn-s", type=float, default=30, help="seconds of churn (0: none)")
+    parser.add_argument("--move-every-s", type=float, default=2, help="how often churn moves the champion alias")
+    parser.add_argument("--other-version", type=int, help="the version churn moves the alias to and back from")
+    parser.add_argument("--churn-only", action="store_true", help="skip the concurrency 1 and 8 runs")
     args = parser.parse_args()
     params = load_params()
+    tracking.configure(params.promote.tracking_uri)
     dataset = args.dataset or params.serve.datasets[0]
     prepared = pd.read_parquet(paths.prepared(dataset))
     stored_ids = prepared.loc[prepared["split"] == "test", "text_id"].tolist()
@@ -147,7 +266,7 @@ def main() -> None:
         }
         offset = {1: 0, 8: args.new_requests + 8}  # distinct texts per run; warm-up texts at negative indices
         results = {}
-        for concurrency in (1, 8):
+        for concurrency in () if args.churn_only else (1, 8):
             runs = dict(scenarios)
             runs[f"new text ({max_tokens} tokens)"] = (
                 lambda c, i, k=concurrency: c.post("/score", json={"texts": [texts[offset[k] + i]],
@@ -156,12 +275,25 @@ def main() -> None:
                 results[name, concurrency] = result = run_load(send, base, count, concurrency)
                 print(f"  c={concurrency} {name:<22} p50 {result.p50_ms:8.1f} ms  p99 {result.p99_ms:8.1f} ms  "
                       f"{result.per_second:7.1f} req/s  errors {result.errors}/{result.requests}")
-        floor = results["health (floor)", 1].p50_ms
-        stored, new = results["stored text", 1], results[f"new text ({max_tokens} tokens)", 1]
-        print(f"stored-text p50 is {stored.p50_ms / floor:.1f}x the /health floor ({floor:.1f} ms)")
-        print(f"targets at c=1: stored p99 {stored.p99_ms:.1f} ms < 50 ms: {stored.p99_ms < 50}; "
-              f"new-text p99 {new.p99_ms:.0f} ms < 1000 ms: {new.p99_ms < 1000}; "
-              f"errors at c=8: {sum(r.errors for (_, c), r in results.items() if c == 8)}")
+        if results:
+            floor = results["health (floor)", 1].p50_ms
+            stored, new = results["stored text", 1], results[f"new text ({max_tokens} tokens)", 1]
+            print(f"stored-text p50 is {stored.p50_ms / floor:.1f}x the /health floor ({floor:.1f} ms)")
+            print(f"targets at c=1: stored p99 {stored.p99_ms:.1f} ms < 50 ms: {stored.p99_ms < 50}; "
+                  f"new-text p99 {new.p99_ms:.0f} ms < 1000 ms: {new.p99_ms < 1000}; "
+                  f"errors at c=8: {sum(r.errors for (_, c), r in results.items() if c == 8)}")
+        if args.churn_s > 0:
+            print(f"churn for {args.churn_s:g} s: 32 stored-text and 8 new-text clients, champion moved every "
+                  f"{args.move_every_s:g} s, online store rewritten; load average {os.getloadavg()[0]:.2f}")
+            seen = churn(base, params, dataset, stored_ids, texts, args.churn_s, args.move_every_s,
+                         args.other_version)
+            for kind, timings in seen.timings.items():
+                p50, p99 = np.percentile(timings, [50, 99])
+                print(f"  churn {kind:<7} p50 {p50:8.1f} ms  p99 {p99:8.1f} ms  {len(timings) / args.churn_s:7.1f} "
+                      f"req/s  errors {seen.errors.get(kind, 0)}/{len(timings)}")
+            print(f"  {seen.moves} alias moves, {seen.rewrites} store rewrites, answers per version "
+                  f"{seen.per_version}, {len(seen.half_loaded)} from a half-loaded model"
+                  f"{': ' + '; '.join(seen.half_loaded[:5]) if seen.half_loaded else ''}")
         print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
     finally:
         server.terminate()

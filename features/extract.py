@@ -36,6 +36,14 @@ SaesByLayer = Mapping[int, Mapping[str, SAE[Any]]]  # layer -> SAE name -> SAE (
 DEFAULT_MAX_CODE_ELEMENTS = 2**26  # tokens x SAE width held at once: 256 MB of fp32 codes
 
 
+class EmptyTexts(SaefsError):
+    """Texts with no token besides BOS; `rows` are their positions, so a caller can name each one."""
+
+    def __init__(self, message: str, rows: list[int]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
 @dataclass(frozen=True)
 class Extracted:
     """Per-text features; row i belongs to the i-th input text."""
@@ -184,9 +192,10 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_toke
         full = [ids if ids[:1] == [bos_id] else [bos_id, *ids] for ids in full]
     empty = [row for row, ids in enumerate(full) if not ids or ids == [bos_id]]
     if empty:
-        raise SaefsError(
+        raise EmptyTexts(
             f"{len(empty)} text(s) have no tokens besides BOS, at rows {empty[:10]}: "
-            "drop or fill empty texts before extraction"
+            "drop or fill empty texts before extraction",
+            empty,
         )
     cut = [ids[:max_tokens] for ids in full]
     unk_id = tokenizer.unk_token_id

@@ -9,18 +9,27 @@ version and the latents that drove it: coefficient x activation, in the probe's 
 
 Language models and SAEs load once per process, when a champion first needs them. The champion
 alias is looked up again every `champion_poll_s` seconds; when it moved, the new version (and
-its feature service, which may name another model or cell) is loaded.
+its feature service, which may name another model or cell, with that model and SAE) is loaded
+whole by the one request that noticed, outside every lock scoring takes, then swapped in: the
+dataset's other requests, and every other dataset's, keep scoring with the current champion
+meanwhile, and no request sees a half-loaded one.
+
+Errors say whose fault they are: `BadTexts` (the request's texts), `UnknownText` (a text_id the
+store lacks), `NoChampion` and `Unavailable` (the registry or a store failed: may pass); any other
+SaefsError here is the server's configuration.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -29,13 +38,14 @@ from sklearn.pipeline import Pipeline
 
 from features import tracking
 from features.errors import SaefsError
-from features.extract import extract
+from features.extract import EmptyTexts, extract
 from features.feature_store import binarize_codes
 from features.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
 from features.prepare import text_id
 
 log = logging.getLogger("saefs.serve")
 
+T = TypeVar("T")
 LmLoader = Callable[[str], tuple[Any, Any]]  # model name -> (causal LM, tokenizer)
 SaeLoader = Callable[[str, int, str], Any]  # (model name, layer, SAE width) -> SAE
 
@@ -46,6 +56,46 @@ class NoChampion(SaefsError):
 
 class UnknownText(SaefsError):
     """A text_id the online store holds no features for."""
+
+
+class BadTexts(SaefsError):
+    """Texts of a request that cannot be scored (no token, or not encodable as UTF-8); `rows` are their positions."""
+
+    def __init__(self, message: str, rows: list[int]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+class Unavailable(SaefsError):
+    """The model registry, the Feast registry or the online store failed or was unreachable: it may pass."""
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Failures of a service the scorer reads, rather than of its configuration or code."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    errors: list[type[BaseException]] = [OSError, sqlite3.OperationalError, OperationalError, MlflowException]
+    try:  # the cluster profile's online store; the embedded one does not install a client
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        errors += [RedisConnectionError, RedisTimeoutError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def service_call(what: str, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)`, its failure named after `what`: Unavailable when it may pass, else a SaefsError."""
+    try:
+        return call(*args)
+    except SaefsError:
+        raise
+    except _transient_errors() as err:
+        raise Unavailable(f"{what} failed ({type(err).__name__}: {err})") from err
+    except Exception as err:
+        raise SaefsError(f"{what} failed ({type(err).__name__}: {err}): check the service's configuration") from err
 
 
 @dataclass(frozen=True)
@@ -98,27 +148,52 @@ class Score:
     top_latents: list[Latent]
 
 
-def load_champion(store: Any, registered_model: str, version: int) -> Champion:
-    """Version `version` of `registered_model` (a logged probe) and the Feast cell its run's `feature_service` names."""
+def load_champion(store: Any, registered_model: str, version: int,
+                  registry_lock: AbstractContextManager[Any] = nullcontext()) -> Champion:
+    """Version `version` of `registered_model` (a logged probe) and the Feast cell its run's `feature_service` names.
+
+    The Feast registry is read under `registry_lock` (the lock of the scorer's store: Feast loads and
+    refreshes its registry cache on first use, unguarded); MLflow is read outside it.
+    """
     import mlflow
 
     client = mlflow.MlflowClient()
-    model_version = client.get_model_version(registered_model, str(version))
-    service = client.get_run(model_version.run_id).data.tags.get("feature_service") if model_version.run_id else None
+    model_version = service_call("the MLflow model registry", client.get_model_version, registered_model, str(version))
+    run = service_call("the MLflow tracking server", client.get_run, model_version.run_id) if model_version.run_id \
+        else None
+    service = run.data.tags.get("feature_service") if run is not None else None
     if not service:
         raise SaefsError(f"{registered_model} v{version} has no run tagged feature_service: register probes logged "
                          "by train_probes")
-    service_object = store.get_feature_service(service)
-    view = service_object.feature_view_projections[0].name
-    tags = dict(store.get_feature_view(view).tags)
+    with registry_lock:
+        service_object, tags, views = service_call("the Feast registry", _cell, store, service)
     if tags.get("kind") not in PUSHABLE_KINDS:
-        raise SaefsError(f"{registered_model} v{version} reads {view}, a {tags.get('kind')} view; the service scores "
-                         f"SAE probes only (views of kind {list(PUSHABLE_KINDS)})")
-    probe = mlflow.sklearn.load_model(f"models:/{registered_model}/{version}")
+        raise SaefsError(f"{registered_model} v{version} reads {service_object.feature_view_projections[0].name}, a "
+                         f"{tags.get('kind')} view; the service scores SAE probes only (views of kind "
+                         f"{list(PUSHABLE_KINDS)})")
+    probe = service_call(f"loading {registered_model} v{version} from MLflow", mlflow.sklearn.load_model,
+                         f"models:/{registered_model}/{version}")
     threshold = tags.get("threshold")
-    return Champion(registered_model, version, probe, service, service_object, view, push_views(store, view),
-                    tags["kind"], tags["model"], int(tags["layer"]), tags["sae"], tags["pooling"],
-                    None if threshold is None else float(threshold), tags.get("op", ">"))
+    return Champion(registered_model, version, probe, service, service_object,
+                    service_object.feature_view_projections[0].name, views, tags["kind"], tags["model"],
+                    int(tags["layer"]), tags["sae"], tags["pooling"], None if threshold is None else float(threshold),
+                    tags.get("op", ">"))
+
+
+def _cell(store: Any, service: str) -> tuple[Any, dict[str, str], list[str]]:
+    """The feature service object, its view's tags and the views its push source writes, from the registry."""
+    from feast.errors import FeastObjectNotFoundException
+
+    try:
+        service_object = store.get_feature_service(service)
+        view = service_object.feature_view_projections[0].name
+        tags = dict(store.get_feature_view(view).tags)
+    except FeastObjectNotFoundException as err:
+        raise SaefsError(f"{err}: the champion reads {service!r}, which this Feast registry lacks; run `dvc repro "
+                         "feast_apply` with the feature_repo it was trained on") from err
+    if tags.get("kind") not in PUSHABLE_KINDS:
+        return service_object, tags, []
+    return service_object, tags, push_views(store, view)
 
 
 def explain(probe: Pipeline, frame: pd.DataFrame, predicted: np.ndarray, top: int) -> list[list[Latent]]:
@@ -171,64 +246,89 @@ class Scorer:
         self._lms: dict[str, tuple[Any, Any]] = {}
         self._saes: dict[tuple[str, int, str], Any] = {}
         self._champions: dict[str, tuple[Champion, float]] = {}  # dataset -> (champion, when the alias was checked)
-        # One forward at a time: extraction hooks the model's blocks; Feast's SQLite store shares one connection.
-        self._champion_lock, self._forward_lock, self._store_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self._problems: dict[str, str] = {}  # dataset -> why its last alias check or load failed
+        # _state_lock guards the dicts above for an instant, never across I/O. One refresh (alias look-up,
+        # load) per dataset at a time; loads of language models and SAEs one at a time. One forward at a
+        # time: extraction hooks the model's blocks. Feast's SQLite store shares one connection, and its
+        # registry cache is loaded and refreshed unguarded: every store call holds _store_lock.
+        self._state_lock, self._load_lock = threading.Lock(), threading.Lock()
+        self._forward_lock, self._store_lock = threading.Lock(), threading.Lock()
+        self._refreshing = {dataset: threading.Lock() for dataset in self.registered_models}
 
     def champion(self, dataset: str) -> Champion:
-        """The dataset's champion, reloaded when the alias moved since the last check."""
-        name = self._registered(dataset)
-        with self._champion_lock:
+        """The dataset's champion, reloaded when the alias moved since the last check.
+
+        While another thread checks or loads, the current champion answers; only a dataset with none
+        loaded yet waits for it.
+        """
+        self._registered(dataset)
+        with self._state_lock:
             cached = self._champions.get(dataset)
-            now = self._clock()
-            if cached is not None and now - cached[1] < self.champion_poll_s:
-                return cached[0]
-            version = tracking.get_alias_version(name, tracking.CHAMPION)
-            if version is None:
-                self._champions.pop(dataset, None)
-                raise NoChampion(f"{name} has no champion yet: run `dvc repro promote@{dataset}` until a probe passes "
-                                 f"the gates, or `python -m pipelines.promote {dataset} --rollback --to <version>`")
-            champion = cached[0] if cached is not None and cached[0].version == version else None
-            if champion is None:
-                champion = load_champion(self.store, name, version)
-                log.info("%s@champion is version %d (%s)", name, version, champion.service)
-            self._champions[dataset] = (champion, now)
-            return champion
+        if cached is not None and self._clock() - cached[1] < self.champion_poll_s:
+            return cached[0]
+        refreshing = self._refreshing[dataset]
+        if cached is None:
+            refreshing.acquire()
+        elif not refreshing.acquire(blocking=False):
+            return cached[0]  # another thread checks or loads: the current champion answers meanwhile
+        try:
+            return self._refresh(dataset)
+        finally:
+            refreshing.release()
 
     def status(self) -> dict[str, int | None]:
-        """Champion version per served dataset (None: no champion)."""
-        versions: dict[str, int | None] = {}
-        for dataset in self.registered_models:
-            try:
-                versions[dataset] = self.champion(dataset).version
-            except NoChampion:
-                versions[dataset] = None
-        return versions
+        """Version of the champion each served dataset scores with now (None: none loaded); never waits.
+
+        A dataset without one, or whose alias check is due, is checked in a background thread, so a
+        readiness probe neither waits for a model load nor leaves the service unready for good.
+        """
+        with self._state_lock:
+            current = {dataset: self._champions.get(dataset) for dataset in self.registered_models}
+        now = self._clock()
+        for dataset, cached in current.items():
+            if cached is None or now - cached[1] >= self.champion_poll_s:
+                threading.Thread(target=self._refresh_quietly, args=(dataset,), daemon=True,
+                                 name=f"saefs-champion-{dataset}").start()
+        return {dataset: None if cached is None else cached[0].version for dataset, cached in current.items()}
+
+    def problems(self) -> dict[str, str]:
+        """Per dataset, why its last alias check or champion load failed (none: it succeeded)."""
+        with self._state_lock:
+            return dict(self._problems)
 
     def warm_up(self) -> None:
         """Load every champion with its language model and SAE now, rather than on the first request."""
         for dataset in self.registered_models:
             try:
-                champion = self.champion(dataset)
-            except NoChampion as err:
+                self.champion(dataset)
+            except SaefsError as err:
                 log.warning("%s", err)
-                continue
-            self._encoders(champion)
 
     def score_texts(self, dataset: str, texts: Sequence[str]) -> list[Score]:
         """Features of new texts -> online store (push) -> champion's feature service -> probe."""
+        unencodable = [row for row, text in enumerate(texts) if not _utf8(text)]
+        if unencodable:
+            raise BadTexts(f"texts at rows {unencodable[:10]} are not valid Unicode (lone surrogates): send UTF-8 "
+                           "text", unencodable)
         champion = self.champion(dataset)
         ids = [text_id(dataset, text) for text in texts]
-        codes = self.encode(champion, texts)
+        try:
+            codes = self.encode(champion, texts)
+        except EmptyTexts as err:
+            raise BadTexts(f"{err}; a text needs a word the tokenizer knows", err.rows) from err
         with self._store_lock:
-            push_codes(self.store, champion.push_views, champion.kind, ids, codes, datetime.now(UTC))
-            frame = online_frame(self.store, champion.service_object, champion.kind, ids)
+            service_call("writing to the online store", push_codes, self.store, champion.push_views, champion.kind,
+                         ids, codes, datetime.now(UTC))
+            frame = service_call("reading the online store", online_frame, self.store, champion.service_object,
+                                 champion.kind, ids)
         return self._predict(dataset, champion, ids, frame)
 
     def score_stored(self, dataset: str, text_ids: Sequence[str]) -> list[Score]:
         """Texts already in the online store, by text_id."""
         champion = self.champion(dataset)
         with self._store_lock:
-            frame = online_frame(self.store, champion.service_object, champion.kind, text_ids)
+            frame = service_call("reading the online store", online_frame, self.store, champion.service_object,
+                                 champion.kind, text_ids)
         missing = missing_rows(frame)
         if missing:
             raise UnknownText(f"text_ids {[text_ids[i] for i in missing][:5]} have no features in {champion.view} "
@@ -248,13 +348,76 @@ class Scorer:
             codes = binarize_codes(codes, champion.threshold, champion.op)  # type: ignore[arg-type]
         return codes
 
+    def _refresh(self, dataset: str) -> Champion:
+        """Look the alias up and load a moved champion whole, outside the locks scoring takes; then swap it in.
+
+        A failed check or load keeps the current champion serving (logged, and retried at the next
+        poll); with none loaded, the error goes to the caller.
+        """
+        name = self.registered_models[dataset]
+        with self._state_lock:
+            cached = self._champions.get(dataset)
+        checked = self._clock()
+        try:
+            version = service_call("the MLflow model registry", tracking.get_alias_version, name, tracking.CHAMPION)
+            if version is None:
+                raise NoChampion(f"{name} has no champion yet: run `dvc repro promote@{dataset}` until a probe passes "
+                                 f"the gates, or `python -m pipelines.promote {dataset} --rollback --to <version>`")
+            if cached is not None and cached[0].version == version:
+                champion = cached[0]
+            else:
+                champion = load_champion(self.store, name, version, self._store_lock)
+                self._encoders(champion)  # its language model and SAE too: a champion is swapped in whole
+                log.info("%s@champion is version %d (%s)", name, version, champion.service)
+        except NoChampion as err:
+            with self._state_lock:
+                self._champions.pop(dataset, None)
+                self._problems[dataset] = str(err)
+            raise
+        except SaefsError as err:
+            with self._state_lock:
+                self._problems[dataset] = str(err)
+                if cached is not None:
+                    self._champions[dataset] = (cached[0], checked)
+            if cached is None:
+                raise
+            log.error("%s@champion could not be checked or loaded; still serving version %d: %s", name,
+                      cached[0].version, err)
+            return cached[0]
+        with self._state_lock:
+            self._champions[dataset] = (champion, checked)
+            self._problems.pop(dataset, None)
+        return champion
+
+    def _refresh_quietly(self, dataset: str) -> None:
+        """`_refresh` for a background check: skipped while one runs; its failure is logged and kept in `problems`."""
+        refreshing = self._refreshing[dataset]
+        if not refreshing.acquire(blocking=False):
+            return
+        try:
+            self._refresh(dataset)
+        except SaefsError as err:
+            log.warning("%s", err)
+        except Exception:
+            log.exception("checking the champion of %s failed", dataset)
+        finally:
+            refreshing.release()
+
     def _encoders(self, champion: Champion) -> tuple[tuple[Any, Any], Any]:
-        with self._forward_lock:
+        """The champion's language model and SAE, loaded once per process (never under the forward lock)."""
+        key = (champion.model, champion.layer, champion.sae)
+        with self._state_lock:
+            if champion.model in self._lms and key in self._saes:
+                return self._lms[champion.model], self._saes[key]
+        with self._load_lock:
             if champion.model not in self._lms:
-                self._lms[champion.model] = self._load_lm(champion.model)
-            key = (champion.model, champion.layer, champion.sae)
+                lm = service_call(f"loading the language model {champion.model}", self._load_lm, champion.model)
+                with self._state_lock:
+                    self._lms[champion.model] = lm
             if key not in self._saes:
-                self._saes[key] = self._load_sae(*key)
+                sae = service_call(f"loading the SAE {key}", self._load_sae, *key)
+                with self._state_lock:
+                    self._saes[key] = sae
             return self._lms[champion.model], self._saes[key]
 
     def _predict(self, dataset: str, champion: Champion, ids: Sequence[str], frame: pd.DataFrame) -> list[Score]:
@@ -275,3 +438,12 @@ class Scorer:
         if dataset not in self.registered_models:
             raise SaefsError(f"dataset {dataset!r} is not served; serve.datasets: {sorted(self.registered_models)}")
         return self.registered_models[dataset]
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (JSON's \\ud800 escapes decode to lone surrogates, which do not)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

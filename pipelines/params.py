@@ -286,6 +286,8 @@ class ServeParams(Strict):
     champion_poll_s: float = Field(ge=0, description="how often the champion alias is checked; 0: every request")
     torch_threads: int = Field(ge=0, description="intra-op threads of the service's forward passes; 0: torch's "
                                "default (one per core), which stalls when other processes share the cores")
+    body_timeout_s: float = Field(default=10.0, gt=0, description="a request body not fully received this long "
+                                  "after the request began gets a 408 (slow or stalled clients)")
 
 
 class ScaleOutParams(Strict):

@@ -7,32 +7,47 @@ The HTTP API (FastAPI; its schema at /openapi.json, the docs at /docs):
   POST /score            {"texts": [...], "dataset": "spam"}  new texts, through the online store
   GET  /score/{text_id}  ?dataset=spam                        a text already in the online store
   GET  /health           the process is up
-  GET  /ready            200 once every served dataset has a champion, 503 (naming those without) before
+  GET  /ready            200 once every served dataset's champion is loaded, 503 (naming those without) before;
+                         it never waits for a load (one due starts in the background)
 
-Requests over `serve.max_texts` texts or `serve.max_chars` characters per text, or of the wrong
-shape, get a 422 whose `detail` names the field; no champion gives 503; an unknown text_id 404.
+Errors say whose fault they are. The request's: over `serve.max_texts` texts or `serve.max_chars`
+characters per text, the wrong shape, malformed JSON or a text with no token get a 422 whose
+`detail[].loc` names the field; an unknown text_id a 404; a body larger than any valid request 413;
+a body not received within `serve.body_timeout_s` 408; invalid UTF-8 or JSON nested too deep 400.
+The server's: no champion, or a registry or store that failed, 503 (may pass: retry); a
+misconfiguration or a bug 500. A 5xx is logged with its cause, and its body names the log line
+(the one for no champion says how to get one).
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the request models built inside create_app.
 import json
 import logging
+import uuid
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
+import anyio
 import typer
 from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features import tracking
 from features.errors import SaefsError
-from features.scoring import ExtractSettings, NoChampion, Score, Scorer, UnknownText
+from features.scoring import BadTexts, ExtractSettings, NoChampion, Score, Scorer, Unavailable, UnknownText
 from pipelines import paths, setup_logging
 from pipelines.params import Params, ServeParams, load_params
 from pipelines.promote import registered_name
 from pipelines.stores import feature_store, stale_receipts
 
 log = logging.getLogger("saefs.serve")
+
+NEW_TEXT_THREADS = 2  # forwards run one at a time; a second thread pushes, reads and predicts meanwhile
+RETRY_AFTER_S = 5
 
 
 def build_scorer(params: Params) -> Scorer:
@@ -78,6 +93,61 @@ class Scored(BaseModel):
     results: list[Score]
 
 
+def max_body_bytes(limits: ServeParams) -> int:
+    """The largest POST /score body a valid request needs: `max_texts` texts of `max_chars` characters,
+    each JSON-escaped at its longest (12 bytes: an escaped surrogate pair), plus the keys and the dataset."""
+    return limits.max_texts * (12 * limits.max_chars + 4) + 1024
+
+
+class BodyDeadline:
+    """A 408 for a request whose body has not fully arrived `seconds` after it began.
+
+    A slow or stalled sender then holds its own connection for a bounded time and no worker thread
+    (bodies are read on the event loop, before the endpoint's thread starts), so other requests go on.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.seconds
+        received = False
+
+        async def receive_in_time() -> Message:
+            nonlocal received
+            if received:  # the body is in; later reads wait for a disconnect, which is not the sender's to hurry
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
+                raise HTTPException(408, f"the request body did not arrive within {self.seconds:g} s",
+                                    headers={"Connection": "close"})
+            received = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_in_time, send)
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped, so a lone surrogate (from a \\ud800 escape) can be sent back."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _server_error(request: Request, err: Exception, status: int, summary: str) -> JSONResponse:
+    """A 5xx naming a reference to the log line that holds its cause (addresses and paths stay in the log)."""
+    reference = uuid.uuid4().hex[:12]
+    log.error("%s %s -> %d, %s [%s]: %s", request.method, request.url.path, status, summary, reference, err,
+              exc_info=None if isinstance(err, SaefsError) else err)  # a SaefsError's message names its cause
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"detail": f"{summary}; the service's log has the cause under [{reference}]"},
+                        status_code=status, headers=headers)
+
+
 def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
     """The HTTP API on `scorer`, with request models built from the `serve` limits."""
     Dataset = Literal[tuple(limits.datasets)]  # type: ignore[valid-type]
@@ -89,42 +159,76 @@ def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
                                   description=f"1 to {limits.max_texts} texts of 1 to {limits.max_chars} characters")
         dataset: Dataset = Field(limits.datasets[0], description="whose champion scores the texts")  # type: ignore[valid-type]
 
-    app = FastAPI(title="saefs scoring", version="1",
+    app = FastAPI(title="saefs scoring", version="1", max_body_size=max_body_bytes(limits),
                   description="Safety classification by linear probes on sparse autoencoder features")
+    app.add_middleware(BodyDeadline, seconds=limits.body_timeout_s)
+    # New texts queue here, on the event loop, not in worker threads: stored texts never wait behind forwards.
+    new_text_threads = anyio.CapacityLimiter(NEW_TEXT_THREADS)
+    errors: dict[int | str, dict[str, Any]] = {
+        503: {"description": "no champion yet, or a registry or store failed: retry after Retry-After seconds"},
+        500: {"description": "the service is misconfigured (logged with its cause)"}}
 
-    @app.exception_handler(NoChampion)
-    def _no_champion(_request: Request, err: NoChampion) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=503)
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each refused input, and fails (500) on one JSON cannot hold (NaN, which
+        # Python's parser takes) or UTF-8 cannot (a lone surrogate, also possible in a key, hence ASCII).
+        errors = [{key: value for key, value in error.items() if key != "input"} for error in err.errors()]
+        return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(BadTexts)
+    def _bad_texts(_request: Request, err: BadTexts) -> JSONResponse:  # e.g. a text with no tokens
+        return JSONResponse({"detail": [{"loc": ["body", "texts", row], "msg": str(err), "type": "value_error"}
+                                        for row in err.rows]}, status_code=422)
 
     @app.exception_handler(UnknownText)
     def _unknown(_request: Request, err: UnknownText) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=404)
 
+    @app.exception_handler(NoChampion)
+    def _no_champion(_request: Request, err: NoChampion) -> JSONResponse:
+        log.warning("%s", err)
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(Unavailable)
+    def _unavailable(request: Request, err: Unavailable) -> JSONResponse:
+        return _server_error(request, err, 503, "a registry or store the service reads failed")
+
     @app.exception_handler(SaefsError)
-    def _bad_input(_request: Request, err: SaefsError) -> JSONResponse:  # e.g. a text with no tokens
-        return JSONResponse({"detail": [{"loc": ["body", "texts"], "msg": str(err), "type": "value_error"}]},
-                            status_code=422)
+    def _misconfigured(request: Request, err: SaefsError) -> JSONResponse:
+        return _server_error(request, err, 500, "the scoring service is misconfigured")
+
+    @app.exception_handler(Exception)
+    def _bug(request: Request, err: Exception) -> JSONResponse:
+        return _server_error(request, err, 500, "the scoring service failed")
 
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/ready")
-    def ready() -> JSONResponse:
-        versions = scorer.status()
+    async def ready() -> JSONResponse:
+        versions = scorer.status()  # what is loaded now: a readiness probe never waits for a load
         waiting = sorted(name for name, version in versions.items() if version is None)
-        body = {"ready": not waiting, "champions": versions}
+        body: dict[str, Any] = {"ready": not waiting, "champions": versions}
         if waiting:
-            body["detail"] = f"no champion yet for {waiting}: run `dvc repro promote`"
+            problems = scorer.problems()
+            body["detail"] = {name: problems.get(name, "loading its champion (or run `dvc repro promote`)")
+                              for name in waiting}
         return JSONResponse(body, status_code=503 if waiting else 200)
 
-    @app.post("/score", response_model=Scored)
-    def score(request: ScoreRequest) -> Scored:
-        return Scored(dataset=request.dataset, results=scorer.score_texts(request.dataset, request.texts))
+    @app.post("/score", response_model=Scored, responses={**errors, 408: {"description": "the body came too slowly"},
+                                                          413: {"description": "the body is larger than any valid "
+                                                                "request"}})
+    async def score(request: ScoreRequest) -> Scored:
+        results = await anyio.to_thread.run_sync(scorer.score_texts, request.dataset, request.texts,
+                                                 limiter=new_text_threads)
+        return Scored(dataset=request.dataset, results=results)
 
-    @app.get("/score/{text_id}", response_model=Score)
-    def score_stored(text_id: str, dataset: Annotated[Dataset, Query()] = limits.datasets[0]) -> Score:  # type: ignore[valid-type,assignment]
-        return scorer.score_stored(dataset, [text_id])[0]
+    @app.get("/score/{text_id}", response_model=Score,
+             responses={**errors, 404: {"description": "the online store holds no features for this text_id"}})
+    async def score_stored(text_id: str, dataset: Annotated[Dataset, Query()] = limits.datasets[0]) -> Score:  # type: ignore[valid-type,assignment]
+        [result] = await anyio.to_thread.run_sync(scorer.score_stored, dataset, [text_id])
+        return result
 
     return app
 

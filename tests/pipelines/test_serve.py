@@ -1,12 +1,19 @@
 """The scoring service end to end on a tiny model: extract -> Feast -> train_probes -> promote -> HTTP API.
 
 The stages run in this process on a scratch project, as DVC would run them; the API is called
-through FastAPI's TestClient (httpx), the CLI through typer's runner.
+through FastAPI's TestClient (httpx), or over loopback sockets to uvicorn in a thread where the
+wire matters (slow and huge bodies), the CLI through typer's runner.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ from features import tracking
 from features.feature_store import historical_frame
 from features.io import write_parquet
 from features.prepare import text_id
+from features.scoring import BadTexts
 from pipelines import (
     build_features,
     extract,
@@ -180,9 +188,16 @@ def test_malformed_json_and_textless_input_get_a_422(project) -> None:
     client = project["client"]
     response = client.post("/score", content=b'{"texts": ["w1",', headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and response.json()["detail"][0]["type"] == "json_invalid"
-    response = client.post("/score", json={"texts": ["   "]})  # no token besides BOS
-    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "texts"]
+    response = client.post("/score", json={"texts": ["w1", "   "]})  # no token besides BOS
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "texts", 1]
     assert "no tokens besides BOS" in response.json()["detail"][0]["msg"]
+    for body, field in [(b'{"texts": ["w1 \\ud800"]}', ["body", "texts", 0]),  # valid JSON, but no Unicode text
+                        (b'{"texts": ["w1"], "\\udfff": 1}', ["body"]),  # a key that is no Unicode text
+                        (b'{"texts": [NaN]}', ["body", "texts", 0])]:  # Python's JSON parser takes NaN
+        response = client.post("/score", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == field
+    with pytest.raises(BadTexts, match=r"texts at rows \[1\] are not valid Unicode"):  # the CLI's path
+        project["scorer"].score_texts(DATASET, ["w1", "w1 \ud800"])
 
 
 def test_no_champion_gives_503_with_a_message_and_not_ready(project) -> None:
@@ -199,15 +214,30 @@ def test_no_champion_gives_503_with_a_message_and_not_ready(project) -> None:
         assert client.get("/health").status_code == 200
     finally:
         tracking.set_alias(NAME, tracking.CHAMPION, 1)
-    assert client.get("/ready").json() == {"ready": True, "champions": {DATASET: 1}}
+    assert wait_until_ready(client) == {"ready": True, "champions": {DATASET: 1}}
 
 
-def test_a_moved_alias_is_picked_up(project) -> None:
-    client, report = project["client"], project["report"]
+def wait_until_ready(client: Any, timeout_s: float = 60) -> dict:
+    """/ready's body once it answers 200: it reports what is loaded and loads, if needed, in the background."""
+    deadline = time.monotonic() + timeout_s
+    while (response := client.get("/ready")).status_code != 200:
+        assert time.monotonic() < deadline, response.json()
+        time.sleep(0.1)
+    return response.json()
+
+
+def other_sparse_cell(report: dict) -> tuple[str, str]:
+    """A sparse cell besides the champion's, and its logged model: a version the alias can move to."""
     cells = json.loads(paths.probe_metrics(DATASET, MODEL).read_text())["cells"]
     other = next(name for name, cell in cells.items()
                  if cell["input"] == "sparse" and "variant" not in cell and name != report["candidate"]["cell"])
-    version = tracking.register(cells[other]["model_uri"], NAME)
+    return other, cells[other]["model_uri"]
+
+
+def test_a_moved_alias_is_picked_up(project) -> None:
+    client = project["client"]
+    other, model_uri = other_sparse_cell(project["report"])
+    version = tracking.register(model_uri, NAME)
     tracking.set_alias(NAME, tracking.CHAMPION, version)
     try:
         [result] = client.post("/score", json={"texts": ["w1 w2 w3"]}).json()["results"]
@@ -216,6 +246,250 @@ def test_a_moved_alias_is_picked_up(project) -> None:
     finally:
         tracking.set_alias(NAME, tracking.CHAMPION, 1)
     assert client.post("/score", json={"texts": ["w1 w2 w3"]}).json()["results"][0]["model_version"] == 1
+
+
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """call()'s result, failing the test if it has not returned within `seconds` (the thread is left to finish)."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(call).result(timeout=seconds)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def held_load(monkeypatch: pytest.MonkeyPatch, version: int) -> tuple[threading.Event, threading.Event]:
+    """Makes loading `version` of NAME block, once loaded, until the second Event is set; the first says it began."""
+    from features import scoring
+
+    entered, release = threading.Event(), threading.Event()
+    real = scoring.load_champion
+
+    def load(*args: Any) -> Any:
+        champion = real(*args)
+        if champion.registered_model == NAME and champion.version == version:
+            entered.set()
+            assert release.wait(120)
+        return champion
+
+    monkeypatch.setattr(scoring, "load_champion", load)
+    return entered, release
+
+
+def two_dataset_params() -> Any:
+    """The project's params serving a second dataset, `beta` (alpha's data, its own registered model)."""
+    params = load_params()
+    return params.model_copy(update={"datasets": {**params.datasets, "beta": params.datasets[DATASET]},
+                                     "serve": params.serve.model_copy(update={"datasets": [DATASET, "beta"]})})
+
+
+def test_a_slow_champion_load_blocks_no_request_and_swaps_in_whole(project, monkeypatch) -> None:
+    """While a moved champion loads, both datasets score with their current champions, and every answer
+    comes from one whole champion: its version, feature service and probability belong together."""
+    beta = promote.registered_name("beta")
+    first_uri = json.loads(paths.probe_metrics(DATASET, MODEL).read_text())["cells"][
+        project["report"]["candidate"]["cell"]]["model_uri"]
+    tracking.set_alias(beta, tracking.CHAMPION, tracking.register(first_uri, beta))
+    other, model_uri = other_sparse_cell(project["report"])
+    moved = tracking.register(model_uri, NAME)
+    entered, release = held_load(monkeypatch, moved)
+    scorer = serve.build_scorer(two_dataset_params())
+    stored = text_id(DATASET, project["texts"][70])
+    before = scorer.score_stored(DATASET, [stored])[0]
+    assert before.model_version == 1 and scorer.score_texts("beta", ["w1 w2"])[0].model_version == 1
+    answers: list[Any] = []
+    stop = threading.Event()
+
+    def hammer() -> None:  # scores the stored text all through the swap
+        while not stop.is_set():
+            answers.append(scorer.score_stored(DATASET, [stored])[0])
+
+    hammering = threading.Thread(target=hammer, daemon=True)
+    loader = threading.Thread(target=scorer.champion, args=(DATASET,), daemon=True)
+    tracking.set_alias(NAME, tracking.CHAMPION, moved)
+    try:
+        loader.start()
+        assert entered.wait(60)
+        hammering.start()
+        during = within(30, lambda: [scorer.score_stored(DATASET, [stored])[0],
+                                     scorer.score_texts(DATASET, ["w1 w2 w3"])[0],
+                                     scorer.score_texts("beta", ["w1 w2 w3"])[0]])
+        assert [score.model_version for score in during] == [1, 1, 1]
+        assert during[0].feature_service == before.feature_service
+        assert within(5, scorer.status) == {DATASET: 1, "beta": 1}
+        release.set()
+        loader.join(60)
+        after = within(30, lambda: scorer.score_stored(DATASET, [stored])[0])
+        assert after.model_version == moved and after.feature_service == other
+        time.sleep(0.5)  # a few answers after the swap
+    finally:
+        release.set()
+        stop.set()
+        hammering.join(60)
+        tracking.set_alias(NAME, tracking.CHAMPION, 1)
+        mlflow.MlflowClient().delete_registered_model(beta)
+    whole = {(1, before.feature_service, round(before.probability, 6)),
+             (moved, other, round(after.probability, 6))}
+    assert {(a.model_version, a.feature_service, round(a.probability, 6)) for a in answers} <= whole
+    assert {a.model_version for a in answers} == {1, moved}
+
+
+def test_ready_reports_what_is_loaded_without_waiting_for_a_load(project, monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+
+    entered, release = held_load(monkeypatch, 1)
+    scorer = serve.build_scorer(load_params())  # nothing loaded yet
+    try:
+        with TestClient(serve.create_app(scorer, load_params().serve)) as client:
+            response = within(10, lambda: client.get("/ready"))
+            assert response.status_code == 503 and response.json()["champions"] == {DATASET: None}
+            assert "loading" in response.json()["detail"][DATASET]
+            assert entered.wait(60)  # /ready started the load, in the background
+            assert within(10, lambda: client.get("/ready")).status_code == 503
+            release.set()
+            assert wait_until_ready(client) == {"ready": True, "champions": {DATASET: 1}}
+    finally:
+        release.set()
+
+
+def test_the_feast_registry_is_read_under_the_store_lock(project) -> None:
+    scorer = serve.build_scorer(load_params())
+    store, unguarded = scorer.store, []
+
+    class Watched:
+        """The scorer's store, noting each registry or store call made without the scorer's store lock."""
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith(("get_", "list_", "write_", "registry")) and not scorer._store_lock.locked():
+                unguarded.append(name)
+            return getattr(store, name)
+
+    scorer.store = Watched()
+    scorer.score_stored(DATASET, [text_id(DATASET, project["texts"][70])])
+    scorer.score_texts(DATASET, ["w1 w2 w3"])
+    assert unguarded == []
+
+
+def test_store_and_registry_failures_are_503_with_the_cause_logged(project, monkeypatch, caplog) -> None:
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+    from mlflow.exceptions import MlflowException
+
+    from features import scoring
+
+    client, stored = project["client"], text_id(DATASET, project["texts"][70])
+
+    def store_down(*_args: Any) -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(scoring, "online_frame", store_down)
+        for response in client.get(f"/score/{stored}"), client.post("/score", json={"texts": ["w1 w2"]}):
+            assert response.status_code == 503 and response.headers["Retry-After"]
+            assert "store the service reads failed" in response.json()["detail"]
+    assert "unable to open database file" in caplog.text
+
+    def registry_down(*_args: Any) -> None:
+        raise MlflowException("API request to http://mlflow.internal:5000 failed: Connection refused")
+
+    caplog.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(tracking, "get_alias_version", registry_down)
+        # A loaded champion goes on serving; a scorer with none answers 503.
+        assert client.get(f"/score/{stored}").json()["model_version"] == 1
+        with TestClient(serve.create_app(serve.build_scorer(load_params()), load_params().serve)) as fresh:
+            response = fresh.post("/score", json={"texts": ["w1 w2"]})
+            assert response.status_code == 503 and "Connection refused" not in response.text
+    assert "still serving version 1" in caplog.text and "Connection refused" in caplog.text
+
+
+def test_a_misconfigured_champion_is_a_500_never_the_requests_fault(project, caplog) -> None:
+    from fastapi.testclient import TestClient
+
+    cells = json.loads(paths.probe_metrics(DATASET, MODEL).read_text())["cells"]
+    hidden = next(name for name, cell in cells.items() if cell["input"] != "sparse" and "variant" not in cell)
+    broken = tracking.register(cells[hidden]["model_uri"], NAME)  # a hidden-state probe: no text can be served
+    tracking.set_alias(NAME, tracking.CHAMPION, broken)
+    try:
+        with TestClient(serve.create_app(serve.build_scorer(load_params()), load_params().serve)) as client:
+            response = client.post("/score", json={"texts": ["w1 w2"]})
+        assert response.status_code == 500, response.text
+        assert "misconfigured" in response.json()["detail"] and "texts" not in response.text
+        assert f"{NAME} v{broken} reads {hidden}, a dense view" in caplog.text
+        # The service that had a champion keeps it, and says why it did not move.
+        assert project["client"].post("/score", json={"texts": ["w1 w2"]}).json()["results"][0]["model_version"] == 1
+    finally:
+        tracking.set_alias(NAME, tracking.CHAMPION, 1)
+
+
+def test_oversize_deeply_nested_and_invalid_utf8_bodies_get_a_4xx(project) -> None:
+    client, json_type = project["client"], {"Content-Type": "application/json"}
+    limit = serve.max_body_bytes(load_params().serve)
+    big = b'{"texts": ["' + b"w" * limit + b'"]}'
+    assert client.post("/score", content=big, headers=json_type).status_code == 413
+    chunks = iter([big[:1000], big[1000:]])  # no Content-Length: counted as it arrives
+    assert client.post("/score", content=chunks, headers=json_type).status_code == 413
+    nested = b'{"texts": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    assert len(nested) < limit
+    assert client.post("/score", content=nested, headers=json_type).status_code == 400
+    assert client.post("/score", content=b'{"texts": ["w1 \xff\xfe"]}', headers=json_type).status_code == 400
+    assert client.get("/health").status_code == 200
+
+
+@contextmanager
+def listening(app: Any) -> Iterator[int]:
+    """`app` under uvicorn on a free loopback port, in a thread, for as long as the block runs."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def status_line(sock: socket.socket, timeout_s: float) -> bytes:
+    sock.settimeout(timeout_s)
+    return sock.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_slow_stalled_and_huge_bodies_get_a_4xx_and_block_no_one(project) -> None:
+    import httpx
+
+    limits = load_params().serve.model_copy(update={"body_timeout_s": 4.0})
+    stored = text_id(DATASET, project["texts"][70])
+    head = b"POST /score HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    with listening(serve.create_app(project["scorer"], limits)) as port:
+        huge, stalled, trickle = (socket.create_connection(("127.0.0.1", port)) for _ in range(3))
+        huge.sendall(head % 10**9 + b'{"texts": ["')  # announces a gigabyte
+        assert status_line(huge, 10).startswith(b"HTTP/1.1 413")
+        stalled.sendall(head % 50 + b'{"texts": ["w1')  # then nothing
+        trickle.sendall(head % 200 + b'{"texts": ["w1')
+        started = time.monotonic()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            while time.monotonic() - started < 3:  # bytes every 0.1 s, within body_timeout_s; others go on meanwhile
+                try:
+                    trickle.sendall(b" w1")
+                except OSError:  # the server answered and closed: only after body_timeout_s
+                    pass
+                begun = time.monotonic()
+                assert client.get(f"/score/{stored}").status_code == 200
+                assert client.get("/health").status_code == 200
+                assert time.monotonic() - begun < 2  # well before the 408s: nothing waited for the slow bodies
+                time.sleep(0.1)
+        assert status_line(stalled, 10).startswith(b"HTTP/1.1 408")
+        assert status_line(trickle, 10).startswith(b"HTTP/1.1 408")
+        for sock in huge, stalled, trickle:
+            sock.close()
 
 
 def test_cli_scores_a_text(project) -> None:
