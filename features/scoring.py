@@ -149,7 +149,7 @@ class Score:
 
 
 def load_champion(store: Any, registered_model: str, version: int,
-                  registry_lock: AbstractContextManager[Any] = nullcontext()) -> Champion:
+                  registry_lock: AbstractContextManager[Any] | None = None) -> Champion:
     """Version `version` of `registered_model` (a logged probe) and the Feast cell its run's `feature_service` names.
 
     The Feast registry is read under `registry_lock` (the lock of the scorer's store: Feast loads and
@@ -165,7 +165,7 @@ def load_champion(store: Any, registered_model: str, version: int,
     if not service:
         raise SaefsError(f"{registered_model} v{version} has no run tagged feature_service: register probes logged "
                          "by train_probes")
-    with registry_lock:
+    with registry_lock or nullcontext():
         service_object, tags, views = service_call("the Feast registry", _cell, store, service)
     if tags.get("kind") not in PUSHABLE_KINDS:
         raise SaefsError(f"{registered_model} v{version} reads {service_object.feature_view_projections[0].name}, a "

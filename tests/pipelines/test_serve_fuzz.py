@@ -28,7 +28,8 @@ ODD_JSON = st.builds(lambda value, wrap: b'{"texts": %s%s%s}' % (b"[" * wrap, va
                      st.sampled_from([b"NaN", b"-Infinity", b"1e400", b"1" * 5000, b'"\\ud800"', b'"\\u0000"',
                                       b'"w1", "w1"', b'"w1"], "w1": [1']),
                      st.integers(0, 1200))
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+JSON = st.recursive(SCALARS,
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
                     max_leaves=12)
 
