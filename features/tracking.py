@@ -183,12 +183,16 @@ def get_alias_version(name: str, alias: str) -> int | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    # By error code, never by message: a missing registered model is RESOURCE_DOES_NOT_EXIST (sqlite and REST
+    # stores); a missing alias is read from the model's alias map, since get_model_version_by_alias reports it
+    # as INVALID_PARAMETER_VALUE, the code of an invalid alias name too.
     try:
-        return int(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        aliases = mlflow.MlflowClient().get_registered_model(name).aliases
     except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(err).lower():
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
+    return int(aliases[alias]) if alias in aliases else None
 
 
 def set_alias(name: str, alias: str, version: int) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,36 @@ def test_dense_probe_round_trips_through_pyfunc(store: Path) -> None:
         info = tracking.log_probe(probe, frame)
     np.testing.assert_allclose(mlflow.pyfunc.load_model(info.model_uri).predict(frame), probe.predict_proba(frame),
                                rtol=1e-6)
+
+
+class _NotFound(BaseHTTPRequestHandler):
+    """A web server that is no MLflow server: every path answers 404 'Not Found'."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_response(404)
+        self.send_header("Content-Length", "9")
+        self.end_headers()
+        self.wfile.write(b"Not Found")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_registry_that_is_no_mlflow_server_is_an_error_not_a_missing_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, previous = f"http://127.0.0.1:{server.server_port}", mlflow.get_registry_uri()
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)  # MLflow exports the registry URI; restored after the test
+    mlflow.set_registry_uri(url)
+    try:
+        with pytest.raises(MlflowException) as err:  # its 404 says "Not Found", yet no alias was looked up
+            tracking.get_alias_version("any_probe", tracking.CHAMPION)
+        assert err.value.error_code == "ENDPOINT_NOT_FOUND"
+    finally:
+        mlflow.set_registry_uri(previous)
+        server.shutdown()
 
 
 def test_foreign_types_are_refused_before_logging() -> None:
