@@ -111,16 +111,31 @@ def load_hf(spec: SourceSpec) -> pd.DataFrame:
     try:
         if (Path(repo) / "dataset_dict.json").exists() or (Path(repo) / "state.json").exists():
             ds = datasets.load_from_disk(repo)
-            ds = ds[spec.split] if isinstance(ds, datasets.DatasetDict) else ds
         else:
             ds = datasets.load_dataset(repo, config or None, split=spec.split)
     except (ConnectionError, FileNotFoundError, KeyError, ValueError) as err:
-        raise DataSourceError(
-            f"{where} (split {spec.split!r}) could not be loaded: {err}. The hub is unreachable offline: "
+        raise hf_load_error(where, spec.split, err) from err
+    if isinstance(ds, datasets.DatasetDict):  # a save_to_disk folder of several splits
+        if spec.split not in ds:
+            raise DataSourceError(f"{where}: the saved dataset has no split {spec.split!r} (it has {list(ds)}); "
+                                  "set `split:` for this dataset in params.yaml")
+        ds = ds[spec.split]
+    return _select(ds.to_pandas(), spec, "text", "label", where)
+
+
+def hf_load_error(where: str, split: str, err: Exception) -> DataSourceError:
+    """The error for a failed Hugging Face load: the offline advice only when the hub could not be reached
+    (datasets raises ConnectionError then, OfflineModeIsEnabled under HF_HUB_OFFLINE=1); otherwise the cause."""
+    if isinstance(err, ConnectionError):
+        return DataSourceError(
+            f"{where} (split {split!r}) could not be loaded: {err}. The hub is unreachable offline: "
             "pre-populate the HF cache, save the dataset with save_to_disk and point hf: at that folder, "
             "or export it to a file and use file:"
-        ) from None
-    return _select(ds.to_pandas(), spec, "text", "label", where)
+        )
+    return DataSourceError(
+        f"{where} (split {split!r}) could not be loaded: {type(err).__name__}: {err}; "
+        "check the dataset id, its config (`<id>:<config>`) and `split:` in params.yaml"
+    )
 
 
 DATASET_LOADERS: dict[str, Loader] = {"sae_probes": load_sae_probes, "file": load_file, "hf": load_hf}

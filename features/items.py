@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.datasets import DataSourceError, load_source
+from features.datasets import DataSourceError, hf_load_error, load_source
 from features.errors import SaefsError
 from features.prepare import text_id
 
@@ -144,8 +144,7 @@ def load_item_rows(source: str, fmt: str, split: str = "train") -> pd.DataFrame:
     try:
         return datasets.load_dataset(repo, config or None, split=split).to_pandas()
     except (ConnectionError, FileNotFoundError, ValueError) as err:
-        raise DataSourceError(f"{source} (split {split!r}) could not be loaded: {err}. The hub is unreachable "
-                              "offline: pre-populate the HF cache, or run where the hub is reachable") from None
+        raise hf_load_error(source, split, err) from err
 
 
 def parse_items(rows: pd.DataFrame, fmt: str) -> tuple[list[Item], dict[str, int]]:

@@ -72,10 +72,27 @@ def test_hf_source_reads_a_dataset_saved_to_disk(tmp_path: Path) -> None:
 
 
 def test_hf_source_offline_hub_miss_explains_the_way_out() -> None:
-    with pytest.raises(DataSourceError, match=r"hf:nobody/nothing.*unreachable offline.*save_to_disk"):
+    with pytest.raises(DataSourceError, match=r"hf:nobody/nothing.*unreachable offline.*save_to_disk") as err:
         load_source("hf:nobody/nothing")
+    assert isinstance(err.value.__cause__, ConnectionError)
 
 
+def test_hf_source_missing_split_of_a_saved_dataset_names_the_splits(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"], "label": [0]})}).save_to_disk(
+        tmp_path / "saved")
+    with pytest.raises(DataSourceError, match=r"no split 'test' \(it has \['train'\]\); set `split:`") as err:
+        load_source(f"hf:{tmp_path / 'saved'}", split="test")
+    assert "offline" not in str(err.value)
+
+
+def test_hf_source_error_that_is_not_offline_keeps_its_cause(tmp_path: Path) -> None:
+    (tmp_path / "local").mkdir()
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_csv(tmp_path / "local" / "train.csv", index=False)
+    with pytest.raises(DataSourceError, match=r"hf:.*local \(split 'test'\).*Unknown split.*split:") as err:
+        load_source(f"hf:{tmp_path / 'local'}", split="test")
+    assert "offline" not in str(err.value) and isinstance(err.value.__cause__, ValueError)
 
 
 def test_an_unlabelled_corpus_needs_no_label_column(tmp_path: Path) -> None:
