@@ -9,8 +9,9 @@ Item formats are a registry keyed by name (one parser per source layout):
   piqa, boolq, pubmed_qa   the paper's Hugging Face rows (goal/sol1/sol2; question/passage/answer,
                  options no/yes; bigbio QA question/context/choices/answer)
 
-An item that cannot be used (unparsable, fewer than two options, an empty option, an answer that
-is not one of its options) raises `ItemError` with a `reason`; callers count these skips by reason.
+An item that cannot be used (unparsable text or answer, fewer than two options, an empty option, an
+answer that is not one of its options) raises `ItemError` with a `reason`; callers count these skips by
+reason. A source without the columns its format reads is a configuration error (`SaefsError`), never a skip.
 Every item is shown to a model in the paper's zero-shot prompt (`mcq_prompt`, PAPER.md §6.1).
 """
 
@@ -62,6 +63,15 @@ def _unparsable(fmt: str, text: str) -> ItemError:
     return ItemError("unparsable", f"{fmt}: cannot read options from {text[:80]!r}; check the item format")
 
 
+def _answer(fmt: str, raw: Any) -> int:
+    """An item's integer answer; a blank or non-numeric one is the item's fault, so a counted skip."""
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ItemError("unparsable_answer", f"{fmt}: answer {raw!r} is not a number; check the label column") \
+            from None
+
+
 def _letter_index(raw: Any, n: int) -> int:
     letter = str(raw).strip().upper()
     return ord(letter) - ord("A") if len(letter) == 1 and letter.isalpha() else n  # n: out of range
@@ -72,7 +82,7 @@ def _letter_lines(row: Mapping[str, Any]) -> Item:
     if not sep:
         raise _unparsable("letter_lines", str(row["text"]))
     options = re.split(r"\n[B-Z]\.", rest)
-    return Item(stem.strip(), tuple(o.strip() for o in options), int(row["raw_label"]))
+    return Item(stem.strip(), tuple(o.strip() for o in options), _answer("letter_lines", row["raw_label"]))
 
 
 def _option_pipes(row: Mapping[str, Any]) -> Item:
@@ -84,7 +94,7 @@ def _option_pipes(row: Mapping[str, Any]) -> Item:
     options = [p.split(": ", 1)[1] if ": " in p else "" for p in parts[2:]]
     options[-1] = options[-1].removesuffix(".")  # the template's full stop before "The correct answer is"
     return Item(parts[1].removeprefix("Question: ").strip(), tuple(o.strip() for o in options),
-                int(row["raw_label"]) - 1, context=parts[0].split("Context: ", 1)[1].strip())
+                _answer("option_pipes", row["raw_label"]) - 1, context=parts[0].split("Context: ", 1)[1].strip())
 
 
 def _inline_letters(row: Mapping[str, Any]) -> Item:
@@ -96,7 +106,7 @@ def _inline_letters(row: Mapping[str, Any]) -> Item:
 
 
 def _piqa(row: Mapping[str, Any]) -> Item:
-    return Item(str(row["goal"]), (str(row["sol1"]), str(row["sol2"])), int(row["label"]))
+    return Item(str(row["goal"]), (str(row["sol1"]), str(row["sol2"])), _answer("piqa", row["label"]))
 
 
 def _boolq(row: Mapping[str, Any]) -> Item:
@@ -116,19 +126,30 @@ ITEM_FORMATS: dict[str, Callable[[Mapping[str, Any]], Item]] = {
     "letter_lines": _letter_lines, "option_pipes": _option_pipes, "inline_letters": _inline_letters,
     "piqa": _piqa, "boolq": _boolq, "pubmed_qa": _pubmed_qa,
 }
+# The columns each format reads: a source without them is misconfigured, not a pile of bad items.
+ITEM_COLUMNS: dict[str, tuple[str, ...]] = {
+    "letter_lines": ("text", "raw_label"), "option_pipes": ("text", "raw_label"),
+    "inline_letters": ("text", "raw_label"), "piqa": ("goal", "sol1", "sol2", "label"),
+    "boolq": ("question", "passage", "answer"), "pubmed_qa": ("question", "context", "choices", "answer"),
+}
 # Formats that read sae-probes' `prompt`/`target` (as load_source's text/raw_label); the others whole HF rows.
 TEXT_FORMATS = ("letter_lines", "option_pipes", "inline_letters")
 
 
-def parse_item(fmt: str, row: Mapping[str, Any]) -> Item:
+def check_item_columns(fmt: str, columns: Sequence[str], task: str = "items") -> None:
+    """Refuse rows that lack a column `fmt` reads, naming the task, the columns and the fix."""
     if fmt not in ITEM_FORMATS:
         raise SaefsError(f"unknown item format {fmt!r}: expected one of {sorted(ITEM_FORMATS)}")
-    try:
-        return ITEM_FORMATS[fmt](row)
-    except (KeyError, ValueError, TypeError, IndexError) as err:
-        if isinstance(err, ItemError):
-            raise
-        raise ItemError("unparsable", f"{fmt}: row {dict(row)!r:.120} does not fit: {err!r}") from None
+    missing = [c for c in ITEM_COLUMNS[fmt] if c not in columns]
+    if missing:
+        raise SaefsError(f"{task}: item format {fmt!r} reads columns {missing}, which the source lacks (it has "
+                         f"{list(columns)}); set the task's `format:` to the one its source follows")
+
+
+def parse_item(fmt: str, row: Mapping[str, Any]) -> Item:
+    """One row as an Item; an item text or answer that does not fit the format raises ItemError."""
+    check_item_columns(fmt, list(row))
+    return ITEM_FORMATS[fmt](row)
 
 
 def load_item_rows(source: str, fmt: str, split: str = "train") -> pd.DataFrame:
@@ -147,8 +168,9 @@ def load_item_rows(source: str, fmt: str, split: str = "train") -> pd.DataFrame:
         raise hf_load_error(source, split, err) from err
 
 
-def parse_items(rows: pd.DataFrame, fmt: str) -> tuple[list[Item], dict[str, int]]:
+def parse_items(rows: pd.DataFrame, fmt: str, task: str = "items") -> tuple[list[Item], dict[str, int]]:
     """Every usable item of `rows`, and the skipped ones counted by reason."""
+    check_item_columns(fmt, list(rows.columns), task)
     items, skipped = [], {}
     for row in rows.to_dict("records"):
         try:

@@ -33,7 +33,8 @@ def run(cell: str) -> None:
         raise SaefsError(f"{cell!r}: expected <target>/<task> with a target in {cfg.targets} and a task in "
                          f"{sorted(cfg.tasks)} (behaviour_labels in params.yaml)")
     spec = cfg.tasks[task]
-    items, skipped = parse_items(load_item_rows(spec.source, spec.format, spec.split), spec.format)
+    items, skipped = parse_items(load_item_rows(spec.source, spec.format, spec.split), spec.format,
+                                 f"behaviour_labels.tasks.{task}")
     model, tokenizer = load_prepared(paths.model_dir(target), resolve_device(params.extract.device))
     started = time.perf_counter()
     labelled = label_items(model, tokenizer, first_items(items, task, spec.max_items), cfg.max_tokens, skipped)

@@ -50,6 +50,23 @@ def test_bad_items_raise_with_a_reason_and_are_counted(text: str, label: int, re
     assert len(items) == 1 and skipped == {reason: 1}
 
 
+def test_a_missing_column_is_a_configuration_error_not_skipped_items() -> None:
+    rows = pd.DataFrame({"prompt": [PHYS], "target": [1]})  # sae-probes' own names, not load_source's
+    expected = (r"behaviour_labels.tasks.phys: item format 'letter_lines' reads columns \['text', 'raw_label'\], "
+                r"which the source lacks \(it has \['prompt', 'target'\]\); set the task's `format:`")
+    with pytest.raises(SaefsError, match=expected) as err:
+        parse_items(rows, "letter_lines", "behaviour_labels.tasks.phys")
+    assert not isinstance(err.value, ItemError)
+    with pytest.raises(SaefsError, match=r"'piqa' reads columns \['sol2'\]"):
+        parse_item("piqa", {"goal": "open a jar", "sol1": "twist", "label": 0})
+
+
+def test_an_answer_that_is_no_number_is_a_counted_skip_of_its_own() -> None:
+    rows = pd.DataFrame({"text": [PHYS, PHYS], "raw_label": ["1", "b"]})
+    items, skipped = parse_items(rows, "letter_lines")
+    assert len(items) == 1 and skipped == {"unparsable_answer": 1}
+
+
 def test_unknown_format_is_named() -> None:
     with pytest.raises(SaefsError, match="unknown item format 'nope'"):
         parse_item("nope", {})
