@@ -70,6 +70,29 @@ def _decode(raw: bytes, encoding: str, where: str) -> str:
         ) from None
 
 
+def _refuse_nul(text: str, where: str) -> None:
+    """Refuse NUL characters: pandas' CSV reader silently ends a text at one, losing the rest of it."""
+    if "\x00" in text:
+        lines = [n for n, line in enumerate(text.split("\n"), 1) if "\x00" in line]
+        shown = ", ".join(map(str, lines[:10])) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+        raise DataSourceError(
+            f"{where}: NUL characters (\\x00) on line(s) {shown}; a text cannot hold them. Remove them "
+            "(e.g. `tr -d '\\000' < in.csv > out.csv`), or, if the file is not UTF-8 text (UTF-16, a spreadsheet "
+            "saved under a .csv name), export it again as a UTF-8 CSV"
+        )
+
+
+def _read_csv(text: str, where: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(io.StringIO(text))
+    except pd.errors.ParserError as err:  # its message names the line, e.g. "Expected 2 fields in line 8, saw 4"
+        raise DataSourceError(
+            f"{where}: not a well-formed CSV: {str(err).strip()}. Put a text that holds commas, quotes or line "
+            "breaks in double quotes (a quote inside as two: \"\"), or, if the file is no CSV (a spreadsheet, "
+            "UTF-16), export it again as a UTF-8 CSV"
+        ) from err
+
+
 def load_sae_probes(spec: SourceSpec) -> pd.DataFrame:
     """sae-probes' bundled tasks: `<name>` in cleaned_data/, or `OOD/<name>` in `OOD data/`."""
     import zstandard
@@ -96,7 +119,8 @@ def load_file(spec: SourceSpec) -> pd.DataFrame:
         df = pd.read_parquet(path)
     elif suffix in (".csv", ".jsonl", ".json"):
         text = _decode(path.read_bytes(), spec.encoding, where)
-        df = pd.read_csv(io.StringIO(text)) if suffix == ".csv" else pd.read_json(io.StringIO(text), lines=True)
+        _refuse_nul(text, where)
+        df = _read_csv(text, where) if suffix == ".csv" else pd.read_json(io.StringIO(text), lines=True)
     else:
         raise DataSourceError(f"{where}: unsupported file type {suffix!r}; use .csv, .parquet or .jsonl")
     return _select(df, spec, "text", "label", where)

@@ -51,6 +51,22 @@ def test_file_source_undecodable_bytes_name_the_offset_and_the_fix(tmp_path: Pat
     assert load_source(f"file:{path}", encoding="latin-1")["text"].tolist() == ["café"]
 
 
+def test_file_source_nul_in_a_text_is_refused_naming_the_line_not_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / "nul.csv"
+    path.write_bytes(b"text,label\nfine,0\nbad \x00 text,1\nalso fine,0\n")
+    with pytest.raises(DataSourceError, match=r"file:.*nul.csv: NUL characters \(\\x00\) on line\(s\) 3;.*tr -d"):
+        load_source(f"file:{path}")
+
+
+def test_file_source_malformed_csv_names_the_file_the_line_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes("text,label\ncafé,1\n".encode("latin-1") + b"a,b,c,1\nok,0\n")
+    expected = r"file:.*bad.csv: not a well-formed CSV: .*Expected 2 fields in line 3, saw 4.*double quotes"
+    with pytest.raises(DataSourceError, match=expected) as err:
+        load_source(f"file:{path}", encoding="latin-1")  # as the undecodable-bytes error advises
+    assert isinstance(err.value.__cause__, pd.errors.ParserError)
+
+
 def test_file_source_missing_file_and_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(DataSourceError, match="no such file"):
         load_source(f"file:{tmp_path / 'none.csv'}")
