@@ -36,6 +36,7 @@ class PrepareConfig:
     test_size: float = 0.2
     seed: int = 42
     event_timestamp: datetime = datetime.fromisoformat("2025-01-01T00:00:00+00:00")
+    max_chars: int | None = None  # longest text (stripped) accepted: validate_data's bound, checked before dedupe
 
 
 @dataclass
@@ -59,8 +60,41 @@ def _rank(ids: pd.Series, seed: int, salt: str) -> np.ndarray:
     return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.uint64)
 
 
+def _rows(positions: np.ndarray) -> str:
+    """The source's row numbers, counted from 1 as a user counts data rows (a CSV's header not included)."""
+    numbers = [str(int(p) + 1) for p in positions]
+    more = f" and {len(numbers) - 10} more" if len(numbers) > 10 else ""
+    return f"rows {', '.join(numbers[:10])}{more} (counted from 1, header excluded)"
+
+
+def _check_texts(texts: pd.Series, cfg: PrepareConfig) -> None:
+    """Refuse null, blank and over-long texts, naming their rows: checked before dedupe, which would otherwise
+    merge blank texts into one or two rows and fail later with advice that does not fit."""
+    if (null := np.flatnonzero(texts.isna())).size:
+        raise PrepareError(f"dataset {cfg.name!r}: {null.size} rows have no text (null): {_rows(null)}; "
+                           "fill them in or delete those rows from the source")
+    chars = texts.str.strip().str.len().to_numpy()
+    if (blank := np.flatnonzero(chars == 0)).size:
+        raise PrepareError(
+            f"dataset {cfg.name!r}: {blank.size} of {len(texts)} rows have an empty or whitespace-only text: "
+            f"{_rows(blank)}; fill them in or delete those rows from the source"
+        )
+    if cfg.max_chars is not None and (long := np.flatnonzero(chars > cfg.max_chars)).size:
+        raise PrepareError(
+            f"dataset {cfg.name!r}: {long.size} rows have texts longer than validate_data.max_chars "
+            f"({cfg.max_chars} characters; the longest has {int(chars.max())}): {_rows(long)}; shorten or "
+            "remove them in the source, or raise validate_data.max_chars in params.yaml"
+        )
+
+
 def _map_labels(raw: pd.Series, cfg: PrepareConfig) -> pd.Series:
     """Raw labels -> positions in the declared set (compared as strings: CSV and YAML disagree on types)."""
+    empty = np.flatnonzero(raw.map(lambda v: bool(pd.isna(v)) or (isinstance(v, str) and not v.strip())))
+    if empty.size:
+        raise PrepareError(
+            f"dataset {cfg.name!r}: {empty.size} rows have an empty label: {_rows(empty)}; fill in one of "
+            f"{list(cfg.labels)} or delete those rows from the source"
+        )
     position = {str(v): i for i, v in enumerate(cfg.labels)}
     as_str = raw.map(lambda v: str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v))
     unknown = as_str[~as_str.isin(position)]
@@ -118,8 +152,7 @@ def prepare(raw: pd.DataFrame, cfg: PrepareConfig) -> tuple[pd.DataFrame, Prepar
     if raw.empty:
         raise PrepareError(f"dataset {cfg.name!r}: the source has no rows")
     df = pd.DataFrame({"text": raw["text"].astype("string")})
-    if df["text"].isna().any():
-        raise PrepareError(f"dataset {cfg.name!r}: {int(df['text'].isna().sum())} rows have no text (null)")
+    _check_texts(df["text"], cfg)
     df["label"] = _map_labels(raw["raw_label"], cfg)
     names = cfg.label_names or tuple(str(v) for v in cfg.labels)
     df["label_name"] = df["label"].map(dict(enumerate(names))).astype("string")

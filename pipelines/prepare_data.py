@@ -24,7 +24,7 @@ def run(name: str) -> None:
     cfg = PrepareConfig(
         name=name, labels=tuple(ds.labels), label_names=tuple(ds.label_names) if ds.label_names else None,
         lang=ds.lang, max_rows=ds.max_rows, dedupe=ds.dedupe, test_size=common.test_size,
-        seed=common.seed, event_timestamp=common.event_timestamp,
+        seed=common.seed, event_timestamp=common.event_timestamp, max_chars=params.validate_data.max_chars,
     )
     df, summary = prepare(raw, cfg)
     write_parquet(paths.prepared(name), df)

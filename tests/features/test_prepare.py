@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,6 +73,45 @@ def test_labels_outside_the_declared_set_are_named() -> None:
 def test_one_class_only_is_refused() -> None:
     with pytest.raises(PrepareError, match=r"one class only \('neg'\)"):
         prepare(raw_rows(10, pos_share=0), cfg())
+
+
+def test_whitespace_only_texts_are_refused_before_dedupe_naming_the_rows() -> None:
+    # Deduplicated first, 100 blank texts became two rows and failed the split with "raise max_rows".
+    raw = pd.DataFrame({"text": [" " * (i % 3 + 1) for i in range(100)], "raw_label": [i % 2 for i in range(100)]})
+    expected = (r"dataset 'demo': 100 of 100 rows have an empty or whitespace-only text: rows 1, 2, 3, 4, 5, 6, 7, "
+                r"8, 9, 10 and 90 more \(counted from 1, header excluded\); fill them in or delete those rows")
+    with pytest.raises(PrepareError, match=expected):
+        prepare(raw, cfg())
+    some = raw_rows(20)
+    some.loc[[3, 8], "text"] = ["", "\t \n"]
+    with pytest.raises(PrepareError, match=r"2 of 20 rows have an empty or whitespace-only text: rows 4, 9 "):
+        prepare(some, cfg())
+
+
+def test_null_texts_are_named_by_row() -> None:
+    raw = raw_rows(20)
+    raw.loc[5, "text"] = None
+    with pytest.raises(PrepareError, match=r"1 rows have no text \(null\): rows 6 \(counted from 1"):
+        prepare(raw, cfg())
+
+
+def test_texts_longer_than_max_chars_are_refused_before_dedupe() -> None:
+    raw = raw_rows(20)
+    raw.loc[[2, 12], "text"] = ["x" * 1_000_000, " " + "y" * 30 + " "]
+    expected = (r"2 rows have texts longer than validate_data.max_chars \(20 characters; the longest has 1000000\): "
+                r"rows 3, 13 .*raise validate_data.max_chars")
+    with pytest.raises(PrepareError, match=expected):
+        prepare(raw, cfg(max_chars=20))
+    prepare(raw, cfg(max_chars=1_000_000))  # the bound counts stripped characters and is inclusive
+
+
+@pytest.mark.parametrize("empty", [np.nan, None, "", "  "])
+def test_empty_labels_are_named_by_row_not_as_nan(empty: object) -> None:
+    raw = raw_rows(20).astype({"raw_label": object})
+    raw.loc[[3, 7], "raw_label"] = [empty, empty]
+    with pytest.raises(PrepareError, match=r"2 rows have an empty label: rows 4, 8 .*fill in one of \[0, 1\]") as err:
+        prepare(raw, cfg())
+    assert "nan" not in str(err.value) and "None" not in str(err.value)
 
 
 def test_duplicates_are_dropped_and_conflicting_texts_removed() -> None:

@@ -39,11 +39,29 @@ def test_good_file_passes_both_stages(workdir: Path) -> None:
     assert (paths.validation_dir("tickets") / "docs" / "index.html").is_file()
 
 
-def test_blank_texts_fail_the_gate_with_a_report(workdir: Path) -> None:
+def test_blank_texts_are_refused_by_prepare_naming_their_rows(workdir: Path) -> None:
     frame = tickets()
     frame.loc[[3, 8, 13], "body"] = ["   ", "\t", " \n "]
     configure(workdir, frame)
+    with pytest.raises(PrepareError, match=r"3 of 200 rows have an empty or whitespace-only text: rows 4, 9, 14 "):
+        prepare_data.run("tickets")
+    assert not paths.prepared("tickets").exists()
+
+
+def test_a_text_longer_than_the_gates_max_chars_is_refused_by_prepare(workdir: Path) -> None:
+    frame = tickets()
+    frame.loc[5, "body"] = "x" * 1_000_000
+    configure(workdir, frame)
+    with pytest.raises(PrepareError, match=r"1 rows have texts longer than validate_data.max_chars \(20000 .*rows 6 "):
+        prepare_data.run("tickets")
+
+
+def test_blank_texts_fail_the_gate_with_a_report(workdir: Path) -> None:
+    configure(workdir, tickets())
     prepare_data.run("tickets")
+    prepared = pd.read_parquet(paths.prepared("tickets"))  # blanked after prepare, which refuses them
+    prepared.loc[[3, 8, 13], "text"] = ["   ", "\t", " \n "]
+    prepared.to_parquet(paths.prepared("tickets"), index=False)
     with pytest.raises(validate_data.ValidationFailed, match=r"dataset 'tickets' failed .*empty.*3 of 200 rows"):
         validate_data.run("tickets")
     results = json.loads((paths.validation_dir("tickets") / "results.json").read_text())
