@@ -6,6 +6,7 @@ where to write GX's HTML Data Docs.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +15,18 @@ from typing import Any
 import pandas as pd
 
 from features.schema import PREPARED_COLUMNS, SPLITS
+
+GX_LOGGER = "great_expectations"
+
+
+def _quiet_gx() -> None:
+    """Keep GX's warnings, not its ~200 INFO lines per run (one per documented API at import). Its
+    data_context.types.base sets its own logger to INFO on import, so this runs again after importing GX."""
+    for name in (GX_LOGGER, f"{GX_LOGGER}.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_quiet_gx()  # before any GX import: every one in saefs is a lazy import below
 
 # Derived columns added to the validated copy: GX has no "strip then measure", no group-by count
 # and no "fraction of rows equal to x" expectation, so these turn them into plain column checks.
@@ -196,6 +209,7 @@ def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str, docs_dir
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    _quiet_gx()
     ctx = gx.get_context(mode="ephemeral")  # in-memory stores; nothing left behind but the docs
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # no "Calculating Metrics" bars
     actions: list[Any] = []

@@ -32,7 +32,11 @@ def run(name: str) -> None:
         test_size=params.prepare_data.test_size, split_tolerance=gate.split_tolerance,
         min_chars=gate.min_chars, max_chars=gate.max_chars,
     )
-    df = pd.read_parquet(paths.prepared(name))
+    prepared = paths.prepared(name)
+    if not prepared.is_file():  # prepare_data failed or never ran: say so, not FileNotFoundError
+        raise SaefsError(f"{prepared}: no prepared data for dataset {name!r}; run `dvc repro prepare_data@{name}` "
+                         "and fix what it reports, then validate again")
+    df = pd.read_parquet(prepared)
     with atomic_path(paths.validation_dir(name)) as out:
         report = validate_prepared(df, rules, dataset=name, docs_dir=out / "docs")
         write_json(out / "results.json", report.to_dict())

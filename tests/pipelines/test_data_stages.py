@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from features.errors import SaefsError
 from features.prepare import PrepareError
 from pipelines import paths, prepare_data, validate_data
-from tests.helpers import embedded_params, write_params
+from tests.helpers import REPO, embedded_params, write_params
 
 
 def tickets(n: int = 200) -> pd.DataFrame:
@@ -84,6 +88,25 @@ def test_bad_labels_leave_no_output_behind(workdir: Path) -> None:
         prepare_data.run("tickets")
     assert not paths.prepared("tickets").exists()
     assert not list(workdir.rglob("*.tmp"))
+
+
+def test_validate_without_prepared_data_names_the_file_and_the_command(workdir: Path) -> None:
+    configure(workdir, tickets().assign(y=0))  # prepare_data fails on it, so there is nothing to validate
+    assert prepare_data.main(["tickets"]) == 2
+    expected = r"data/prepared/tickets.parquet: no prepared data .* run `dvc repro prepare_data@tickets`"
+    with pytest.raises(SaefsError, match=expected):
+        validate_data.run("tickets")
+    assert not paths.validation_dir("tickets").exists()
+
+
+def test_validate_logs_its_own_lines_but_not_great_expectations_info(workdir: Path) -> None:
+    configure(workdir, tickets())
+    prepare_data.run("tickets")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # a fresh process: GX logs most of its lines on import
+    done = subprocess.run([sys.executable, "-m", "pipelines.validate_data", "tickets"], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    assert "INFO saefs.validate_data: tickets: all expectations passed on 200 rows" in done.stderr
+    assert [line for line in done.stderr.splitlines() if "great_expectations" in line] == []
 
 
 def test_stage_main_reports_input_errors_without_a_traceback(workdir: Path, caplog) -> None:
