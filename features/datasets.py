@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,11 @@ def _select(df: pd.DataFrame, spec: SourceSpec, text: str, label: str, where: st
         columns[spec.lang_field] = "lang"
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DataSourceError(
-            f"{where}: columns {missing} not found (available: {list(df.columns)}); "
-            "set text_field / label_field / lang_field for this dataset in params.yaml"
-        )
+        header = str(df.columns[0]) if len(df.columns) == 1 else ""
+        separator = next((sep for sep in (";", "\t", "|") if sep in header), None)
+        fix = (f"the header {header!r} looks separated by {separator!r}: save the file comma-separated"
+               if separator else "set text_field / label_field / lang_field for this dataset in params.yaml")
+        raise DataSourceError(f"{where}: columns {missing} not found (available: {list(df.columns)}); {fix}")
     return df[list(columns)].rename(columns=columns).reset_index(drop=True)
 
 
@@ -85,12 +87,32 @@ def _refuse_nul(text: str, where: str) -> None:
 def _read_csv(text: str, where: str) -> pd.DataFrame:
     try:
         return pd.read_csv(io.StringIO(text))
+    except pd.errors.EmptyDataError:
+        raise DataSourceError(f"{where}: the file is empty; a CSV needs a header row (e.g. text,label) and a row "
+                              "per text") from None
     except pd.errors.ParserError as err:  # its message names the line, e.g. "Expected 2 fields in line 8, saw 4"
         raise DataSourceError(
             f"{where}: not a well-formed CSV: {str(err).strip()}. Put a text that holds commas, quotes or line "
             "breaks in double quotes (a quote inside as two: \"\"), or, if the file is no CSV (a spreadsheet, "
             "UTF-16), export it again as a UTF-8 CSV"
         ) from err
+
+
+def _read_jsonl(text: str, where: str) -> pd.DataFrame:
+    try:
+        return pd.read_json(io.StringIO(text), lines=True)
+    except ValueError as err:  # pandas names no line: find the first one that is no JSON object
+        bad = next((n for n, line in enumerate(text.split("\n"), 1) if line.strip() and not _is_object(line)), None)
+        at = f"line {bad} is not" if bad else "the file is not"
+        raise DataSourceError(f"{where}: {at} valid JSON Lines ({err}); write one JSON object per line, e.g. "
+                              '{"text": "...", "label": 1}') from err
+
+
+def _is_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def load_sae_probes(spec: SourceSpec) -> pd.DataFrame:
@@ -120,7 +142,7 @@ def load_file(spec: SourceSpec) -> pd.DataFrame:
     elif suffix in (".csv", ".jsonl", ".json"):
         text = _decode(path.read_bytes(), spec.encoding, where)
         _refuse_nul(text, where)
-        df = _read_csv(text, where) if suffix == ".csv" else pd.read_json(io.StringIO(text), lines=True)
+        df = _read_csv(text, where) if suffix == ".csv" else _read_jsonl(text, where)
     else:
         raise DataSourceError(f"{where}: unsupported file type {suffix!r}; use .csv, .parquet or .jsonl")
     return _select(df, spec, "text", "label", where)

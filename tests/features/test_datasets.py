@@ -67,6 +67,18 @@ def test_file_source_malformed_csv_names_the_file_the_line_and_the_fix(tmp_path:
     assert isinstance(err.value.__cause__, pd.errors.ParserError)
 
 
+def test_file_source_empty_csv_semicolons_and_bad_json_lines_name_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataSourceError, match=r"empty.csv: the file is empty; a CSV needs a header row"):
+        load_source(f"file:{tmp_path / 'empty.csv'}")
+    (tmp_path / "semi.csv").write_text("text;label\nhello;1\n")
+    with pytest.raises(DataSourceError, match=r"looks separated by ';': save the file comma-separated"):
+        load_source(f"file:{tmp_path / 'semi.csv'}")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", label: 0}\n')
+    with pytest.raises(DataSourceError, match=r"bad.jsonl: line 2 is not valid JSON Lines .*one JSON object per line"):
+        load_source(f"file:{tmp_path / 'bad.jsonl'}")
+
+
 def test_file_source_missing_file_and_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(DataSourceError, match="no such file"):
         load_source(f"file:{tmp_path / 'none.csv'}")
