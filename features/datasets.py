@@ -76,9 +76,9 @@ def _refuse_nul(text: str, where: str) -> None:
     """Refuse NUL characters: pandas' CSV reader silently ends a text at one, losing the rest of it."""
     if "\x00" in text:
         lines = [n for n, line in enumerate(text.split("\n"), 1) if "\x00" in line]
-        shown = ", ".join(map(str, lines[:10])) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+        more = f" and {len(lines) - 1} more lines" if len(lines) > 1 else ""
         raise DataSourceError(
-            f"{where}: NUL characters (\\x00) on line(s) {shown}; a text cannot hold them. Remove them "
+            f"{where}: NUL characters (\\x00) on line {lines[0]}{more}; a text cannot hold them. Remove them "
             "(e.g. `tr -d '\\000' < in.csv > out.csv`), or, if the file is not UTF-8 text (UTF-16, a spreadsheet "
             "saved under a .csv name), export it again as a UTF-8 CSV"
         )

@@ -54,7 +54,7 @@ def test_file_source_undecodable_bytes_name_the_offset_and_the_fix(tmp_path: Pat
 def test_file_source_nul_in_a_text_is_refused_naming_the_line_not_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "nul.csv"
     path.write_bytes(b"text,label\nfine,0\nbad \x00 text,1\nalso fine,0\n")
-    with pytest.raises(DataSourceError, match=r"file:.*nul.csv: NUL characters \(\\x00\) on line\(s\) 3;.*tr -d"):
+    with pytest.raises(DataSourceError, match=r"file:.*nul.csv: NUL characters \(\\x00\) on line 3;.*tr -d"):
         load_source(f"file:{path}")
 
 
