@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import json
 import os
 import shutil
@@ -82,6 +83,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def remove_temporaries(path: str | os.PathLike[str]) -> None:
+    """Delete what a killed `atomic_path(path)` left beside `path` (in an output DVC keeps between runs)."""
+    path = Path(path)
+    for temporary in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
