@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import logging
+import os
+import sqlite3
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -532,18 +533,16 @@ def _with_sqlite_path(store: FeatureStore, path: Path) -> FeatureStore:
 def _carry_pushed(live: Path, fresh: Path) -> dict[str, int]:
     """Copy into `fresh` the rows of `live` whose texts it lacks (pushed by the scoring service), view by view.
 
-    A view whose materialized rows (same text, same event time) differ between the stores was computed another way
-    (another SAE or extraction setting under the same name): its pushed rows would be stale, so
-    they are dropped, with a warning. Returns the texts carried per view table.
+    A view whose materialized rows (same text, same event time) differ between the stores was
+    computed another way (another SAE or extraction setting under the same name): its pushed rows
+    would be stale, so they are dropped, with a warning. Returns the texts carried per view table.
     """
-    import sqlite3
-
     if not live.is_file():
         return {}
     carried = {}
     with contextlib.closing(sqlite3.connect(fresh.resolve().as_uri(), uri=True)) as conn, conn:
         conn.execute("ATTACH DATABASE ? AS live", (f"{live.resolve().as_uri()}?mode=ro",))
-        tables = ("SELECT name FROM {}.sqlite_master WHERE type = 'table'")
+        tables = "SELECT name FROM {}.sqlite_master WHERE type = 'table'"
         common = sorted({r[0] for r in conn.execute(tables.format("main"))}
                         & {r[0] for r in conn.execute(tables.format("live"))})
         for table in common:
