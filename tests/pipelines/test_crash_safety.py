@@ -175,6 +175,7 @@ def _kill_then_finish(scratch: dict, stage: str, triggers: list[Trigger], **watc
     assert any(run.seen for run in runs)  # the watch saw files at their final paths (train_probes: its last run)
 
 
+@pytest.mark.slow  # the scratch pipeline: minutes
 def test_extract_killed_after_each_shard_resumes_to_the_same_features(scratch: dict) -> None:
     out = scratch["repo"] / paths.features_dir("tiny", "alpha")
     for path in out.iterdir():  # extract resumes from its shards (DVC keeps them): start this one from none
@@ -187,6 +188,7 @@ def test_extract_killed_after_each_shard_resumes_to_the_same_features(scratch: d
     _kill_then_finish(scratch, EXTRACT, [shard_appeared(0), shard_appeared(2)])
 
 
+@pytest.mark.slow  # the scratch pipeline: minutes
 def test_materialize_killed_while_the_store_grows_keeps_a_whole_readable_store(scratch: dict) -> None:
     full = (scratch["repo"] / paths.feast_online_store()).stat().st_size
 
@@ -201,6 +203,7 @@ def test_materialize_killed_while_the_store_grows_keeps_a_whole_readable_store(s
                                   store_rows=scratch["store_rows"])
 
 
+@pytest.mark.slow  # the scratch pipeline: minutes
 def test_train_probes_killed_between_cells_reruns_to_the_same_results(scratch: dict) -> None:
     def best_cell_chosen(repo: Path, lines: list[str]) -> bool:  # after fitting, before tracking and writing
         return any("best cell by validation" in line for line in lines)
@@ -208,6 +211,7 @@ def test_train_probes_killed_between_cells_reruns_to_the_same_results(scratch: d
     _kill_then_finish(scratch, PROBES, [best_cell_chosen])
 
 
+@pytest.mark.slow  # the scratch pipeline: minutes
 def test_rows_the_service_pushed_survive_a_rebuild(scratch: dict) -> None:
     from features.feature_store import open_store
     from features.online import online_frame, push_codes
