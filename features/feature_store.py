@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -38,13 +40,15 @@ import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix, vstack
 
 from features.errors import SaefsError
-from features.io import atomic_path, write_json
+from features.io import atomic_path, remove_temporaries, write_json
 from features.naming import codes_name, hidden_name, parse_width
 from features.services import check_feast, display_address
 from features.shards import read_csr, read_dense
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+log = logging.getLogger(__name__)
 
 BinarizeOp = Literal[">", ">="]
 ViewKind = Literal["sparse", "binary", "dense", "labels"]  # catalog views; on-demand views are "request_binary"
@@ -496,6 +500,66 @@ def materialize_views(store: FeatureStore, names: Sequence[str] | None = None) -
             config=store.config, feature_view=view, start_date=start, end_date=end,
             registry=store.registry, project=store.project, tqdm_builder=lambda n: tqdm(total=n, disable=True))
     return counts
+
+
+def rebuild_online_store(store: FeatureStore) -> tuple[dict[str, int], dict[str, int]]:
+    """Reload every online view; returns the rows per view and the pushed texts carried over per view.
+
+    A SQLite store is built afresh in a temporary sibling file, gets the rows the scoring service
+    pushed for texts the offline sources lack (`_carry_pushed`), and replaces the live file in one
+    rename: readers see the old store or the new one, never none or half of one, and a failure
+    leaves the old one. Other stores (Redis) are overwritten in place, key by key, and carry nothing.
+    """
+    online = store.config.online_store
+    if online.type != "sqlite":
+        return materialize_views(store), {}
+    live = Path(store.repo_path) / online.path  # as Feast resolves it (an absolute path stays itself)
+    remove_temporaries(live)  # of a killed rebuild
+    with atomic_path(live) as fresh:
+        counts = materialize_views(_with_sqlite_path(store, fresh))
+        return counts, _carry_pushed(live, fresh)
+
+
+def _with_sqlite_path(store: FeatureStore, path: Path) -> FeatureStore:
+    """The same store with its SQLite online store at `path`."""
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    config = store.config.model_dump(by_alias=True, exclude_unset=True)
+    config["online_store"] = store.config.online_store.model_dump() | {"path": str(path)}
+    return FeatureStore(repo_path=str(store.repo_path), config=RepoConfig(**config))
+
+
+def _carry_pushed(live: Path, fresh: Path) -> dict[str, int]:
+    """Copy into `fresh` the rows of `live` whose texts it lacks (pushed by the scoring service), view by view.
+
+    A view whose materialized rows (same text, same event time) differ between the stores was
+    computed another way (another SAE or extraction setting under the same name): its pushed rows
+    would be stale, so they are dropped, with a warning. Returns the texts carried per view table.
+    """
+    if not live.is_file():
+        return {}
+    carried = {}
+    with contextlib.closing(sqlite3.connect(fresh.resolve().as_uri(), uri=True)) as conn, conn:
+        conn.execute("ATTACH DATABASE ? AS live", (f"{live.resolve().as_uri()}?mode=ro",))
+        tables = "SELECT name FROM {}.sqlite_master WHERE type = 'table'"
+        common = sorted({r[0] for r in conn.execute(tables.format("main"))}
+                        & {r[0] for r in conn.execute(tables.format("live"))})
+        for table in common:
+            new, old = f'main."{table}"', f'live."{table}"'
+            changed = conn.execute(f"SELECT 1 FROM {new} n JOIN {old} o USING (entity_key, feature_name, event_ts) "
+                                   "WHERE n.value IS NOT o.value LIMIT 1").fetchone()
+            absent = f"FROM {old} WHERE entity_key NOT IN (SELECT entity_key FROM {new})"
+            texts = conn.execute(f"SELECT COUNT(DISTINCT entity_key) {absent}").fetchone()[0]
+            if changed and texts:
+                log.warning("online table %s: its offline rows changed, so %d pushed texts, computed the old way, "
+                            "are dropped; score them again to add them", table, texts)
+            if changed or not texts:
+                continue
+            columns = ", ".join(f'"{r[1]}"' for r in conn.execute(f'PRAGMA main.table_info("{table}")'))
+            conn.execute(f"INSERT INTO {new} ({columns}) SELECT {columns} {absent}")
+            carried[table] = texts
+    return carried
 
 
 def _historical_table(store: FeatureStore, feature_service_name: str,

@@ -3,10 +3,14 @@
 The online store (data/feast/online/online_store.db; Redis in the cluster profile) gets each
 view's whole history from the offline sources, written in batches (feature_store.yaml's
 `materialization.online_write_batch_size`), without touching the registry, which stays
-`feast_apply`'s output. A SQLite store is rebuilt from scratch; Redis keys are overwritten in
-place (feast_apply has already deleted the keys of views the catalog dropped), so a served store
-never goes empty. Its receipt, data/feast/online/materialized.json, lists the rows per view and
-where they went.
+`feast_apply`'s output. A SQLite store is rebuilt in a temporary file beside the live one, which
+it then replaces in one rename, so a running scoring service always reads a whole store; rows the
+service pushed for texts the offline sources lack are carried over (a user scored them; they are
+not dropped by a rebuild), unless the view's offline rows changed (then they would be stale).
+Redis keys are overwritten in place (feast_apply has already deleted the keys of views the
+catalog dropped), so a served store never goes empty. Its receipt,
+data/feast/online/materialized.json, lists the rows per view, the pushed texts carried over per
+online table, and where they went.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 
 from features.errors import SaefsError
-from features.feature_store import materialize_views, store_locations
-from features.io import write_json
+from features.feature_store import rebuild_online_store, store_locations
+from features.io import remove_temporaries, write_json
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 from pipelines.stores import FEATURE_REPO, feature_store
@@ -32,13 +35,17 @@ def run(repo: str) -> None:
         raise SaefsError(f"{paths.feast_applied()} not found: run `dvc repro feast_apply` first")
     store = feature_store(params.feast_apply, repo)
     online = store_locations(store)["online_store"]
-    if online["type"] == "sqlite":
-        Path(online["address"]).unlink(missing_ok=True)  # a rebuild: no rows of views that are gone
+    remove_temporaries(paths.feast_materialized())  # DVC keeps this folder (persist): a killed run's leftovers
+    if online["type"] != "sqlite":
+        paths.feast_online_store().unlink(missing_ok=True)  # a SQLite store of an earlier configuration
     started = time.perf_counter()
-    counts = materialize_views(store)
+    counts, carried = rebuild_online_store(store)
     for name, rows in counts.items():
         log.info("materialized %s: %d rows", name, rows)
-    write_json(paths.feast_materialized(), {"project": store.project, "online_store": online, "rows": counts})
+    for table, texts in carried.items():
+        log.info("carried over %s: %d pushed texts", table, texts)
+    write_json(paths.feast_materialized(), {"project": store.project, "online_store": online, "rows": counts,
+                                            "carried_pushed_texts": carried})
     log.info("%d views, %d rows in %.1f s into the %s online store at %s", len(counts), sum(counts.values()),
              time.perf_counter() - started, online["type"], online["address"])
 

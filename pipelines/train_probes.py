@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from features import tracking
 from features.errors import SaefsError
 from features.feature_store import IDS, hidden_view_name, historical_frame, view_name
-from features.io import write_json
+from features.io import write_csv, write_json
 from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
 from features.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from pipelines import paths, stage_main
@@ -259,8 +259,7 @@ def write_plots(results: dict, path: Path) -> None:
              "binarize": "none" if c["binarize"] is None else str(c["binarize"]), "variant": c.get("variant", "logreg"),
              "macro_f1": c["macro_f1"], "macro_f1_low": c["macro_f1_low"], "macro_f1_high": c["macro_f1_high"]}
             for name, c in results["cells"].items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(path, index=False)
+    write_csv(path, pd.DataFrame(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
