@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -230,13 +231,29 @@ def explain(probe: Pipeline, frame: pd.DataFrame, predicted: np.ndarray, top: in
     return out
 
 
+def _file_identity(path: Path | None) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`: a rename onto it changes them; None without a file."""
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 class Scorer:
     """Scores texts of the served datasets with their champions; safe to call from several threads."""
 
     def __init__(self, store: Any, registered_models: Mapping[str, str], load_lm: LmLoader, load_sae: SaeLoader,
                  settings: ExtractSettings, label_names: Mapping[str, Sequence[str]], *, top_latents: int,
-                 champion_poll_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 champion_poll_s: float, clock: Callable[[], float] = time.monotonic,
+                 reopen_store: Callable[[], Any] | None = None, store_file: Path | None = None) -> None:
         self.store = store
+        # materialize swaps a new SQLite file in by rename; Feast's connection keeps the file it opened
+        # (whole, but old, and pushes to it are lost): reopen when the file at `store_file` is another one.
+        self._reopen_store, self._store_file = reopen_store, store_file
+        self._store_identity = _file_identity(store_file)
         self.registered_models = dict(registered_models)
         self.settings = settings
         self.label_names = {name: list(labels) for name, labels in label_names.items()}
@@ -304,6 +321,16 @@ class Scorer:
             except SaefsError as err:
                 log.warning("%s", err)
 
+    def _current_store(self) -> Any:
+        """The online store, reopened if materialize replaced its SQLite file since it was opened. Holds
+        _store_lock's caller."""
+        identity = _file_identity(self._store_file)
+        if self._reopen_store is not None and identity != self._store_identity:
+            log.info("the online store %s was replaced (materialize): reopening it", self._store_file)
+            self.store = service_call("reopening the online store", self._reopen_store)
+            self._store_identity = identity
+        return self.store
+
     def score_texts(self, dataset: str, texts: Sequence[str]) -> list[Score]:
         """Features of new texts -> online store (push) -> champion's feature service -> probe."""
         unencodable = [row for row, text in enumerate(texts) if not _utf8(text)]
@@ -317,9 +344,10 @@ class Scorer:
         except EmptyTexts as err:
             raise BadTexts(f"{err}; a text needs a word the tokenizer knows", err.rows) from err
         with self._store_lock:
-            service_call("writing to the online store", push_codes, self.store, champion.push_views, champion.kind,
+            store = self._current_store()
+            service_call("writing to the online store", push_codes, store, champion.push_views, champion.kind,
                          ids, codes, datetime.now(UTC))
-            frame = service_call("reading the online store", online_frame, self.store, champion.service_object,
+            frame = service_call("reading the online store", online_frame, store, champion.service_object,
                                  champion.kind, ids)
         return self._predict(dataset, champion, ids, frame)
 
@@ -327,8 +355,8 @@ class Scorer:
         """Texts already in the online store, by text_id."""
         champion = self.champion(dataset)
         with self._store_lock:
-            frame = service_call("reading the online store", online_frame, self.store, champion.service_object,
-                                 champion.kind, text_ids)
+            frame = service_call("reading the online store", online_frame, self._current_store(),
+                                 champion.service_object, champion.kind, text_ids)
         missing = missing_rows(frame)
         if missing:
             raise UnknownText(f"text_ids {[text_ids[i] for i in missing][:5]} have no features in {champion.view} "

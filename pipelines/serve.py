@@ -24,6 +24,7 @@ import json
 import logging
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -38,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features import tracking
 from features.errors import SaefsError
+from features.feature_store import store_locations
 from features.scoring import BadTexts, ExtractSettings, NoChampion, Score, Scorer, Unavailable, UnknownText
 from pipelines import paths, setup_logging
 from pipelines.params import Params, ServeParams, load_params
@@ -76,6 +78,7 @@ def build_scorer(params: Params) -> Scorer:
     store = feature_store(params.feast_apply)
     for line in stale_receipts(store):
         log.warning("stored texts may be missing online: %s", line)
+    online = store_locations(store)["online_store"]
     ex = params.extract
     return Scorer(
         store,
@@ -85,6 +88,8 @@ def build_scorer(params: Params) -> Scorer:
         {name: cfg.label_names or [str(v) for v in cfg.labels] for name, cfg in zip(params.serve.datasets, served,
                                                                                       strict=True)},
         top_latents=params.serve.top_latents, champion_poll_s=params.serve.champion_poll_s,
+        reopen_store=lambda: feature_store(params.feast_apply),
+        store_file=Path(online["address"]) if online["type"] == "sqlite" else None,
     )
 
 

@@ -8,7 +8,10 @@ wire matters (slow and huge bodies), the CLI through typer's runner.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -167,6 +170,25 @@ def test_stored_and_new_text_scoring_agree_with_the_batch_prediction(project) ->
     assert client.get(f"/score/{text_id(DATASET, 'w3 w4 w5')}").status_code == 404
     client.post("/score", json={"texts": ["w3 w4 w5"]})
     assert client.get(f"/score/{text_id(DATASET, 'w3 w4 w5')}").status_code == 200  # pushed online
+
+
+def test_the_service_writes_and_reads_the_store_materialize_swapped_in(project) -> None:
+    """materialize renames a new SQLite file onto the live one: the service must follow it, or its pushes go to the
+    replaced file (lost) and its reads stay old."""
+    from feast import FeatureStore
+
+    client, text = project["client"], "w8 w9 w10 w11 w12"
+    assert client.get(f"/score/{text_id(DATASET, project['texts'][70])}").status_code == 200  # the store is open
+    # another process, as under `dvc repro` while `saefs serve` runs
+    done = subprocess.run([sys.executable, "-m", "pipelines.materialize", "feature_repo"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(project["root"])})
+    assert done.returncode == 0, done.stderr
+    assert client.post("/score", json={"texts": [text]}).status_code == 200
+    fresh = FeatureStore(repo_path="feature_repo")  # a reader that opens the file on disk now
+    service = fresh.get_feature_service(project["scorer"].champion(DATASET).service)
+    row = fresh.get_online_features(features=service, entity_rows=[{"text_id": text_id(DATASET, text)}]).to_dict()
+    assert any(values[0] is not None for name, values in row.items() if name != "text_id"), row
+    assert client.get(f"/score/{text_id(DATASET, text)}").status_code == 200
 
 
 @pytest.mark.parametrize(("request_body", "field"), [
