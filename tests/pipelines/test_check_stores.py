@@ -10,37 +10,24 @@ import pytest
 
 from features import tracking
 from features.io import write_json
-from features.probes import make_probe
 from pipelines import check_stores, paths
-from tests.features.test_probes import FAST, WIDTH, split, synthetic_frame
-from tests.helpers import embedded_params, write_params
+from tests.pipelines.test_promote import project  # noqa: F401  (the fixture `store` builds on)
 
 mlflow = pytest.importorskip("mlflow")
 MODEL = "gemma3_270m"
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    params = embedded_params()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"  # absolute: MLflow caches stores by URI, across tests
-    params["promote"]["tracking_uri"] = uri
-    write_params(tmp_path, params)
-    tracking.configure(uri)
-    tracking.experiment("saefs/spam")
-    train, y_train, _, _ = split(*synthetic_frame())
-    with tracking.start_parent("probes"):
-        info = tracking.log_probe(make_probe("logreg", width=WIDTH, **FAST).fit(train, y_train), train.head(3))
-    version = tracking.register(info.model_uri, "saefs-spam")
+def store(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """test_promote's project (a probe logged to a scratch store), registered as champion, with both receipts."""
+    params, model_uri = request.getfixturevalue("project")
+    uri = params["promote"]["tracking_uri"]
+    version = tracking.register(model_uri, "saefs-spam")
     tracking.set_alias("saefs-spam", tracking.CHAMPION, version)
-    write_json(paths.probes_receipt("spam", MODEL), {"tracking_store": uri, "models": [info.model_uri]})
+    write_json(paths.probes_receipt("spam", MODEL), {"tracking_store": uri, "models": [model_uri]})
     write_json(paths.promotion_receipt("spam"), {"tracking_store": uri, "registered_model": "saefs-spam",
                                                 "version": version, "champion": version})
-    yield uri, info
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
+    return uri, model_uri
 
 
 def test_receipts_the_store_honours_stay(store) -> None:
@@ -49,8 +36,8 @@ def test_receipts_the_store_honours_stay(store) -> None:
 
 
 def test_a_logged_probe_whose_artifacts_are_gone_drops_the_probes_receipt(store) -> None:
-    _, info = store
-    location = mlflow.MlflowClient().get_logged_model(info.model_id).artifact_location
+    _, model_uri = store
+    location = mlflow.MlflowClient().get_logged_model(model_uri.removeprefix("models:/")).artifact_location
     shutil.rmtree(location)
     assert check_stores.run() == [paths.probes_receipt("spam", MODEL)]
     assert paths.promotion_receipt("spam").is_file()
