@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from features import tracking
@@ -27,19 +28,22 @@ log = logging.getLogger("saefs.check_stores")
 
 
 def stale_probes(receipt: dict, store: str) -> str | None:
-    """Why a train_probes receipt no longer holds (None if it does)."""
-    if receipt.get("tracking_store") != store:
-        return f"its probes were logged to {receipt.get('tracking_store')}, the tracking store is now {store}"
+    """Why a train_probes receipt no longer holds in `store` (None if it does)."""
     missing = tracking.missing_models(receipt["models"])
     return f"{len(missing)} of its {len(receipt['models'])} logged probes are gone from {store}" if missing else None
 
 
 def stale_promotion(receipt: dict, store: str) -> str | None:
-    """Why a promote receipt no longer holds (None if it does)."""
-    if receipt.get("tracking_store") != store:
-        return f"it registered in {receipt.get('tracking_store')}, the tracking store is now {store}"
+    """Why a promote receipt no longer holds in `store` (None if it does)."""
     why = tracking.missing_registration(receipt["registered_model"], receipt["version"], receipt["champion"])
     return f"{why} in {store}" if why else None
+
+
+def stale(receipt: dict, store: str, check: Callable[[dict, str], str | None]) -> str | None:
+    """Why a receipt no longer holds: written to another tracking store, or `check` finds its results gone."""
+    if receipt.get("tracking_store") != store:
+        return f"it was written to {receipt.get('tracking_store')}, the tracking store is now {store}"
+    return check(receipt, store)
 
 
 def run() -> list[Path]:
@@ -51,8 +55,8 @@ def run() -> list[Path]:
         checks = [(paths.probes_receipt(dataset, model), stale_probes, f"train_probes@{dataset}-{model}")
                   for model in params.sae]
         checks.append((paths.promotion_receipt(dataset), stale_promotion, f"promote@{dataset}"))
-        for receipt, stale, stage in checks:
-            if receipt.is_file() and (why := stale(json.loads(receipt.read_text()), store)):
+        for receipt, check, stage in checks:
+            if receipt.is_file() and (why := stale(json.loads(receipt.read_text()), store, check)):
                 receipt.unlink()
                 dropped.append(receipt)
                 log.warning("%s will rerun: %s", stage, why)
