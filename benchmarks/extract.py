@@ -22,12 +22,12 @@ import pandas as pd
 import torch
 
 import pipelines  # noqa: F401  (offline environment)
-from features.extract import collect_activations, extract
-from features.lm import decoder_layers, load_prepared
-from features.naming import codes_name, parse_width, sae_name
-from features.sae import load_sae
-from features.sae_training import SAETrainingConfig, train_sae
-from features.shards import ShardWriter
+from features.core.naming import codes_name, parse_width, sae_name
+from features.core.sae_training import SAETrainingConfig, train_sae
+from features.forward.extract import collect_activations, extract
+from features.sources.lm import decoder_layers, load_prepared
+from features.sources.sae import load_sae
+from features.stores.shards import ShardWriter
 from pipelines import paths
 
 

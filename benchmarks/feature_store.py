@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix
 
 import pipelines  # noqa: F401  (offline environment)
-from features.feature_store import (
+from features.stores.feature_store import (
     EVENT_TIME,
     JOIN_KEY,
     ViewSpec,

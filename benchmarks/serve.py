@@ -48,10 +48,10 @@ import numpy as np
 import pandas as pd
 
 import pipelines  # noqa: F401  (offline environment)
-from features import tracking
-from features.feature_store import materialize_views
-from features.lm import load_tokenizer
-from features.models import model_location
+from features.sources.lm import load_tokenizer
+from features.sources.models import model_location
+from features.stores import tracking
+from features.stores.feature_store import materialize_views
 from pipelines import paths
 from pipelines.feature_params import feature_store
 from pipelines.params import Params, load_params

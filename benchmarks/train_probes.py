@@ -28,9 +28,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import pipelines  # noqa: F401  (offline environment)
-from features import tracking
-from features.feature_store import historical_frame
-from features.probes import make_probe
+from features.core.probes import make_probe
+from features.stores import tracking
+from features.stores.feature_store import historical_frame
 from pipelines import paths
 from pipelines.params import load_params
 from pipelines.stores import FEATURE_REPO

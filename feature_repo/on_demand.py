@@ -15,7 +15,7 @@ from feast.types import Array, Float64, Int32
 from sources import CATALOG
 from views import VIEWS
 
-from features.feature_store import REQUEST_IDS, ViewSpec, on_demand_view_name
+from features.stores.feature_store import REQUEST_IDS, ViewSpec, on_demand_view_name
 
 threshold_request = RequestSource(name="threshold", schema=[Field(name="threshold", dtype=Float64)])
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from feast import FileSource, PushSource
 
-from features.feature_store import CATALOG_FILE, CREATED, EVENT_TIME, read_catalog
-from features.online import PUSHABLE_KINDS, push_source_name
+from features.serving.online import PUSHABLE_KINDS, push_source_name
+from features.stores.feature_store import CATALOG_FILE, CREATED, EVENT_TIME, read_catalog
 
 ROOT = Path(__file__).resolve().parent.parent  # the saefs checkout; catalog paths are relative to it
 CATALOG_PATH = ROOT / "data" / "feast" / CATALOG_FILE

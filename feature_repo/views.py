@@ -7,9 +7,9 @@ from feast import FeatureView, Field
 from feast.types import Array, Float32, Int32, Int64, String
 from sources import CATALOG, PUSH_SOURCES, SOURCES
 
-from features.feature_store import HIDDEN, IDS, VALUES, ViewSpec
+from features.stores.feature_store import HIDDEN, IDS, VALUES, ViewSpec
 
-# Feast type of each column features.feature_store writes (ViewSpec.features names a view's columns).
+# Feast type of each column features.stores.feature_store writes (ViewSpec.features names a view's columns).
 TYPES = {IDS: Array(Int32), VALUES: Array(Float32), HIDDEN: Array(Float32),
          "label": Int64, "split": String, "lang": String, "dataset": String}
 

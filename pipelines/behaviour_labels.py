@@ -13,12 +13,12 @@ import logging
 import sys
 import time
 
-from features.behaviour import behaviour_frame, label_items
+from features.core.prepare import PrepareConfig
 from features.errors import SaefsError
-from features.io import write_json, write_parquet
-from features.items import first_items, load_item_rows, parse_items
-from features.lm import load_prepared, resolve_device
-from features.prepare import PrepareConfig
+from features.forward.behaviour import behaviour_frame, label_items
+from features.sources.items import first_items, load_item_rows, parse_items
+from features.sources.lm import load_prepared, resolve_device
+from features.stores.files import write_json, write_parquet
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 

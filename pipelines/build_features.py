@@ -12,7 +12,7 @@ import logging
 import sys
 
 from features.errors import SaefsError
-from features.feature_store import FeatureGrid, build_labels_source, build_offline_sources
+from features.stores.feature_store import FeatureGrid, build_labels_source, build_offline_sources
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 

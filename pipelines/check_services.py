@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from features import tracking
-from features.services import check_dvc_remote
+from features.stores import tracking
+from features.stores.services import check_dvc_remote
 from pipelines import stage_main
 from pipelines.params import load_params
 from pipelines.stores import FEATURE_REPO, feature_store, stale_receipts

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from features import tracking
-from features.io import write_json
+from features.stores import tracking
+from features.stores.files import write_json
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 

@@ -1,10 +1,10 @@
 """Stage extract: pooled SAE codes and hidden states of one dataset's texts under one model.
 
 With `scale_out.extract_workers` > 1 (or under torchrun) each worker holds a model replica and
-takes turns on shard-sized blocks; rank 0 writes them in order (features.distributed), so the
+takes turns on shard-sized blocks; rank 0 writes them in order (features.forward.distributed), so the
 shards are the same as one process's.
 
-Writes CSR shards (features.shards) holding, per row, every `l<L>__sae<W>__<pooling>` code
+Writes CSR shards (features.stores.shards) holding, per row, every `l<L>__sae<W>__<pooling>` code
 matrix and every `l<L>__hidden__<last|mean>` hidden state, plus the SAE quality on these texts
 (variance explained, L0, dead latents) as a DVC metric. A killed run restarts after its last
 finished shard (the output is `persist`ed in dvc.yaml).
@@ -25,26 +25,26 @@ import numpy as np
 import pandas as pd
 
 import features
-from features import distributed
+from features.core.naming import codes_name, hidden_name, sae_name
 from features.errors import SaefsError
-from features.io import write_json
-from features.models import check_depth, model_identity
-from features.naming import codes_name, hidden_name, sae_name
-from features.shards import ShardWriter
+from features.forward import distributed
+from features.sources.models import check_depth, model_identity
+from features.stores.files import write_json
+from features.stores.shards import ShardWriter
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-    from features.extract import SaeKey
-    from features.sae import QualityMeter
+    from features.forward.extract import SaeKey
+    from features.sources.sae import QualityMeter
 
 log = logging.getLogger("saefs.extract")
 
 
 # The code that decides what the shards hold: a change to it starts the shards over.
-FEATURE_CODE = ("extract.py", "lm.py", "layers.py", "pooling.py", "sae.py")
+FEATURE_CODE = ("forward/extract.py", "sources/lm.py", "core/layers.py", "core/pooling.py", "sources/sae.py")
 REPORT = "extract_report.json"  # the finished job's metrics, kept with its shards
 
 
@@ -62,7 +62,7 @@ def job_identities(model_name: str, model_dtype: str, saes: dict[str, SAE[Any]])
 
     The output is `persist`ed, so a model or SAE that changed under the same params must not find its old shards.
     """
-    from features.sae import sae_identity
+    from features.sources.sae import sae_identity
 
     return {"model": model_identity(paths.model_dir(model_name)), "model_dtype": model_dtype} | {
         name: sae_identity(sae) for name, sae in saes.items()}
@@ -107,9 +107,9 @@ def run(cell: str) -> None:
 def _extract(cell: str, params: Params, world: distributed.World) -> None:
     """Every worker loads a model replica and extracts its turns of shard-sized blocks; the writer stores them."""
     # Imported here, not at the top: a process that only starts torchrun skips their ~8 s (sae-lens, torch).
-    from features.extract import extract, quality_meters
-    from features.lm import load_prepared, resolve_device
-    from features.sae import load_sae
+    from features.forward.extract import extract, quality_meters
+    from features.sources.lm import load_prepared, resolve_device
+    from features.sources.sae import load_sae
     from pipelines.train_sae import SAE_INDEX
 
     model_name, _, dataset = cell.partition("/")

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from features.errors import SaefsError
-from features.feature_store import CATALOG_FILE, apply_repo, read_catalog, store_locations, write_catalog
-from features.io import write_json
+from features.stores.feature_store import CATALOG_FILE, apply_repo, read_catalog, store_locations, write_catalog
+from features.stores.files import write_json
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 from pipelines.stores import FEATURE_REPO, feature_store

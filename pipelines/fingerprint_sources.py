@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from features.fingerprint import source_fingerprint
-from features.io import atomic_path
+from features.sources.fingerprint import source_fingerprint
+from features.stores.files import atomic_path
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from features.datasets import DATASET_SOURCE_KINDS
+from features.core.naming import pooling_top_n
 from features.errors import SaefsError
-from features.models import MODEL_SOURCE_KINDS
-from features.naming import pooling_top_n
+from features.sources.datasets import DATASET_SOURCE_KINDS
+from features.sources.models import MODEL_SOURCE_KINDS
 from pipelines.feature_params import BuildFeaturesParams, FeastApplyParams
 
 PARAMS_FILE = Path("params.yaml")
@@ -186,17 +186,17 @@ class TrainProbesParams(Strict):
 
 
 class ItemTask(Strict):
-    """Multiple-choice items of one task (features.behaviour parses them)."""
+    """Multiple-choice items of one task (features.forward.behaviour parses them)."""
 
     source: str = Field(description="sae_probes:<name> (text formats) or hf:<id>[:<config>] (HF row formats)")
-    format: str = Field(description="an item format of features.behaviour.ITEM_FORMATS")
+    format: str = Field(description="an item format of features.forward.behaviour.ITEM_FORMATS")
     split: str = "train"
     max_items: int = Field(gt=0, description="items scored per target (a stable pseudo-random choice)")
 
     @field_validator("format")
     @classmethod
     def _format(cls, v: str) -> str:
-        from features.items import ITEM_FORMATS
+        from features.sources.items import ITEM_FORMATS
 
         if v not in ITEM_FORMATS:
             raise ValueError(f"unknown item format {v!r}; expected one of {sorted(ITEM_FORMATS)}")

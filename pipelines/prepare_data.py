@@ -6,9 +6,9 @@ import logging
 import sys
 from dataclasses import asdict
 
-from features.datasets import load_source
-from features.io import write_json, write_parquet
-from features.prepare import PrepareConfig, prepare
+from features.core.prepare import PrepareConfig, prepare
+from features.sources.datasets import load_source
+from features.stores.files import write_json, write_parquet
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 

@@ -1,12 +1,12 @@
-"""Stage prepare_model: resolve one configured model into data/models/<name> (see features.models)."""
+"""Stage prepare_model: resolve one configured model into data/models/<name> (see features.sources.models)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from features.io import atomic_path
-from features.models import ModelSourceError, prepare_model
+from features.sources.models import ModelSourceError, prepare_model
+from features.stores.files import atomic_path
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from features.io import atomic_path
+from features.stores.files import atomic_path
 from pipelines.params import PARAMS_FILE, PROFILES, load_params
 
 PROFILE_DIR = Path("profiles")

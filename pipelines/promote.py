@@ -28,8 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-from features import tracking
-from features.io import write_json
+from features.stores import tracking
+from features.stores.files import write_json
 from pipelines import paths, run_cli
 from pipelines.params import TransferGate, load_params
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from features import report, report_page
 from features.errors import SaefsError
-from features.io import atomic_path
+from features.reporting import page as report_page
+from features.reporting import report
+from features.stores.files import atomic_path
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 

@@ -1,6 +1,6 @@
 """The scoring service: `saefs score "some text" [--dataset D]` and `saefs serve [--host H] [--port P]`.
 
-Both run `features.scoring.Scorer` on this checkout's outputs (data/models, data/saes, the Feast
+Both run `features.serving.scoring.Scorer` on this checkout's outputs (data/models, data/saes, the Feast
 repo and the MLflow registry of `promote.tracking_uri`), with the `extract` and `serve` params.
 The HTTP API (FastAPI; its schema at /openapi.json, the docs at /docs):
 
@@ -37,10 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from features import tracking
 from features.errors import SaefsError
-from features.feature_store import store_locations
-from features.scoring import BadTexts, ExtractSettings, NoChampion, Score, Scorer, Unavailable, UnknownText
+from features.serving.scoring import BadTexts, ExtractSettings, NoChampion, Score, Scorer, Unavailable, UnknownText
+from features.stores import tracking
+from features.stores.feature_store import store_locations
 from pipelines import paths, setup_logging
 from pipelines.params import Params, ServeParams, load_params
 from pipelines.promote import registered_name
@@ -55,9 +55,9 @@ RETRY_AFTER_S = 5
 def build_scorer(params: Params) -> Scorer:
     """A scorer on this checkout's outputs (run from the project root, as DVC stages are)."""
     served = [params.dataset(name) for name in params.serve.datasets]  # each a key of `datasets`, or a clear error
-    from features.lm import load_prepared, resolve_device
-    from features.naming import sae_name
-    from features.sae import load_sae
+    from features.core.naming import sae_name
+    from features.sources.lm import load_prepared, resolve_device
+    from features.sources.sae import load_sae
     from pipelines.train_sae import SAE_INDEX
 
     if params.serve.torch_threads:

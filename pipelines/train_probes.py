@@ -25,12 +25,12 @@ import pandas as pd
 import yaml
 from threadpoolctl import threadpool_limits
 
-from features import tracking
+from features.core.metrics import classification_metrics, summarize_seeds, training_curve_fractions
+from features.core.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from features.errors import SaefsError
-from features.feature_store import IDS, hidden_view_name, historical_frame, view_name
-from features.io import write_csv, write_json
-from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
-from features.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
+from features.stores import tracking
+from features.stores.feature_store import IDS, hidden_view_name, historical_frame, view_name
+from features.stores.files import write_csv, write_json
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 from pipelines.stores import feature_store

@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from features.datasets import load_source
-from features.extract import collect_activations
-from features.io import atomic_path, write_json
-from features.layers import hook_name
-from features.lm import load_prepared, resolve_device
-from features.models import check_depth, read_manifest
-from features.naming import parse_width, sae_name
-from features.prepare import sample_corpus
-from features.sae import check_sae_fits, load_sae
-from features.sae_training import SAETrainingConfig, train_sae
+from features.core.layers import hook_name
+from features.core.naming import parse_width, sae_name
+from features.core.prepare import sample_corpus
+from features.core.sae_training import SAETrainingConfig, train_sae
+from features.forward.extract import collect_activations
+from features.sources.datasets import load_source
+from features.sources.lm import load_prepared, resolve_device
+from features.sources.models import check_depth, read_manifest
+from features.sources.sae import check_sae_fits, load_sae
+from features.stores.files import atomic_path, write_json
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 

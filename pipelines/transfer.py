@@ -8,7 +8,7 @@ seeds) beside the hidden-state, TF-IDF and majority baselines. A target with one
 right or always wrong) is reported as skipped, never trained on.
 
 Cross-lingual: every `transfer.cross_lingual` task in its languages, same features, train on one
-language and test zero-shot on the others; same-language cells by k-fold CV (features.transfer).
+language and test zero-shot on the others; same-language cells by k-fold CV (features.core.transfer).
 
 Why not the extract/build_features grid: item prompts and the OOD language sets are not
 `datasets` (they would enter every train_probes and promote cell); this stage calls the same
@@ -31,16 +31,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import tracking
-from features.datasets import load_source
-from features.extract import extract
-from features.io import atomic_path, write_json
-from features.lm import load_prepared, resolve_device
-from features.naming import sae_name
-from features.prepare import PrepareConfig, prepare
-from features.probes import make_majority_baseline, make_probe, make_tfidf_baseline
-from features.sae import load_sae
-from features.transfer import codes_frame, cross_lingual_splits, heatmap, hidden_frame, skip_reason
+from features.core.naming import sae_name
+from features.core.prepare import PrepareConfig, prepare
+from features.core.probes import make_majority_baseline, make_probe, make_tfidf_baseline
+from features.core.transfer import codes_frame, cross_lingual_splits, heatmap, hidden_frame, skip_reason
+from features.forward.extract import extract
+from features.sources.datasets import load_source
+from features.sources.lm import load_prepared, resolve_device
+from features.sources.sae import load_sae
+from features.stores import tracking
+from features.stores.files import atomic_path, write_json
 from pipelines import paths, stage_main
 from pipelines.params import CrossLingualTask, Params, load_params
 from pipelines.train_probes import _fit_score, _summary

@@ -12,8 +12,8 @@ import sys
 import pandas as pd
 
 from features.errors import SaefsError
-from features.io import atomic_path, write_json
-from features.validation import ValidationRules, validate_prepared
+from features.stores.files import atomic_path, write_json
+from features.stores.validation import ValidationRules, validate_prepared
 from pipelines import paths, stage_main
 from pipelines.params import load_params
 

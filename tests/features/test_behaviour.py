@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from features.behaviour import behaviour_frame, label_items, score_options
-from features.items import Item, ItemError, mcq_prompt
-from features.prepare import PrepareConfig
-from features.schema import PREPARED_COLUMNS
+from features.core.prepare import PrepareConfig
+from features.core.schema import PREPARED_COLUMNS
+from features.forward.behaviour import behaviour_frame, label_items, score_options
+from features.sources.items import Item, ItemError, mcq_prompt
 from tests.features.tiny import BOS_ID, make_model, make_tokenizer
 
 
@@ -65,7 +65,7 @@ def test_an_option_without_tokens_is_an_item_error() -> None:
 
 
 def frame_of(correct: list[bool]):
-    from features.behaviour import Labelled
+    from features.forward.behaviour import Labelled
 
     items = [Item(f"w{i} w{i + 1}", ("w1", "w2"), 0) for i in range(len(correct))]
     scores = [[0.0, -1.0] if ok else [-1.0, 0.0] for ok in correct]

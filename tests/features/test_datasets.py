@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.datasets import DataSourceError, load_source
+from features.sources.datasets import DataSourceError, load_source
 
 
 def test_sae_probes_dataset_loads_with_its_default_fields() -> None:

@@ -7,8 +7,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from features.distributed import World, merge_meters, rounds
-from features.sae import QualityMeter
+from features.forward.distributed import World, merge_meters, rounds
+from features.sources.sae import QualityMeter
 
 
 def test_rounds_give_each_worker_whole_blocks_in_order_after_the_resumed_rows() -> None:

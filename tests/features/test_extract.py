@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from features.core.layers import hidden_state_index
 from features.errors import SaefsError
-from features.extract import Extracted, extract
-from features.layers import hidden_state_index
-from features.sae import sae_quality
+from features.forward.extract import Extracted, extract
+from features.sources.sae import sae_quality
 from tests.features.tiny import HIDDEN, make_jumprelu_sae, make_model, make_texts, make_tokenizer
 
 LENGTHS = [3, 12, 1, 7, 20, 5, 9, 2]  # words; with max_tokens 10 (BOS included) two texts are cut
@@ -20,7 +20,7 @@ D_SAE = 64
 
 
 def naive_pool(codes: np.ndarray, spec: str) -> np.ndarray:
-    """Pooling of one text's codes [T, F], written independently of features.pooling."""
+    """Pooling of one text's codes [T, F], written independently of features.core.pooling."""
     if spec == "sum":
         return codes.sum(0)
     if spec == "mean":

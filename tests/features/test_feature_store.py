@@ -1,4 +1,4 @@
-"""features.feature_store without Feast: sparse columns, binarization, names, catalog, offline sources."""
+"""features.stores.feature_store without Feast: sparse columns, binarization, names, catalog, offline sources."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.sparse import csr_matrix
 
+from features.core.naming import codes_name, hidden_name
 from features.errors import SaefsError
-from features.feature_store import (
+from features.stores.feature_store import (
     FeatureGrid,
     ViewSpec,
     binarize_codes,
@@ -25,8 +26,7 @@ from features.feature_store import (
     view_name,
     write_catalog,
 )
-from features.naming import codes_name, hidden_name
-from features.shards import ShardWriter
+from features.stores.shards import ShardWriter
 
 WIDTH, D_MODEL = 64, 8
 EVENT_TIMES = {"alpha": "2025-01-01", "beta": "2025-03-01"}

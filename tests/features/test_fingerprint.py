@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from features.errors import SaefsError
-from features.fingerprint import content_hash, source_fingerprint
+from features.sources.fingerprint import content_hash, source_fingerprint
 
 
 def test_a_file_or_folder_hash_changes_with_one_byte_or_one_name(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import io
-from features.io import atomic_path, write_csv, write_json
+from features.stores import files as io
+from features.stores.files import atomic_path, write_csv, write_json
 from tests.helpers import REPO
 
 
@@ -28,11 +28,11 @@ def _contents(path: Path) -> dict[str, str]:
 
 def _replace_and_crash_in(target: Path, crash_in: str) -> None:
     """Replace folder `target` with a 'new' one in a child process that dies (os._exit, no cleanup) on entering
-    `crash_in` of features.io: `rmtree` after deleting one file, or `rename` (the step that moves folders)."""
+    `crash_in` of features.stores.files: `rmtree` after deleting one file, or `rename` (the step that moves folders)."""
     script = textwrap.dedent(f"""
         import os, shutil
         from pathlib import Path
-        from features import io
+        from features.stores import files as io
 
         def crash(*args, **kwargs):
             os._exit(9)

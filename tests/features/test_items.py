@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from features.errors import SaefsError
-from features.items import Item, ItemError, first_items, mcq_prompt, parse_item, parse_items
+from features.sources.items import Item, ItemError, first_items, mcq_prompt, parse_item, parse_items
 
 PHYS = "how do you recite vows?\n\nA.memorize them.\nB.speak them out loud."
 SIQA = ("The following is a multiple choice question. Context: Quinn took toys away from Jesse.| Question: How "

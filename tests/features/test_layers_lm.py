@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from features.core.layers import hidden_state_index, hook_name, parse_hook
 from features.errors import SaefsError
-from features.layers import hidden_state_index, hook_name, parse_hook
-from features.lm import capture_residuals, decoder_layers, load_causal_lm, load_tokenizer
+from features.sources.lm import capture_residuals, decoder_layers, load_causal_lm, load_tokenizer
 from tests.features.tiny import MODEL_KINDS, VOCAB_SIZE, make_model, make_tokenizer
 
 

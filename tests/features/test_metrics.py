@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from features.core.metrics import classification_metrics, summarize_seeds, training_curve_fractions
 from features.errors import SaefsError
-from features.metrics import classification_metrics, summarize_seeds, training_curve_fractions
 
 
 def test_binary_metrics_by_hand() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from features.models import ModelSourceError, load_gguf_tokenizer, model_location, packaged_gguf, prepare_model
+from features.sources.models import ModelSourceError, load_gguf_tokenizer, model_location, packaged_gguf, prepare_model
 
 
 def save_tiny_model(folder: Path) -> Path:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy.sparse import csr_matrix
 
+from features.core.pooling import counted_token_mask, parse_pooling, pool_codes, pool_hidden
 from features.errors import SaefsError
-from features.pooling import counted_token_mask, parse_pooling, pool_codes, pool_hidden
 
 BOS, PAD, BIG = 2, 0, 1000.0
 INPUT_IDS = torch.tensor([[BOS, 5, 6, 7], [BOS, 8, 9, PAD]])

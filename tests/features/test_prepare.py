@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.prepare import PrepareConfig, PrepareError, prepare, sample_corpus, text_id
-from features.schema import PREPARED_COLUMNS
+from features.core.prepare import PrepareConfig, PrepareError, prepare, sample_corpus, text_id
+from features.core.schema import PREPARED_COLUMNS
 
 
 def raw_rows(n: int = 200, pos_share: float = 0.3) -> pd.DataFrame:

@@ -11,8 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from features.errors import SaefsError
-from features.probes import (
+from features.core.probes import (
     SEARCH_STEP,
     Binarize,
     DenseColumn,
@@ -23,6 +22,7 @@ from features.probes import (
     make_probe,
     make_tfidf_baseline,
 )
+from features.errors import SaefsError
 
 WIDTH = 64
 INFORMATIVE = (0, 1, 2)  # 0 and 1 fire on class 1, 2 on class 0 (90% of the time each)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features import figures, paper, report
 from features.errors import SaefsError
-from features.report_page import with_interval
+from features.reporting import figures, paper, report
+from features.reporting.page import with_interval
 
 
 def _cell(f1: float, val: float, layer: int = 1, pooling: str = "sum", binarize: float | None = None,

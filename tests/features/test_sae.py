@@ -9,9 +9,9 @@ import pytest
 import torch
 from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
 
-from features import sae as sae_module
 from features.errors import SaefsError
-from features.sae import QualityMeter, SaeSpec, check_sae_fits, encode, load_sae, sae_quality
+from features.sources import sae as sae_module
+from features.sources.sae import QualityMeter, SaeSpec, check_sae_fits, encode, load_sae, sae_quality
 from tests.features.tiny import gemma_scope_params, make_jumprelu_sae
 
 D_IN, D_SAE = 16, 48

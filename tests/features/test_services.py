@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from features.errors import SaefsError
-from features.services import check_mlflow, check_reachable, display_address, host_port
+from features.stores.services import check_mlflow, check_reachable, display_address, host_port
 from tests.services import free_port
 
 

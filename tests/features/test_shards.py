@@ -10,7 +10,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse import random as sparse_random
 
 from features.errors import SaefsError
-from features.shards import MANIFEST, ShardWriter, read_csr, read_dense
+from features.stores.shards import MANIFEST, ShardWriter, read_csr, read_dense
 
 N_ROWS, SHARD_ROWS = 23, 5
 PIECES = [3, 7, 1, 9, 3]  # appends of uneven sizes, crossing shard boundaries

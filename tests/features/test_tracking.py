@@ -15,10 +15,10 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from features import tracking
+from features.core.probes import make_probe
 from features.errors import SaefsError
-from features.probes import make_probe
-from features.tracking import Thresholds, promotion_decision
+from features.stores import tracking
+from features.stores.tracking import Thresholds, promotion_decision
 from tests.features.test_probes import FAST, WIDTH, split, synthetic_frame
 
 mlflow = pytest.importorskip("mlflow")

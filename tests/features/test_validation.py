@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.schema import PREPARED_COLUMNS
-from features.validation import ValidationRules, validate_prepared
+from features.core.schema import PREPARED_COLUMNS
+from features.stores.validation import ValidationRules, validate_prepared
 
 RULES = ValidationRules(
     labels=(0, 1), min_class_count=20, test_size=0.2, split_tolerance=0.05, min_chars=3, max_chars=200

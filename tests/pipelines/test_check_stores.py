@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from features import tracking
-from features.io import write_json
+from features.stores import tracking
+from features.stores.files import write_json
 from pipelines import check_stores, paths
 from tests.pipelines.test_promote import project  # noqa: F401  (the fixture `store` builds on)
 

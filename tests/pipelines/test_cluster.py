@@ -29,13 +29,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from features import tracking
+from features.core.prepare import text_id
+from features.core.probes import make_probe
 from features.errors import SaefsError
-from features.feature_store import open_store, to_csr
-from features.prepare import text_id
-from features.probes import make_probe
-from features.services import check_bucket, check_dvc_remote
-from features.shards import ShardWriter
+from features.stores import tracking
+from features.stores.feature_store import open_store, to_csr
+from features.stores.services import check_bucket, check_dvc_remote
+from features.stores.shards import ShardWriter
 from pipelines import build_features, check_services, feast_apply, materialize, paths, serve
 from pipelines.params import load_params
 from pipelines.stores import stale_receipts

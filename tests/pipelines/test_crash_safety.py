@@ -213,8 +213,8 @@ def test_train_probes_killed_between_cells_reruns_to_the_same_results(scratch: d
 
 @pytest.mark.slow  # the scratch pipeline: minutes
 def test_rows_the_service_pushed_survive_a_rebuild(scratch: dict) -> None:
-    from features.feature_store import open_store
-    from features.online import online_frame, push_codes
+    from features.serving.online import online_frame, push_codes
+    from features.stores.feature_store import open_store
 
     repo = scratch["repo"]
     view = "tiny__l2__sae64__sum__raw"
@@ -243,7 +243,7 @@ def _online_table(path: Path, rows: list[tuple[bytes, bytes, str]]) -> None:
 
 @pytest.mark.parametrize("offline_changed", [False, True])
 def test_pushed_rows_are_carried_unless_the_views_offline_rows_changed(tmp_path: Path, offline_changed: bool) -> None:
-    from features.feature_store import _carry_pushed
+    from features.stores.feature_store import _carry_pushed
 
     offline, pushed = (b"a", b"codes", "2026-01-01"), (b"new", b"pushed codes", "2026-12-01")
     _online_table(tmp_path / "live.db", [offline, pushed])

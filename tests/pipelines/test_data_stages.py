@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from features.core.prepare import PrepareError
 from features.errors import SaefsError
-from features.prepare import PrepareError
 from pipelines import paths, prepare_data, validate_data
 from tests.helpers import REPO, embedded_params, write_params
 

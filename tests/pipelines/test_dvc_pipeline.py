@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from features.naming import codes_name, hidden_name
-from features.shards import read_csr, read_dense
+from features.core.naming import codes_name, hidden_name
+from features.stores.shards import read_csr, read_dense
 from pipelines import paths
 from tests.features.tiny import make_model, make_texts, make_tokenizer
 from tests.helpers import REPO, embedded_params, write_params

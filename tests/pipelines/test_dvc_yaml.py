@@ -84,9 +84,9 @@ def test_every_listed_module_exists() -> None:
 
 def test_the_closure_follows_lazy_imports_and_skips_type_only_ones() -> None:
     closure = import_closure("pipelines.extract")
-    assert "features/sae.py" in closure  # imported inside run()
+    assert "features/sources/sae.py" in closure  # imported inside run()
     assert "pipelines/paths.py" in closure and "pipelines/__init__.py" in closure
-    assert "features/feature_store.py" not in import_closure("pipelines.prepare_model")
+    assert "features/stores/feature_store.py" not in import_closure("pipelines.prepare_model")
 
 
 def test_outputs_are_where_pipelines_paths_puts_them() -> None:

@@ -19,7 +19,7 @@ import yaml
 from scipy.sparse import vstack
 
 from features.errors import SaefsError
-from features.feature_store import (
+from features.stores.feature_store import (
     apply_repo,
     binarize_codes,
     hidden_view_name,

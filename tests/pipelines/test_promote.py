@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import tracking
-from features.probes import make_probe
+from features.core.probes import make_probe
+from features.stores import tracking
 from pipelines import paths, promote
 from tests.features.test_probes import FAST, WIDTH, split, synthetic_frame
 from tests.helpers import embedded_params, write_params

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from features.errors import SaefsError
-from features.report import CROSS_LINGUAL_COLUMNS, CROSS_MODEL_COLUMNS
+from features.reporting.report import CROSS_LINGUAL_COLUMNS, CROSS_MODEL_COLUMNS
 from pipelines import paths, report
 from tests.helpers import embedded_params, write_params
 

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.core.naming import codes_name
+from features.core.sae_training import SAETrainingConfig, train_sae
 from features.errors import SaefsError
-from features.extract import collect_activations, extract
-from features.io import write_json
-from features.naming import codes_name
-from features.sae_training import SAETrainingConfig, train_sae
-from features.shards import ShardWriter, read_csr
-from features.validation import Failure, SaeQualityRules, validate_sae_quality
+from features.forward.extract import collect_activations, extract
+from features.stores.files import write_json
+from features.stores.shards import ShardWriter, read_csr
+from features.stores.validation import Failure, SaeQualityRules, validate_sae_quality
 from pipelines import check_sae, paths
 from pipelines import extract as extract_stage
 from pipelines import train_sae as train_sae_stage
@@ -74,7 +74,7 @@ def _extract_scratch(tiny, tmp_path: Path) -> tuple[pd.DataFrame, dict]:
     model, tokenizer, texts, sae = tiny
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    from features.models import prepare_model
+    from features.sources.models import prepare_model
 
     prepare_model("path:tiny", paths.model_dir("tiny"))
     sae.save_inference_model(paths.sae_dir("tiny") / "l0__sae128")
@@ -171,7 +171,7 @@ def test_extract_refuses_a_dataset_that_failed_validation(
 def test_a_layer_beyond_the_depth_is_refused_before_loading_the_model(
     tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import features.lm
+    import features.sources.lm
 
     monkeypatch.chdir(tmp_path)
     _, params = _extract_scratch(tiny, tmp_path)
@@ -181,7 +181,7 @@ def test_a_layer_beyond_the_depth_is_refused_before_loading_the_model(
     def no_load(*_args, **_kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(features.lm, "load_prepared", no_load)
+    monkeypatch.setattr(features.sources.lm, "load_prepared", no_load)
     monkeypatch.setattr(train_sae_stage, "load_prepared", no_load)
     depth = (r"params\.yaml sae\.tiny\.layers: layer 7 is beyond the depth of the model in data/models/tiny "
              r"\(4 blocks: 0\.\.3\)")
@@ -195,8 +195,8 @@ def test_extract_starts_over_when_the_model_or_an_sae_changes(
     tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The output is persisted and the params stay the same: only the content of the model or SAE differs."""
-    from features.models import prepare_model
-    from features.sae import load_sae
+    from features.sources.models import prepare_model
+    from features.sources.sae import load_sae
 
     _, tokenizer, _, _ = tiny
     monkeypatch.chdir(tmp_path)

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import tracking
-from features.feature_store import historical_frame
-from features.io import write_parquet
-from features.prepare import text_id
-from features.scoring import BadTexts
+from features.core.prepare import text_id
+from features.serving.scoring import BadTexts
+from features.stores import tracking
+from features.stores.feature_store import historical_frame
+from features.stores.files import write_parquet
 from pipelines import (
     build_features,
     extract,
@@ -281,7 +281,7 @@ def within(seconds: float, call: Callable[[], Any]) -> Any:
 
 def held_load(monkeypatch: pytest.MonkeyPatch, version: int) -> tuple[threading.Event, threading.Event]:
     """Makes loading `version` of NAME block, once loaded, until the second Event is set; the first says it began."""
-    from features import scoring
+    from features.serving import scoring
 
     entered, release = threading.Event(), threading.Event()
     real = scoring.load_champion
@@ -397,7 +397,7 @@ def test_store_and_registry_failures_are_503_with_the_cause_logged(project, monk
     from fastapi.testclient import TestClient
     from mlflow.exceptions import MlflowException
 
-    from features import scoring
+    from features.serving import scoring
 
     client, stored = project["client"], text_id(DATASET, project["texts"][70])
 

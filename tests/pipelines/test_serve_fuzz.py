@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from features.prepare import text_id as text_id_of
+from features.core.prepare import text_id as text_id_of
 from tests.pipelines.test_serve import DATASET, project  # noqa: F401  (the served setup, a module fixture)
 
 FUZZ = settings(max_examples=100, deadline=None, database=None,

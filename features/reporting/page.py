@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import jinja2
 import pandas as pd
 
-from features import figures, paper
-from features import report as tables
-from features.report import RunInputs
+from features.reporting import figures, paper
+from features.reporting import report as tables
+from features.reporting.report import RunInputs
 
 
 @dataclass

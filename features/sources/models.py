@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from features.errors import SaefsError
-from features.fingerprint import content_hash
+from features.sources.fingerprint import content_hash
 
 log = logging.getLogger(__name__)
 MANIFEST = "saefs_model.json"
@@ -151,7 +151,7 @@ def _check_decoder_blocks(source: str, config) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from features.lm import decoder_layers
+    from features.sources.lm import decoder_layers
 
     try:
         with torch.device("meta"):

@@ -1,6 +1,6 @@
 """Behaviour labels: did a target model answer a multiple-choice item right?
 
-Every option of an item (features.items) is scored by the summed log-probability of its
+Every option of an item (features.sources.items) is scored by the summed log-probability of its
 continuation `" " + option` after the item's prompt (the paper's zero-shot format, no chat
 template, even for instruction-tuned models). The model's answer is the best-scoring option; the
 label is whether it is the right one. The prompt is what source models later featurize.
@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from features.core.prepare import PrepareConfig, prepare, text_id
+from features.core.schema import PREPARED_COLUMNS
 from features.errors import SaefsError
-from features.extract import _pad
-from features.items import Item, ItemError, mcq_prompt
-from features.prepare import PrepareConfig, prepare, text_id
-from features.schema import PREPARED_COLUMNS
+from features.forward.extract import _pad
+from features.sources.items import Item, ItemError, mcq_prompt
 
 LABEL_NAMES = ("incorrect", "correct")  # label 1: the target answered right
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from features.report import best_by
+from features.reporting.report import best_by
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from features.errors import SaefsError
-from features.services import check_bucket, check_mlflow, display_address
+from features.stores.services import check_bucket, check_mlflow, display_address
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,7 +165,7 @@ def trusted_types(pipeline: Any) -> list[str]:
     foreign = [name for name in untrusted if not name.startswith(TRUSTED_MODULES)]
     if foreign:
         raise SaefsError(f"the probe holds types {foreign} from outside {list(TRUSTED_MODULES)}; skops would refuse "
-                         "to load them: build probes from scikit-learn and features/probes.py estimators")
+                         "to load them: build probes from scikit-learn and features/core/probes.py estimators")
     return untrusted
 
 

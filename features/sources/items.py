@@ -24,9 +24,9 @@ from typing import Any
 
 import pandas as pd
 
-from features.datasets import DataSourceError, hf_load_error, load_source
+from features.core.prepare import text_id
 from features.errors import SaefsError
-from features.prepare import text_id
+from features.sources.datasets import DataSourceError, hf_load_error, load_source
 
 
 class ItemError(SaefsError):

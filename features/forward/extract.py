@@ -22,11 +22,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from features.core.layers import hook_name
+from features.core.pooling import counted_token_mask, parse_pooling, pool_codes, pool_hidden
 from features.errors import SaefsError
-from features.layers import hook_name
-from features.lm import capture_residuals, check_layers, decoder_layers, model_width
-from features.pooling import counted_token_mask, parse_pooling, pool_codes, pool_hidden
-from features.sae import QualityMeter, SaeQuality, check_sae_fits, encode
+from features.sources.lm import capture_residuals, check_layers, decoder_layers, model_width
+from features.sources.sae import QualityMeter, SaeQuality, check_sae_fits, encode
 
 HIDDEN_POOLINGS = ("last", "mean")
 HiddenKey = tuple[int, str]  # (layer, pooling spec)

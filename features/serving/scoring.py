@@ -1,6 +1,6 @@
 """Scoring texts with a dataset's champion probe, through the online store, with explanations.
 
-A new text goes the way of the batch pipeline: `features.extract.extract` (the same truncated
+A new text goes the way of the batch pipeline: `features.forward.extract.extract` (the same truncated
 forward, SAE encoding and pooling, with the `extract` params) gives its pooled codes in the
 champion's cell, binarized as its view is; they are pushed to the online store, the champion's
 feature service is read back from it, and the probe (`models:/<name>@champion`, resolved to
@@ -37,12 +37,12 @@ import pandas as pd
 from scipy import sparse
 from sklearn.pipeline import Pipeline
 
-from features import tracking
+from features.core.prepare import text_id
 from features.errors import SaefsError
-from features.extract import EmptyTexts, extract
-from features.feature_store import binarize_codes
-from features.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
-from features.prepare import text_id
+from features.forward.extract import EmptyTexts, extract
+from features.serving.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
+from features.stores import tracking
+from features.stores.feature_store import binarize_codes
 
 log = logging.getLogger("saefs.serve")
 

@@ -17,8 +17,8 @@ from scipy.sparse import csr_matrix
 from sklearn.model_selection import StratifiedKFold
 
 from features.errors import SaefsError
-from features.feature_store import HIDDEN, IDS, VALUES, sparse_columns
-from features.io import atomic_path
+from features.stores.feature_store import HIDDEN, IDS, VALUES, sparse_columns
+from features.stores.files import atomic_path
 
 Masks = list[tuple[np.ndarray, np.ndarray]]  # (train rows, test rows) as boolean masks, one pair per run
 
@@ -67,7 +67,7 @@ def hidden_frame(hidden: np.ndarray) -> pd.DataFrame:
 
 def heatmap(table: pd.DataFrame, rows: list[str], columns: str, title: str, path: str | Path) -> None:
     """The report's heatmap of a transfer matrix (macro F1 and 95% interval per cell) as a PNG."""
-    from features.figures import heatmap_figure, plt
+    from features.reporting.figures import heatmap_figure, plt
 
     fig = heatmap_figure(table, rows, columns, title)
     with atomic_path(Path(path)) as tmp:

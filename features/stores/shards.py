@@ -33,7 +33,7 @@ from numpy.lib.npyio import NpzFile
 from scipy.sparse import csr_matrix, vstack
 
 from features.errors import SaefsError
-from features.io import atomic_path, write_json
+from features.stores.files import atomic_path, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "saefs-shards/1"

@@ -1,4 +1,4 @@
-"""Gate a prepared dataset (features.schema) with a Great Expectations 1.x suite.
+"""Gate a prepared dataset (features.core.schema) with a Great Expectations 1.x suite.
 
 Pure: it knows nothing of repo paths; the caller passes the frame, the rules and, optionally,
 where to write GX's HTML Data Docs.
@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.schema import PREPARED_COLUMNS, SPLITS
+from features.core.schema import PREPARED_COLUMNS, SPLITS
 
 GX_LOGGER = "great_expectations"
 

@@ -15,8 +15,8 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from features.core.schema import PREPARED_COLUMNS
 from features.errors import SaefsError
-from features.schema import PREPARED_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -39,11 +39,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix, vstack
 
+from features.core.naming import codes_name, hidden_name, parse_width
 from features.errors import SaefsError
-from features.io import atomic_path, remove_temporaries, write_json
-from features.naming import codes_name, hidden_name, parse_width
-from features.services import check_feast, display_address
-from features.shards import read_csr, read_dense
+from features.stores.files import atomic_path, remove_temporaries, write_json
+from features.stores.services import check_feast, display_address
+from features.stores.shards import read_csr, read_dense
 
 if TYPE_CHECKING:
     from feast import FeatureStore

@@ -1,7 +1,7 @@
 """Dataset sources, resolved through a registry keyed by the source kind.
 
 Each loader returns the raw rows as a DataFrame with columns `text`, `raw_label` and `lang`
-(when the source has a language field); `features.prepare` turns that into the prepared schema.
+(when the source has a language field); `features.core.prepare` turns that into the prepared schema.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from features.errors import SaefsError
-from features.models import model_location
+from features.sources.models import model_location
 
 
 def resolve_device(device: str) -> str:

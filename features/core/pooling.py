@@ -21,7 +21,7 @@ import torch
 from scipy.sparse import csr_matrix
 from torch import Tensor
 
-from features.naming import pooling_top_n
+from features.core.naming import pooling_top_n
 
 # (values [N, F], rows [N], n_texts) -> pooled [n_texts, F]
 Reducer = Callable[[Tensor, Tensor, int], Tensor]

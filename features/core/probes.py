@@ -39,7 +39,7 @@ from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.errors import SaefsError
-from features.feature_store import HIDDEN, IDS, VALUES, BinarizeOp, binarize_codes, to_csr
+from features.stores.feature_store import HIDDEN, IDS, VALUES, BinarizeOp, binarize_codes, to_csr
 
 ProbeKind = Literal["logreg", "tree"]
 ProbeInput = Literal["sparse", "dense"]

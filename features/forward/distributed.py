@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from features.errors import SaefsError
 
 if TYPE_CHECKING:
-    from features.sae import QualityMeter
+    from features.sources.sae import QualityMeter
 
 # A worker that dies is noticed by torchrun, which stops the others; this only bounds a hung peer.
 TIMEOUT = timedelta(minutes=30)

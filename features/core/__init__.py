@@ -1,0 +1,1 @@
+"""Pure computation: arrays and frames in, arrays and frames out; no files, no services, no models loaded."""

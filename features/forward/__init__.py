@@ -1,0 +1,1 @@
+"""Everything that runs a language model forward over texts: pooled SAE codes, behaviour labels, data parallelism."""

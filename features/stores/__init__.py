@@ -1,0 +1,1 @@
+"""Files and services results live in: atomic files, feature shards, Feast, MLflow, Great Expectations, reachability."""
