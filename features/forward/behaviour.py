@@ -20,8 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from features.core.prepare import PrepareConfig, prepare, text_id
 from features.core.schema import PREPARED_COLUMNS
 from features.errors import SaefsError
-from features.forward.extract import _pad
 from features.sources.items import Item, ItemError, mcq_prompt
+from features.sources.lm import right_pad, with_bos
 
 LABEL_NAMES = ("incorrect", "correct")  # label 1: the target answered right
 
@@ -42,10 +42,7 @@ def score_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
     tokens. Only the positions that predict option tokens go through the LM head (`logits_to_keep`):
     Gemma's 262k-word head would otherwise cost more than the whole decoder.
     """
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    bos = tokenizer.bos_token_id
-    if bos is not None and prompt_ids[:1] != [bos]:
-        prompt_ids = [bos, *prompt_ids]
+    prompt_ids = with_bos(tokenizer(prompt, add_special_tokens=True)["input_ids"], tokenizer.bos_token_id)
     option_ids = [list(tokenizer(" " + option, add_special_tokens=False)["input_ids"]) for option in options]
     if any(not ids for ids in option_ids):
         raise ItemError("empty_option", f"an option of {prompt[:60]!r} has no tokens")
@@ -54,7 +51,7 @@ def score_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
     if len(prompt_ids) + longest > limit:
         raise ItemError("too_long", f"prompt and option take {len(prompt_ids) + longest} tokens, more than "
                         f"{limit} (max_tokens or the model's context)")
-    input_ids, attention_mask = _pad([prompt_ids + ids for ids in option_ids], model.device)
+    input_ids, attention_mask = right_pad([prompt_ids + ids for ids in option_ids], model.device)
     with torch.inference_mode():
         # Right padding: the last `longest + 1` positions start at the one that predicts the first option token.
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from features.core.layers import hook_name
 from features.core.pooling import counted_token_mask, parse_pooling, pool_codes, pool_hidden
 from features.errors import SaefsError
-from features.sources.lm import capture_residuals, check_layers, decoder_layers, model_width
+from features.sources.lm import capture_residuals, check_layers, decoder_layers, model_width, right_pad, with_bos
 from features.sources.sae import QualityMeter, SaeQuality, check_sae_fits, encode
 
 HIDDEN_POOLINGS = ("last", "mean")
@@ -148,7 +148,7 @@ def _forward_batches(
     """Per length-sorted batch: its input rows, the captured residuals and the counted-token mask."""
     batches = _length_sorted_batches([len(ids) for ids in tokenized.ids], batch_size)
     for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        input_ids, attention_mask = _pad([tokenized.ids[i] for i in rows], model.device)
+        input_ids, attention_mask = right_pad([tokenized.ids[i] for i in rows], model.device)
         mask = counted_token_mask(input_ids, attention_mask, tokenizer.bos_token_id, include_bos)
         with torch.inference_mode():
             residuals = capture_residuals(model, input_ids, attention_mask, layers, paper_compat=paper_compat)
@@ -185,11 +185,9 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_toke
         raise SaefsError("no texts to extract: pass at least one")
     full = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     bos_id = tokenizer.bos_token_id
-    if bos_id is not None:
-        # Every text starts with BOS, prepended where the tokenizer does not add it (as TransformerLens
-        # does): the first position becomes an attention sink with massive activations (SmolLM2's
-        # reach 150x the median norm), and pooling must exclude it as it excludes BOS.
-        full = [ids if ids[:1] == [bos_id] else [bos_id, *ids] for ids in full]
+    # Every text starts with BOS: the first position becomes an attention sink with massive activations
+    # (SmolLM2's reach 150x the median norm), and pooling must exclude it as it excludes BOS.
+    full = [with_bos(ids, bos_id) for ids in full]
     empty = [row for row, ids in enumerate(full) if not ids or ids == [bos_id]]
     if empty:
         raise EmptyTexts(
@@ -212,18 +210,6 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.n
         raise SaefsError(f"batch_size must be >= 1, got {batch_size}")
     order = np.argsort(-np.asarray(lengths), kind="stable")
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def _pad(ids: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Right-padded input ids and attention mask. The pad id is irrelevant: padded positions are
-    masked out of attention, and causal attention keeps them from touching real tokens."""
-    width = max(len(row) for row in ids)
-    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
-    attention_mask = torch.zeros(len(ids), width, dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 def _pool_batch(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,24 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             f"under the base model, and found {where}; use a Hugging Face causal LM with one stack of decoder blocks"
         )
     return found[0][1]
+
+
+def with_bos(ids: Sequence[int], bos_id: int | None) -> list[int]:
+    """Token ids that start with BOS, prepended where the tokenizer does not add it (as TransformerLens does)."""
+    ids = list(ids)
+    return ids if bos_id is None or ids[:1] == [bos_id] else [bos_id, *ids]
+
+
+def right_pad(ids: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Right-padded input ids and attention mask. The pad id is irrelevant: padded positions are
+    masked out of attention, and causal attention keeps them from touching real tokens."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+    return input_ids.to(device), attention_mask.to(device)
 
 
 def model_width(model: PreTrainedModel) -> int:

@@ -1,9 +1,8 @@
 """Crash safety on the scratch pipeline: SIGKILL extract, materialize and train_probes part-way, rerun, compare.
 
 Each stage runs under `dvc repro` while the test watches from outside (files appearing, a file
-growing, log lines) and kills the stage's process at two points in turn (one for train_probes,
-which writes nothing before its end; fewer than three each keeps the module's time down on a
-2-core machine); after the kills a last run must leave outputs equal to those of the
+growing, log lines) and kills the stage's process at three points in turn, early, midway and late;
+after the kills a last run must leave outputs equal to those of the
 uninterrupted run. While each run lasts, every file seen at an output's final path must already
 be whole: JSON must parse (a manifest lists the shards so far), any other file must equal the
 uninterrupted run's (they are deterministic), and the SQLite online store must be there and
@@ -184,8 +183,8 @@ def test_extract_killed_after_each_shard_resumes_to_the_same_features(scratch: d
     def shard_appeared(n: int) -> Trigger:
         return lambda repo, lines: (out / f"shard-{n:05d}.npz").exists()
 
-    # the first kill leaves one shard to resume after; the second comes once every shard is written
-    _kill_then_finish(scratch, EXTRACT, [shard_appeared(0), shard_appeared(2)])
+    # 100 rows in shards of 40: resume after one shard, after two, and once every shard is written (before the report)
+    _kill_then_finish(scratch, EXTRACT, [shard_appeared(0), shard_appeared(1), shard_appeared(2)])
 
 
 @pytest.mark.slow  # the scratch pipeline: minutes
@@ -199,16 +198,20 @@ def test_materialize_killed_while_the_store_grows_keeps_a_whole_readable_store(s
             return bool(grown) and max(grown) >= fraction * full
         return reached
 
-    _kill_then_finish(scratch, MATERIALIZE, [new_store_reached(f) for f in (0.0, 0.6)],
+    _kill_then_finish(scratch, MATERIALIZE, [new_store_reached(f) for f in (0.0, 0.3, 0.6)],
                                   store_rows=scratch["store_rows"])
 
 
 @pytest.mark.slow  # the scratch pipeline: minutes
 def test_train_probes_killed_between_cells_reruns_to_the_same_results(scratch: dict) -> None:
-    def best_cell_chosen(repo: Path, lines: list[str]) -> bool:  # after fitting, before tracking and writing
+    def cells_fitted(n: int) -> Trigger:
+        return lambda repo, lines: sum(" macro F1 " in line for line in lines) >= n
+
+    def best_cell_chosen(repo: Path, lines: list[str]) -> bool:  # after fitting, before the baselines and writing
         return any("best cell by validation" in line for line in lines)
 
-    _kill_then_finish(scratch, PROBES, [best_cell_chosen])
+    # train_probes writes nothing before its end: kill after the first cell, midway through the grid, and late
+    _kill_then_finish(scratch, PROBES, [cells_fitted(1), cells_fitted(4), best_cell_chosen])
 
 
 @pytest.mark.slow  # the scratch pipeline: minutes
