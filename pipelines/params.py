@@ -13,20 +13,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from features.core.naming import pooling_top_n
+from features.core.config import Strict
+from features.core.sae_training import SAETrainingConfig
 from features.errors import SaefsError
 from features.sources.datasets import DATASET_SOURCE_KINDS
 from features.sources.models import MODEL_SOURCE_KINDS
-from pipelines.feature_params import BuildFeaturesParams, FeastApplyParams
+from features.sources.sae import PRETRAINED_SAE_KINDS, TRAINED
+from pipelines.feature_params import BuildFeaturesParams, CodesPooling, FeastApplyParams, HiddenPooling
 
 PARAMS_FILE = Path("params.yaml")
 PROFILES = ("embedded", "paper", "cluster")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _check_source(value: str, kinds: tuple[str, ...]) -> str:
@@ -95,7 +93,7 @@ class SaeParams(Strict):
 
     layers: list[int] = Field(min_length=1, description="blocks whose resid_post is encoded (blocks.L.hook_resid_post)")
     widths: list[Width] = Field(min_length=1)
-    source: str = Field("train", description="train, sae_lens:<release>/<id>, or path:<dir>; ids and dirs may "
+    source: str = Field(TRAINED, description="train, sae_lens:<release>/<id>, or path:<dir>; ids and dirs may "
                         "use {layer} and {width}")
 
     @field_validator("layers")
@@ -108,24 +106,23 @@ class SaeParams(Strict):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        return v if v == "train" else _check_source(v, ("sae_lens", "path"))
+        return v if v == TRAINED else _check_source(v, PRETRAINED_SAE_KINDS)
+
+    @property
+    def trained(self) -> bool:
+        """Whether the train_sae stage trains these SAEs (rather than loading pretrained ones)."""
+        return self.source == TRAINED
 
     def spec(self, layer: int, width: str, trained_dir: Path) -> str:
         """The load_sae spec of one SAE: the trained folder, or the templated pretrained source."""
-        if self.source == "train":
+        if self.trained:
             return f"path:{trained_dir}"
         return self.source.format(layer=layer, width=width)
 
 
-class TrainSaeParams(Strict):
-    architecture: Literal["topk", "jumprelu"]
-    k: int = Field(gt=0, description="TopK: active latents per token; JumpReLU: target L0")
-    training_samples: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
+class TrainSaeParams(SAETrainingConfig):
     corpus: list[str] = Field(min_length=1, description="sources of generic text to train SAEs on (labels ignored)")
     corpus_texts: int = Field(gt=0, description="texts drawn evenly from the corpus sources")
-    seed: int
 
     @field_validator("corpus")
     @classmethod
@@ -136,18 +133,11 @@ class TrainSaeParams(Strict):
 class ExtractParams(Strict):
     max_tokens: int = Field(ge=2, description="tokens per text, BOS included; longer texts are cut and counted")
     batch_size: int = Field(gt=0)
-    poolings: list[str] = Field(min_length=1)
+    poolings: list[CodesPooling] = Field(min_length=1)
     include_bos: bool
     paper_compat: bool = Field(description="the paper code's choices: hidden_states[L] and BOS pooled")
     shard_rows: int = Field(gt=0)
     device: Literal["auto", "cpu", "cuda"]
-
-    @field_validator("poolings")
-    @classmethod
-    def _poolings(cls, v: list[str]) -> list[str]:
-        for spec in v:
-            pooling_top_n(spec)
-        return v
 
     @property
     def pools_bos(self) -> bool:
@@ -166,9 +156,9 @@ class CheckSaeParams(Strict):
 class TrainProbesParams(Strict):
     """The probe grid per (dataset, model): every SAE cell and hidden-state baseline listed here."""
 
-    poolings: list[str] = Field(min_length=1, description="SAE poolings probed (a subset of extract.poolings)")
+    poolings: list[CodesPooling] = Field(min_length=1, description="SAE poolings probed (a subset of extract.poolings)")
     binarize: list[float | None] = Field(min_length=1, description="subset of build_features.binarize")
-    hidden: list[Literal["last", "mean"]] = Field(description="hidden-state baselines (build_features.hidden)")
+    hidden: list[HiddenPooling] = Field(description="hidden-state baselines (build_features.hidden)")
     C_grid: list[float] = Field(min_length=1, description="logistic regression C, chosen by CV on train")
     cv_folds: int = Field(ge=2)
     seeds: int = Field(ge=1, description="repeats per cell (CV shuffles); the report gives mean and 95% interval")
@@ -238,20 +228,14 @@ class TransferParams(Strict):
 
     sources: dict[Name, TransferSource] = Field(min_length=1, description="source model -> its SAE cell")
     pair: tuple[Name, Name] = Field(description="the highlighted (source, target) pair, e.g. 2B -> 9B-IT")
-    pooling: str
+    pooling: CodesPooling
     binarize: float | None = Field(description="the paper's cross-lingual features are binarized at 1.0")
-    hidden: Literal["last", "mean"] = Field(description="the hidden-state baseline's pooling")
+    hidden: HiddenPooling = Field(description="the hidden-state baseline's pooling")
     max_tokens: int = Field(ge=2, description="tokens per text featurized (item prompts are longer than extract's)")
     C_grid: list[float] = Field(min_length=1)
     cv_folds: int = Field(ge=2, description="inner CV folds for C, and the same-language cells' folds")
     seeds: int = Field(ge=1)
     cross_lingual: dict[Name, CrossLingualTask]
-
-    @field_validator("pooling")
-    @classmethod
-    def _pooling(cls, v: str) -> str:
-        pooling_top_n(v)
-        return v
 
 
 class TransferGate(Strict):

@@ -6,6 +6,8 @@ Specs:
   `path:<dir>`                   a local folder in sae-lens format (cfg.json + sae_weights.safetensors)
                                  or in Gemma Scope format (params.npz)
   `train`                        trained by the train_sae stage, which saves a folder: load it as `path:`
+
+A new kind is one loader in `SAE_LOADERS`; params validation reads its keys.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor
 from features.errors import SaefsError
 
 SaeLoader = Callable[[str, str], SAE[Any]]  # (spec argument, device) -> SAE
+TRAINED = "train"  # the spec of an SAE that the train_sae stage trains (a bare word: no argument)
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 
@@ -36,8 +39,8 @@ class SaeSpec:
     @classmethod
     def parse(cls, spec: str) -> SaeSpec:
         kind, _, argument = spec.partition(":")
-        if kind not in _LOADERS:
-            raise SaefsError(f"unknown SAE source {spec!r}: expected one of {sorted(_LOADERS)}, e.g. 'path:<dir>'")
+        if kind not in SAE_LOADERS:
+            raise SaefsError(f"unknown SAE source {spec!r}: expected one of {sorted(SAE_LOADERS)}, e.g. 'path:<dir>'")
         return cls(kind, argument)
 
 
@@ -51,7 +54,7 @@ class SaeQuality:
 def load_sae(spec: str, device: str = "cpu") -> SAE[Any]:
     """Resolve an SAE spec (see the module docstring) to an SAE in eval mode on `device`."""
     parsed = SaeSpec.parse(spec)
-    return _LOADERS[parsed.kind](parsed.argument, device).eval()
+    return SAE_LOADERS[parsed.kind](parsed.argument, device).eval()
 
 
 def sae_identity(sae: SAE[Any]) -> str:
@@ -185,13 +188,14 @@ def _load_gemma_scope(params_path: Path, device: str) -> JumpReLUSAE:
 
 def _not_loadable(_argument: str, _device: str) -> SAE[Any]:
     raise SaefsError(
-        "SAE source 'train' is produced by the train_sae stage, which saves a folder in sae-lens format; "
+        f"SAE source {TRAINED!r} is produced by the train_sae stage, which saves a folder in sae-lens format; "
         "load that folder with 'path:<dir>'"
     )
 
 
-_LOADERS: dict[str, SaeLoader] = {
+SAE_LOADERS: dict[str, SaeLoader] = {  # kind -> loader of `<kind>:<argument>`
     "sae_lens": _load_sae_lens_release,
     "path": _load_folder,
-    "train": _not_loadable,
+    TRAINED: _not_loadable,
 }
+PRETRAINED_SAE_KINDS = tuple(kind for kind in SAE_LOADERS if kind != TRAINED)
