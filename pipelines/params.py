@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import types
 import typing
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from features.core.config import Strict
+from features.core.prepare import DatasetConfig, SplitConfig
 from features.core.sae_training import SAETrainingConfig
 from features.errors import SaefsError
 from features.sources.datasets import DATASET_SOURCE_KINDS
@@ -48,37 +48,18 @@ class ModelParams(Strict):
         return _check_source(v, MODEL_SOURCE_KINDS)
 
 
-class DatasetParams(Strict):
+class DatasetParams(DatasetConfig):
     source: str = Field(description="sae_probes:<name>, hf:<id>[:<config>] or file:<csv|parquet|jsonl path>")
     text_field: str | None = None  # default per source kind (sae_probes: prompt; others: text)
     label_field: str | None = None  # default per source kind (sae_probes: target; others: label)
-    labels: list[int | str] = Field(min_length=2, description="raw label values; the int label is the position")
-    label_names: list[str] | None = None
     split: str = "train"  # the source split to load (hf:); the train/test split is ours
-    lang: str = "en"
     lang_field: str | None = None
     encoding: str = "utf-8"  # file: sources
-    max_rows: int | None = Field(default=None, gt=0)
-    dedupe: bool = True
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
         return _check_source(v, DATASET_SOURCE_KINDS)
-
-    @model_validator(mode="after")
-    def _names_match_labels(self) -> DatasetParams:
-        if self.label_names is not None and len(self.label_names) != len(self.labels):
-            raise ValueError(f"label_names has {len(self.label_names)} entries but labels has {len(self.labels)}")
-        if len({str(v) for v in self.labels}) != len(self.labels):
-            raise ValueError(f"labels {self.labels} repeat a value")
-        return self
-
-
-class PrepareDataParams(Strict):
-    test_size: float = Field(gt=0, lt=1)
-    seed: int
-    event_timestamp: datetime = Field(description="Feast event time of every row (fixed, so outputs reproduce)")
 
 
 class ValidateDataParams(Strict):
@@ -285,7 +266,7 @@ class Params(Strict):
     profile: Literal["embedded", "paper", "cluster"]
     models: dict[Name, ModelParams] = Field(min_length=1)
     datasets: dict[Name, DatasetParams] = Field(min_length=1)
-    prepare_data: PrepareDataParams
+    prepare_data: SplitConfig
     validate_data: ValidateDataParams
     sae: dict[Name, SaeParams] = Field(description="model name -> its SAEs")
     train_sae: TrainSaeParams

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from features.core.prepare import PrepareConfig
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,11 @@ def embedded_params(**overrides: Any) -> dict[str, Any]:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw.update(copy.deepcopy(overrides))
     return follow_models(raw, keep=set(overrides))
+
+
+def prepare_config(**fields: Any) -> PrepareConfig:
+    """A PrepareConfig with the embedded profile's split (prepare_data), overridden by `fields`."""
+    return PrepareConfig(**embedded_params()["prepare_data"] | fields)
 
 
 def follow_models(raw: dict[str, Any], keep: set[str] = frozenset()) -> dict[str, Any]:

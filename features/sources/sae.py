@@ -17,16 +17,18 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
 from torch import Tensor
 
 from features.errors import SaefsError
 
-SaeLoader = Callable[[str, str], SAE[Any]]  # (spec argument, device) -> SAE
+if TYPE_CHECKING:  # sae-lens loads with an SAE: params validation reads SAE_LOADERS, and sae-lens is slow to import
+    from sae_lens import SAE, JumpReLUSAE
+
+SaeLoader = Callable[[str, str], "SAE[Any]"]  # (spec argument, device) -> SAE
 TRAINED = "train"  # the spec of an SAE that the train_sae stage trains (a bare word: no argument)
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -152,6 +154,8 @@ def sae_quality(sae: SAE[Any], acts: Tensor, chunk_tokens: int = 4096) -> SaeQua
 
 
 def _load_sae_lens_release(argument: str, device: str) -> SAE[Any]:
+    from sae_lens import SAE
+
     release, _, sae_id = argument.partition("/")
     if not release or not sae_id:
         raise SaefsError(
@@ -162,6 +166,8 @@ def _load_sae_lens_release(argument: str, device: str) -> SAE[Any]:
 
 
 def _load_folder(argument: str, device: str) -> SAE[Any]:
+    from sae_lens import SAE
+
     folder = Path(argument)
     if (folder / "cfg.json").is_file():
         return SAE.load_from_disk(folder, device=device)
@@ -175,6 +181,8 @@ def _load_folder(argument: str, device: str) -> SAE[Any]:
 
 def _load_gemma_scope(params_path: Path, device: str) -> JumpReLUSAE:
     """Gemma Scope's params.npz as a sae-lens JumpReLU SAE (Gemma Scope does not subtract b_dec on input)."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
     with np.load(params_path) as params:
         missing = [key for key in GEMMA_SCOPE_KEYS if key not in params.files]
         if missing:
