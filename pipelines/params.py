@@ -18,9 +18,11 @@ from features.core.config import Strict
 from features.core.prepare import DatasetConfig, SplitConfig
 from features.core.sae_training import SAETrainingConfig
 from features.errors import SaefsError
+from features.forward.settings import ExtractSettings
 from features.sources.datasets import DATASET_SOURCE_KINDS
 from features.sources.models import MODEL_SOURCE_KINDS
 from features.sources.sae import PRETRAINED_SAE_KINDS, TRAINED
+from features.stores.tracking import ChampionGates
 from pipelines.feature_params import BuildFeaturesParams, CodesPooling, FeastApplyParams, HiddenPooling
 
 PARAMS_FILE = Path("params.yaml")
@@ -111,19 +113,10 @@ class TrainSaeParams(SAETrainingConfig):
         return [_check_source(source, DATASET_SOURCE_KINDS) for source in v]
 
 
-class ExtractParams(Strict):
-    max_tokens: int = Field(ge=2, description="tokens per text, BOS included; longer texts are cut and counted")
-    batch_size: int = Field(gt=0)
+class ExtractParams(ExtractSettings):
     poolings: list[CodesPooling] = Field(min_length=1)
-    include_bos: bool
-    paper_compat: bool = Field(description="the paper code's choices: hidden_states[L] and BOS pooled")
     shard_rows: int = Field(gt=0)
     device: Literal["auto", "cpu", "cuda"]
-
-    @property
-    def pools_bos(self) -> bool:
-        """Whether BOS enters pooled values: asked for, or implied by the paper code's choices."""
-        return self.include_bos or self.paper_compat
 
 
 class CheckSaeParams(Strict):
@@ -228,11 +221,9 @@ class TransferGate(Strict):
     min_margin: float = Field(description="and beat the majority floor of that cell by this much")
 
 
-class PromoteParams(Strict):
+class PromoteParams(ChampionGates):
     """When a probe becomes `champion` (checked on the test split, chosen on validation)."""
 
-    min_macro_f1: float = Field(ge=0, description="above 1 can never pass: promote reports it and moves no alias")
-    max_drop_vs_hidden: float | None = Field(ge=0, description="may trail the best hidden-state probe by this much")
     tracking_uri: str = Field(description="MLflow tracking URI unless MLFLOW_TRACKING_URI is set")
     transfer_gates: dict[Name, TransferGate] = Field(description="source model -> the cross-model check its "
                                                      "champions need (plots/transfer/cross_model.csv)")
