@@ -26,7 +26,7 @@ from features.stores.tracking import ChampionGates
 from pipelines.feature_params import BuildFeaturesParams, CodesPooling, FeastApplyParams, HiddenPooling
 
 PARAMS_FILE = Path("params.yaml")
-PROFILES = ("embedded", "paper", "cluster")
+PROFILES = ("embedded", "paper", "cluster")  # profiles/<name>.yaml, merged by pipelines.profile
 
 
 def _check_source(value: str, kinds: tuple[str, ...]) -> str:
@@ -254,7 +254,7 @@ class ScaleOutParams(Strict):
 
 
 class Params(Strict):
-    profile: Literal["embedded", "paper", "cluster"]
+    profile: Literal[PROFILES]
     models: dict[Name, ModelParams] = Field(min_length=1)
     datasets: dict[Name, DatasetParams] = Field(min_length=1)
     prepare_data: SplitConfig
