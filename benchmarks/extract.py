@@ -86,8 +86,9 @@ def main() -> None:
             else:  # a quick SAE, so that stored sparsity is that of a trained one (random ones are no proxy)
                 acts = collect_activations(model, tokenizer, texts, [layer], max_tokens=args.max_tokens,
                                            batch_size=args.batch_size, progress=False)[layer]
-                saes[layer, width] = train_sae(acts, SAETrainingConfig(width=parse_width(width), k=64,
-                                                                       training_samples=40_000, batch_size=512))
+                quick = SAETrainingConfig(architecture="topk", k=64, training_samples=40_000, batch_size=512, lr=1e-3,
+                                          seed=0)
+                saes[layer, width] = train_sae(acts, quick, parse_width(width))
                 print(f"trained a quick {width} TopK SAE at layer {layer} (no trained one in {folder})")
 
     by_layer: dict[int, dict[str, object]] = {}

@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import types
 import typing
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from features.core.naming import pooling_top_n
+from features.core.config import Strict
+from features.core.prepare import DatasetConfig, SplitConfig
+from features.core.sae_training import SAETrainingConfig
 from features.errors import SaefsError
+from features.forward.settings import ExtractSettings
 from features.sources.datasets import DATASET_SOURCE_KINDS
 from features.sources.models import MODEL_SOURCE_KINDS
-from pipelines.feature_params import BuildFeaturesParams, FeastApplyParams
+from features.sources.sae import PRETRAINED_SAE_KINDS, TRAINED
+from features.stores.tracking import ChampionGates
+from pipelines.feature_params import BuildFeaturesParams, CodesPooling, FeastApplyParams, HiddenPooling
 
 PARAMS_FILE = Path("params.yaml")
-PROFILES = ("embedded", "paper", "cluster")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+PROFILES = ("embedded", "paper", "cluster")  # profiles/<name>.yaml, merged by pipelines.profile
 
 
 def _check_source(value: str, kinds: tuple[str, ...]) -> str:
@@ -50,37 +50,18 @@ class ModelParams(Strict):
         return _check_source(v, MODEL_SOURCE_KINDS)
 
 
-class DatasetParams(Strict):
+class DatasetParams(DatasetConfig):
     source: str = Field(description="sae_probes:<name>, hf:<id>[:<config>] or file:<csv|parquet|jsonl path>")
     text_field: str | None = None  # default per source kind (sae_probes: prompt; others: text)
     label_field: str | None = None  # default per source kind (sae_probes: target; others: label)
-    labels: list[int | str] = Field(min_length=2, description="raw label values; the int label is the position")
-    label_names: list[str] | None = None
     split: str = "train"  # the source split to load (hf:); the train/test split is ours
-    lang: str = "en"
     lang_field: str | None = None
     encoding: str = "utf-8"  # file: sources
-    max_rows: int | None = Field(default=None, gt=0)
-    dedupe: bool = True
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
         return _check_source(v, DATASET_SOURCE_KINDS)
-
-    @model_validator(mode="after")
-    def _names_match_labels(self) -> DatasetParams:
-        if self.label_names is not None and len(self.label_names) != len(self.labels):
-            raise ValueError(f"label_names has {len(self.label_names)} entries but labels has {len(self.labels)}")
-        if len({str(v) for v in self.labels}) != len(self.labels):
-            raise ValueError(f"labels {self.labels} repeat a value")
-        return self
-
-
-class PrepareDataParams(Strict):
-    test_size: float = Field(gt=0, lt=1)
-    seed: int
-    event_timestamp: datetime = Field(description="Feast event time of every row (fixed, so outputs reproduce)")
 
 
 class ValidateDataParams(Strict):
@@ -95,7 +76,7 @@ class SaeParams(Strict):
 
     layers: list[int] = Field(min_length=1, description="blocks whose resid_post is encoded (blocks.L.hook_resid_post)")
     widths: list[Width] = Field(min_length=1)
-    source: str = Field("train", description="train, sae_lens:<release>/<id>, or path:<dir>; ids and dirs may "
+    source: str = Field(TRAINED, description="train, sae_lens:<release>/<id>, or path:<dir>; ids and dirs may "
                         "use {layer} and {width}")
 
     @field_validator("layers")
@@ -108,24 +89,23 @@ class SaeParams(Strict):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        return v if v == "train" else _check_source(v, ("sae_lens", "path"))
+        return v if v == TRAINED else _check_source(v, PRETRAINED_SAE_KINDS)
+
+    @property
+    def trained(self) -> bool:
+        """Whether the train_sae stage trains these SAEs (rather than loading pretrained ones)."""
+        return self.source == TRAINED
 
     def spec(self, layer: int, width: str, trained_dir: Path) -> str:
         """The load_sae spec of one SAE: the trained folder, or the templated pretrained source."""
-        if self.source == "train":
+        if self.trained:
             return f"path:{trained_dir}"
         return self.source.format(layer=layer, width=width)
 
 
-class TrainSaeParams(Strict):
-    architecture: Literal["topk", "jumprelu"]
-    k: int = Field(gt=0, description="TopK: active latents per token; JumpReLU: target L0")
-    training_samples: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
+class TrainSaeParams(SAETrainingConfig):
     corpus: list[str] = Field(min_length=1, description="sources of generic text to train SAEs on (labels ignored)")
     corpus_texts: int = Field(gt=0, description="texts drawn evenly from the corpus sources")
-    seed: int
 
     @field_validator("corpus")
     @classmethod
@@ -133,26 +113,10 @@ class TrainSaeParams(Strict):
         return [_check_source(source, DATASET_SOURCE_KINDS) for source in v]
 
 
-class ExtractParams(Strict):
-    max_tokens: int = Field(ge=2, description="tokens per text, BOS included; longer texts are cut and counted")
-    batch_size: int = Field(gt=0)
-    poolings: list[str] = Field(min_length=1)
-    include_bos: bool
-    paper_compat: bool = Field(description="the paper code's choices: hidden_states[L] and BOS pooled")
+class ExtractParams(ExtractSettings):
+    poolings: list[CodesPooling] = Field(min_length=1)
     shard_rows: int = Field(gt=0)
     device: Literal["auto", "cpu", "cuda"]
-
-    @field_validator("poolings")
-    @classmethod
-    def _poolings(cls, v: list[str]) -> list[str]:
-        for spec in v:
-            pooling_top_n(spec)
-        return v
-
-    @property
-    def pools_bos(self) -> bool:
-        """Whether BOS enters pooled values: asked for, or implied by the paper code's choices."""
-        return self.include_bos or self.paper_compat
 
 
 class CheckSaeParams(Strict):
@@ -166,9 +130,9 @@ class CheckSaeParams(Strict):
 class TrainProbesParams(Strict):
     """The probe grid per (dataset, model): every SAE cell and hidden-state baseline listed here."""
 
-    poolings: list[str] = Field(min_length=1, description="SAE poolings probed (a subset of extract.poolings)")
+    poolings: list[CodesPooling] = Field(min_length=1, description="SAE poolings probed (a subset of extract.poolings)")
     binarize: list[float | None] = Field(min_length=1, description="subset of build_features.binarize")
-    hidden: list[Literal["last", "mean"]] = Field(description="hidden-state baselines (build_features.hidden)")
+    hidden: list[HiddenPooling] = Field(description="hidden-state baselines (build_features.hidden)")
     C_grid: list[float] = Field(min_length=1, description="logistic regression C, chosen by CV on train")
     cv_folds: int = Field(ge=2)
     seeds: int = Field(ge=1, description="repeats per cell (CV shuffles); the report gives mean and 95% interval")
@@ -238,20 +202,14 @@ class TransferParams(Strict):
 
     sources: dict[Name, TransferSource] = Field(min_length=1, description="source model -> its SAE cell")
     pair: tuple[Name, Name] = Field(description="the highlighted (source, target) pair, e.g. 2B -> 9B-IT")
-    pooling: str
+    pooling: CodesPooling
     binarize: float | None = Field(description="the paper's cross-lingual features are binarized at 1.0")
-    hidden: Literal["last", "mean"] = Field(description="the hidden-state baseline's pooling")
+    hidden: HiddenPooling = Field(description="the hidden-state baseline's pooling")
     max_tokens: int = Field(ge=2, description="tokens per text featurized (item prompts are longer than extract's)")
     C_grid: list[float] = Field(min_length=1)
     cv_folds: int = Field(ge=2, description="inner CV folds for C, and the same-language cells' folds")
     seeds: int = Field(ge=1)
     cross_lingual: dict[Name, CrossLingualTask]
-
-    @field_validator("pooling")
-    @classmethod
-    def _pooling(cls, v: str) -> str:
-        pooling_top_n(v)
-        return v
 
 
 class TransferGate(Strict):
@@ -263,11 +221,9 @@ class TransferGate(Strict):
     min_margin: float = Field(description="and beat the majority floor of that cell by this much")
 
 
-class PromoteParams(Strict):
+class PromoteParams(ChampionGates):
     """When a probe becomes `champion` (checked on the test split, chosen on validation)."""
 
-    min_macro_f1: float = Field(ge=0, description="above 1 can never pass: promote reports it and moves no alias")
-    max_drop_vs_hidden: float | None = Field(ge=0, description="may trail the best hidden-state probe by this much")
     tracking_uri: str = Field(description="MLflow tracking URI unless MLFLOW_TRACKING_URI is set")
     transfer_gates: dict[Name, TransferGate] = Field(description="source model -> the cross-model check its "
                                                      "champions need (plots/transfer/cross_model.csv)")
@@ -298,10 +254,10 @@ class ScaleOutParams(Strict):
 
 
 class Params(Strict):
-    profile: Literal["embedded", "paper", "cluster"]
+    profile: Literal[PROFILES]
     models: dict[Name, ModelParams] = Field(min_length=1)
     datasets: dict[Name, DatasetParams] = Field(min_length=1)
-    prepare_data: PrepareDataParams
+    prepare_data: SplitConfig
     validate_data: ValidateDataParams
     sae: dict[Name, SaeParams] = Field(description="model name -> its SAEs")
     train_sae: TrainSaeParams

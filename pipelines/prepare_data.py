@@ -6,7 +6,7 @@ import logging
 import sys
 from dataclasses import asdict
 
-from features.core.prepare import PrepareConfig, prepare
+from features.core.prepare import DatasetConfig, PrepareConfig, prepare
 from features.sources.datasets import load_source
 from features.stores.files import write_json, write_parquet
 from pipelines import paths, stage_main
@@ -21,11 +21,8 @@ def run(name: str) -> None:
     raw = load_source(ds.source, text_field=ds.text_field, label_field=ds.label_field,
                       lang_field=ds.lang_field, split=ds.split, encoding=ds.encoding)
     log.info("%s: read %d rows from %s", name, len(raw), ds.source)
-    cfg = PrepareConfig(
-        name=name, labels=tuple(ds.labels), label_names=tuple(ds.label_names) if ds.label_names else None,
-        lang=ds.lang, max_rows=ds.max_rows, dedupe=ds.dedupe, test_size=common.test_size,
-        seed=common.seed, event_timestamp=common.event_timestamp, max_chars=params.validate_data.max_chars,
-    )
+    cfg = PrepareConfig(name=name, max_chars=params.validate_data.max_chars, **common.model_dump(),
+                        **ds.model_dump(include=set(DatasetConfig.model_fields)))
     df, summary = prepare(raw, cfg)
     write_parquet(paths.prepared(name), df)
     write_json(paths.prepare_summary(name), {"rows": len(df), **asdict(summary)})

@@ -75,8 +75,7 @@ def run(dataset: str) -> dict[str, Any]:
         return _nothing_to_promote(dataset, skipped, baselines, params.promote.tracking_uri)
     gate = params.promote.transfer_gates.get(candidate["model"])
     transfer = transfer_check(candidate["model"], gate) if gate else None
-    thresholds = tracking.Thresholds(min_macro_f1=params.promote.min_macro_f1,
-                                     max_drop_vs_hidden=params.promote.max_drop_vs_hidden,
+    thresholds = tracking.Thresholds(**params.promote.model_dump(include=set(tracking.ChampionGates.model_fields)),
                                      min_transfer_f1=gate.min_macro_f1 if gate else None,
                                      min_transfer_margin=gate.min_margin if gate else 0.0)
     # The gate judges the registered model itself (the fit train_probes logged), not the mean over seeds.

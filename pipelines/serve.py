@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.errors import SaefsError
-from features.serving.scoring import BadTexts, ExtractSettings, NoChampion, Score, Scorer, Unavailable, UnknownText
+from features.serving.scoring import BadTexts, NoChampion, Score, Scorer, Unavailable, UnknownText
 from features.stores import tracking
 from features.stores.feature_store import store_locations
 from pipelines import paths, setup_logging
@@ -79,12 +79,11 @@ def build_scorer(params: Params) -> Scorer:
     for line in stale_receipts(store):
         log.warning("stored texts may be missing online: %s", line)
     online = store_locations(store)["online_store"]
-    ex = params.extract
     return Scorer(
         store,
         {dataset: registered_name(dataset) for dataset in params.serve.datasets},
         load_lm, load_model_sae,
-        ExtractSettings(ex.max_tokens, ex.batch_size, ex.pools_bos, ex.paper_compat),
+        params.extract,
         {name: cfg.label_names or [str(v) for v in cfg.labels] for name, cfg in zip(params.serve.datasets, served,
                                                                                       strict=True)},
         top_latents=params.serve.top_latents, champion_poll_s=params.serve.champion_poll_s,

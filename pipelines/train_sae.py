@@ -19,7 +19,7 @@ from typing import Any
 from features.core.layers import hook_name
 from features.core.naming import parse_width, sae_name
 from features.core.prepare import sample_corpus
-from features.core.sae_training import SAETrainingConfig, train_sae
+from features.core.sae_training import train_sae
 from features.forward.extract import collect_activations
 from features.sources.datasets import load_source
 from features.sources.lm import load_prepared, resolve_device
@@ -54,10 +54,7 @@ def _train(name: str, params: Params, out: Path, device: str, report: dict[str, 
     for layer in cfg.layers:
         for width in cfg.widths:
             started = time.perf_counter()
-            sae = train_sae(acts[layer], SAETrainingConfig(
-                architecture=t.architecture, width=parse_width(width), k=t.k,
-                training_samples=t.training_samples, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
-            ), device=device)
+            sae = train_sae(acts[layer], t, parse_width(width), device=device)
             sae.save_inference_model(out / sae_name(layer, width))
             report["saes"][sae_name(layer, width)] = {"seconds": round(time.perf_counter() - started, 1)}
 
@@ -72,7 +69,7 @@ def run(name: str) -> None:
     report: dict[str, Any] = {"source": cfg.source, "saes": {}}
     with atomic_path(final) as tmp:
         tmp.mkdir()
-        if cfg.source == "train":
+        if cfg.trained:
             _train(name, params, tmp, device, report)
         specs = {sae_name(layer, width): cfg.spec(layer, width, final / sae_name(layer, width))
                  for layer in cfg.layers for width in cfg.widths}

@@ -8,14 +8,22 @@ from typing import Any
 
 import yaml
 
+from features.core.prepare import PrepareConfig
+from pipelines.profile import load_profile
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def embedded_params(**overrides: Any) -> dict[str, Any]:
-    """The shipped params.yaml as a dict, with top-level groups replaced by `overrides`."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    """The embedded profile as a dict, with top-level groups replaced by `overrides`."""
+    raw = load_profile("embedded", REPO / "profiles")
     raw.update(copy.deepcopy(overrides))
     return follow_models(raw, keep=set(overrides))
+
+
+def prepare_config(**fields: Any) -> PrepareConfig:
+    """A PrepareConfig with the embedded profile's split (prepare_data), overridden by `fields`."""
+    return PrepareConfig(**embedded_params()["prepare_data"] | fields)
 
 
 def follow_models(raw: dict[str, Any], keep: set[str] = frozenset()) -> dict[str, Any]:

@@ -10,8 +10,6 @@ import re
 
 from features.errors import SaefsError
 
-POOLINGS = ("sum", "mean", "max", "last")  # and top<n>
-_TOP_N = re.compile(r"top([1-9]\d*)")
 _WIDTH = re.compile(r"^(\d+)([km]?)$")
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 
@@ -35,13 +33,3 @@ def codes_name(layer: int, width: str, pooling: str) -> str:
 def hidden_name(layer: int, pooling: str) -> str:
     return f"l{layer}__hidden__{pooling}"
 
-
-def pooling_top_n(spec: str) -> int | None:
-    """Validate a pooling spec ('sum', 'mean', 'max', 'last' or 'top<n>'); return n for top-n, else None."""
-    if spec in POOLINGS:
-        return None
-    match = _TOP_N.fullmatch(spec)
-    if match is None:
-        raise SaefsError(f"unknown pooling {spec!r}: expected one of {sorted(POOLINGS)} or top<n> with n >= 1 "
-                         "(e.g. 'top20')")
-    return int(match.group(1))

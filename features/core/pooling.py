@@ -7,13 +7,17 @@ Tokens arrive flattened, as `mask.nonzero()` yields them: `values[k]` belongs to
 `rows[k]`, rows are nondecreasing and each text's tokens are in position order. Only counted
 tokens are passed (see `counted_token_mask`), so padding can never leak into a pooled value.
 
-Methods: `sum`, `mean`, `max`, `last` (the last counted token) and `top<n>` (for each token
-its n largest positive latents, counted over tokens: the paper's top-n pooling).
+Methods live in one registry, `POOLINGS` (filled by `register_pooling`), which also says which
+apply to hidden states; plus the `top<n>` family (for each token its n largest positive latents,
+counted over tokens: the paper's top-n pooling). Names, params validation and extraction all read
+it, so a new method is one `register_pooling` call here.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -21,10 +25,52 @@ import torch
 from scipy.sparse import csr_matrix
 from torch import Tensor
 
-from features.core.naming import pooling_top_n
+from features.errors import SaefsError
 
 # (values [N, F], rows [N], n_texts) -> pooled [n_texts, F]
 Reducer = Callable[[Tensor, Tensor, int], Tensor]
+TOP_N = "top"  # the top<n> family's prefix: 'top20' counts each token's 20 largest positive latents
+_TOP_N = re.compile(rf"{TOP_N}([1-9]\d*)")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    reducer: Reducer
+    hidden: bool  # also pools hidden states: extract writes it for every layer, a dense baseline view
+
+
+POOLINGS: dict[str, Pooling] = {}  # name -> method; every method (and top<n>) pools SAE codes
+
+
+def register_pooling(name: str, reducer: Reducer, *, hidden: bool = False) -> None:
+    """Add a pooling method under `name` (not a top<n> name); `hidden` also pools hidden states with it."""
+    if name in POOLINGS or _TOP_N.fullmatch(name) or not re.fullmatch(r"[a-z][a-z0-9]*", name):
+        raise SaefsError(f"pooling name {name!r} is taken or not lowercase letters and digits")
+    POOLINGS[name] = Pooling(reducer, hidden)
+
+
+def hidden_poolings() -> tuple[str, ...]:
+    """The poolings of hidden states, sorted (extraction writes each for every layer)."""
+    return tuple(sorted(name for name, pooling in POOLINGS.items() if pooling.hidden))
+
+
+def pooling_top_n(spec: str) -> int | None:
+    """Validate a pooling spec (a registered name or top<n>); return n for top<n>, else None."""
+    if spec in POOLINGS:
+        return None
+    match = _TOP_N.fullmatch(spec)
+    if match is None:
+        raise SaefsError(f"unknown pooling {spec!r}: expected one of {sorted(POOLINGS)} or {TOP_N}<n> with n >= 1 "
+                         f"(e.g. '{TOP_N}20')")
+    return int(match.group(1))
+
+
+def check_pooling(spec: str, *, hidden: bool = False) -> str:
+    """`spec` if it pools SAE codes (hidden states, with `hidden`), else an error naming those that do."""
+    if hidden and spec not in hidden_poolings():
+        raise SaefsError(f"unknown hidden-state pooling {spec!r}: expected one of {list(hidden_poolings())}")
+    pooling_top_n(spec)
+    return spec
 
 
 def counted_token_mask(
@@ -38,9 +84,9 @@ def counted_token_mask(
 
 
 def parse_pooling(spec: str) -> Reducer:
-    """The reducer for a pooling spec: 'sum', 'mean', 'max', 'last' or 'top<n>' (e.g. 'top20')."""
+    """The reducer for a pooling spec: a registered name or top<n> (e.g. 'top20')."""
     n = pooling_top_n(spec)
-    return _REDUCERS[spec] if n is None else partial(_top_n_count, n=n)
+    return POOLINGS[spec].reducer if n is None else partial(_top_n_count, n=n)
 
 
 def pool_codes(codes: Tensor, rows: Tensor, n_texts: int, spec: str) -> csr_matrix:
@@ -100,4 +146,7 @@ def _to_csr(pooled: Tensor) -> csr_matrix:
     )
 
 
-_REDUCERS: dict[str, Reducer] = {"sum": _sum, "mean": _mean, "max": _max, "last": _last}
+register_pooling("sum", _sum)
+register_pooling("mean", _mean, hidden=True)
+register_pooling("max", _max)
+register_pooling("last", _last, hidden=True)

@@ -11,10 +11,13 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Self
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, model_validator
 
+from features.core.config import Strict
 from features.core.schema import PREPARED_COLUMNS
 from features.errors import SaefsError
 
@@ -25,17 +28,34 @@ class PrepareError(SaefsError):
     """Rows that cannot become a usable dataset; the message names the dataset and the fix."""
 
 
-@dataclass(frozen=True)
-class PrepareConfig:
-    name: str
-    labels: tuple[int | str, ...]
+class DatasetConfig(Strict):
+    """Which rows of one dataset are kept and how they are labelled; params.yaml's datasets.<name> extends it."""
+
+    labels: tuple[int | str, ...] = Field(min_length=2, description="raw label values; the int label is the position")
     label_names: tuple[str, ...] | None = None
-    lang: str = "en"
-    max_rows: int | None = None
+    lang: str = "en"  # of rows whose source gives none
+    max_rows: int | None = Field(default=None, gt=0)
     dedupe: bool = True
-    test_size: float = 0.2
-    seed: int = 42
-    event_timestamp: datetime = datetime.fromisoformat("2025-01-01T00:00:00+00:00")
+
+    @model_validator(mode="after")
+    def _names_match_labels(self) -> Self:
+        if self.label_names is not None and len(self.label_names) != len(self.labels):
+            raise ValueError(f"label_names has {len(self.label_names)} entries but labels has {len(self.labels)}")
+        if len({str(v) for v in self.labels}) != len(self.labels):
+            raise ValueError(f"labels {list(self.labels)} repeat a value")
+        return self
+
+
+class SplitConfig(Strict):
+    """The train/test split and the rows' event time, the same for every dataset: params.yaml's prepare_data."""
+
+    test_size: float = Field(gt=0, lt=1)
+    seed: int
+    event_timestamp: datetime = Field(description="Feast event time of every row (fixed, so outputs reproduce)")
+
+
+class PrepareConfig(DatasetConfig, SplitConfig):
+    name: str
     max_chars: int | None = None  # longest text (stripped) accepted: validate_data's bound, checked before dedupe
 
 

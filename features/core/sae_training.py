@@ -6,24 +6,30 @@ The embedded profile trains small SAEs on a CPU; the same call trains real width
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 import torch
+from pydantic import AfterValidator, Field
 
-Architecture = Literal["topk", "jumprelu"]
+from features.core.config import Strict
 
 
-@dataclass(frozen=True)
-class SAETrainingConfig:
-    architecture: Architecture = "topk"
-    width: int = 4096
-    k: int = 32  # TopK: active latents per token; JumpReLU: the target L0
-    training_samples: int = 200_000  # activation vectors seen (with repetition when fewer are given)
-    batch_size: int = 1024
-    lr: float = 1e-3
-    seed: int = 0
+def check_architecture(name: str) -> str:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown SAE architecture {name!r}: expected one of {sorted(ARCHITECTURES)}")
+    return name
+
+
+class SAETrainingConfig(Strict):
+    """How an SAE is trained (its width aside, which each grid cell sets); params.yaml's train_sae extends it."""
+
+    architecture: Annotated[str, AfterValidator(check_architecture)]
+    k: int = Field(gt=0, description="TopK: active latents per token; JumpReLU: target L0")
+    training_samples: int = Field(gt=0, description="activation vectors seen (repeated when fewer are given)")
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    seed: int
 
 
 def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
@@ -35,24 +41,30 @@ def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.T
             yield acts[order[start : start + batch_size]]
 
 
-def _training_sae(cfg: SAETrainingConfig, d_in: int, device: str):
-    from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+def _topk_sae(k: int, common: dict[str, Any]) -> Any:
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
-    common = {"d_in": d_in, "d_sae": cfg.width, "dtype": "float32", "device": device,
-              "normalize_activations": "expected_average_only_in"}
-    if cfg.architecture == "topk":
-        return TopKTrainingSAE(TopKTrainingSAEConfig(k=cfg.k, **common))
+    return TopKTrainingSAE(TopKTrainingSAEConfig(k=k, **common))
+
+
+def _jumprelu_sae(k: int, common: dict[str, Any]) -> Any:
+    from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
     return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-        jumprelu_sparsity_loss_mode="quadratic", target_l0=float(cfg.k), **common))
+        jumprelu_sparsity_loss_mode="quadratic", target_l0=float(k), **common))
 
 
-def train_sae(acts: torch.Tensor, cfg: SAETrainingConfig, device: str = "cpu"):
-    """Train on `acts` [N, d_in] and return the trained sae-lens SAE (raw-activation scale).
+# architecture -> (k, sae-lens config arguments) -> a training SAE; sae-lens loads lazily (it is slow to import)
+ARCHITECTURES: dict[str, Callable[[int, dict[str, Any]], Any]] = {"topk": _topk_sae, "jumprelu": _jumprelu_sae}
+
+
+def train_sae(acts: torch.Tensor, cfg: SAETrainingConfig, width: int, device: str = "cpu"):
+    """Train a `width`-latent SAE on `acts` [N, d_in] and return it (sae-lens, raw-activation scale).
 
     sae-lens rescales inputs to an average norm of sqrt(d_in) and folds the factor back into
     the weights at the end. The decoder bias starts at the activation mean: Gemma's residual
     stream is dominated by one constant direction, and a zero start wastes most of a small
-    CPU budget (../shared/CALIBRATION.md: 0.88 against 0.71 variance explained at 200k tokens).
+    CPU budget (0.88 against 0.71 variance explained at 200k tokens, in our CPU calibration runs).
     """
     from sae_lens import LoggingConfig, SAETrainer
     from sae_lens.config import SAETrainerConfig
@@ -64,7 +76,9 @@ def train_sae(acts: torch.Tensor, cfg: SAETrainingConfig, device: str = "cpu"):
     torch.manual_seed(cfg.seed)
     acts = acts.to(torch.float32)
     scale = math.sqrt(acts.shape[1]) / acts.norm(dim=1).mean().item()
-    sae = _training_sae(cfg, acts.shape[1], device)
+    sae = ARCHITECTURES[cfg.architecture](cfg.k, {
+        "d_in": acts.shape[1], "d_sae": width, "dtype": "float32", "device": device,
+        "normalize_activations": "expected_average_only_in"})
     with torch.no_grad():
         sae.b_dec.copy_(acts.mean(dim=0) * scale)
     trainer = SAETrainer(

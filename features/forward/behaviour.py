@@ -9,7 +9,7 @@ label is whether it is the right one. The prompt is what source models later fea
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,7 @@ def behaviour_frame(task: str, labelled: Labelled, cfg: PrepareConfig) -> pd.Dat
     """
     if not labelled.items:
         raise SaefsError(f"task {task!r}: no item left to label (skipped: {labelled.skipped})")
-    cfg = replace(cfg, labels=(0, 1), label_names=LABEL_NAMES)
+    cfg = cfg.model_copy(update={"labels": (0, 1), "label_names": LABEL_NAMES})
     raw = pd.DataFrame({"text": labelled.prompts, "raw_label": [int(c) for c in labelled.correct]})
     if raw["raw_label"].nunique() > 1:
         df, _ = prepare(raw, cfg)

@@ -23,12 +23,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from features.core.layers import hook_name
-from features.core.pooling import counted_token_mask, parse_pooling, pool_codes, pool_hidden
+from features.core.pooling import counted_token_mask, hidden_poolings, parse_pooling, pool_codes, pool_hidden
 from features.errors import SaefsError
 from features.sources.lm import capture_residuals, check_layers, decoder_layers, model_width, right_pad, with_bos
 from features.sources.sae import QualityMeter, SaeQuality, check_sae_fits, encode
 
-HIDDEN_POOLINGS = ("last", "mean")
 HiddenKey = tuple[int, str]  # (layer, pooling spec)
 SaeKey = tuple[int, str]  # (layer, SAE name)
 CodesKey = tuple[int, str, str]  # (layer, SAE name, pooling spec)
@@ -227,7 +226,7 @@ def _pool_batch(
     hidden: dict[HiddenKey, np.ndarray] = {}
     for layer, residual in residuals.items():
         acts = residual[rows, positions]  # counted tokens only: padding never reaches the SAE
-        for spec in HIDDEN_POOLINGS:
+        for spec in hidden_poolings():
             hidden[layer, spec] = pool_hidden(acts, rows, n_texts, spec)
         for name, sae in saes.get(layer, {}).items():
             pooled = _encode_and_pool(sae, acts, rows, n_tokens, poolings, max_code_elements, meters[layer, name])

@@ -40,6 +40,7 @@ from sklearn.pipeline import Pipeline
 from features.core.prepare import text_id
 from features.errors import SaefsError
 from features.forward.extract import EmptyTexts, extract
+from features.forward.settings import ExtractSettings
 from features.serving.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
 from features.stores import tracking
 from features.stores.feature_store import binarize_codes
@@ -97,16 +98,6 @@ def service_call(what: str, call: Callable[..., T], *args: Any) -> T:
         raise Unavailable(f"{what} failed ({type(err).__name__}: {err})") from err
     except Exception as err:
         raise SaefsError(f"{what} failed ({type(err).__name__}: {err}): check the service's configuration") from err
-
-
-@dataclass(frozen=True)
-class ExtractSettings:
-    """The `extract` params that decide a text's features; the service must use the batch run's."""
-
-    max_tokens: int
-    batch_size: int
-    include_bos: bool
-    paper_compat: bool
 
 
 @dataclass(frozen=True)
@@ -370,7 +361,7 @@ class Scorer:
         with self._forward_lock:
             out = extract(lm, tokenizer, texts, [champion.layer], {champion.layer: {champion.sae: sae}},
                           [champion.pooling], max_tokens=s.max_tokens, batch_size=s.batch_size,
-                          include_bos=s.include_bos, paper_compat=s.paper_compat, progress=False)
+                          include_bos=s.pools_bos, paper_compat=s.paper_compat, progress=False)
         codes = out.codes[champion.layer, champion.sae, champion.pooling]
         if champion.kind == "binary":
             codes = binarize_codes(codes, champion.threshold, champion.op)  # type: ignore[arg-type]

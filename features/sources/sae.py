@@ -6,6 +6,8 @@ Specs:
   `path:<dir>`                   a local folder in sae-lens format (cfg.json + sae_weights.safetensors)
                                  or in Gemma Scope format (params.npz)
   `train`                        trained by the train_sae stage, which saves a folder: load it as `path:`
+
+A new kind is one loader in `SAE_LOADERS`; params validation reads its keys.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
 from torch import Tensor
 
 from features.errors import SaefsError
 
-SaeLoader = Callable[[str, str], SAE[Any]]  # (spec argument, device) -> SAE
+if TYPE_CHECKING:  # sae-lens loads with an SAE: params validation reads SAE_LOADERS, and sae-lens is slow to import
+    from sae_lens import SAE, JumpReLUSAE
+
+SaeLoader = Callable[[str, str], "SAE[Any]"]  # (spec argument, device) -> SAE
+TRAINED = "train"  # the spec of an SAE that the train_sae stage trains (a bare word: no argument)
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 
@@ -36,8 +41,8 @@ class SaeSpec:
     @classmethod
     def parse(cls, spec: str) -> SaeSpec:
         kind, _, argument = spec.partition(":")
-        if kind not in _LOADERS:
-            raise SaefsError(f"unknown SAE source {spec!r}: expected one of {sorted(_LOADERS)}, e.g. 'path:<dir>'")
+        if kind not in SAE_LOADERS:
+            raise SaefsError(f"unknown SAE source {spec!r}: expected one of {sorted(SAE_LOADERS)}, e.g. 'path:<dir>'")
         return cls(kind, argument)
 
 
@@ -51,7 +56,7 @@ class SaeQuality:
 def load_sae(spec: str, device: str = "cpu") -> SAE[Any]:
     """Resolve an SAE spec (see the module docstring) to an SAE in eval mode on `device`."""
     parsed = SaeSpec.parse(spec)
-    return _LOADERS[parsed.kind](parsed.argument, device).eval()
+    return SAE_LOADERS[parsed.kind](parsed.argument, device).eval()
 
 
 def sae_identity(sae: SAE[Any]) -> str:
@@ -149,6 +154,8 @@ def sae_quality(sae: SAE[Any], acts: Tensor, chunk_tokens: int = 4096) -> SaeQua
 
 
 def _load_sae_lens_release(argument: str, device: str) -> SAE[Any]:
+    from sae_lens import SAE
+
     release, _, sae_id = argument.partition("/")
     if not release or not sae_id:
         raise SaefsError(
@@ -159,6 +166,8 @@ def _load_sae_lens_release(argument: str, device: str) -> SAE[Any]:
 
 
 def _load_folder(argument: str, device: str) -> SAE[Any]:
+    from sae_lens import SAE
+
     folder = Path(argument)
     if (folder / "cfg.json").is_file():
         return SAE.load_from_disk(folder, device=device)
@@ -172,6 +181,8 @@ def _load_folder(argument: str, device: str) -> SAE[Any]:
 
 def _load_gemma_scope(params_path: Path, device: str) -> JumpReLUSAE:
     """Gemma Scope's params.npz as a sae-lens JumpReLU SAE (Gemma Scope does not subtract b_dec on input)."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
     with np.load(params_path) as params:
         missing = [key for key in GEMMA_SCOPE_KEYS if key not in params.files]
         if missing:
@@ -185,13 +196,14 @@ def _load_gemma_scope(params_path: Path, device: str) -> JumpReLUSAE:
 
 def _not_loadable(_argument: str, _device: str) -> SAE[Any]:
     raise SaefsError(
-        "SAE source 'train' is produced by the train_sae stage, which saves a folder in sae-lens format; "
+        f"SAE source {TRAINED!r} is produced by the train_sae stage, which saves a folder in sae-lens format; "
         "load that folder with 'path:<dir>'"
     )
 
 
-_LOADERS: dict[str, SaeLoader] = {
+SAE_LOADERS: dict[str, SaeLoader] = {  # kind -> loader of `<kind>:<argument>`
     "sae_lens": _load_sae_lens_release,
     "path": _load_folder,
-    "train": _not_loadable,
+    TRAINED: _not_loadable,
 }
+PRETRAINED_SAE_KINDS = tuple(kind for kind in SAE_LOADERS if kind != TRAINED)

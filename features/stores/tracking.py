@@ -23,6 +23,9 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from pydantic import Field
+
+from features.core.config import Strict
 from features.errors import SaefsError
 from features.stores.services import check_bucket, check_mlflow, display_address
 
@@ -313,12 +316,17 @@ MACRO_F1, TRANSFER_F1 = "macro_f1", "transfer_macro_f1"
 HIDDEN_F1, TRANSFER_MAJORITY_F1 = "hidden_macro_f1", "transfer_majority_macro_f1"
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Promotion gates; None turns a gate off."""
+class ChampionGates(Strict):
+    """The gates of every champion (params.yaml's promote group extends them); None turns a gate off."""
 
-    min_macro_f1: float = 0.8  # the paper's headline: SAE probes reach macro F1 > 0.8
-    max_drop_vs_hidden: float | None = 0.02  # may trail the hidden-state probe by at most this much
+    min_macro_f1: float = Field(ge=0, description="above 1 can never pass: promote reports it and moves no alias")
+    max_drop_vs_hidden: float | None = Field(description="may trail the best hidden-state probe by this much "
+                                             "(negative: must lead it by as much)")
+
+
+class Thresholds(ChampionGates):
+    """Promotion gates: the champion's, and the transfer gate of its features' source model."""
+
     min_transfer_f1: float | None = None  # transfer (other model, language or dataset) gate, off by default
     min_transfer_margin: float = 0.05  # and at least this far above the transfer set's majority floor
 
@@ -363,7 +371,7 @@ def verdict_without_promotion(incumbent: int | None) -> str:
 
 
 def promotion_decision(candidate: Mapping[str, float], baselines: Mapping[str, float],
-                       thresholds: Thresholds = Thresholds()) -> Decision:
+                       thresholds: Thresholds) -> Decision:
     """Whether a candidate probe may become champion; every gate is a `Check` (value >= threshold).
 
     `candidate`: `macro_f1`, and `transfer_macro_f1` when the transfer gate is on. `baselines`:

@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from features.core.prepare import PrepareConfig
 from features.core.schema import PREPARED_COLUMNS
 from features.forward.behaviour import behaviour_frame, label_items, score_options
 from features.sources.items import Item, ItemError, mcq_prompt
 from tests.features.tiny import BOS_ID, make_model, make_tokenizer
+from tests.helpers import prepare_config
 
 
 def hand_logprob(model, ids: list[int], n_option: int) -> float:
@@ -70,7 +70,7 @@ def frame_of(correct: list[bool]):
     items = [Item(f"w{i} w{i + 1}", ("w1", "w2"), 0) for i in range(len(correct))]
     scores = [[0.0, -1.0] if ok else [-1.0, 0.0] for ok in correct]
     labelled = Labelled([mcq_prompt(i) for i in items], items, scores, {})
-    return behaviour_frame("task", labelled, PrepareConfig(name="task", labels=(0, 1), test_size=0.25))
+    return behaviour_frame("task", labelled, prepare_config(name="task", labels=(0, 1), test_size=0.25))
 
 
 def test_labels_are_a_prepared_dataset_with_the_scores_beside() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from features.core.prepare import PrepareConfig, PrepareError, prepare, sample_corpus, text_id
 from features.core.schema import PREPARED_COLUMNS
+from tests.helpers import prepare_config
 
 
 def raw_rows(n: int = 200, pos_share: float = 0.3) -> pd.DataFrame:
@@ -15,7 +16,7 @@ def raw_rows(n: int = 200, pos_share: float = 0.3) -> pd.DataFrame:
 
 
 def cfg(**kw) -> PrepareConfig:
-    return PrepareConfig(**{"name": "demo", "labels": (0, 1), "label_names": ("neg", "pos"), **kw})
+    return prepare_config(**{"name": "demo", "labels": (0, 1), "label_names": ("neg", "pos"), **kw})
 
 
 def test_text_id_is_stable_across_runs_and_machines() -> None:
@@ -58,7 +59,7 @@ def test_max_rows_is_stratified_and_a_larger_sample_keeps_the_smaller_one() -> N
 
 def test_raw_labels_map_to_positions_of_the_declared_set() -> None:
     raw = pd.DataFrame({"text": list("abcdef"), "raw_label": ["jailbreak", "benign"] * 3})
-    df, _ = prepare(raw, PrepareConfig(name="jb", labels=("benign", "jailbreak"), test_size=0.34))
+    df, _ = prepare(raw, prepare_config(name="jb", labels=("benign", "jailbreak"), test_size=0.34))
     assert dict(zip(df["text"], df["label"], strict=True)) == {"a": 1, "b": 0, "c": 1, "d": 0, "e": 1, "f": 0}
     assert set(df["label_name"]) == {"benign", "jailbreak"}
 

@@ -10,7 +10,6 @@ import torch
 from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
 
 from features.errors import SaefsError
-from features.sources import sae as sae_module
 from features.sources.sae import QualityMeter, SaeSpec, check_sae_fits, encode, load_sae, sae_quality
 from tests.features.tiny import gemma_scope_params, make_jumprelu_sae
 
@@ -65,7 +64,7 @@ def test_sae_lens_spec_calls_from_pretrained_with_release_and_id(monkeypatch: py
         calls.append((release, sae_id, device))
         return make_jumprelu_sae(D_IN, D_SAE)
 
-    monkeypatch.setattr(sae_module.SAE, "from_pretrained", staticmethod(fake_from_pretrained))
+    monkeypatch.setattr(SAE, "from_pretrained", staticmethod(fake_from_pretrained))  # what the loader imports
     load_sae("sae_lens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical", device="meta")
     assert calls == [("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", "meta")]
 

@@ -195,15 +195,15 @@ def test_promotion_gates_and_mlflow_agree(candidate: dict, baselines: dict, fail
 
 
 def test_gates_that_are_off_are_not_checked() -> None:
-    decision = promotion_decision({"macro_f1": 0.81}, {}, Thresholds(max_drop_vs_hidden=None))
+    decision = promotion_decision({"macro_f1": 0.81}, {}, Thresholds(min_macro_f1=0.8, max_drop_vs_hidden=None))
     assert decision.promote and [c.name for c in decision.checks] == ["macro_f1"]
     assert decision.summary().startswith("promote: ok macro_f1: macro F1 0.8100 >= 0.8")
 
 
 @pytest.mark.parametrize(("thresholds", "key"), [
-    (Thresholds(min_macro_f1=1.2), "min_macro_f1=1.2"),
-    (Thresholds(max_drop_vs_hidden=-1.5), "max_drop_vs_hidden=-1.5"),
-    (Thresholds(min_transfer_f1=0.5, min_transfer_margin=2.0), "min_transfer_margin=2.0"),
+    (Thresholds(min_macro_f1=1.2, max_drop_vs_hidden=0.02), "min_macro_f1=1.2"),
+    (Thresholds(min_macro_f1=0.8, max_drop_vs_hidden=-1.5), "max_drop_vs_hidden=-1.5"),
+    (GATES.model_copy(update={"min_transfer_f1": 0.5, "min_transfer_margin": 2.0}), "min_transfer_margin=2.0"),
 ])
 def test_thresholds_that_can_never_pass_say_so_and_fail_even_a_perfect_probe(thresholds: Thresholds,
                                                                              key: str) -> None:
@@ -217,4 +217,5 @@ def test_thresholds_that_can_never_pass_say_so_and_fail_even_a_perfect_probe(thr
 
 def test_reachable_thresholds_are_not_flagged() -> None:
     assert Thresholds(min_macro_f1=1.0, max_drop_vs_hidden=-1.0).impossible() == []
-    assert Thresholds(min_transfer_margin=3.0).impossible() == []  # the transfer gate is off
+    transfer_off = Thresholds(min_macro_f1=0.8, max_drop_vs_hidden=0.02, min_transfer_margin=3.0)
+    assert transfer_off.impossible() == []

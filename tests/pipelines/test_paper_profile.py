@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.params import load_params
+from pipelines.profile import profile_params
 from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
 def paper():
-    return load_params(REPO / "profiles/paper.yaml")
+    return profile_params("paper", REPO / "profiles")
 
 
 def test_every_gemma_scope_sae_of_the_paper_profile_is_in_the_sae_lens_catalogue(paper) -> None:

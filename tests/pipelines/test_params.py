@@ -3,19 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.params import ParamsError, load_params, parse_params
-from tests.helpers import REPO, embedded_params
-
-
-@pytest.mark.parametrize("path", ["params.yaml", "profiles/embedded.yaml", "profiles/paper.yaml",
-                                  "profiles/cluster.yaml"])
-def test_shipped_params_validate(path: str) -> None:
-    params = load_params(REPO / path)
-    assert params.models and params.datasets
-
-
-def test_default_params_are_the_embedded_profile() -> None:
-    assert load_params(REPO / "params.yaml") == load_params(REPO / "profiles/embedded.yaml")
-    assert load_params(REPO / "params.yaml").profile == "embedded"
+from tests.helpers import embedded_params
 
 
 def test_unknown_top_level_key_is_named() -> None:

@@ -31,7 +31,8 @@ def tiny():
     model, tokenizer = make_model("gemma3", n_layers=4), make_tokenizer()
     texts = make_texts([5 + i % 20 for i in range(300)])
     acts = collect_activations(model, tokenizer, texts, [0], max_tokens=32, batch_size=32, progress=False)
-    sae = train_sae(acts[0], SAETrainingConfig(width=128, k=8, training_samples=20_000, batch_size=256, lr=3e-3))
+    cfg = SAETrainingConfig(architecture="topk", k=8, training_samples=20_000, batch_size=256, lr=3e-3, seed=0)
+    sae = train_sae(acts[0], cfg, width=128)
     return model, tokenizer, texts, sae
 
 
