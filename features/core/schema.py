@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 # column -> pandas dtype of a prepared dataset parquet
 PREPARED_COLUMNS: dict[str, str] = {
     "text_id": "string",  # stable: derived from the dataset name and the text
@@ -16,10 +14,3 @@ PREPARED_COLUMNS: dict[str, str] = {
 }
 SPLITS = ("train", "test")
 
-
-def check_prepared(df: pd.DataFrame, name: str = "dataset") -> pd.DataFrame:
-    """Raise a ValueError naming what is missing if `df` does not follow the prepared schema."""
-    missing = [c for c in PREPARED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name}: prepared data lacks columns {missing}; expected {list(PREPARED_COLUMNS)}")
-    return df

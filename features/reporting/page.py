@@ -129,9 +129,9 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                  "passed the gates."],
                 tables=[("Best SAE probe per dataset", with_interval(best))]),
         Section("paper", "This run beside the paper",
-                ["Paper values from shared/PAPER.md, 'Numbers to reproduce'. 'This run' names the models and data "
-                 "that produced each of our numbers; they are not the paper's, so a verdict says whether the "
-                 "claim's shape holds here, not whether a number matches.", lose_text],
+                ["Paper values are those Gallifant et al. (EMNLP 2025, arXiv 2502.11367) report. 'This run' "
+                 "names the models and data that produced each of our numbers; they are not the paper's, so a "
+                 "verdict says whether the claim's shape holds here, not whether a number matches.", lose_text],
                 tables=[("Paper numbers and this run's counterparts", comparison),
                         ("Where SAE features lose", losses)]),
         Section("layers", "Macro F1 by layer",

@@ -1,4 +1,4 @@
-"""The paper's numbers (shared/PAPER.md, "Numbers to reproduce") set beside this run's.
+"""The paper's numbers (Gallifant et al., EMNLP 2025, arXiv 2502.11367, and its MOSAIC code) set beside this run's.
 
 Each claim this run can speak to gets this run's figure, the models and data that produced it,
 and a plain verdict; claims on datasets or modalities the run does not have say so instead of
