@@ -25,6 +25,8 @@ from torch import Tensor
 from features.errors import SaefsError
 
 SaeLoader = Callable[[str, str], SAE[Any]]  # (spec argument, device) -> SAE
+# A model's SAE folder (train_sae) lists its SAEs in this file: SAE name (`l9__sae4k`) -> `load_sae` spec.
+SAE_INDEX = "saes.json"
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 
