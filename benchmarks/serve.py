@@ -55,7 +55,6 @@ from features.stores.feature_store import materialize_views
 from pipelines import paths
 from pipelines.feature_params import feature_store
 from pipelines.params import Params, load_params
-from pipelines.promote import registered_name
 
 READY_TIMEOUT_S = 600  # loading the champion's language model takes ~10-60 s on a busy 2-core machine
 
@@ -146,7 +145,7 @@ def churn(base: str, params: Params, dataset: str, stored_ids: list[str], texts:
     """Stored and new texts at once while the champion alias moves and the online store is rewritten."""
     import mlflow
 
-    name = registered_name(dataset)
+    name = tracking.registered_name(dataset)
     champion = tracking.get_alias_version(name, tracking.CHAMPION)
     if champion is None:
         sys.exit(f"{name} has no champion")

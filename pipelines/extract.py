@@ -109,8 +109,7 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
     # Imported here, not at the top: a process that only starts torchrun skips their ~8 s (sae-lens, torch).
     from features.forward.extract import extract, quality_meters
     from features.sources.lm import load_prepared, resolve_device
-    from features.sources.sae import load_sae
-    from pipelines.train_sae import SAE_INDEX
+    from features.sources.sae import SAE_INDEX, load_sae
 
     model_name, _, dataset = cell.partition("/")
     cfg, ex = params.sae_of(model_name), params.extract

@@ -36,10 +36,6 @@ from pipelines.params import TransferGate, load_params
 log = logging.getLogger("saefs.promote")
 
 
-def registered_name(dataset: str) -> str:
-    return f"saefs-{dataset}"
-
-
 def _best(cells: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, Any]]:
     if not cells:
         return None, {}
@@ -88,7 +84,7 @@ def run(dataset: str) -> dict[str, Any]:
 
     tracking_uri = tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
-    name = registered_name(dataset)
+    name = tracking.registered_name(dataset)
     previous = tracking.get_alias_version(name, tracking.CHAMPION)
     version = tracking.register(candidate["model_uri"], name)
     tracking.set_alias(name, tracking.CHALLENGER, version)
@@ -126,7 +122,7 @@ def write_receipt(dataset: str, tracking_uri: str, name: str, version: int | Non
 
 def _nothing_to_promote(dataset: str, skipped: dict, baselines: dict, tracking_uri: str) -> dict[str, Any]:
     """No SAE cell was probed (all skipped): report it, register nothing, move no alias."""
-    name = registered_name(dataset)
+    name = tracking.registered_name(dataset)
     tracking_uri = tracking.configure(tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
     reasons = sorted({cell["reason"] for cell in skipped.values()})
@@ -150,8 +146,8 @@ def _nothing_to_promote(dataset: str, skipped: dict, baselines: dict, tracking_u
 def _rollback_or_run(args: argparse.Namespace) -> None:
     if args.rollback:
         tracking.configure(load_params().promote.tracking_uri)
-        version = tracking.rollback(registered_name(args.dataset), tracking.CHAMPION, args.to)
-        log.info("%s: champion is now version %d", registered_name(args.dataset), version)
+        version = tracking.rollback(tracking.registered_name(args.dataset), tracking.CHAMPION, args.to)
+        log.info("%s: champion is now version %d", tracking.registered_name(args.dataset), version)
     else:
         run(args.dataset)
 

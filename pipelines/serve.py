@@ -43,7 +43,6 @@ from features.stores import tracking
 from features.stores.feature_store import store_locations
 from pipelines import paths, setup_logging
 from pipelines.params import Params, ServeParams, load_params
-from pipelines.promote import registered_name
 from pipelines.stores import feature_store, stale_receipts
 
 log = logging.getLogger("saefs.serve")
@@ -57,8 +56,7 @@ def build_scorer(params: Params) -> Scorer:
     served = [params.dataset(name) for name in params.serve.datasets]  # each a key of `datasets`, or a clear error
     from features.core.naming import sae_name
     from features.sources.lm import load_prepared, resolve_device
-    from features.sources.sae import load_sae
-    from pipelines.train_sae import SAE_INDEX
+    from features.sources.sae import SAE_INDEX, load_sae
 
     if params.serve.torch_threads:
         import torch
@@ -81,7 +79,7 @@ def build_scorer(params: Params) -> Scorer:
     online = store_locations(store)["online_store"]
     return Scorer(
         store,
-        {dataset: registered_name(dataset) for dataset in params.serve.datasets},
+        {dataset: tracking.registered_name(dataset) for dataset in params.serve.datasets},
         load_lm, load_model_sae,
         params.extract,
         {name: cfg.label_names or [str(v) for v in cfg.labels] for name, cfg in zip(params.serve.datasets, served,

@@ -25,7 +25,8 @@ import pandas as pd
 import yaml
 from threadpoolctl import threadpool_limits
 
-from features.core.metrics import classification_metrics, summarize_seeds, training_curve_fractions
+from features.core.evaluation import SUMMARY_KEYS, fit_score, summarize
+from features.core.metrics import training_curve_fractions
 from features.core.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from features.errors import SaefsError
 from features.stores import tracking
@@ -45,6 +46,10 @@ class Cell:
     service: str
     input: str  # "sparse" (SAE codes, raw or binarized) or "dense" (hidden states)
     params: dict[str, Any]
+
+    def record(self, model: str) -> dict[str, Any]:
+        """The cell as its probes' runs record it (`tracking.cell_tag`), for whoever serves them."""
+        return {"feature_service": self.service, "model": model} | self.params
 
 
 def cells(params: Params, model: str) -> list[Cell]:
@@ -83,31 +88,6 @@ def empty_reason(cell: Cell, X: pd.DataFrame, train: np.ndarray) -> str | None:
             "the majority class; lower train_probes.binarize or check the SAE (check_sae)")
 
 
-def _fit_score(probe: Any, X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
-               test: np.ndarray | None = None) -> dict[str, Any]:
-    """Fit on the `train` rows (the probe's own CV picks its hyperparameters there), score on `test`."""
-    test = ~train if test is None else test
-    probe.fit(X[train], y[train])
-    scores = probe.predict_proba(X[test])
-    metrics = classification_metrics(y[test], probe.predict(X[test]), scores, labels=list(probe.classes_))
-    search = probe.steps[-1][1] if hasattr(probe, "steps") else probe
-    validation = float(search.best_score_) if hasattr(search, "best_score_") else None
-    return metrics | {"val_macro_f1": validation}
-
-
-SUMMARY_KEYS = ("macro_f1", "accuracy", "roc_auc", "val_macro_f1")
-
-
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in SUMMARY_KEYS:
-        values = [r[key] for r in runs if r.get(key) is not None]
-        if values:
-            stats = summarize_seeds(values)
-            out |= {key: stats["mean"], f"{key}_low": stats["low"], f"{key}_high": stats["high"]}
-    return out | {"seeds": len(runs)}
-
-
 def _probe_cell(cell: Cell, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, width: int,
                 params: Params, kind: str = "logreg", select_k: int | None = None) -> tuple[dict, Any]:
     p = params.train_probes
@@ -115,12 +95,12 @@ def _probe_cell(cell: Cell, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, w
     for seed in range(p.seeds):
         probe = make_probe(kind, width=width if cell.input == "sparse" else None, input=cell.input,
                            select_k=select_k, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs)
-        runs.append(_fit_score(probe, X, y, train))
+        runs.append(fit_score(probe, X, y, train))
         first = first or probe
     # The logged (and maybe registered) model is the seed-0 fit: promote gates on its own scores, the
     # mean over seeds is the cell's summary.
     logged = {f"logged_{key}": runs[0][key] for key in SUMMARY_KEYS if runs[0].get(key) is not None}
-    return _summary(runs) | logged | {"chosen": chosen_params(first)}, first
+    return summarize(runs) | logged | {"chosen": chosen_params(first)}, first
 
 
 def input_example(X: pd.DataFrame) -> pd.DataFrame:
@@ -166,11 +146,13 @@ def run(cell_id: str) -> None:
     with threadpool_limits(limits=1), tracking.start_parent(
             f"train_probes:{model}", tags=tags,
             params={"seeds": params.train_probes.seeds, "cv_folds": params.train_probes.cv_folds}):
-        frames: dict[str, tuple[pd.DataFrame, int]] = {}
+        frames: dict[str, tuple[pd.DataFrame, int, Cell]] = {}
         for cell in cells(params, model):
             with timings("retrieval"):
-                X, width = frames[cell.service] = historical_frame(store, cell.service, entity_df)
-            tags = {"feature_service": cell.service, "dataset": dataset, "model": model, "probe": "logreg"}
+                X, width = historical_frame(store, cell.service, entity_df)
+            frames[cell.service] = X, width, cell
+            tags = {"feature_service": cell.service, "dataset": dataset, "model": model, "probe": "logreg",
+                    **tracking.cell_tag(cell.record(model))}
             if reason := empty_reason(cell, X, train):
                 _skip(cell_id, cell, reason, tags, results)
                 continue
@@ -211,17 +193,17 @@ def _extras(cell_id: str, params: Params, results: dict, frames: dict, y: np.nda
         log.warning("%s: no SAE cell could be probed (see `skipped`): no tree, selection or training curve", cell_id)
         return
     best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1))
-    X, width = frames[best]
-    cell = Cell(best, "sparse", {k: sae_cells[best][k] for k in ("layer", "width", "pooling", "binarize")})
+    X, width, cell = frames[best]
+    shown = {k: cell.params[k] for k in ("layer", "width", "pooling", "binarize")}  # the variants' params and rows
+    tags = {"feature_service": best, **tracking.cell_tag(cell.record(results["model"]))}
     for variant, kind, select_k in (("tree", "tree", None), ("select", "logreg", params.train_probes.select_k)):
         with timings("fitting"):
-            summary, probe = _probe_cell(cell, X, y, train, width, params, kind=kind,
-                                         select_k=min(select_k, width) if select_k else None)
+            summary, probe = _probe_cell(cell, X, y, train, width, params, kind=kind, select_k=select_k)
         name = f"{best}__{variant}{select_k or ''}"
         with timings("logging"):
-            uri = _log_cell(name, cell.params | {"probe": kind, "select_k": select_k}, summary, probe, X,
-                            {"feature_service": best, "probe": variant})
-        results["cells"][name] = cell.params | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
+            uri = _log_cell(name, shown | {"probe": kind, "select_k": select_k}, summary, probe, X,
+                            tags | {"probe": variant})
+        results["cells"][name] = shown | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
     # the curve: `seeds` nested subsets per fraction (each seed draws its own), mean and interval
     runs: dict[float, list[dict[str, Any]]] = {}
     p, train_rows = params.train_probes, np.flatnonzero(train)
@@ -232,9 +214,9 @@ def _extras(cell_id: str, params: Params, results: dict, frames: dict, y: np.nda
             fit_rows[train_rows[subset]] = True
             probe = make_probe("logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs)
             with timings("fitting"):
-                runs.setdefault(fraction, []).append(_fit_score(probe, X, y, fit_rows, test=~train))
+                runs.setdefault(fraction, []).append(fit_score(probe, X, y, fit_rows, test=~train))
             runs[fraction][-1]["train_rows"] = int(fit_rows.sum())
-    curve = [{"fraction": fraction, "train_rows": points[0]["train_rows"], "n": points[0]["n"], **_summary(points)}
+    curve = [{"fraction": fraction, "train_rows": points[0]["train_rows"], "n": points[0]["n"], **summarize(points)}
              for fraction, points in runs.items()]
     results["best_cell"], results["training_curve"] = best, curve
     log.info("%s: best cell by validation %s", cell_id, best)
@@ -245,8 +227,8 @@ def _baselines(prepared: pd.DataFrame, y: np.ndarray, train: np.ndarray, params:
     text = prepared[["text"]]
     for name, make in (("tfidf", make_tfidf_baseline), ("majority", lambda seed: make_majority_baseline())):
         with timings("fitting"):
-            runs = [_fit_score(make(seed), text, y, train) for seed in range(params.train_probes.seeds)]
-        summary = _summary(runs)
+            runs = [fit_score(make(seed), text, y, train) for seed in range(params.train_probes.seeds)]
+        summary = summarize(runs)
         with timings("logging"), tracking.child_run(name, params={"probe": name},
                                                      tags={"probe": name, "baseline": "true"}):
             tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})

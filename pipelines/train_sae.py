@@ -24,13 +24,12 @@ from features.forward.extract import collect_activations
 from features.sources.datasets import load_source
 from features.sources.lm import load_prepared, resolve_device
 from features.sources.models import check_depth, read_manifest
-from features.sources.sae import check_sae_fits, load_sae
+from features.sources.sae import SAE_INDEX, check_sae_fits, load_sae
 from features.stores.files import atomic_path, write_json
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 
 log = logging.getLogger("saefs.train_sae")
-SAE_INDEX = "saes.json"  # SAE name -> load_sae spec, read by extract
 
 
 def training_texts(params: Params) -> list[str]:

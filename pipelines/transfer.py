@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.core.evaluation import fit_score, summarize
 from features.core.naming import sae_name
 from features.core.prepare import PrepareConfig, prepare
 from features.core.probes import make_majority_baseline, make_probe, make_tfidf_baseline
@@ -38,13 +39,11 @@ from features.core.transfer import codes_frame, cross_lingual_splits, heatmap, h
 from features.forward.extract import extract
 from features.sources.datasets import load_source
 from features.sources.lm import load_prepared, resolve_device
-from features.sources.sae import load_sae
+from features.sources.sae import SAE_INDEX, load_sae
 from features.stores import tracking
 from features.stores.files import atomic_path, write_json
 from pipelines import paths, stage_main
 from pipelines.params import CrossLingualTask, Params, load_params
-from pipelines.train_probes import _fit_score, _summary
-from pipelines.train_sae import SAE_INDEX
 
 log = logging.getLogger("saefs.transfer")
 
@@ -94,7 +93,7 @@ def _sae_probe(params: Params, width: int, seed: int) -> Any:
 
 
 def _runs(make: Any, X: pd.DataFrame, y: np.ndarray, masks: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    return _summary([_fit_score(make(seed), X, y, train, test) for seed, (train, test) in enumerate(masks)])
+    return summarize([fit_score(make(seed), X, y, train, test) for seed, (train, test) in enumerate(masks)])
 
 
 def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, codes: pd.DataFrame,

@@ -14,13 +14,15 @@ search, so feature selection and scaling are refit per fold and the inner valida
 unseen by them; the stateless steps (columns, binarize) run once, before it.
 
 Estimators follow scikit-learn's contract, so the fitted pipeline logs with `mlflow.sklearn`
-(skops format) and serves the same frame it was trained on.
+(skops format) and serves the same frame it was trained on. What a fitted probe chose is read
+through `chosen_params`, `validation_score`, `selected_latents` and `explain`, never its steps.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -30,7 +32,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.feature_selection import SelectorMixin, f_classif
+from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -44,6 +46,7 @@ from features.stores.feature_store import HIDDEN, IDS, VALUES, BinarizeOp, binar
 ProbeKind = Literal["logreg", "tree"]
 ProbeInput = Literal["sparse", "dense"]
 SEARCH_STEP = "search"  # the GridSearchCV step of every probe; its inner steps: select, scale, clf
+SELECT_STEP = "select"
 MAX_ITER = 5000  # the paper's lbfgs budget; raw sum-pooled codes converge slowly even when scaled
 
 
@@ -169,44 +172,20 @@ class Binarize(TransformerMixin, BaseEstimator):
         return tags
 
 
-class SelectTopKLatents(SelectorMixin, BaseEstimator):
-    """Keep the k latents with the largest ANOVA F between classes (`selected_`: their column indices).
+def anova_f(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`f_classif` without its warnings about latents constant over the texts (their F is 0/0, NaN).
 
-    ANOVA F (`f_classif`) works on CSR without densifying (per-class sums of x and x^2), handles
-    any number of classes in one pass and is scale-free: it divides the between-class spread by the
-    within-class variance, so raw sum-pooled codes with large magnitudes do not win by scale alone,
-    as they would by a difference of class means. Mutual information would be the alternative, but
-    scikit-learn computes it one feature at a time (seconds per thousand latents). A latent constant
-    over the training texts scores 0; one constant within each class but differing between them
-    scores inf and ranks first. Ties go to the lower index; k larger than the width keeps every latent.
+    ANOVA F works on CSR without densifying (per-class sums of x and x^2), handles any number of
+    classes in one pass and is scale-free: it divides the between-class spread by the within-class
+    variance, so raw sum-pooled codes with large magnitudes do not win by scale alone. Mutual
+    information would be the alternative, but scikit-learn computes it one feature at a time
+    (seconds per thousand latents). SelectKBest ranks a NaN below every score; a latent constant
+    within each class but differing between them scores inf and ranks first. The warnings are
+    silenced here, not around `fit`: the search may fit in worker processes.
     """
-
-    def __init__(self, k: int = 1000) -> None:
-        self.k = k
-
-    def fit(self, X: Any, y: Any) -> SelectTopKLatents:
-        if not isinstance(self.k, int | np.integer) or self.k < 1:
-            raise SaefsError(f"SelectTopKLatents k={self.k!r}: pass a positive number of latents to keep")
-        X, y = validate_data(self, X, y, accept_sparse="csr")
-        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-            warnings.simplefilter("ignore", (UserWarning, RuntimeWarning))  # constant latents: scored 0 below
-            scores, _ = f_classif(X, y)
-        self.scores_ = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=np.inf)
-        keep = min(int(self.k), X.shape[1])
-        self.selected_ = np.sort(np.argsort(-self.scores_, kind="stable")[:keep])
-        return self
-
-    def _get_support_mask(self) -> np.ndarray:
-        check_is_fitted(self)
-        mask = np.zeros(self.n_features_in_, dtype=bool)
-        mask[self.selected_] = True
-        return mask
-
-    def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        tags.target_tags.required = True
-        return tags
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", (UserWarning, RuntimeWarning))
+        return f_classif(X, y)
 
 
 # --- probes -------------------------------------------------------------------------------------
@@ -268,9 +247,13 @@ def make_probe(
         raise SaefsError("binarize applies to SAE codes, not hidden states: pass input='sparse' or binarize=None")
     if cv < 2:
         raise SaefsError(f"cv={cv}: choosing a hyperparameter needs at least 2 folds")
+    if select_k is not None and (not isinstance(select_k, int | np.integer) or select_k < 1):
+        raise SaefsError(f"select_k={select_k!r}: pass a positive number of latents to keep, or None")
     prep, clf, grid = CLASSIFIERS[kind](input, C_grid=C_grid, class_weight=class_weight, scale=scale, seed=seed)
 
-    inner = [("select", SelectTopKLatents(k=select_k))] if select_k is not None else []
+    # k above the SAE width keeps every latent (SelectKBest would too, with a warning per fold)
+    k = min(int(select_k), int(width)) if select_k is not None and width is not None else select_k
+    inner = [(SELECT_STEP, SelectKBest(anova_f, k=k))] if k is not None else []
     search = GridSearchCV(Pipeline([*inner, *prep, ("clf", clf)]), grid, scoring=scoring, n_jobs=n_jobs,
                           cv=StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed), error_score="raise")
     columns = SparseColumns(width=int(width)) if input == "sparse" else DenseColumn()  # type: ignore[arg-type]
@@ -280,11 +263,71 @@ def make_probe(
     return Pipeline([*outer, (SEARCH_STEP, search)])
 
 
+# --- what a fitted probe chose, and why it decides as it does ---------------------------------------
+
 def chosen_params(probe: Pipeline) -> dict[str, Any]:
     """The hyperparameters a fitted probe's search chose, without the step prefix: {'C': 0.1}."""
-    check_is_fitted(probe)
-    best = probe.named_steps[SEARCH_STEP].best_params_
+    best = _search(probe).best_params_
     return {key.split("__", 1)[-1]: value for key, value in best.items()}
+
+
+def validation_score(estimator: Any) -> float | None:
+    """A fitted probe's inner-CV score of the hyperparameters it chose (macro F1 unless `scoring` says
+    otherwise); None for an estimator without a search (the baselines)."""
+    if not (isinstance(estimator, Pipeline) and SEARCH_STEP in estimator.named_steps):
+        return None
+    return float(_search(estimator).best_score_)
+
+
+def selected_latents(probe: Pipeline) -> np.ndarray:
+    """The input columns (latents) a fitted probe's classifier reads, ascending: its top-k, or all of them."""
+    search = _search(probe)
+    select = search.best_estimator_.named_steps.get(SELECT_STEP)
+    return select.get_support(indices=True) if select is not None else np.arange(search.n_features_in_)
+
+
+@dataclass(frozen=True)
+class Latent:
+    latent: int
+    coefficient: float  # the probe's weight on this latent's input value, signed toward the returned label
+    activation: float  # the value the probe read (pooled code, or 1 when binarized)
+    contribution: float  # coefficient x activation: its share of the decision's logit
+
+
+def explain(probe: Pipeline, frame: pd.DataFrame, predicted: np.ndarray, top: int) -> list[list[Latent]]:
+    """Per row, the `top` latents by contribution toward its predicted class (an index into `classes_`).
+
+    The contribution of a latent is the linear classifier's weight times the value it saw after
+    the probe's scaling, i.e. its term of the logit; `coefficient` is that weight brought back to
+    the probe's input (contribution / activation). Probes without coefficients (trees) explain nothing.
+    """
+    steps = _search(probe).best_estimator_.steps
+    clf = steps[-1][1]
+    if top == 0 or not hasattr(clf, "coef_"):
+        return [[] for _ in range(len(frame))]
+    inputs = sparse.csr_matrix(probe[:-1].transform(frame))  # columns (and binarize): what the probe reads
+    scaled = inputs
+    for _, step in steps[:-1]:
+        scaled = step.transform(scaled)
+    scaled = sparse.csr_matrix(scaled)
+    latents = selected_latents(probe)
+    inputs = inputs[:, latents]
+    out = []
+    for row, label in enumerate(predicted):
+        # Binary logistic regression has one row of weights, toward classes_[1].
+        weights = clf.coef_[0] * (1.0 if label == 1 else -1.0) if clf.coef_.shape[0] == 1 else clf.coef_[label]
+        columns = scaled[row].indices
+        contributions = scaled[row].data * weights[columns]
+        activations = inputs[row].toarray()[0, columns]
+        order = np.argsort(-contributions, kind="stable")[:top]
+        out.append([Latent(int(latents[columns[i]]), float(contributions[i] / activations[i]),
+                           float(activations[i]), float(contributions[i])) for i in order])
+    return out
+
+
+def _search(probe: Pipeline) -> GridSearchCV:
+    check_is_fitted(probe)
+    return probe.named_steps[SEARCH_STEP]
 
 
 # --- baselines ----------------------------------------------------------------------------------

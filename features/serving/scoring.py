@@ -32,12 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 from scipy import sparse
 from sklearn.pipeline import Pipeline
 
 from features.core.prepare import text_id
+from features.core.probes import Latent, explain
 from features.errors import SaefsError
 from features.forward.extract import EmptyTexts, extract
 from features.forward.settings import ExtractSettings
@@ -121,14 +121,6 @@ class Champion:
 
 
 @dataclass(frozen=True)
-class Latent:
-    latent: int
-    coefficient: float  # the probe's weight on this latent's input value, signed toward the returned label
-    activation: float  # the value the probe read (pooled code, or 1 when binarized)
-    contribution: float  # coefficient x activation: its share of the decision's logit
-
-
-@dataclass(frozen=True)
 class Score:
     text_id: str
     label: str
@@ -142,84 +134,39 @@ class Score:
 
 def load_champion(store: Any, registered_model: str, version: int,
                   registry_lock: AbstractContextManager[Any] | None = None) -> Champion:
-    """Version `version` of `registered_model` (a logged probe) and the Feast cell its run's `feature_service` names.
+    """Version `version` of `registered_model` (a logged probe) and the feature cell its run recorded.
 
     The Feast registry is read under `registry_lock` (the lock of the scorer's store: Feast loads and
     refreshes its registry cache on first use, unguarded); MLflow is read outside it.
     """
     import mlflow
 
-    client = mlflow.MlflowClient()
-    model_version = service_call("the MLflow model registry", client.get_model_version, registered_model, str(version))
-    run = service_call("the MLflow tracking server", client.get_run, model_version.run_id) if model_version.run_id \
-        else None
-    service = run.data.tags.get("feature_service") if run is not None else None
-    if not service:
-        raise SaefsError(f"{registered_model} v{version} has no run tagged feature_service: register probes logged "
-                         "by train_probes")
+    cell = service_call("the MLflow registry and tracking server", tracking.logged_cell, registered_model, version)
     with registry_lock or nullcontext():
-        service_object, tags, views = service_call("the Feast registry", _cell, store, service)
-    if tags.get("kind") not in PUSHABLE_KINDS:
-        raise SaefsError(f"{registered_model} v{version} reads {service_object.feature_view_projections[0].name}, a "
-                         f"{tags.get('kind')} view; the service scores SAE probes only (views of kind "
-                         f"{list(PUSHABLE_KINDS)})")
+        service_object, kind, views = service_call("the Feast registry", _service, store, cell["feature_service"])
+    view = service_object.feature_view_projections[0].name
+    if kind not in PUSHABLE_KINDS:
+        raise SaefsError(f"{registered_model} v{version} reads {view}, a {kind} view; the service scores SAE probes "
+                         f"only (views of kind {list(PUSHABLE_KINDS)})")
     probe = service_call(f"loading {registered_model} v{version} from MLflow", mlflow.sklearn.load_model,
                          f"models:/{registered_model}/{version}")
-    threshold = tags.get("threshold")
-    return Champion(registered_model, version, probe, service, service_object,
-                    service_object.feature_view_projections[0].name, views, tags["kind"], tags["model"],
-                    int(tags["layer"]), tags["sae"], tags["pooling"], None if threshold is None else float(threshold),
-                    tags.get("op", ">"))
+    return Champion(registered_model, version, probe, cell["feature_service"], service_object, view, views, kind,
+                    cell["model"], cell["layer"], cell["width"], cell["pooling"], cell["binarize"], cell["op"])
 
 
-def _cell(store: Any, service: str) -> tuple[Any, dict[str, str], list[str]]:
-    """The feature service object, its view's tags and the views its push source writes, from the registry."""
+def _service(store: Any, service: str) -> tuple[Any, str | None, list[str]]:
+    """The feature service object, its view's kind (how the store holds it) and the views its push source
+    writes, from the registry."""
     from feast.errors import FeastObjectNotFoundException
 
     try:
         service_object = store.get_feature_service(service)
         view = service_object.feature_view_projections[0].name
-        tags = dict(store.get_feature_view(view).tags)
+        kind = store.get_feature_view(view).tags.get("kind")
     except FeastObjectNotFoundException as err:
         raise SaefsError(f"{err}: the champion reads {service!r}, which this Feast registry lacks; run `dvc repro "
                          "feast_apply` with the feature_repo it was trained on") from err
-    if tags.get("kind") not in PUSHABLE_KINDS:
-        return service_object, tags, []
-    return service_object, tags, push_views(store, view)
-
-
-def explain(probe: Pipeline, frame: pd.DataFrame, predicted: np.ndarray, top: int) -> list[list[Latent]]:
-    """Per row, the `top` latents by contribution toward its predicted class (an index into `classes_`).
-
-    The contribution of a latent is the linear classifier's weight times the value it saw after
-    the probe's scaling, i.e. its term of the logit; `coefficient` is that weight brought back to
-    the probe's input (contribution / activation). Probes without coefficients (trees) explain nothing.
-    """
-    search = probe.steps[-1][1]
-    best = getattr(search, "best_estimator_", search)
-    steps = best.steps if isinstance(best, Pipeline) else [("clf", best)]
-    clf = steps[-1][1]
-    if top == 0 or not hasattr(clf, "coef_"):
-        return [[] for _ in range(len(frame))]
-    inputs = sparse.csr_matrix(probe[:-1].transform(frame))  # columns (and binarize): what the probe reads
-    scaled = inputs
-    for _, step in steps[:-1]:
-        scaled = step.transform(scaled)
-    scaled = sparse.csr_matrix(scaled)
-    selected = dict(steps).get("select")
-    latents = selected.selected_ if selected is not None else np.arange(inputs.shape[1])
-    inputs = inputs[:, latents]
-    out = []
-    for row, label in enumerate(predicted):
-        # Binary logistic regression has one row of weights, toward classes_[1].
-        weights = clf.coef_[0] * (1.0 if label == 1 else -1.0) if clf.coef_.shape[0] == 1 else clf.coef_[label]
-        columns = scaled[row].indices
-        contributions = scaled[row].data * weights[columns]
-        activations = inputs[row].toarray()[0, columns]
-        order = np.argsort(-contributions, kind="stable")[:top]
-        out.append([Latent(int(latents[columns[i]]), float(contributions[i] / activations[i]),
-                           float(activations[i]), float(contributions[i])) for i in order])
-    return out
+    return service_object, kind, push_views(store, view) if kind in PUSHABLE_KINDS else []
 
 
 def _file_identity(path: Path | None) -> tuple[int, int] | None:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # sae-lens loads with an SAE: params validation reads SAE_LOA
 
 SaeLoader = Callable[[str, str], "SAE[Any]"]  # (spec argument, device) -> SAE
 TRAINED = "train"  # the spec of an SAE that the train_sae stage trains (a bare word: no argument)
+# A model's SAE folder (train_sae) lists its SAEs in this file: SAE name (`l9__sae4k`) -> `load_sae` spec.
+SAE_INDEX = "saes.json"
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 

@@ -38,6 +38,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "saefs.alias_history.{alias}"
 SINCE_TAG = "{alias}_since"
 ROLLED_BACK_TAG = "{alias}_rolled_back"
+CELL_TAG = "saefs.cell"  # a probe run's feature cell, as one JSON object (`cell_tag`, `logged_cell`)
 # What a logged probe needs to load: the flavour's libraries and skops (the serialization format).
 # `features` itself must be importable where it loads (install saefs, or pass code_paths).
 PROBE_REQUIREMENTS = ("scikit-learn", "scipy", "numpy", "pandas", "pyarrow", "skops")
@@ -172,7 +173,31 @@ def trusted_types(pipeline: Any) -> list[str]:
     return untrusted
 
 
+def cell_tag(cell: Mapping[str, Any]) -> dict[str, str]:
+    """The run tag that records the feature cell a probe reads (its Feast feature service, model, layer, SAE
+    width, pooling, binarization), so that whoever serves the probe computes the same features."""
+    return {CELL_TAG: json.dumps(dict(cell), sort_keys=True)}
+
+
+def logged_cell(name: str, version: int) -> dict[str, Any]:
+    """The feature cell (`cell_tag`) of the run that logged version `version` of the registered model `name`."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(name, str(version)).run_id
+    tags = client.get_run(run_id).data.tags if run_id else {}
+    if CELL_TAG not in tags:
+        raise SaefsError(f"{name} v{version} was logged without its feature cell (run tag {CELL_TAG}): register "
+                         "probes logged by train_probes")
+    return json.loads(tags[CELL_TAG])
+
+
 # --- registry -----------------------------------------------------------------------------------
+
+def registered_name(dataset: str) -> str:
+    """The registered model whose `champion` serves `dataset`."""
+    return f"saefs-{dataset}"
+
 
 def register(model_uri: str, name: str) -> int:
     """Register a logged model (`models:/m-...` or `runs:/...`) as a new version of `name`; returns the version."""

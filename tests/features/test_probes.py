@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,14 +15,18 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from features.core.probes import (
     SEARCH_STEP,
+    SELECT_STEP,
     Binarize,
     DenseColumn,
-    SelectTopKLatents,
     SparseColumns,
+    anova_f,
     chosen_params,
+    explain,
     make_majority_baseline,
     make_probe,
     make_tfidf_baseline,
+    selected_latents,
+    validation_score,
 )
 from features.errors import SaefsError
 
@@ -109,22 +115,27 @@ def test_binarize_refuses_what_would_densify_or_is_unknown() -> None:
         Binarize(op="gt").fit(codes)  # type: ignore[arg-type]
 
 
-def test_select_top_k_finds_the_informative_latents_on_csr() -> None:
-    frame, y = synthetic_frame()
-    codes = SparseColumns(width=WIDTH).fit_transform(frame)
-    select = SelectTopKLatents(k=3).fit(codes, y)
-    assert set(select.selected_.tolist()) == set(INFORMATIVE)
-    assert sparse.issparse(select.transform(codes)) and select.transform(codes).shape == (len(y), 3)
-    assert SelectTopKLatents(k=10_000).fit(codes, y).selected_.tolist() == list(range(WIDTH))
+def test_anova_f_scores_csr_and_leaves_constant_latents_unscored_without_warnings() -> None:
+    X = np.array([[1.0, 0.0, 5.0, 0.0], [1.0, 1.0, 5.0, 2.0], [1.0, 0.0, 5.0, 0.0], [1.0, 1.0, 5.0, 2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # f_classif itself warns about the constant latents 0 and 2
+        scores, _ = anova_f(sparse.csr_matrix(X), [0, 1, 0, 1])
+    assert np.isnan(scores[[0, 2]]).all() and np.isposinf(scores[[1, 3]]).all()
 
 
-def test_select_top_k_scores_constant_latents_zero() -> None:
-    X = np.array([[1.0, 0.0, 5.0], [1.0, 1.0, 5.0], [1.0, 0.0, 5.0], [1.0, 1.0, 5.0]])
-    select = SelectTopKLatents(k=1).fit(X, [0, 1, 0, 1])
-    assert select.scores_[0] == 0 and select.scores_[2] == 0 and select.selected_.tolist() == [1]
+def test_a_probe_selects_the_informative_latents_and_keeps_all_when_k_exceeds_the_width() -> None:
+    train, y_train, _, _ = split(*synthetic_frame())
+    probe = make_probe("logreg", width=WIDTH, select_k=3, **FAST).fit(train, y_train)
+    assert selected_latents(probe).tolist() == sorted(INFORMATIVE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SelectKBest would warn about k > the width in every fold
+        wide = make_probe("logreg", width=WIDTH, select_k=10_000, **FAST).fit(train, y_train)
+    assert selected_latents(wide).tolist() == list(range(WIDTH))
+    unselected = make_probe("logreg", width=WIDTH, **FAST).fit(train, y_train)
+    assert selected_latents(unselected).tolist() == list(range(WIDTH))
 
 
-@parametrize_with_checks([Binarize(), SelectTopKLatents(k=2)])
+@parametrize_with_checks([Binarize()])
 def test_sklearn_estimator_checks(estimator, check) -> None:
     check(estimator)
 
@@ -194,9 +205,27 @@ def test_c_is_chosen_by_cv_on_the_train_rows_only(monkeypatch: pytest.MonkeyPatc
 def test_selection_runs_inside_the_search() -> None:
     train, y_train, _, _ = split(*synthetic_frame())
     probe = make_probe("logreg", width=WIDTH, select_k=3, **FAST).fit(train, y_train)
-    best = probe.named_steps[SEARCH_STEP].best_estimator_
-    assert set(best.named_steps["select"].selected_.tolist()) == set(INFORMATIVE)
-    assert type(best.named_steps["scale"]).__name__ == "MaxAbsScaler"  # keeps CSR sparse
+    search = probe.named_steps[SEARCH_STEP]
+    assert SELECT_STEP in search.best_estimator_.named_steps and SELECT_STEP not in probe.named_steps
+    assert type(search.best_estimator_.named_steps["scale"]).__name__ == "MaxAbsScaler"  # keeps CSR sparse
+    assert validation_score(probe) == search.best_score_ and validation_score(make_majority_baseline()) is None
+
+
+def test_explanations_add_up_to_the_logit_in_the_selected_latents() -> None:
+    train, y_train, test, _ = split(*synthetic_frame())
+    probe = make_probe("logreg", width=WIDTH, select_k=5, **FAST).fit(train, y_train)
+    probabilities = probe.predict_proba(test)
+    predicted = probabilities.argmax(axis=1)
+    intercept = probe.named_steps[SEARCH_STEP].best_estimator_[-1].intercept_[0]
+    for row, latents in enumerate(explain(probe, test, predicted, top=WIDTH)):
+        assert {latent.latent for latent in latents} <= set(selected_latents(probe).tolist())
+        sign = 1.0 if predicted[row] == 1 else -1.0
+        p = probabilities[row, predicted[row]]
+        assert np.isclose(sum(latent.contribution for latent in latents) + sign * intercept, np.log(p / (1 - p)))
+        for latent in latents:
+            assert np.isclose(latent.coefficient * latent.activation, latent.contribution)
+    tree = make_probe("tree", width=WIDTH, cv=3).fit(train, y_train)
+    assert explain(tree, test, predicted, top=3) == [[] for _ in range(len(test))]
 
 
 def test_dense_probe_standardizes_hidden_states() -> None:
@@ -223,6 +252,8 @@ def test_make_probe_rejects_impossible_configurations() -> None:
         make_probe("logreg", input="dense", binarize=1.0)
     with pytest.raises(SaefsError, match="unknown probe kind"):
         make_probe("svm", width=8)  # type: ignore[arg-type]
+    with pytest.raises(SaefsError, match="select_k=0"):
+        make_probe("logreg", width=8, select_k=0)
 
 
 # --- baselines ----------------------------------------------------------------------------------

@@ -95,6 +95,23 @@ def test_logged_probe_serves_list_columns_by_alias(store: Path, fitted: tuple[Pi
         served.predict(pd.DataFrame({"latent_ids": [[1], None], "latent_values": [[2.0], None]}))
 
 
+def test_a_registered_probe_reads_back_the_cell_its_run_recorded(store: Path,
+                                                                   fitted: tuple[Pipeline, pd.DataFrame]) -> None:
+    probe, test = fitted
+    cell = {"feature_service": "m__l1__sae64__sum__bin1", "model": "m", "layer": 1, "width": "64", "pooling": "sum",
+            "binarize": 1.0, "op": ">"}
+    with tracking.start_parent("cells"):
+        with tracking.child_run("recorded", tags=tracking.cell_tag(cell)):
+            recorded = tracking.log_probe(probe, test).model_uri
+        with tracking.child_run("unrecorded"):
+            unrecorded = tracking.log_probe(probe, test).model_uri
+    name = tracking.registered_name("cells")
+    assert name == "saefs-cells"
+    assert tracking.logged_cell(name, tracking.register(recorded, name)) == cell  # the layer an int, binarize a float
+    with pytest.raises(SaefsError, match="without its feature cell"):
+        tracking.logged_cell(name, tracking.register(unrecorded, name))
+
+
 def test_dense_probe_round_trips_through_pyfunc(store: Path) -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60)

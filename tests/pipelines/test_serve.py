@@ -26,6 +26,7 @@ import pytest
 
 from features.core.prepare import text_id
 from features.serving.scoring import BadTexts
+from features.sources.sae import SAE_INDEX
 from features.stores import tracking
 from features.stores.feature_store import historical_frame
 from features.stores.files import write_parquet
@@ -41,14 +42,13 @@ from pipelines import (
     train_probes,
 )
 from pipelines.params import ParamsError, load_params, parse_params
-from pipelines.train_sae import SAE_INDEX
 from tests.features.tiny import HIDDEN, make_jumprelu_sae, make_model, make_tokenizer
 from tests.helpers import embedded_params, write_params
 from tests.pipelines.test_feature_stages import copy_repo
 
 mlflow = pytest.importorskip("mlflow")
 MODEL, DATASET, WIDTH = "tiny", "alpha", 64
-NAME = promote.registered_name(DATASET)
+NAME = tracking.registered_name(DATASET)
 MAX_TEXTS, MAX_CHARS = 4, 120
 
 
@@ -307,7 +307,7 @@ def two_dataset_params() -> Any:
 def test_a_slow_champion_load_blocks_no_request_and_swaps_in_whole(project, monkeypatch) -> None:
     """While a moved champion loads, both datasets score with their current champions, and every answer
     comes from one whole champion: its version, feature service and probability belong together."""
-    beta = promote.registered_name("beta")
+    beta = tracking.registered_name("beta")
     first_uri = json.loads(paths.probe_metrics(DATASET, MODEL).read_text())["cells"][
         project["report"]["candidate"]["cell"]]["model_uri"]
     tracking.set_alias(beta, tracking.CHAMPION, tracking.register(first_uri, beta))
