@@ -200,8 +200,8 @@ def test_dag_lists_the_stages(scratch: Path) -> None:
 
 def champions(repo: Path) -> dict[str, int | None]:
     """`saefs-<dataset>@champion` of each scratch dataset, read from the repo's MLflow store in a fresh process."""
-    code = ("import json, mlflow; from features import tracking; mlflow.set_tracking_uri('sqlite:///mlflow.db'); "
-            "print(json.dumps({d: tracking.get_alias_version(f'saefs-{d}', 'champion') for d in ('alpha', 'beta')}))")
+    code = ("import json, mlflow; from features.stores import tracking; "
+            "mlflow.set_tracking_uri('sqlite:///mlflow.db'); print(json.dumps({d: tracking.get_alias_version(f'saefs-{d}', 'champion') for d in ('alpha', 'beta')}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr
@@ -232,6 +232,42 @@ def test_a_lost_tracking_store_is_refilled_by_repro(scratch: Path) -> None:
     assert ran(dvc(scratch, "repro")) == {*ALWAYS, *TRACKING_STAGES}
     assert champions(scratch) == promised_champions(scratch) == {"alpha": 2, "beta": 2}
     assert ran(dvc(scratch, "repro")) == ALWAYS
+
+
+# Run in the scratch repo by a fresh process, as a user would: the champion from the registry, the test split's
+# features from the Feast offline store, and the macro F1 the promotion gate judged.
+REPLAY = """
+import json, mlflow, pandas as pd
+from sklearn.metrics import f1_score
+from features.stores import tracking
+from features.stores.feature_store import historical_frame
+from pipelines import paths
+from pipelines.params import load_params
+from pipelines.stores import feature_store
+mlflow.set_tracking_uri("sqlite:///mlflow.db")
+name = tracking.registered_name("alpha")
+cell = tracking.logged_cell(name, tracking.get_alias_version(name, "champion"))
+probe = mlflow.sklearn.load_model(f"models:/{name}@champion")
+prepared = pd.read_parquet(paths.prepared("alpha"))
+X, _ = historical_frame(feature_store(load_params().feast_apply), cell["feature_service"],
+                        prepared[["text_id", "event_timestamp"]])
+test = (prepared["split"] == "test").to_numpy()
+report = json.loads(paths.promotion_report("alpha").read_text())
+print(json.dumps({"replayed": f1_score(prepared["label"][test], probe.predict(X[test]), average="macro"),
+                  "gated": [c["value"] for c in report["checks"] if c["name"] == "macro_f1"],
+                  "cell": cell["feature_service"], "candidate": report["candidate"]["cell"]}))
+"""
+
+
+def test_the_champion_reproduces_the_score_its_promotion_gated(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    open_gates(scratch)
+    dvc(scratch, "repro")
+    proc = subprocess.run([sys.executable, "-c", REPLAY], cwd=scratch, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(scratch)})
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["cell"] == seen["candidate"] and seen["gated"] == [seen["replayed"]]
 
 
 def test_a_fresh_clone_ends_with_the_champions_its_promotion_reports_name(
