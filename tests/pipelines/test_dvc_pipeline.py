@@ -201,7 +201,8 @@ def test_dag_lists_the_stages(scratch: Path) -> None:
 def champions(repo: Path) -> dict[str, int | None]:
     """`saefs-<dataset>@champion` of each scratch dataset, read from the repo's MLflow store in a fresh process."""
     code = ("import json, mlflow; from features.stores import tracking; "
-            "mlflow.set_tracking_uri('sqlite:///mlflow.db'); print(json.dumps({d: tracking.get_alias_version(f'saefs-{d}', 'champion') for d in ('alpha', 'beta')}))")
+            "mlflow.set_tracking_uri('sqlite:///mlflow.db'); "
+            "print(json.dumps({d: tracking.get_alias_version(f'saefs-{d}', 'champion') for d in ('alpha', 'beta')}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr
