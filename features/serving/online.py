@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 
 from features.errors import SaefsError
-from features.stores.feature_store import CREATED, EVENT_TIME, FEATURE_COLUMNS, IDS, JOIN_KEY, sparse_columns
+from features.stores.feast.columns import CREATED, EVENT_TIME, FEATURE_COLUMNS, IDS, JOIN_KEY, sparse_columns
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore

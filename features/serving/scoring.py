@@ -37,12 +37,12 @@ import pandas as pd
 from scipy import sparse
 from sklearn.pipeline import Pipeline
 
+from features.core.binarize import binarize_codes
 from features.core.prepare import text_id
 from features.errors import SaefsError
 from features.forward.extract import EmptyTexts, extract
 from features.serving.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
 from features.stores import tracking
-from features.stores.feature_store import binarize_codes
 
 log = logging.getLogger("saefs.serve")
 

@@ -27,7 +27,7 @@ import pytest
 from features.core.prepare import text_id
 from features.serving.scoring import BadTexts
 from features.stores import tracking
-from features.stores.feature_store import historical_frame
+from features.stores.feast.retrieval import historical_frame
 from features.stores.files import write_parquet
 from pipelines import (
     build_features,
