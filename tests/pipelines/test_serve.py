@@ -109,7 +109,6 @@ def project(tmp_path_factory: pytest.TempPathFactory):
             "lang": "en", "event_timestamp": pd.Timestamp("2025-01-01", tz="UTC")}))
         extract.run(f"{MODEL}/{DATASET}")
         build_features.run(MODEL)
-        build_features.run("labels")
         feast_apply.run("feature_repo")
         materialize.run("feature_repo")
         train_probes.run(f"{DATASET}/{MODEL}")
