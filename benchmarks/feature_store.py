@@ -1,6 +1,6 @@
 """Benchmark the Feast feature store: online latency, historical throughput, SQLite bytes sparse vs dense.
 
-    python benchmarks/feature_store.py [--texts 1000] [--width 16384] [--repeats 200]
+    python -m benchmarks.feature_store [--texts 1000] [--width 16384] [--repeats 200]
 
 With the pipeline's outputs present (`dvc repro materialize`: data/feast/catalog.json, the
 registry and the online store) latency and historical throughput are measured on the real store,
@@ -29,19 +29,12 @@ import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix
 
 import pipelines  # noqa: F401  (offline environment)
-from features.stores.feature_store import (
-    EVENT_TIME,
-    JOIN_KEY,
-    ViewSpec,
-    apply_repo,
-    historical_matrix,
-    materialize_views,
-    open_store,
-    read_catalog,
-    to_csr,
-    write_catalog,
-    write_view,
-)
+from feature_repo.objects import repo_objects
+from features.stores.feast.catalog import ViewSpec, read_catalog
+from features.stores.feast.columns import EVENT_TIME, JOIN_KEY, to_csr
+from features.stores.feast.offline import write_view
+from features.stores.feast.retrieval import historical_frame
+from features.stores.feast.store import apply_objects, materialize_views, open_store
 from pipelines.paths import feast_catalog, feast_online_store, feast_registry
 from pipelines.stores import FEATURE_REPO
 
@@ -69,19 +62,17 @@ def real_largest_view() -> tuple[ViewSpec, pd.DataFrame] | None:
 
 
 def scratch_store(root: Path, codes: csr_matrix, text_ids: list[str], event_time: pd.Timestamp):
-    """A copy of feature_repo/ whose catalog holds a sparse and a dense view of the same codes."""
+    """A copy of feature_repo/ with a sparse and a dense view of the same codes."""
     shutil.copytree(FEATURE_REPO, root / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
     sources = root / "data" / "feast" / "sources"
     sources.mkdir(parents=True)
     times = pd.Series([event_time] * len(text_ids))
     write_view(sources / f"{SPARSE}.parquet", "sparse", text_ids, times, codes)
     write_view(sources / f"{DENSE}.parquet", "dense", text_ids, times, codes.toarray())
-    write_catalog(root / "data" / "feast" / "catalog.json", [
-        ViewSpec(SPARSE, "sparse", str(sources / f"{SPARSE}.parquet"), codes.shape[1], len(text_ids)),
-        ViewSpec(DENSE, "dense", str(sources / f"{DENSE}.parquet"), codes.shape[1], len(text_ids)),
-    ])
+    catalog = [ViewSpec(SPARSE, "sparse", str(sources / f"{SPARSE}.parquet"), codes.shape[1], len(text_ids)),
+               ViewSpec(DENSE, "dense", str(sources / f"{DENSE}.parquet"), codes.shape[1], len(text_ids))]
     store = open_store(root / "feature_repo")
-    apply_repo(store)
+    apply_objects(store, repo_objects(catalog, root))
     return store
 
 
@@ -133,9 +124,10 @@ def entity_rows(rows: pd.DataFrame, count: int) -> pd.DataFrame:
 
 
 def report_historical(store, service: str, entities: pd.DataFrame) -> None:
-    historical_matrix(store, service, entities.head(10))  # warm-up
+    historical_frame(store, service, entities.head(10))  # warm-up
     started = time.perf_counter()
-    matrix, _ = historical_matrix(store, service, entities)
+    frame, width = historical_frame(store, service, entities)
+    matrix = to_csr(frame["latent_ids"], frame.get("latent_values"), width)
     seconds = time.perf_counter() - started
     print(f"  historical {service}: {len(entities)} rows in {seconds:.2f} s = {len(entities) / seconds:,.0f} rows/s "
           f"(matrix {matrix.shape}, {getattr(matrix, 'nnz', matrix.size):,} values)")

@@ -51,7 +51,7 @@ import pipelines  # noqa: F401  (offline environment)
 from features.sources.lm import load_tokenizer
 from features.sources.models import model_location
 from features.stores import tracking
-from features.stores.feature_store import materialize_views
+from features.stores.feast.store import materialize_views
 from pipelines import paths
 from pipelines.feature_params import feature_store
 from pipelines.params import Params, load_params

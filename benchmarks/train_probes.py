@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 import pipelines  # noqa: F401  (offline environment)
 from features.core.probes import make_probe
 from features.stores import tracking
-from features.stores.feature_store import historical_frame
+from features.stores.feast.retrieval import historical_frame
 from pipelines import paths
 from pipelines.params import load_params
 from pipelines.stores import FEATURE_REPO

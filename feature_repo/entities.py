@@ -2,7 +2,7 @@
 
 from feast import Entity, ValueType
 
-from features.stores.feature_store import ENTITY, JOIN_KEY
+from features.stores.feast.columns import ENTITY, JOIN_KEY
 
 text = Entity(name=ENTITY, join_keys=[JOIN_KEY], value_type=ValueType.STRING,
               description="a text of a prepared dataset; text_id = dataset name + SHA-256 of the text")

@@ -1,11 +1,8 @@
 """One feature service per view, named like it: what a probe consumes, recorded in its MLflow run."""
 
-from feast import FeatureService
-from on_demand import ON_DEMAND
-from views import VIEWS
+from feast import FeatureService, FeatureView
 
-SERVICES = {
-    name: FeatureService(name=name, features=[view], tags=dict(view.tags), description=f"all features of {name}")
-    for name, view in {**VIEWS, **ON_DEMAND}.items()
-}
-globals().update(SERVICES)  # feast apply collects module attributes
+
+def feature_service(view: FeatureView) -> FeatureService:
+    return FeatureService(name=view.name, features=[view], tags=dict(view.tags),
+                          description=f"all features of {view.name}")

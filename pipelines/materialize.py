@@ -20,7 +20,7 @@ import sys
 import time
 
 from features.errors import SaefsError
-from features.stores.feature_store import rebuild_online_store, store_locations
+from features.stores.feast.store import rebuild_online_store, store_locations
 from features.stores.files import remove_temporaries, write_json
 from pipelines import paths, stage_main
 from pipelines.params import load_params

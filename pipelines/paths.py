@@ -84,13 +84,8 @@ def feast_sources_dir(model: str) -> Path:
     return FEAST / "sources" / model
 
 
-def feast_labels_dir() -> Path:
-    """build_labels: labels.parquet and its catalog.json."""
-    return FEAST / "labels"
-
-
 def feast_catalog() -> Path:
-    """feast_apply: every view of the run, read by feature_repo/sources.py (which spells the same path)."""
+    """feast_apply: every view of the run, which it turns into Feast objects (feature_repo/)."""
     return FEAST / "catalog.json"
 
 

@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from features.errors import SaefsError
 from features.serving.scoring import BadTexts, NoChampion, Score, Scorer, Unavailable, UnknownText
 from features.stores import tracking
-from features.stores.feature_store import store_locations
+from features.stores.feast.store import store_locations
 from pipelines import paths, setup_logging
 from pipelines.params import Params, ServeParams, load_params
 from pipelines.stores import feature_store, stale_receipts

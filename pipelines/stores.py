@@ -2,7 +2,7 @@
 and the check of the feast_apply/materialize receipts against it.
 
 Apart from pipelines/feature_params.py (the params), which every stage imports: only the stages that open the
-store pay for importing features.stores.feature_store (pyarrow, scipy) and depend on it in dvc.yaml.
+store pay for importing features.stores.feast.store (pyarrow) and depend on it in dvc.yaml.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from features.errors import SaefsError
-from features.stores.feature_store import open_store, store_locations
+from features.stores.feast.store import open_store, store_locations
 from pipelines import paths
 from pipelines.feature_params import FeastApplyParams
 

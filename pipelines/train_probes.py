@@ -30,7 +30,9 @@ from features.core.metrics import training_curve_fractions
 from features.core.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from features.errors import SaefsError
 from features.stores import tracking
-from features.stores.feature_store import IDS, hidden_view_name, historical_frame, view_name
+from features.stores.feast.columns import IDS
+from features.stores.feast.names import hidden_view_name, view_name
+from features.stores.feast.retrieval import historical_frame
 from features.stores.files import write_csv, write_json
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params

@@ -40,8 +40,9 @@ from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from features.core.binarize import BinarizeOp, binarize_codes, check_op, passes
 from features.errors import SaefsError
-from features.stores.feature_store import HIDDEN, IDS, VALUES, BinarizeOp, binarize_codes, to_csr
+from features.stores.feast.columns import HIDDEN, IDS, VALUES, to_csr
 
 ProbeKind = Literal["logreg", "tree"]
 ProbeInput = Literal["sparse", "dense"]
@@ -142,8 +143,7 @@ class Binarize(TransformerMixin, BaseEstimator):
         self.op = op
 
     def fit(self, X: Any, y: Any = None) -> Binarize:
-        if self.op not in get_args(BinarizeOp):
-            raise SaefsError(f"Binarize op={self.op!r} is not one of {list(get_args(BinarizeOp))}")
+        check_op(self.op)
         validate_data(self, X, accept_sparse="csr", reset=True)
         return self
 
@@ -151,10 +151,8 @@ class Binarize(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse="csr", reset=False)
         if not sparse.issparse(X):
-            passed = X > self.threshold if self.op == ">" else X >= self.threshold
-            return passed.astype(np.float32)
-        zeros_pass = 0 > self.threshold if self.op == ">" else 0 >= self.threshold
-        if zeros_pass:
+            return passes(X, self.threshold, self.op).astype(np.float32)
+        if passes(np.float32(0), self.threshold, self.op):
             raise SaefsError(f"Binarize(threshold={self.threshold}, op={self.op!r}) would turn every implicit zero of "
                              "a sparse matrix on: use a threshold above 0 (or > 0 with '>=')")
         return binarize_codes(X, float(self.threshold), self.op)

@@ -17,7 +17,7 @@ from scipy.sparse import csr_matrix
 from sklearn.model_selection import StratifiedKFold
 
 from features.errors import SaefsError
-from features.stores.feature_store import HIDDEN, IDS, VALUES, sparse_columns
+from features.stores.feast.columns import HIDDEN, IDS, VALUES, sparse_columns
 from features.stores.files import atomic_path
 
 Masks = list[tuple[np.ndarray, np.ndarray]]  # (train rows, test rows) as boolean masks, one pair per run

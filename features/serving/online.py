@@ -1,6 +1,6 @@
 """The online store at scoring time: push fresh features of new texts, read a feature service back.
 
-Every served view (all but `labels`) reads from a Feast `PushSource` named `push__<view>` whose
+Every SAE code view (sparse, binary) reads from a Feast `PushSource` named `push__<view>` whose
 batch source is the view's parquet, so `materialize` loads the offline history as before and
 pushes add rows of texts scored later, online only: the offline parquet stays the DVC output
 `build_features` wrote. A push writes to the views of its push source; `FeatureStore.push` finds
@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 
 from features.errors import SaefsError
-from features.stores.feature_store import CREATED, EVENT_TIME, FEATURE_COLUMNS, IDS, JOIN_KEY, sparse_columns
+from features.stores.feast.columns import CREATED, EVENT_TIME, FEATURE_COLUMNS, IDS, JOIN_KEY, sparse_columns
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore

@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import sparse
 from sklearn.pipeline import Pipeline
 
+from features.core.binarize import binarize_codes
 from features.core.prepare import text_id
 from features.core.probes import Latent, explain
 from features.errors import SaefsError
@@ -43,7 +44,6 @@ from features.forward.extract import EmptyTexts, extract
 from features.forward.settings import ExtractSettings
 from features.serving.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
 from features.stores import tracking
-from features.stores.feature_store import binarize_codes
 
 log = logging.getLogger("saefs.serve")
 

@@ -1,4 +1,4 @@
-"""features.stores.feature_store without Feast: sparse columns, binarization, names, catalog, offline sources."""
+"""features.stores.feast without Feast: sparse columns, names, catalog, offline sources."""
 
 from __future__ import annotations
 
@@ -10,22 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.sparse import csr_matrix
 
+from features.core.binarize import binarize_codes
 from features.core.naming import codes_name, hidden_name
 from features.errors import SaefsError
-from features.stores.feature_store import (
-    FeatureGrid,
-    ViewSpec,
-    binarize_codes,
-    build_labels_source,
-    build_offline_sources,
-    hidden_view_name,
-    on_demand_view_name,
-    read_catalog,
-    sparse_columns,
-    to_csr,
-    view_name,
-    write_catalog,
-)
+from features.stores.feast.catalog import ViewSpec, read_catalog, write_catalog
+from features.stores.feast.columns import sparse_columns, to_csr
+from features.stores.feast.names import hidden_view_name, view_name
+from features.stores.feast.offline import FeatureGrid, build_offline_sources
 from features.stores.shards import ShardWriter
 
 WIDTH, D_MODEL = 64, 8
@@ -84,16 +75,6 @@ def test_to_csr_of_ids_only_gives_ones_and_checks_the_width() -> None:
         to_csr([[1, 2]], [[0.5]], WIDTH)
 
 
-def test_binarize_strict_and_at_least() -> None:
-    codes = csr_matrix(np.array([[0.5, 1.0, 2.0, 0.0]], dtype=np.float32))
-    strict, at_least = binarize_codes(codes, 1.0), binarize_codes(codes, 1.0, ">=")
-    assert strict.indices.tolist() == [2] and at_least.indices.tolist() == [1, 2]
-    assert set(strict.data) == set(at_least.data) == {1.0}
-    assert binarize_codes(codes, 0.0).indices.tolist() == [0, 1, 2]  # > 0: every active latent
-    with pytest.raises(SaefsError, match="binarize op"):
-        binarize_codes(codes, 1.0, "<")  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(("threshold", "op", "name"), [
     (None, ">", "gemma3_270m__l9__sae4k__sum__raw"),
     (1.0, ">", "gemma3_270m__l9__sae4k__sum__bin1"),
@@ -105,23 +86,20 @@ def test_view_names_carry_the_grid_cell(threshold: float | None, op: str, name: 
     assert view_name("gemma3_270m", 9, "4k", "sum", threshold, op) == name  # type: ignore[arg-type]
 
 
-def test_hidden_and_on_demand_view_names() -> None:
+def test_hidden_view_names() -> None:
     assert hidden_view_name("gemma3_270m", 9, "last") == "gemma3_270m__l9__hidden__last"
-    raw = view_name("m", 5, "16k", "top20")
-    assert on_demand_view_name(raw) == "m__l5__sae16k__top20__binreq"
-    assert on_demand_view_name(raw, ">=") == "m__l5__sae16k__top20__binreqge"
 
 
 def test_catalog_round_trip_and_clear_errors(tmp_path: Path) -> None:
     views = [ViewSpec("m__l1__sae64__sum__bin1", "binary", "data/x.parquet", 64, 10, "m", 1, "64", "sum", 1.0, ">"),
-             ViewSpec("labels", "labels", "data/labels.parquet", 0, 10)]
+             ViewSpec("m__l1__hidden__last", "dense", "data/h.parquet", 8, 10, "m", 1, None, "last")]
     write_catalog(tmp_path / "catalog.json", views)
     assert read_catalog(tmp_path / "catalog.json") == views
     assert views[0].tags() == {"kind": "binary", "width": "64", "model": "m", "layer": "1", "sae": "64",
                                "pooling": "sum", "threshold": "1.0", "op": ">"}
     with pytest.raises(SaefsError, match="appear twice"):
         write_catalog(tmp_path / "twice.json", [views[1], views[1]])
-    with pytest.raises(SaefsError, match="run `dvc repro build_labels build_features` first"):
+    with pytest.raises(SaefsError, match="run `dvc repro build_features` first"):
         read_catalog(tmp_path / "missing.json")
 
 
@@ -165,13 +143,9 @@ def test_offline_sources_refuse_stale_features(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_labels_source_lists_every_text_once(tmp_path: Path) -> None:
-    data = {name: write_dataset(tmp_path, "m", name, rows, seed) for seed, (name, rows) in
-            enumerate([("alpha", 5), ("beta", 4)])}
-    [spec] = build_labels_source({n: d["prepared"] for n, d in data.items()}, tmp_path / "labels")
-    labels = pq.read_table(spec.path).to_pandas()
-    assert spec.name == "labels" and spec.n_rows == 9 and read_catalog(tmp_path / "labels" / "catalog.json") == [spec]
-    assert labels.columns.tolist() == ["text_id", "event_timestamp", "created", "label", "split", "lang", "dataset"]
-    assert labels.groupby("dataset").size().to_dict() == {"alpha": 5, "beta": 4}
-    with pytest.raises(SaefsError, match="appear more than once"):
-        build_labels_source({"alpha": data["alpha"]["prepared"], "again": data["alpha"]["prepared"]}, tmp_path / "x")
+def test_offline_sources_refuse_a_text_id_in_two_datasets(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path, "m", "alpha", 5, 0)
+    with pytest.raises(SaefsError, match="appear more than once"):  # a Feast entity key must be unique
+        build_offline_sources("m", {"alpha": data["folder"], "again": data["folder"]},
+                              {"alpha": data["prepared"], "again": data["prepared"]},
+                              FeatureGrid([1], ["64"], ["sum"]), tmp_path / "out")

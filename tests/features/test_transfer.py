@@ -9,7 +9,7 @@ from scipy.sparse import random as sparse_random
 
 from features.core.transfer import codes_frame, cross_lingual_splits, heatmap, hidden_frame, skip_reason
 from features.errors import SaefsError
-from features.stores.feature_store import IDS, VALUES, to_csr
+from features.stores.feast.columns import IDS, VALUES, to_csr
 
 
 def languages() -> tuple[np.ndarray, np.ndarray]:

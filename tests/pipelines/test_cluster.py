@@ -33,7 +33,8 @@ from features.core.prepare import text_id
 from features.core.probes import make_probe
 from features.errors import SaefsError
 from features.stores import tracking
-from features.stores.feature_store import open_store, to_csr
+from features.stores.feast.columns import to_csr
+from features.stores.feast.store import open_store
 from features.stores.services import check_bucket, check_dvc_remote
 from features.stores.shards import ShardWriter
 from pipelines import build_features, check_services, feast_apply, materialize, paths, serve
@@ -242,7 +243,7 @@ def test_dvc_repro_runs_every_stage_on_the_services_then_nothing(pipeline: dict[
     assert applied["registry"] == {"type": "sql", "address": f"127.0.0.1:{services.postgres_port}/feast_pipeline"}
     materialized = json.loads((repo / paths.feast_materialized()).read_text())
     assert materialized["online_store"] == {"type": "redis", "address": f"{services.redis}/1"}
-    assert set(materialized["rows"]) == set(applied["feature_views"]) - {"labels"}
+    assert set(materialized["rows"]) == set(applied["feature_views"])
     assert set(materialized["rows"].values()) == {200}  # every text of alpha and beta, in each view
     assert redis.Redis(port=int(services.redis.split(":")[1]), db=1).dbsize() == 200  # one hash per text
     for local in (paths.feast_registry(), paths.feast_online_store(), Path("mlflow.db"), Path("mlartifacts")):

@@ -217,7 +217,7 @@ def test_train_probes_killed_between_cells_reruns_to_the_same_results(scratch: d
 @pytest.mark.slow  # the scratch pipeline: minutes
 def test_rows_the_service_pushed_survive_a_rebuild(scratch: dict) -> None:
     from features.serving.online import online_frame, push_codes
-    from features.stores.feature_store import open_store
+    from features.stores.feast.store import open_store
 
     repo = scratch["repo"]
     view = "tiny__l2__sae64__sum__raw"
@@ -246,12 +246,12 @@ def _online_table(path: Path, rows: list[tuple[bytes, bytes, str]]) -> None:
 
 @pytest.mark.parametrize("offline_changed", [False, True])
 def test_pushed_rows_are_carried_unless_the_views_offline_rows_changed(tmp_path: Path, offline_changed: bool) -> None:
-    from features.stores.feature_store import _carry_pushed
+    from features.stores.feast.store import carry_pushed
 
     offline, pushed = (b"a", b"codes", "2026-01-01"), (b"new", b"pushed codes", "2026-12-01")
     _online_table(tmp_path / "live.db", [offline, pushed])
     _online_table(tmp_path / "fresh.db", [(b"a", b"other codes" if offline_changed else b"codes", "2026-01-01")])
-    carried = _carry_pushed(tmp_path / "live.db", tmp_path / "fresh.db")
+    carried = carry_pushed(tmp_path / "live.db", tmp_path / "fresh.db")
     with sqlite3.connect(tmp_path / "fresh.db") as conn:
         keys = sorted(row[0] for row in conn.execute('SELECT entity_key FROM "saefs_v"'))
     # another SAE or extraction under the same view name: the pushed codes would be stale

@@ -22,14 +22,14 @@ from tests.helpers import REPO, embedded_params, write_params
 
 STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
-          "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_labels", "build_features@tiny", "feast_apply",
+          "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
           "materialize", "check_stores", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha",
           "promote@beta", "behaviour_labels@tiny-items", "transfer", "report"}
 # always_changed: they hash the user's files and check the MLflow store behind the receipts on every repro
 ALWAYS = {"fingerprint_sources", "check_stores"}
 TRACKING_STAGES = {"train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta", "report"}
 EMPTY_THRESHOLD = 100000.0
-FEAST_STAGES = {"build_labels", "build_features@tiny", "feast_apply", "materialize"}
+FEAST_STAGES = {"build_features@tiny", "feast_apply", "materialize"}
 
 
 def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -241,7 +241,7 @@ REPLAY = """
 import json, mlflow, pandas as pd
 from sklearn.metrics import f1_score
 from features.stores import tracking
-from features.stores.feature_store import historical_frame
+from features.stores.feast.retrieval import historical_frame
 from pipelines import paths
 from pipelines.params import load_params
 from pipelines.stores import feature_store

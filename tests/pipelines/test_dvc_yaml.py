@@ -20,7 +20,7 @@ import yaml
 from pipelines import paths
 from tests.helpers import REPO
 
-FIRST_PARTY = ("features", "pipelines")
+FIRST_PARTY = ("features", "feature_repo", "pipelines")
 
 
 def _module_file(name: str) -> Path | None:
@@ -86,7 +86,7 @@ def test_the_closure_follows_lazy_imports_and_skips_type_only_ones() -> None:
     closure = import_closure("pipelines.extract")
     assert "features/sources/sae.py" in closure  # imported inside run()
     assert "pipelines/paths.py" in closure and "pipelines/__init__.py" in closure
-    assert "features/stores/feature_store.py" not in import_closure("pipelines.prepare_model")
+    assert "features/stores/feast/store.py" not in import_closure("pipelines.prepare_model")
 
 
 def test_outputs_are_where_pipelines_paths_puts_them() -> None:

@@ -19,7 +19,9 @@ from features.core.sae_training import ARCHITECTURES
 from features.sources.datasets import DATASET_SOURCE_KINDS
 from features.sources.models import MODEL_SOURCE_KINDS
 from features.sources.sae import SAE_LOADERS
-from features.stores import feature_store  # its public functions only: the library builds the views
+from features.stores.feast.columns import to_csr
+from features.stores.feast.names import hidden_view_name, view_name
+from features.stores.feast.offline import FeatureGrid, build_offline_sources
 from features.stores.shards import ShardWriter
 from pipelines.params import ParamsError, parse_params
 from tests.helpers import REPO, embedded_params
@@ -81,15 +83,15 @@ def test_a_registered_pooling_reaches_a_feast_view_and_a_probe(with_first: None,
     with ShardWriter(tmp_path / "features", shard_rows=16) as writer:
         writer.append(ids, sparse={codes_name(LAYER, WIDTH, "first"): pooled},
                       dense={hidden_name(LAYER, "first"): hidden})
-    grid = feature_store.FeatureGrid(layers=[LAYER], widths=[WIDTH], poolings=["first"], hidden_poolings=["first"])
-    views = feature_store.build_offline_sources(MODEL, {"d": tmp_path / "features"}, {"d": prepared}, grid,
+    grid = FeatureGrid(layers=[LAYER], widths=[WIDTH], poolings=["first"], hidden_poolings=["first"])
+    views = build_offline_sources(MODEL, {"d": tmp_path / "features"}, {"d": prepared}, grid,
                                                 tmp_path / "views")
     by_name = {view.name: view for view in views}
-    view = by_name[feature_store.view_name(MODEL, LAYER, WIDTH, "first")]
-    assert view.pooling == "first" and feature_store.hidden_view_name(MODEL, LAYER, "first") in by_name
+    view = by_name[view_name(MODEL, LAYER, WIDTH, "first")]
+    assert view.pooling == "first" and hidden_view_name(MODEL, LAYER, "first") in by_name
 
     table = pq.read_table(view.path).to_pandas().set_index("text_id").loc[ids]
-    assert np.allclose(feature_store.to_csr(table["latent_ids"], table["latent_values"], view.width).toarray(),
+    assert np.allclose(to_csr(table["latent_ids"], table["latent_values"], view.width).toarray(),
                        pooled.toarray())
     probe = make_probe("logreg", width=view.width, C_grid=(1.0,), cv=2).fit(table, labels)  # rows as Feast gives
     assert (probe.predict(table) == labels).all()

@@ -18,17 +18,14 @@ import pytest
 import yaml
 from scipy.sparse import vstack
 
+from feature_repo.objects import repo_objects
+from features.core.binarize import binarize_codes
 from features.errors import SaefsError
-from features.stores.feature_store import (
-    apply_repo,
-    binarize_codes,
-    hidden_view_name,
-    historical_matrix,
-    on_demand_view_name,
-    open_store,
-    to_csr,
-    view_name,
-)
+from features.stores.feast.catalog import read_catalog
+from features.stores.feast.columns import to_csr
+from features.stores.feast.names import hidden_view_name, view_name
+from features.stores.feast.retrieval import historical_frame
+from features.stores.feast.store import apply_objects, open_store
 from pipelines import build_features, feast_apply, materialize, paths
 from pipelines.params import ParamsError, parse_params
 from tests.features.test_feature_store import EVENT_TIMES, write_dataset
@@ -36,7 +33,7 @@ from tests.helpers import REPO, embedded_params, write_params
 
 MODEL, WIDTH = "tiny", 64
 RAW, BIN1 = view_name(MODEL, 1, "64", "sum"), view_name(MODEL, 1, "64", "sum", 1.0)
-HIDDEN, ON_DEMAND = hidden_view_name(MODEL, 1, "last"), on_demand_view_name(RAW)
+HIDDEN = hidden_view_name(MODEL, 1, "last")
 
 
 def copy_repo(root: Path) -> Path:
@@ -59,7 +56,6 @@ def build_offline_sources(root: Path) -> dict[str, dict[str, Any]]:
     params["train_probes"] |= {"poolings": ["sum"], "hidden": ["last"]}
     write_params(root, params)
     build_features.run(MODEL)
-    build_features.run("labels")
     return data
 
 
@@ -72,7 +68,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         from feast import FeatureStore  # its import puts "once" filters first: put ours before them, in here
 
         warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", "On demand feature view is an experimental feature", RuntimeWarning)
         patch.chdir(root)
         data = build_offline_sources(root)
         feast_apply.run("feature_repo")
@@ -101,9 +96,8 @@ def entity_frame(ids: list[str]) -> pd.DataFrame:
 
 def test_stages_register_views_and_services_without_materialize_touching_the_registry(project) -> None:
     store = project["store"]
-    assert sorted(v.name for v in store.list_feature_views()) == sorted([RAW, BIN1, HIDDEN, "labels"])
-    assert [v.name for v in store.list_on_demand_feature_views()] == [ON_DEMAND]
-    assert sorted(s.name for s in store.list_feature_services()) == sorted([RAW, BIN1, HIDDEN, "labels", ON_DEMAND])
+    assert sorted(v.name for v in store.list_feature_views()) == sorted([RAW, BIN1, HIDDEN])
+    assert sorted(s.name for s in store.list_feature_services()) == sorted([RAW, BIN1, HIDDEN])
     assert project["registry_unchanged"]  # feast_apply's DVC output stays as it wrote it
     assert (project["root"] / "data" / "feast" / "catalog.json").is_file()
 
@@ -112,11 +106,10 @@ def test_receipts_say_what_was_registered_and_materialized_where(project) -> Non
     root = project["root"]
     applied = json.loads((root / paths.feast_applied()).read_text())
     assert applied["registry"] == {"type": "file", "address": str(paths.feast_registry())}
-    assert applied["feature_views"] == sorted([RAW, BIN1, HIDDEN, "labels"])
-    assert applied["on_demand_feature_views"] == [ON_DEMAND] and len(applied["feature_services"]) == 5
+    assert applied["feature_views"] == sorted([RAW, BIN1, HIDDEN]) and len(applied["feature_services"]) == 3
     materialized = json.loads((root / paths.feast_materialized()).read_text())
     assert materialized["online_store"] == {"type": "sqlite", "address": str(paths.feast_online_store())}
-    assert materialized["rows"] == {RAW: 50, BIN1: 50, HIDDEN: 50}  # labels are offline only
+    assert materialized["rows"] == {RAW: 50, BIN1: 50, HIDDEN: 50}
 
 
 def test_a_feast_configuration_other_than_the_params_one_is_refused(project, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,41 +155,26 @@ def test_historical_features_keep_every_entity_row(project) -> None:
     assert not isinstance(by_row.loc[(ids[-1], pd.Timestamp("2025-02-01", tz="UTC"))], list | np.ndarray)
 
 
-def test_historical_matrix_equals_the_shards(project) -> None:
+def test_historical_frames_equal_the_shards(project) -> None:
     store, ids, codes = project["store"], project["ids"], project["codes"]
     entities = entity_frame(ids)
-    matrix, frame = historical_matrix(store, RAW, entities)
-    assert frame["text_id"].tolist() == entities["text_id"].tolist()
-    assert (matrix[: len(ids)] != codes).nnz == 0 and matrix[len(ids):].nnz == 0 and matrix.shape[1] == WIDTH
-    binary, _ = historical_matrix(store, BIN1, entities)
-    assert (binary[: len(ids)] != binarize_codes(codes, 1.0)).nnz == 0
-    hidden, _ = historical_matrix(store, HIDDEN, entities)
-    np.testing.assert_array_equal(hidden[: len(ids)], project["hidden"])
-    assert np.isnan(hidden[len(ids):]).all()
-    labels = store.get_historical_features(entity_df=entities, features=store.get_feature_service("labels")).to_df()
-    assert labels.set_index("text_id").loc[ids[:4], "label"].tolist() == [0, 1, 0, 1]
+    raw, width = historical_frame(store, RAW, entities)
+    matrix = to_csr(raw["latent_ids"], raw["latent_values"], width)
+    assert (matrix[: len(ids)] != codes).nnz == 0 and matrix[len(ids):].nnz == 0 and width == WIDTH
+    binary, _ = historical_frame(store, BIN1, entities)
+    assert list(binary.columns) == ["latent_ids"]
+    assert (to_csr(binary["latent_ids"], None, WIDTH)[: len(ids)] != binarize_codes(codes, 1.0)).nnz == 0
+    hidden, _ = historical_frame(store, HIDDEN, entities)
+    np.testing.assert_array_equal(np.stack(hidden["hidden"][: len(ids)]), project["hidden"])
+    assert hidden["hidden"][len(ids):].isna().all()
 
 
-def test_on_demand_view_binarizes_at_the_request_threshold(project) -> None:
-    store, ids, codes = project["store"], project["ids"], project["codes"]
-    rows, thresholds = [3, 35, 12], [1.0, 0.4, 2.0]
-    online = store.get_online_features(
-        features=store.get_feature_service(ON_DEMAND),
-        entity_rows=[{"text_id": ids[i], "threshold": t} for i, t in zip(rows, thresholds, strict=True)]).to_dict()
-    for got, row, threshold in zip(online["active_ids"], rows, thresholds, strict=True):
-        assert got == binarize_codes(codes[row], threshold).indices.tolist()
-    entities = pd.DataFrame({"text_id": [ids[i] for i in rows], "threshold": thresholds,
-                             "event_timestamp": pd.Timestamp("2025-06-01", tz="UTC")})
-    offline, _ = historical_matrix(store, ON_DEMAND, entities)
-    expected = vstack([binarize_codes(codes[r], t) for r, t in zip(rows, thresholds, strict=True)], format="csr")
-    assert (offline != expected).nnz == 0
-
-
-def test_repo_without_a_catalog_defines_only_the_entity(tmp_path: Path) -> None:
-    repo = copy_repo(tmp_path)  # no data/feast/catalog.json next to this copy
-    store = open_store(repo)
-    apply_repo(store)
-    assert [e.name for e in store.list_entities()] == ["text"]
+def test_apply_deletes_what_the_catalog_no_longer_lists(project, tmp_path: Path) -> None:
+    store, root = open_store(copy_repo(tmp_path)), project["root"]
+    apply_objects(store, repo_objects(read_catalog(root / paths.feast_catalog()), root))
+    assert sorted(v.name for v in store.list_feature_views()) == sorted([RAW, BIN1, HIDDEN])
+    apply_objects(store, repo_objects([], root))  # without views the repo defines only the entity
+    assert [e.name for e in store.list_entities()] == ["text"] and store.list_data_sources() == []
     assert store.list_feature_views() == [] and store.list_feature_services() == []
 
 

@@ -28,7 +28,7 @@ from features.core.prepare import text_id
 from features.serving.scoring import BadTexts
 from features.sources.sae import SAE_INDEX
 from features.stores import tracking
-from features.stores.feature_store import historical_frame
+from features.stores.feast.retrieval import historical_frame
 from features.stores.files import write_parquet
 from pipelines import (
     build_features,
@@ -109,7 +109,6 @@ def project(tmp_path_factory: pytest.TempPathFactory):
             "lang": "en", "event_timestamp": pd.Timestamp("2025-01-01", tz="UTC")}))
         extract.run(f"{MODEL}/{DATASET}")
         build_features.run(MODEL)
-        build_features.run("labels")
         feast_apply.run("feature_repo")
         materialize.run("feature_repo")
         train_probes.run(f"{DATASET}/{MODEL}")

@@ -1,0 +1,18 @@
+"""View names: `gemma3_270m__l9__sae4k__sum__raw`, `...__sum__bin1`, `...__sum__binge0p5`, `...__l9__hidden__last`."""
+
+from __future__ import annotations
+
+from features.core.binarize import BinarizeOp, threshold_tag
+from features.core.naming import codes_name, hidden_name
+
+
+def view_name(model: str, layer: int, width: str, pooling: str, threshold: float | None = None,
+              op: BinarizeOp = ">") -> str:
+    """`gemma3_270m__l9__sae4k__sum__raw`, `...__sum__bin1`, `...__sum__binge0p5`."""
+    return f"{model}__{codes_name(layer, width, pooling)}__{threshold_tag(threshold, op)}"
+
+
+def hidden_view_name(model: str, layer: int, pooling: str) -> str:
+    """`gemma3_270m__l9__hidden__last`."""
+    return f"{model}__{hidden_name(layer, pooling)}"
+
