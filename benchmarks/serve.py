@@ -17,8 +17,9 @@ Measured in the same run as a floor: GET /health (loopback HTTP plus FastAPI, no
 Then, for `--churn-s` seconds, churn: 32 clients on stored texts and 8 on new texts at once,
 while this process moves `champion` back and forth every `--move-every-s` seconds between the
 champion and another version (`--other-version`, else the champion's model registered again), so
-the service reloads on its poll, and rewrites the online store's rows from the offline sources
-(as `materialize` does, in place) over and over. Every answer is checked for a half-loaded model:
+the service reloads on its poll, and rebuilds the online store from the offline sources over and
+over as the `materialize` stage does (a fresh SQLite file beside the live one, the pushed rows
+carried over, swapped in by one rename; Redis is rewritten in place). Every answer is checked for a half-loaded model:
 its feature service must be that of its version's run, and one version must give one text one
 probability. Errors (any non-200 or transport failure) must be 0. The alias is put back at the end.
 
@@ -51,7 +52,7 @@ import pipelines  # noqa: F401  (offline environment)
 from features.sources.lm import load_tokenizer
 from features.sources.models import model_location
 from features.stores import tracking
-from features.stores.feast.store import materialize_views
+from features.stores.feast.store import rebuild_online_store
 from pipelines import paths
 from pipelines.feature_params import feature_store
 from pipelines.params import Params, load_params
@@ -199,7 +200,7 @@ def churn(base: str, params: Params, dataset: str, stored_ids: list[str], texts:
 
     def rewriter() -> None:
         while not stop.is_set():
-            materialize_views(store)
+            rebuild_online_store(store)
             counts["rewrites"] += 1
 
     threads = [threading.Thread(target=client_loop, args=("stored", slot, stored_clients))
