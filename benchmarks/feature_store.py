@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,14 +30,16 @@ import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix
 
 import pipelines  # noqa: F401  (offline environment)
-from feature_repo.objects import repo_objects
-from features.stores.feast.catalog import ViewSpec, read_catalog
-from features.stores.feast.columns import EVENT_TIME, JOIN_KEY, to_csr
-from features.stores.feast.offline import write_view
-from features.stores.feast.retrieval import historical_frame
-from features.stores.feast.store import apply_objects, materialize_views, open_store
-from pipelines.paths import feast_catalog, feast_online_store, feast_registry
-from pipelines.stores import FEATURE_REPO
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # feature_repo/ is a folder of the repo, not installed
+from feature_repo.objects import repo_objects  # noqa: E402
+from features.stores.feast.catalog import ViewSpec, read_catalog  # noqa: E402
+from features.stores.feast.columns import EVENT_TIME, JOIN_KEY, to_csr  # noqa: E402
+from features.stores.feast.offline import write_view  # noqa: E402
+from features.stores.feast.retrieval import historical_frame  # noqa: E402
+from features.stores.feast.store import apply_objects, materialize_views, open_store  # noqa: E402
+from pipelines.paths import feast_catalog, feast_online_store, feast_registry  # noqa: E402
+from pipelines.stores import FEATURE_REPO  # noqa: E402
 
 SPARSE, DENSE = "bench__sparse", "bench__dense"
 

@@ -54,8 +54,8 @@ from features.sources.models import model_location
 from features.stores import tracking
 from features.stores.feast.store import rebuild_online_store
 from pipelines import paths
-from pipelines.feature_params import feature_store
 from pipelines.params import Params, load_params
+from pipelines.stores import feature_store
 
 READY_TIMEOUT_S = 600  # loading the champion's language model takes ~10-60 s on a busy 2-core machine
 

@@ -46,3 +46,17 @@ def test_core_imports_no_service_client() -> None:
             "        sys.exit(f'{name} pulls in {loaded}')\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_every_benchmark_starts() -> None:
+    # benchmarks run by hand, so nothing else notices an import they lost in a reshaping: each prints its --help
+    code = ("import runpy, sys\n"
+            f"for path in {sorted(str(p) for p in (REPO / 'benchmarks').glob('*.py'))!r}:\n"
+            "    sys.argv = [path, '--help']\n"
+            "    try:\n"
+            "        runpy.run_path(path, run_name='__main__')\n"
+            "    except SystemExit as exit:\n"
+            "        if exit.code:\n"
+            "            sys.exit(f'{path} --help exited with {exit.code}')\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
