@@ -1,6 +1,6 @@
 """Benchmark `train_probes`: where the grid's time goes (retrieval, fitting, logging), in one run.
 
-    python benchmarks/train_probes.py --cell spam/smollm2_135m_it [--seeds 2]
+    python benchmarks/train_probes.py --item smollm2_135m_it/spam [--seeds 2]
 
 Needs `dvc repro materialize` (the Feast store with the cell's views). For the (dataset, model)
 given, it times, with the stage's own code and params:
@@ -62,10 +62,10 @@ def recorded_grid() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cell", default="spam/smollm2_135m_it", help="<dataset>/<model>")
+    parser.add_argument("--item", default="smollm2_135m_it/spam", help="<model>/<dataset>, as the stage takes it")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per cell here (the stage: train_probes.seeds)")
     args = parser.parse_args()
-    dataset, _, model = args.cell.partition("/")
+    model, _, dataset = args.item.partition("/")
     params = load_params()
     p = params.train_probes
     prepared = pd.read_parquet(paths.prepared(dataset))

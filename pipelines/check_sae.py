@@ -24,13 +24,13 @@ class SaeQualityFailed(SaefsError):
     """An SAE explains too little of its activations, or has too many dead latents."""
 
 
-def run(cell: str) -> None:
-    model_name, _, dataset = cell.partition("/")
+def run(item: str) -> None:
+    model_name, _, dataset = item.partition("/")
     gate = load_params().check_sae
     measured = json.loads(paths.extract_metrics(model_name, dataset).read_text())["sae_quality"]
     quality = pd.DataFrame([{"sae": name, **figures} for name, figures in measured.items()])
     rules = SaeQualityRules(gate.min_fve, gate.max_dead_fraction, gate.max_l0)
-    report = validate_sae_quality(quality, rules, cell)
+    report = validate_sae_quality(quality, rules, item)
     with atomic_path(paths.sae_check_dir(model_name, dataset)) as out:
         out.mkdir()
         write_json(out / "results.json", report.to_dict())
@@ -40,7 +40,7 @@ def run(cell: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(run, argv, doc=__doc__, arg="cell", help="<model>/<dataset>, keys of `sae` and `datasets`")
+    return stage_main(run, argv, doc=__doc__, arg="item", help="<model>/<dataset>, keys of `sae` and `datasets`")
 
 
 if __name__ == "__main__":

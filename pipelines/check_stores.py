@@ -52,7 +52,7 @@ def run() -> list[Path]:
     store = tracking.store_address(tracking.configure(params.promote.tracking_uri))
     dropped = []
     for dataset in params.datasets:
-        checks = [(paths.probes_receipt(dataset, model), stale_probes, f"train_probes@{dataset}-{model}")
+        checks = [(paths.probes_receipt(dataset, model), stale_probes, f"train_probes@{model}-{dataset}")
                   for model in params.sae]
         checks.append((paths.promotion_receipt(dataset), stale_promotion, f"promote@{dataset}"))
         for receipt, check, stage in checks:

@@ -85,33 +85,33 @@ def check_validated(dataset: str) -> None:
                          f"or its params (prepare_data, validate_data), {rerun} before extract")
 
 
-def run(cell: str) -> None:
+def run(item: str) -> None:
     params = load_params()
-    model_name, _, dataset = cell.partition("/")
+    model_name, _, dataset = item.partition("/")
     params.dataset(dataset)
     # Cheap checks first: no model is loaded (nor torchrun started) for a request that must fail.
     check_depth(paths.model_dir(model_name), params.sae_of(model_name).layers, f"params.yaml sae.{model_name}.layers")
     check_validated(dataset)
     workers = params.scale_out.extract_workers
     if workers > 1 and not distributed.launched():
-        log.info("%s: extracting with %d workers (torchrun)", cell, workers)
-        distributed.launch("pipelines.extract", [cell], workers)
+        log.info("%s: extracting with %d workers (torchrun)", item, workers)
+        distributed.launch("pipelines.extract", [item], workers)
         return
     world = distributed.join_world()
     try:
-        _extract(cell, params, world)
+        _extract(item, params, world)
     finally:
         distributed.leave_world()
 
 
-def _extract(cell: str, params: Params, world: distributed.World) -> None:
+def _extract(item: str, params: Params, world: distributed.World) -> None:
     """Every worker loads a model replica and extracts its turns of shard-sized blocks; the writer stores them."""
     # Imported here, not at the top: a process that only starts torchrun skips their ~8 s (sae-lens, torch).
     from features.forward.extract import extract, quality_meters
     from features.sources.lm import load_prepared, resolve_device
     from features.sources.sae import SAE_INDEX, load_sae
 
-    model_name, _, dataset = cell.partition("/")
+    model_name, _, dataset = item.partition("/")
     cfg, ex = params.sae_of(model_name), params.extract
     device = resolve_device(ex.device)
     df = pd.read_parquet(paths.prepared(dataset), columns=["text_id", "text"])
@@ -131,13 +131,13 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
     done, finished = distributed.broadcast((done, finished), world)
     if finished:
         if writer:
-            log.info("%s: the same job already finished; keeping its shards and report", cell)
+            log.info("%s: the same job already finished; keeping its shards and report", item)
             write_json(paths.extract_metrics(model_name, dataset), json.loads((out_dir / REPORT).read_text()))
         return
     if writer:
         (out_dir / REPORT).unlink(missing_ok=True)  # whatever it said, it is not this job's
         if done:
-            log.info("%s: resuming after %d rows already extracted", cell, done)
+            log.info("%s: resuming after %d rows already extracted", item, done)
             _restore_meters(meters, writer.stored_checkpoint(), out_dir)
     for turns in distributed.rounds(done, len(df), ex.shard_rows, world):
         mine = turns[world.rank]
@@ -160,7 +160,7 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
                           checkpoint=_meters_checkpoint(meters))
             n_tokens, n_truncated = n_tokens + int(out.n_tokens.sum()), n_truncated + out.n_truncated
             n_unknown += int(out.unknown.sum())
-        log.info("%s: %d/%d rows", cell, max(turn[1] for turn in turns if turn), len(df))
+        log.info("%s: %d/%d rows", item, max(turn[1] for turn in turns if turn), len(df))
     if not writer:
         return
     writer.close()
@@ -177,11 +177,11 @@ def _extract(cell: str, params: Params, world: distributed.World) -> None:
     write_json(out_dir / REPORT, report)
     write_json(paths.extract_metrics(model_name, dataset), report)
     if n_unknown:
-        log.warning("%s: %d tokens were unknown to the tokenizer (characters it cannot represent)", cell, n_unknown)
+        log.warning("%s: %d tokens were unknown to the tokenizer (characters it cannot represent)", item, n_unknown)
     if n_truncated:
         log.warning("%s: %d of %d texts were cut at max_tokens=%d",
-                    cell, n_truncated, len(df) - done, ex.max_tokens)
-    log.info("%s: %d tokens in %.0f s (%.0f tok/s)", cell, n_tokens, seconds, n_tokens / max(seconds, 1e-9))
+                    item, n_truncated, len(df) - done, ex.max_tokens)
+    log.info("%s: %d tokens in %.0f s (%.0f tok/s)", item, n_tokens, seconds, n_tokens / max(seconds, 1e-9))
 
 
 def _meters_checkpoint(meters: dict[SaeKey, QualityMeter]) -> dict[str, np.ndarray]:
@@ -202,7 +202,7 @@ def _restore_meters(meters: dict[SaeKey, QualityMeter], checkpoint: dict[str, np
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(run, argv, doc=__doc__, arg="cell", help="<model>/<dataset>, keys of `sae` and `datasets`")
+    return stage_main(run, argv, doc=__doc__, arg="item", help="<model>/<dataset>, keys of `sae` and `datasets`")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def stores_checked() -> Path:
 
 
 def probes_receipt(dataset: str, model: str) -> Path:
-    """train_probes@<dataset>-<model>: the tracking store and the logged probes the stage left there."""
+    """train_probes@<model>-<dataset>: the tracking store and the logged probes the stage left there."""
     return TRACKING / "train_probes" / dataset / f"{model}.json"
 
 

@@ -64,7 +64,7 @@ def describe(params: Params) -> dict[str, Any]:
 def gather(params: Params) -> report.RunInputs:
     models, datasets = list(params.sae), list(params.datasets)
     return report.RunInputs(
-        probes={(d, m): read_json(paths.probe_metrics(d, m), f"train_probes@{d}-{m}")
+        probes={(d, m): read_json(paths.probe_metrics(d, m), f"train_probes@{m}-{d}")
                 for d in datasets for m in models},
         sae_quality={(m, d): read_json(paths.extract_metrics(m, d), f"extract@{m}-{d}")
                      for m in models for d in datasets},

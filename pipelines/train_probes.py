@@ -1,4 +1,4 @@
-"""Stage train_probes: the paper's probe grid for one (dataset, model), read through Feast, tracked in MLflow.
+"""Stage train_probes: the paper's probe grid for one (model, dataset), read through Feast, tracked in MLflow.
 
 For every SAE cell (layer x SAE x pooling x binarization) and hidden-state baseline in
 `train_probes`, a logistic-regression probe is fitted on the training split with C chosen by
@@ -125,8 +125,8 @@ def dvc_hashes(*stages: str) -> dict[str, str]:
             if "md5" in out}
 
 
-def run(cell_id: str) -> None:
-    dataset, _, model = cell_id.partition("/")
+def run(item: str) -> None:
+    model, _, dataset = item.partition("/")
     params = load_params()
     params.dataset(dataset)
     prepared = pd.read_parquet(paths.prepared(dataset))
@@ -156,7 +156,7 @@ def run(cell_id: str) -> None:
             tags = {"feature_service": cell.service, "dataset": dataset, "model": model, "probe": "logreg",
                     **tracking.cell_tag(cell.record(model))}
             if reason := empty_reason(cell, X, train):
-                _skip(cell_id, cell, reason, tags, results)
+                _skip(item, cell, reason, tags, results)
                 continue
             with timings("fitting"):
                 summary, probe = _probe_cell(cell, X, y, train, width, params)
@@ -164,12 +164,12 @@ def run(cell_id: str) -> None:
                 uri = _log_cell(cell.service, cell.params | {"model": model, "probe": "logreg"}, summary, probe,
                                 X, tags)
             results["cells"][cell.service] = cell.params | summary | {"model_uri": uri, "input": cell.input}
-            log.info("%s: %s macro F1 %.3f (val %.3f)", cell_id, cell.service, summary["macro_f1"],
+            log.info("%s: %s macro F1 %.3f (val %.3f)", item, cell.service, summary["macro_f1"],
                      summary.get("val_macro_f1", float("nan")))
-        _extras(cell_id, params, results, frames, y, train, timings)
+        _extras(item, params, results, frames, y, train, timings)
         _baselines(prepared, y, train, params, results, timings)
     results["seconds"] = {"total": round(time.perf_counter() - started, 1), **timings}
-    log.info("%s: %s", cell_id, ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in results["seconds"].items()))
+    log.info("%s: %s", item, ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in results["seconds"].items()))
     write_json(paths.probe_metrics(dataset, model), results)
     write_plots(results, paths.probe_plots(dataset, model))
     # last: check_stores deletes it when the store loses these models, and DVC then reruns this stage
@@ -178,21 +178,21 @@ def run(cell_id: str) -> None:
                 "models": sorted(cell["model_uri"] for cell in results["cells"].values())})
 
 
-def _skip(cell_id: str, cell: Cell, reason: str, tags: dict, results: dict) -> None:
+def _skip(item: str, cell: Cell, reason: str, tags: dict, results: dict) -> None:
     """Record a cell that cannot be probed: in the metrics, the log and MLflow (where promote and a person look)."""
-    log.warning("%s: %s skipped: %s", cell_id, cell.service, reason)
+    log.warning("%s: %s skipped: %s", item, cell.service, reason)
     results["skipped"][cell.service] = cell.params | {"input": cell.input, "reason": reason}
     with tracking.child_run(cell.service, params=cell.params, tags=tags | {"status": "skipped", "reason": reason}):
         pass
 
 
-def _extras(cell_id: str, params: Params, results: dict, frames: dict, y: np.ndarray, train: np.ndarray,
+def _extras(item: str, params: Params, results: dict, frames: dict, y: np.ndarray, train: np.ndarray,
             timings: Timings) -> None:
     """Tree, top-k selection and the training-size curve, on the best SAE cell by validation."""
     sae_cells = {k: v for k, v in results["cells"].items() if v["input"] == "sparse"}
     results["best_cell"], results["training_curve"] = None, []
     if not sae_cells:
-        log.warning("%s: no SAE cell could be probed (see `skipped`): no tree, selection or training curve", cell_id)
+        log.warning("%s: no SAE cell could be probed (see `skipped`): no tree, selection or training curve", item)
         return
     best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1))
     X, width, cell = frames[best]
@@ -221,7 +221,7 @@ def _extras(cell_id: str, params: Params, results: dict, frames: dict, y: np.nda
     curve = [{"fraction": fraction, "train_rows": points[0]["train_rows"], "n": points[0]["n"], **summarize(points)}
              for fraction, points in runs.items()]
     results["best_cell"], results["training_curve"] = best, curve
-    log.info("%s: best cell by validation %s", cell_id, best)
+    log.info("%s: best cell by validation %s", item, best)
 
 
 def _baselines(prepared: pd.DataFrame, y: np.ndarray, train: np.ndarray, params: Params, results: dict,
@@ -247,7 +247,7 @@ def write_plots(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(run, argv, doc=__doc__, arg="cell", help="<dataset>/<model>, keys of `datasets` and `sae`")
+    return stage_main(run, argv, doc=__doc__, arg="item", help="<model>/<dataset>, keys of `sae` and `datasets`")
 
 
 if __name__ == "__main__":

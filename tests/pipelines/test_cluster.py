@@ -317,6 +317,6 @@ def test_switching_back_to_local_stores_reruns_only_the_stages_that_use_them(pip
         changed = set(json.loads(dvc(repo, "status", "--json")))
     finally:
         (repo / "params.yaml").write_text(cluster)
-    assert changed == {"feast_apply", "materialize", *ALWAYS, "train_probes@alpha-tiny",
-                       "train_probes@beta-tiny", "promote@alpha", "promote@beta", "transfer",
+    assert changed == {"feast_apply", "materialize", *ALWAYS, "train_probes@tiny-alpha",
+                       "train_probes@tiny-beta", "promote@alpha", "promote@beta", "transfer",
                        "report"}  # not a forward pass of the model

@@ -30,7 +30,7 @@ from scipy.sparse import csr_matrix
 from pipelines import paths
 from tests.pipelines.test_dvc_pipeline import build_scratch_repo, dvc, tiny_params
 
-EXTRACT, MATERIALIZE, PROBES = "extract@tiny-alpha", "materialize", "train_probes@alpha-tiny"
+EXTRACT, MATERIALIZE, PROBES = "extract@tiny-alpha", "materialize", "train_probes@tiny-alpha"
 OUTPUTS = {  # what each stage writes (dvc.yaml), relative to the repo
     EXTRACT: [paths.features_dir("tiny", "alpha"), paths.extract_metrics("tiny", "alpha")],
     MATERIALIZE: [paths.feast_online_dir()],

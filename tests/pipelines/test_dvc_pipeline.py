@@ -23,11 +23,11 @@ from tests.helpers import REPO, embedded_params, write_params
 STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
           "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
-          "materialize", "check_stores", "train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha",
+          "materialize", "check_stores", "train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha",
           "promote@beta", "behaviour_labels@tiny-items", "transfer", "report"}
 # always_changed: they hash the user's files and check the MLflow store behind the receipts on every repro
 ALWAYS = {"fingerprint_sources", "check_stores"}
-TRACKING_STAGES = {"train_probes@alpha-tiny", "train_probes@beta-tiny", "promote@alpha", "promote@beta", "report"}
+TRACKING_STAGES = {"train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha", "promote@beta", "report"}
 EMPTY_THRESHOLD = 100000.0
 FEAST_STAGES = {"build_features@tiny", "feast_apply", "materialize"}
 

@@ -105,7 +105,7 @@ def test_outputs_are_where_pipelines_paths_puts_them() -> None:
     expected |= {f"build_features@{m}": [paths.feast_sources_dir(m)] for m in models}
     expected |= {"fingerprint_sources": [paths.SOURCES], "check_stores": [paths.stores_checked()],
                  "feast_apply": [paths.feast_catalog()], "materialize": [paths.feast_online_dir()]}
-    expected |= {f"train_probes@{d}-{m}": [paths.probe_metrics(d, m), paths.probe_plots(d, m),
+    expected |= {f"train_probes@{m}-{d}": [paths.probe_metrics(d, m), paths.probe_plots(d, m),
                                           paths.probes_receipt(d, m)] for d in datasets for m in models}
     expected |= {f"promote@{d}": [paths.promotion_report(d), paths.promotion_receipt(d)] for d in datasets}
     for stage, wanted in expected.items():

@@ -111,7 +111,7 @@ def project(tmp_path_factory: pytest.TempPathFactory):
         build_features.run(MODEL)
         feast_apply.run("feature_repo")
         materialize.run("feature_repo")
-        train_probes.run(f"{DATASET}/{MODEL}")
+        train_probes.run(f"{MODEL}/{DATASET}")
         report = promote.run(DATASET)
         assert report["champion"] == 1
         scorer = serve.build_scorer(load_params())

@@ -23,7 +23,7 @@ def test_a_single_class_training_split_is_refused_before_any_fit(tmp_path: Path,
     paths.prepared("spam").parent.mkdir(parents=True)
     rows.to_parquet(paths.prepared("spam"))
     with pytest.raises(SaefsError, match=r"spam: the training split holds one class only \(label \[0\]\)"):
-        train_probes.run("spam/gemma3_270m")
+        train_probes.run("gemma3_270m/spam")
 
 
 def test_a_sparse_cell_with_no_active_latent_in_training_is_skipped_with_a_reason() -> None:
