@@ -2,7 +2,9 @@
 
 Configurations are told apart by how their scores move when the texts move (new train/test
 splits), not by optimiser seeds; a safety monitor is judged by the recall it keeps at a fixed,
-small false-positive rate, with the threshold set on negatives it is not scored on.
+small false-positive rate, with the threshold set on negatives it is not scored on. Intervals of a
+mean over splits use the corrected resampled t; one split's metric, and the difference of two
+configurations on the same texts, use a (paired) bootstrap over texts; Holm adjusts many p-values.
 """
 
 from __future__ import annotations
