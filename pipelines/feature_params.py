@@ -4,10 +4,11 @@ Feast configuration the stages and the scoring service use). pipelines/stores.py
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, field_validator
 
+from features.core.binarize import BinarizeOp
 from features.core.config import Strict
 from features.core.pooling import check_pooling
 
@@ -22,7 +23,7 @@ class BuildFeaturesParams(Strict):
     binarize: list[float | None] = Field(
         min_length=1, description="one view per entry: null = continuous codes (latent ids + values), "
         "a number = ids of the latents above it (binarized)")
-    binarize_op: Literal[">", ">="] = Field(description="'>' strictly above the threshold, '>=' at or above")
+    binarize_op: BinarizeOp = Field(description="'>' strictly above the threshold, '>=' at or above")
     hidden: list[HiddenPooling] = Field(description="pooled hidden-state baselines to publish as dense views")
 
     @field_validator("binarize")

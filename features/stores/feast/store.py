@@ -146,7 +146,6 @@ def _with_sqlite_path(store: FeatureStore, path: Path) -> FeatureStore:
     return FeatureStore(repo_path=str(store.repo_path), config=RepoConfig(**config))
 
 
-
 def carry_pushed(live: Path, fresh: Path) -> dict[str, int]:
     """Copy into `fresh` the rows of `live` whose texts it lacks (pushed by the scoring service), view by view.
 
