@@ -125,6 +125,19 @@ def probe_plots(dataset: str, model: str) -> Path:
     return Path("plots") / "train_probes" / dataset / f"{model}.csv"
 
 
+PREDICTIONS = DATA / "predictions"
+
+
+def probe_predictions(dataset: str, model: str) -> Path:
+    """train_probes@<model>-<dataset>: every fit's per-text predictions (features.core.predictions)."""
+    return PREDICTIONS / "train_probes" / dataset / f"{model}.parquet"
+
+
+def transfer_predictions() -> Path:
+    """transfer: every cell's per-text predictions, fits named `<task>:<cell>:<probe>`."""
+    return PREDICTIONS / "transfer.parquet"
+
+
 def promotion_report(dataset: str) -> Path:
     return Path("reports") / "promotion" / f"{dataset}.json"
 
