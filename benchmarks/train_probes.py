@@ -1,17 +1,18 @@
 """Benchmark `train_probes`: where the grid's time goes (retrieval, fitting, logging), in one run.
 
-    python benchmarks/train_probes.py --item smollm2_135m_it/spam [--seeds 2]
+    python benchmarks/train_probes.py --item smollm2_135m_it/spam [--resamples 2]
 
 Needs `dvc repro materialize` (the Feast store with the cell's views). For the (dataset, model)
 given, it times, with the stage's own code and params:
 
   retrieval  every feature service of the cell read through Feast (`historical_frame`)
-  fitting    each cell's probe, `--seeds` seeds: one process with BLAS on all cores (baseline),
+  fitting    each cell's probe on `--resamples` resamples, with its out-of-fold validation
+             predictions (`fit_predict`, as the stage): one process with BLAS on all cores (baseline),
              one process with one BLAS thread, two processes (n_jobs=2) of one thread (ratios)
   logging    `log_model` of one probe with explicit requirements (what the stage does) against
              MLflow inferring them (its default: it imports the model in a subprocess), ratio
 
-then projects the stage's time for the full cell (all seeds) from these, and prints the phase
+then projects the stage's time for the full cell (all resamples) from these, and prints the phase
 split that the last `dvc repro` recorded in metrics/train_probes/*/*.json for the whole grid.
 MLflow writes go to a scratch store; the project's mlflow.db is not touched.
 """
@@ -28,6 +29,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import pipelines  # noqa: F401  (offline environment)
+from features.core.predictions import fit_predict, resamples
 from features.core.probes import make_probe
 from features.stores import tracking
 from features.stores.feast.retrieval import historical_frame
@@ -63,13 +65,16 @@ def recorded_grid() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--item", default="smollm2_135m_it/spam", help="<model>/<dataset>, as the stage takes it")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per cell here (the stage: train_probes.seeds)")
+    parser.add_argument("--resamples", type=int, default=2,
+                        help="resamples per cell here (the stage: train_probes.resamples)")
     args = parser.parse_args()
     model, _, dataset = args.item.partition("/")
     params = load_params()
     p = params.train_probes
     prepared = pd.read_parquet(paths.prepared(dataset))
-    y, train = prepared["label"].to_numpy(), (prepared["split"] == "train").to_numpy()
+    y, ids = prepared["label"].to_numpy(), prepared["text_id"].to_numpy()
+    splits = resamples(y, (prepared["split"] == "test").to_numpy(), args.resamples, params.prepare_data.seed)
+    labels = sorted(set(y.tolist()))
     from feast import FeatureStore
 
     store = FeatureStore(repo_path=str(FEATURE_REPO))
@@ -79,7 +84,7 @@ def main() -> None:
         seconds, frames[cell.service] = timed(historical_frame, store, cell.service,
                                               prepared[["text_id", "event_timestamp"]])
         retrieval += seconds
-    print(f"{args.cell}: {len(grid)} cells, {len(prepared)} texts, {p.seeds} seeds in params")
+    print(f"{args.item}: {len(grid)} cells, {len(prepared)} texts, {p.resamples} resamples in params")
     print(f"retrieval: {retrieval:.1f} s for {len(grid)} services ({retrieval / len(grid):.2f} s each)")
 
     # (n_jobs, BLAS threads in this process): the stage's setting is (n_jobs, 1); the baseline is
@@ -94,18 +99,20 @@ def main() -> None:
         for (n_jobs, threads) in configs:
             cell_seconds = 0.0
             with threadpool_limits(limits=threads):
-                for seed in range(args.seeds):
-                    probe = make_probe("logreg", width=width if cell.input == "sparse" else None, input=cell.input,
-                                       C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=n_jobs)
-                    seconds, fitted = timed(probe.fit, X[train], y[train])
+                for resample in splits:
+                    fitted = make_probe("logreg", width=width if cell.input == "sparse" else None,
+                                        input=cell.input, C_grid=p.C_grid, cv=p.cv_folds, seed=resample.index,
+                                        n_jobs=n_jobs)
+                    seconds, _ = timed(fit_predict, fitted, X, y, ids, resample, fit=cell.service, labels=labels,
+                                       cv=p.cv_folds)
                     cell_seconds += seconds
             configs[n_jobs, threads] += cell_seconds
             print(f"  fit {cell.service} n_jobs={n_jobs} BLAS threads={threads or 'default'}: "
-                  f"{cell_seconds / args.seeds:.2f} s per seed")
-    per_seed = {config: total / (len(grid) * args.seeds) for config, total in configs.items()}
-    baseline = per_seed[1, None]
-    print("fitting, per cell and seed: " + ", ".join(
-        f"n_jobs={n} BLAS threads={t or 'default'} {s:.2f} s ({baseline / s:.2f}x)" for (n, t), s in per_seed.items()))
+                  f"{cell_seconds / args.resamples:.2f} s per resample")
+    per_fit = {config: total / (len(grid) * args.resamples) for config, total in configs.items()}
+    baseline = per_fit[1, None]
+    print("fitting, per cell and resample: " + ", ".join(
+        f"n_jobs={n} BLAS threads={t or 'default'} {s:.2f} s ({baseline / s:.2f}x)" for (n, t), s in per_fit.items()))
 
     with tempfile.TemporaryDirectory() as scratch:
         tracking.configure(f"sqlite:///{scratch}/mlflow.db")
@@ -121,9 +128,10 @@ def main() -> None:
         mlflow.set_tracking_uri(None)
     print(f"logging: {explicit:.2f} s per probe with explicit requirements, {inferred:.2f} s when MLflow infers "
           f"them ({inferred / explicit:.1f}x slower)")
-    fit_stage = per_seed.get((p.n_jobs, 1), per_seed[1, 1]) * len(grid) * p.seeds
+    fit_stage = per_fit.get((p.n_jobs, 1), per_fit[1, 1]) * len(grid) * p.resamples
     projected = retrieval + fit_stage + explicit * len(grid)
-    print(f"projected for this (dataset, model) at params' seeds={p.seeds}, n_jobs={p.n_jobs} (grid cells only): "
+    print(f"projected for this (dataset, model) at params' resamples={p.resamples}, n_jobs={p.n_jobs} (grid cells "
+          "only): "
           f"{projected:.0f} s = retrieval {retrieval / projected:.0%}, fitting {fit_stage / projected:.0%}, "
           f"logging {explicit * len(grid) / projected:.0%}")
     recorded_grid()

@@ -135,7 +135,8 @@ class TrainProbesParams(Strict):
     hidden: list[HiddenPooling] = Field(description="hidden-state baselines (build_features.hidden)")
     C_grid: list[float] = Field(min_length=1, description="logistic regression C, chosen by CV on train")
     cv_folds: int = Field(ge=2)
-    seeds: int = Field(ge=1, description="repeats per cell (CV shuffles); the report gives mean and 95% interval")
+    resamples: int = Field(ge=1, description="stratified train/test splits per fit (the first is the prepared "
+                           "split); intervals come from how scores move over them")
     select_k: int = Field(gt=0, description="label-aware top-k latents, the feature selection compared with "
                           "binarization (on the best cell)")
     train_fractions: list[float] = Field(min_length=1, description="training-size curve of the best cell")

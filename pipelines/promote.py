@@ -1,17 +1,24 @@
 """Stage promote: register the best probe of a dataset as `challenger`; move `champion` only if it passes.
 
-The candidate is the probe with the best validation macro F1 over every model and SAE cell of
-the dataset (the test split chooses nothing). It becomes `champion` of the registered model
-`saefs-<dataset>` when its test macro F1 passes `promote.min_macro_f1` and trails the best
-hidden-state probe (also chosen on validation) by at most `promote.max_drop_vs_hidden`, both
-judged on the fitted model that is registered (train_probes' `logged_macro_f1`), not on the mean
-over seeds; when
-`promote.transfer_gates` names the candidate's model, its features must also have predicted the
-gate's target model's correctness on the gate's task (plots/transfer/cross_model.csv) with macro F1
-at least `min_macro_f1` and `min_margin` above that cell's majority floor. The gates are also run
-through MLflow's `validate_evaluation_results`. The report (JSON, and an MLflow run)
-says what was compared and why the alias moved or stayed; a receipt (data/tracking/promote/)
-records the version and champion left in the registry, for check_stores.
+The candidate is the probe with the best validation macro F1 (out of fold, mean over resamples)
+over every model and SAE cell of the dataset (the test split chooses nothing). What is registered
+is the candidate's fit on the prepared split (resample 0), and every gate judges that fit's own
+predictions on the prepared test texts, read from train_probes' prediction file:
+
+  * its macro F1 (or, with `promote.gate_statistic: lower`, the lower bound of its 95% bootstrap
+    interval over the test texts) is at least `promote.min_macro_f1`;
+  * it trails the best hidden-state probe (also chosen on validation) by at most
+    `promote.max_drop_vs_hidden`;
+  * when a champion exists, it is not worse than the champion on the same test texts: the lower
+    95% bound of the paired bootstrap difference of macro F1 (challenger minus champion, the
+    champion rescored now through its own feature service) lies above `-promote.non_inferiority_margin`;
+  * when `promote.transfer_gates` names the candidate's model, its features must also have
+    predicted the gate's target model's correctness on the gate's task (plots/transfer/cross_model.csv)
+    with macro F1 at least `min_macro_f1` and `min_margin` above that cell's majority floor.
+
+The gates are also run through MLflow's `validate_evaluation_results`. The report (JSON, and an
+MLflow run) says what was compared and why the alias moved or stayed; a receipt
+(data/tracking/promote/) records the version and champion left in the registry, for check_stores.
 
     python -m pipelines.promote <dataset>                      # the stage
     python -m pipelines.promote <dataset> --rollback [--to N]  # champion back to the previous (or N)
@@ -26,12 +33,16 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from features.core.evidence import paired_difference
+from features.core.predictions import TEST, check_texts, macro_f1
+from features.errors import SaefsError
 from features.stores import tracking
 from features.stores.files import write_json
 from pipelines import paths, run_cli
-from pipelines.params import TransferGate, load_params
+from pipelines.params import Params, TransferGate, load_params
 
 log = logging.getLogger("saefs.promote")
 
@@ -74,18 +85,20 @@ def run(dataset: str) -> dict[str, Any]:
     thresholds = tracking.Thresholds(**params.promote.model_dump(include=set(tracking.ChampionGates.model_fields)),
                                      min_transfer_f1=gate.min_macro_f1 if gate else None,
                                      min_transfer_margin=gate.min_margin if gate else 0.0)
-    # The gate judges the registered model itself (the fit train_probes logged), not the mean over seeds.
-    decision = tracking.promotion_decision(
-        {tracking.MACRO_F1: candidate["logged_macro_f1"],
-         tracking.TRANSFER_F1: (transfer or {}).get(tracking.TRANSFER_F1)},
-        {tracking.HIDDEN_F1: hidden.get("logged_macro_f1"),
-         tracking.TRANSFER_MAJORITY_F1: (transfer or {}).get(tracking.TRANSFER_MAJORITY_F1)}, thresholds)
-    mlflow_passed, mlflow_message = tracking.mlflow_validation(decision)
-
     tracking_uri = tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
     name = tracking.registered_name(dataset)
     previous = tracking.get_alias_version(name, tracking.CHAMPION)
+    versus = (incumbent_comparison(dataset, name, previous, candidate_name, candidate["model"], params)
+              if previous is not None and params.promote.non_inferiority_margin is not None else None)
+    # The gates judge the registered model itself (the resample-0 fit train_probes logged), not a mean.
+    decision = tracking.promotion_decision(
+        {tracking.MACRO_F1: candidate["logged_macro_f1"], tracking.MACRO_F1_LOW: candidate.get("logged_macro_f1_low"),
+         tracking.TRANSFER_F1: (transfer or {}).get(tracking.TRANSFER_F1)},
+        {tracking.HIDDEN_F1: hidden.get("logged_macro_f1"),
+         tracking.TRANSFER_MAJORITY_F1: (transfer or {}).get(tracking.TRANSFER_MAJORITY_F1),
+         **({tracking.INCUMBENT_LOW: versus.get("low")} if versus is not None else {})}, thresholds)
+    mlflow_passed, mlflow_message = tracking.mlflow_validation(decision)
     version = tracking.register(candidate["model_uri"], name)
     tracking.set_alias(name, tracking.CHALLENGER, version)
     if decision.promote and mlflow_passed:
@@ -94,6 +107,7 @@ def run(dataset: str) -> dict[str, Any]:
     report = {
         "dataset": dataset, "registered_model": name, "candidate": {"cell": candidate_name, **candidate},
         "hidden_baseline": {"cell": hidden_name, **hidden}, "other_baselines": baselines, "transfer_check": transfer,
+        "versus_champion": versus,
         "challenger_version": version, "previous_champion": previous, "champion": champion,
         "promoted": champion == version and previous != version,
         "decision": decision.summary(previous), "checks": [asdict(c) for c in decision.checks],
@@ -102,7 +116,12 @@ def run(dataset: str) -> dict[str, Any]:
     with tracking.start_parent(f"promote:{dataset}", tags={"stage": "promote", "dataset": dataset,
                                                           "registered_model": name}):
         tracking.log_metrics({"candidate_macro_f1": candidate["logged_macro_f1"],
+                              "candidate_macro_f1_low": candidate.get("logged_macro_f1_low"),
+                              "candidate_roc_auc": candidate.get("logged_roc_auc"),
+                              "candidate_recall_at_1fpr": candidate.get("logged_recall_at_1fpr"),
                               "hidden_macro_f1": hidden.get("logged_macro_f1"),
+                              "minus_champion": (versus or {}).get("difference"),
+                              "minus_champion_low": (versus or {}).get("low"),
                               "promoted": float(report["promoted"])})
         import mlflow
 
@@ -111,6 +130,55 @@ def run(dataset: str) -> dict[str, Any]:
     write_receipt(dataset, tracking_uri, name, version, champion)
     log.info("%s: %s v%d (%s): %s", dataset, name, version, candidate_name, report["decision"])
     return report
+
+
+def gated_predictions(dataset: str, model: str, fit: str, text_ids: Any) -> pd.DataFrame:
+    """The registered fit's own predictions on the prepared test texts (train_probes' resample 0), by text id."""
+    where = paths.probe_predictions(dataset, model)
+    if not where.is_file():
+        raise SaefsError(f"{where} is missing: rerun train_probes for {model}/{dataset} (dvc repro)")
+    frame = pd.read_parquet(where)
+    check_texts(frame, text_ids, str(where))
+    rows = frame[(frame["fit"] == fit) & (frame["resample"] == 0) & (frame["split"] == TEST)]
+    if rows.empty:
+        raise SaefsError(f"{where} holds no test predictions of {fit}: rerun train_probes for {model}/{dataset}")
+    return rows.set_index("text_id")
+
+
+def incumbent_comparison(dataset: str, name: str, incumbent: int, fit: str, model: str,
+                         params: Params) -> dict[str, Any]:
+    """Challenger minus the champion in office on the prepared test texts: macro F1, paired bootstrap.
+
+    If the champion cannot be rescored (its features are gone), the comparison has no bound and the
+    gate fails closed, saying how to go on.
+    """
+    from feast.errors import FeastObjectNotFoundException
+
+    prepared = pd.read_parquet(paths.prepared(dataset))
+    test = prepared[prepared["split"] == "test"].reset_index(drop=True)
+    challenger = gated_predictions(dataset, model, fit, prepared["text_id"])["y_pred"].reindex(test["text_id"])
+    service = tracking.logged_cell(name, incumbent)["feature_service"]
+    out: dict[str, Any] = {"champion": incumbent, "champion_cell": service, "n": len(test)}
+    try:
+        champion = champion_predictions(name, incumbent, service, test, params)
+    except (FeastObjectNotFoundException, SaefsError) as err:  # its view is gone or changed
+        log.error("%s: champion v%d cannot be rescored: %s", dataset, incumbent, err)
+        return out | {"low": None, "error": f"champion v{incumbent} reads {service}, which the feature store "
+                      f"cannot serve ({err}); set promote.non_inferiority_margin: null to promote without it"}
+    labels = np.unique(prepared["label"]).tolist()
+    return out | paired_difference(test["label"].to_numpy(), challenger.to_numpy(), champion,
+                                   lambda truth, guess: macro_f1(truth, guess, labels))
+
+
+def champion_predictions(name: str, version: int, service: str, texts: pd.DataFrame, params: Params) -> np.ndarray:
+    """Version `version`'s labels for `texts` (text_id, event_timestamp), read now through its feature service."""
+    import mlflow
+
+    from features.stores.feast.retrieval import historical_frame
+    from pipelines.stores import feature_store
+
+    X, _ = historical_frame(feature_store(params.feast_apply), service, texts[["text_id", "event_timestamp"]])
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}").predict(X)
 
 
 def write_receipt(dataset: str, tracking_uri: str, name: str, version: int | None, champion: int | None) -> None:

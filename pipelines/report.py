@@ -57,7 +57,8 @@ def describe(params: Params) -> dict[str, Any]:
                + (f" ({trained.architecture} k={trained.k})" if any(s.source == "train" for s in params.sae.values())
                   else "") + f"; data: {', '.join(params.datasets)}")
     return {"profile": params.profile, "models": {k: {"source": m.source} for k, m in params.models.items()},
-            "saes": saes, "datasets": datasets, "probe_seeds": params.train_probes.seeds, "sae_seed": trained.seed,
+            "saes": saes, "datasets": datasets, "probe_resamples": params.train_probes.resamples,
+            "sae_seed": trained.seed,
             "summary": summary}
 
 

@@ -1,12 +1,16 @@
 """Stage train_probes: the paper's probe grid for one (model, dataset), read through Feast, tracked in MLflow.
 
 For every SAE cell (layer x SAE x pooling x binarization) and hidden-state baseline in
-`train_probes`, a logistic-regression probe is fitted on the training split with C chosen by
-cross-validation on that split alone, `seeds` times (CV shuffles); the test split only scores.
-The best cell (by validation macro F1) also gets a decision tree, top-k latent selection and a
-training-size curve. TF-IDF and majority baselines run on the same split. One MLflow parent run
-per invocation, a child run per cell with its model (signature: the online store's columns) and
-the Feast feature service it reads; metrics/train_probes/<dataset>/<model>.json summarises.
+`train_probes`, a logistic-regression probe is fitted on each of `resamples` stratified
+train/test splits of the prepared texts (resample 0 is the prepared split; C is chosen by CV on
+each training part alone) and scores that split's test texts. The best cell (by validation macro
+F1, out of fold on the training parts) also gets a decision tree, top-k latent selection and a
+training-size curve. TF-IDF (on the whole text, and on the part the LM reads) and majority
+baselines run on the same splits. Every fit's per-text predictions go to one parquet
+(features.core.predictions), and every metric and interval is computed from those rows. One MLflow
+parent run per invocation (the predictions as its artifact), a child run per cell with its
+resample-0 model (signature: the online store's columns) and the Feast feature service it reads;
+metrics/train_probes/<dataset>/<model>.json summarises.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +29,17 @@ import pandas as pd
 import yaml
 from threadpoolctl import threadpool_limits
 
-from features.core.evaluation import SUMMARY_KEYS, fit_score, summarize
 from features.core.metrics import training_curve_fractions
+from features.core.predictions import INTERVALS, Resample, fit_predict, resamples, summarize
 from features.core.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from features.errors import SaefsError
 from features.stores import tracking
 from features.stores.feast.columns import IDS
 from features.stores.feast.names import hidden_view_name, view_name
 from features.stores.feast.retrieval import historical_frame
-from features.stores.files import write_csv, write_json
+from features.stores.files import write_csv, write_json, write_parquet
 from pipelines import paths, stage_main
-from pipelines.params import Params, load_params
+from pipelines.params import Params, TrainProbesParams, load_params
 from pipelines.stores import feature_store
 
 log = logging.getLogger("saefs.train_probes")
@@ -90,19 +94,43 @@ def empty_reason(cell: Cell, X: pd.DataFrame, train: np.ndarray) -> str | None:
             "the majority class; lower train_probes.binarize or check the SAE (check_sae)")
 
 
-def _probe_cell(cell: Cell, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, width: int,
-                params: Params, kind: str = "logreg", select_k: int | None = None) -> tuple[dict, Any]:
-    p = params.train_probes
-    runs, first = [], None
-    for seed in range(p.seeds):
-        probe = make_probe(kind, width=width if cell.input == "sparse" else None, input=cell.input,
-                           select_k=select_k, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs)
-        runs.append(fit_score(probe, X, y, train))
-        first = first or probe
-    # The logged (and maybe registered) model is the seed-0 fit: promote gates on its own scores, the
-    # mean over seeds is the cell's summary.
-    logged = {f"logged_{key}": runs[0][key] for key in SUMMARY_KEYS if runs[0].get(key) is not None}
-    return summarize(runs) | logged | {"chosen": chosen_params(first)}, first
+@dataclass
+class Fits:
+    """Every fit of one stage instance on the same resamples, and the prediction rows they wrote."""
+
+    text_ids: np.ndarray
+    y: np.ndarray
+    labels: list[Any]
+    splits: list[Resample]
+    p: TrainProbesParams
+    timings: Timings
+    rows: list[pd.DataFrame] = field(default_factory=list)
+
+    def fit(self, name: str, make: Callable[[int], Any], X: Any,
+            subset: Callable[[Resample], np.ndarray] | None = None) -> tuple[dict[str, Any], Any]:
+        """Fit `make(resample index)` on every resample (on `subset(resample)` of its training part, if given),
+        keep the rows, and return the fit's summary and its resample-0 estimator (the one that is logged)."""
+        first, rows = None, []
+        for resample in self.splits:
+            estimator = make(resample.index)
+            with self.timings("fitting"):
+                rows.append(fit_predict(estimator, X, self.y, self.text_ids, resample, fit=name, labels=self.labels,
+                                        cv=self.p.cv_folds, train=subset(resample) if subset else None))
+            first = estimator if first is None else first
+        self.rows += rows
+        with self.timings("scoring"):
+            summary = summarize(pd.concat(rows, ignore_index=True), self.labels)[name]
+        if summary["not_converged"]:
+            log.warning("%s: %d of %d resamples did not converge", name, summary["not_converged"], len(self.splits))
+        return summary, first
+
+    def probe(self, cell: Cell, X: pd.DataFrame, width: int, name: str | None = None, kind: str = "logreg",
+              select_k: int | None = None) -> tuple[dict[str, Any], Any]:
+        p = self.p
+        summary, first = self.fit(name or cell.service, lambda seed: make_probe(
+            kind, width=width if cell.input == "sparse" else None, input=cell.input, select_k=select_k,
+            C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs), X)
+        return summary | {"chosen": chosen_params(first)}, first
 
 
 def input_example(X: pd.DataFrame) -> pd.DataFrame:
@@ -136,18 +164,23 @@ def run(item: str) -> None:
     if len(classes) < 2:
         raise SaefsError(f"{dataset}: the training split holds one class only (label {classes.tolist()}); a probe "
                          "needs two: check the dataset's labels and prepare_data's split")
+    p, timings = params.train_probes, Timings()
+    # The same splits for every model of this dataset (they depend on the labels, the prepared split
+    # and its seed only), so fits of two models compare paired on the same texts.
+    fits = Fits(prepared["text_id"].to_numpy(), y, np.unique(y).tolist(),
+                resamples(y, ~train, p.resamples, params.prepare_data.seed), p, timings)
     store = feature_store(params.feast_apply)  # after the cheap checks: importing feast costs ~16 s
     tracking_uri = tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
-    results: dict[str, Any] = {"dataset": dataset, "model": model, "cells": {}, "skipped": {}, "baselines": {}}
-    started, timings = time.perf_counter(), Timings()
+    results: dict[str, Any] = {"dataset": dataset, "model": model, "resamples": p.resamples, "intervals": INTERVALS,
+                               "cells": {}, "skipped": {}, "baselines": {}}
+    started = time.perf_counter()
     tags = {"dataset": dataset, "model": model, "stage": "train_probes",
             **dvc_hashes(f"prepare_data@{dataset}", f"build_features@{model}")}
     # One BLAS thread: these lbfgs problems are too small to split, and a threaded BLAS on a busy
     # machine spins (4x slower fitting, benchmarks/train_probes.py); `n_jobs` parallelises instead.
     with threadpool_limits(limits=1), tracking.start_parent(
-            f"train_probes:{model}", tags=tags,
-            params={"seeds": params.train_probes.seeds, "cv_folds": params.train_probes.cv_folds}):
+            f"train_probes:{model}", tags=tags, params={"resamples": p.resamples, "cv_folds": p.cv_folds}):
         frames: dict[str, tuple[pd.DataFrame, int, Cell]] = {}
         for cell in cells(params, model):
             with timings("retrieval"):
@@ -158,16 +191,19 @@ def run(item: str) -> None:
             if reason := empty_reason(cell, X, train):
                 _skip(item, cell, reason, tags, results)
                 continue
-            with timings("fitting"):
-                summary, probe = _probe_cell(cell, X, y, train, width, params)
+            summary, probe = fits.probe(cell, X, width)
             with timings("logging"):
                 uri = _log_cell(cell.service, cell.params | {"model": model, "probe": "logreg"}, summary, probe,
                                 X, tags)
             results["cells"][cell.service] = cell.params | summary | {"model_uri": uri, "input": cell.input}
-            log.info("%s: %s macro F1 %.3f (val %.3f)", item, cell.service, summary["macro_f1"],
-                     summary.get("val_macro_f1", float("nan")))
-        _extras(item, params, results, frames, y, train, timings)
-        _baselines(prepared, y, train, params, results, timings)
+            log.info("%s: %s macro F1 %.3f [%.3f, %.3f] (val %.3f)", item, cell.service, summary["macro_f1"],
+                     summary.get("macro_f1_low", np.nan), summary.get("macro_f1_high", np.nan),
+                     summary.get("val_macro_f1", np.nan))
+        _extras(item, fits, results, frames)
+        _baselines(prepared, fits, results, read_by_model(model, prepared["text"].tolist(), params))
+        with timings("logging"):
+            write_parquet(paths.probe_predictions(dataset, model), pd.concat(fits.rows, ignore_index=True))
+            tracking.log_artifact(paths.probe_predictions(dataset, model), "predictions")
     results["seconds"] = {"total": round(time.perf_counter() - started, 1), **timings}
     log.info("%s: %s", item, ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in results["seconds"].items()))
     write_json(paths.probe_metrics(dataset, model), results)
@@ -178,6 +214,13 @@ def run(item: str) -> None:
                 "models": sorted(cell["model_uri"] for cell in results["cells"].values())})
 
 
+def read_by_model(model: str, texts: list[str], params: Params) -> list[str]:
+    """Each text cut to what `model` reads at extract.max_tokens, for the TF-IDF baseline on the same words."""
+    from features.sources.lm import prepared_tokenizer, read_texts  # transformers: only for this baseline
+
+    return read_texts(prepared_tokenizer(paths.model_dir(model)), texts, params.extract.max_tokens)
+
+
 def _skip(item: str, cell: Cell, reason: str, tags: dict, results: dict) -> None:
     """Record a cell that cannot be probed: in the metrics, the log and MLflow (where promote and a person look)."""
     log.warning("%s: %s skipped: %s", item, cell.service, reason)
@@ -186,8 +229,7 @@ def _skip(item: str, cell: Cell, reason: str, tags: dict, results: dict) -> None
         pass
 
 
-def _extras(item: str, params: Params, results: dict, frames: dict, y: np.ndarray, train: np.ndarray,
-            timings: Timings) -> None:
+def _extras(item: str, fits: Fits, results: dict, frames: dict) -> None:
     """Tree, top-k selection and the training-size curve, on the best SAE cell by validation."""
     sae_cells = {k: v for k, v in results["cells"].items() if v["input"] == "sparse"}
     results["best_cell"], results["training_curve"] = None, []
@@ -198,41 +240,40 @@ def _extras(item: str, params: Params, results: dict, frames: dict, y: np.ndarra
     X, width, cell = frames[best]
     shown = {k: cell.params[k] for k in ("layer", "width", "pooling", "binarize")}  # the variants' params and rows
     tags = {"feature_service": best, **tracking.cell_tag(cell.record(results["model"]))}
-    for variant, kind, select_k in (("tree", "tree", None), ("select", "logreg", params.train_probes.select_k)):
-        with timings("fitting"):
-            summary, probe = _probe_cell(cell, X, y, train, width, params, kind=kind, select_k=select_k)
+    p = fits.p
+    for variant, kind, select_k in (("tree", "tree", None), ("select", "logreg", p.select_k)):
         name = f"{best}__{variant}{select_k or ''}"
-        with timings("logging"):
+        summary, probe = fits.probe(cell, X, width, name=name, kind=kind, select_k=select_k)
+        with fits.timings("logging"):
             uri = _log_cell(name, shown | {"probe": kind, "select_k": select_k}, summary, probe, X,
                             tags | {"probe": variant})
         results["cells"][name] = shown | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
-    # the curve: `seeds` nested subsets per fraction (each seed draws its own), mean and interval
-    runs: dict[float, list[dict[str, Any]]] = {}
-    p, train_rows = params.train_probes, np.flatnonzero(train)
-    for seed in range(p.seeds):
-        subsets = training_curve_fractions(y[train], p.train_fractions, seed=seed, min_per_class=p.cv_folds)
-        for fraction, subset in subsets.items():
-            fit_rows = np.zeros_like(train)
-            fit_rows[train_rows[subset]] = True
-            probe = make_probe("logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs)
-            with timings("fitting"):
-                runs.setdefault(fraction, []).append(fit_score(probe, X, y, fit_rows, test=~train))
-            runs[fraction][-1]["train_rows"] = int(fit_rows.sum())
-    curve = [{"fraction": fraction, "train_rows": points[0]["train_rows"], "n": points[0]["n"], **summarize(points)}
-             for fraction, points in runs.items()]
+    # the curve: per resample, nested stratified subsets of its training part (features.core.metrics)
+    curve = []
+    for fraction in p.train_fractions:
+        def subset(resample: Resample, fraction: float = fraction) -> np.ndarray:
+            rows = np.flatnonzero(resample.train)
+            chosen = training_curve_fractions(fits.y[rows], [fraction], seed=resample.index,
+                                              min_per_class=p.cv_folds)[fraction]
+            mask = np.zeros_like(resample.train)
+            mask[rows[chosen]] = True
+            return mask
+
+        summary, _ = fits.fit(f"{best}__curve{fraction:g}", lambda seed: make_probe(
+            "logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs), X, subset)
+        curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
     results["best_cell"], results["training_curve"] = best, curve
     log.info("%s: best cell by validation %s", item, best)
 
 
-def _baselines(prepared: pd.DataFrame, y: np.ndarray, train: np.ndarray, params: Params, results: dict,
-               timings: Timings) -> None:
-    text = prepared[["text"]]
-    for name, make in (("tfidf", make_tfidf_baseline), ("majority", lambda seed: make_majority_baseline())):
-        with timings("fitting"):
-            runs = [fit_score(make(seed), text, y, train) for seed in range(params.train_probes.seeds)]
-        summary = summarize(runs)
-        with timings("logging"), tracking.child_run(name, params={"probe": name},
-                                                     tags={"probe": name, "baseline": "true"}):
+def _baselines(prepared: pd.DataFrame, fits: Fits, results: dict, read: list[str]) -> None:
+    """TF-IDF on the whole text and on the part the LM reads (`read`), and the majority class."""
+    for name, make, X in (("tfidf", make_tfidf_baseline, prepared[["text"]]),
+                          ("tfidf_truncated", make_tfidf_baseline, pd.DataFrame({"text": read})),
+                          ("majority", lambda seed: make_majority_baseline(), prepared[["text"]])):
+        summary, _ = fits.fit(name, make, X)
+        with fits.timings("logging"), tracking.child_run(name, params={"probe": name},
+                                                          tags={"probe": name, "baseline": "true"}):
             tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
         results["baselines"][name] = summary
 

@@ -54,7 +54,7 @@ def cells_frame(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFram
                          "features": "hidden" if cell["input"] == "dense" else "sae",
                          "layer": int(cell["layer"]), "width": str(cell["width"]), "pooling": cell["pooling"],
                          "binarize": "none" if cell["binarize"] is None else str(float(cell["binarize"])),
-                         "variant": cell.get("variant", "logreg"), "seeds": int(cell["seeds"]),
+                         "variant": cell.get("variant", "logreg"), "seeds": int(cell["resamples"]),
                          "val_macro_f1": cell.get("val_macro_f1", math.nan), **{k: cell[k] for k in F1}})
     if not rows:
         raise SaefsError("no probe cells in the train_probes metrics: run `dvc repro train_probes`")
@@ -93,14 +93,14 @@ def baselines_table(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[s
     for (dataset, model), results in probes.items():
         for name, baseline in results["baselines"].items():
             rows.append({"dataset": dataset, "model": model, "method": name, "cell": name,
-                         "seeds": int(baseline["seeds"]), **{k: baseline[k] for k in F1}})
+                         "seeds": int(baseline["resamples"]), **{k: baseline[k] for k in F1}})
     return pd.DataFrame(rows).sort_values(["dataset", "model", "method"]).reset_index(drop=True)
 
 
 def curve_table(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
     """The training-size curve of each (dataset, model)'s best cell: mean and interval over seeds per fraction."""
     rows = [{"dataset": dataset, "model": model, "cell": results["best_cell"], "fraction": point["fraction"],
-             "train_rows": int(point["train_rows"]), "seeds": point.get("seeds", 1), "macro_f1": point["macro_f1"],
+             "train_rows": int(point["train_rows"]), "seeds": point.get("resamples", 1), "macro_f1": point["macro_f1"],
              "macro_f1_low": point.get("macro_f1_low", point["macro_f1"]),
              "macro_f1_high": point.get("macro_f1_high", point["macro_f1"])}
             for (dataset, model), results in probes.items() for point in results["training_curve"]]
@@ -114,7 +114,7 @@ def best_config_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
         candidate, hidden = report["candidate"], report["hidden_baseline"]
         baselines = next(iter(report["other_baselines"].values()))  # the same split for every model
         rows.append({"dataset": dataset, "model": candidate["model"], "cell": candidate["cell"],
-                     **{k: candidate[k] for k in F1}, "seeds": candidate["seeds"],
+                     **{k: candidate[k] for k in F1}, "seeds": candidate["resamples"],
                      "hidden_cell": hidden["cell"], "hidden_f1": hidden["macro_f1"],
                      "tfidf_f1": baselines["tfidf"]["macro_f1"], "majority_f1": baselines["majority"]["macro_f1"],
                      "champion": f"v{report['champion']}" if report["champion"] is not None else "none",

@@ -28,6 +28,11 @@ def load_prepared(prepared_dir: str | Path, device: str = "cpu") -> tuple[PreTra
     return load_causal_lm(location, device, revision=revision), load_tokenizer(location, revision)
 
 
+def prepared_tokenizer(prepared_dir: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a prepare_model output folder, without loading the model."""
+    return load_tokenizer(*model_location(Path(prepared_dir)))
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """bf16 on CUDA (the paper's models were run in half precision), fp32 on CPU (bf16 matmuls are slow there)."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
@@ -53,6 +58,21 @@ def load_tokenizer(path: str | Path, revision: str | None = None) -> PreTrainedT
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def read_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """The part of each text a forward with `max_tokens` (BOS included) reads: its first max_tokens - 1 tokens.
+
+    The character span comes from the fast tokenizer's offsets, so a baseline on these strings sees
+    the words the LM saw, as written.
+    """
+    if not tokenizer.is_fast:
+        raise SaefsError(f"{type(tokenizer).__name__} is a slow tokenizer without character offsets: "
+                         "prepare the model with its tokenizer.json (prepare_model saves one)")
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens - 1,
+                        return_offsets_mapping=True)
+    return [text[: offsets[-1][1]] if offsets else "" for text, offsets in zip(texts, encoded["offset_mapping"],
+                                                                            strict=True)]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

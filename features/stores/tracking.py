@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -121,6 +121,13 @@ def log_metrics(metrics: Mapping[str, float | None], step: int | None = None) ->
     import mlflow
 
     mlflow.log_metrics({key: float(value) for key, value in metrics.items() if value is not None}, step=step)
+
+
+def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    """Attach a file (a prediction table, a figure) to the active run."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def _strings(tags: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -336,17 +343,25 @@ def missing_registration(name: str, version: int | None, champion: int | None) -
 
 # --- promotion ----------------------------------------------------------------------------------
 
-# Keys of the candidate's and the baselines' metric dicts (test-split macro F1 each).
-MACRO_F1, TRANSFER_F1 = "macro_f1", "transfer_macro_f1"
+# Keys of the candidate's and the baselines' metric dicts (test-split macro F1 each; MACRO_F1_LOW: the
+# lower 95% bound of the candidate's, INCUMBENT_LOW: of the candidate minus the champion on the same texts).
+MACRO_F1, MACRO_F1_LOW, TRANSFER_F1 = "macro_f1", "macro_f1_low", "transfer_macro_f1"
 HIDDEN_F1, TRANSFER_MAJORITY_F1 = "hidden_macro_f1", "transfer_majority_macro_f1"
+INCUMBENT_LOW = "minus_champion_low"
 
 
 class ChampionGates(Strict):
     """The gates of every champion (params.yaml's promote group extends them); None turns a gate off."""
 
     min_macro_f1: float = Field(ge=0, description="above 1 can never pass: promote reports it and moves no alias")
+    gate_statistic: Literal["point", "lower"] = Field(
+        "point", description="what min_macro_f1 judges: the registered fit's test macro F1, or the lower bound of "
+        "its 95% bootstrap interval over the test texts")
     max_drop_vs_hidden: float | None = Field(description="may trail the best hidden-state probe by this much "
                                              "(negative: must lead it by as much)")
+    non_inferiority_margin: float | None = Field(
+        0.02, ge=0, description="the challenger may be worse than the champion on the same test texts by at most "
+        "this macro F1, at 95% confidence (paired bootstrap); None turns the comparison off")
 
 
 class Thresholds(ChampionGates):
@@ -399,18 +414,25 @@ def promotion_decision(candidate: Mapping[str, float], baselines: Mapping[str, f
                        thresholds: Thresholds) -> Decision:
     """Whether a candidate probe may become champion; every gate is a `Check` (value >= threshold).
 
-    `candidate`: `macro_f1`, and `transfer_macro_f1` when the transfer gate is on. `baselines`:
-    `hidden_macro_f1` (the hidden-state probe of the same cell) and `transfer_majority_macro_f1`.
-    A metric the gate needs but nobody measured fails the gate: promotion fails closed.
+    `candidate`: `macro_f1` and its `macro_f1_low`, and `transfer_macro_f1` when the transfer gate is on.
+    `baselines`: `hidden_macro_f1` (the hidden-state probe of the same cell), `transfer_majority_macro_f1`
+    and, when a champion exists, `minus_champion_low` (None if it could not be compared). A metric
+    the gate needs but nobody measured fails the gate: promotion fails closed.
     """
     checks = [Check("thresholds", None, 0.0, False, f"thresholds: {reason}") for reason in thresholds.impossible()]
-    checks += [_check(MACRO_F1, candidate.get(MACRO_F1), thresholds.min_macro_f1,
-                     f"macro F1 {{value}} >= {thresholds.min_macro_f1}")]
+    floor = MACRO_F1 if thresholds.gate_statistic == "point" else MACRO_F1_LOW
+    shown = "macro F1" if floor == MACRO_F1 else "macro F1's lower 95% bound"
+    checks += [_check(floor, candidate.get(floor), thresholds.min_macro_f1,
+                      f"{shown} {{value}} >= {thresholds.min_macro_f1}")]
     if thresholds.max_drop_vs_hidden is not None:
         checks.append(_check("macro_f1_minus_hidden", _difference(candidate.get(MACRO_F1), baselines.get(HIDDEN_F1)),
                              -thresholds.max_drop_vs_hidden,
                              f"macro F1 minus the hidden-state probe's ({baselines.get(HIDDEN_F1)}) {{value}} "
                              f">= -{thresholds.max_drop_vs_hidden}"))
+    if thresholds.non_inferiority_margin is not None and INCUMBENT_LOW in baselines:
+        checks.append(_check(INCUMBENT_LOW, baselines[INCUMBENT_LOW], -thresholds.non_inferiority_margin,
+                             "macro F1 minus the champion's on the same test texts, lower 95% bound {value} "
+                             f">= -{thresholds.non_inferiority_margin}"))
     if thresholds.min_transfer_f1 is not None:
         transfer = candidate.get(TRANSFER_F1)
         checks.append(_check(TRANSFER_F1, transfer, thresholds.min_transfer_f1,

@@ -165,3 +165,15 @@ def test_load_from_a_saved_folder_uses_safetensors_and_pads_right(tmp_path: Path
     input_ids, attention_mask = padded_batch()
     with torch.inference_mode():
         torch.testing.assert_close(loaded(input_ids=input_ids).logits, model(input_ids=input_ids).logits)
+
+
+def test_read_texts_is_the_span_a_truncated_forward_reads():
+    from features.sources.lm import read_texts
+
+    tokenizer = make_tokenizer()
+    texts = ["w1 w2 w3 w4 w5 w6", "w7 w8", "w9"]
+    read = read_texts(tokenizer, texts, max_tokens=4)
+    assert read == ["w1 w2 w3", "w7 w8", "w9"]
+    # the token ids extract keeps (BOS and the first max_tokens - 1), BOS aside
+    assert [tokenizer(text)["input_ids"][1:4] for text in texts] == [
+        tokenizer(text, add_special_tokens=False)["input_ids"] for text in read]

@@ -57,7 +57,7 @@ def tiny_params() -> dict:
     )
     # a threshold above every pooled code: its views hold no latent, so train_probes must skip them
     params["build_features"]["binarize"] = [None, 1.0, EMPTY_THRESHOLD]
-    params["train_probes"] |= {"poolings": ["sum"], "seeds": 2, "cv_folds": 3, "C_grid": [0.1, 1.0],
+    params["train_probes"] |= {"poolings": ["sum"], "resamples": 2, "cv_folds": 3, "C_grid": [0.1, 1.0],
                                "select_k": 16, "train_fractions": [0.5, 1.0],
                                "binarize": [None, 1.0, EMPTY_THRESHOLD]}
     params["behaviour_labels"] = {"targets": ["tiny"], "max_tokens": 40,
@@ -155,7 +155,16 @@ def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
     results = json.loads((scratch / paths.probe_metrics("alpha", "tiny")).read_text())
     expected = {"tiny__l1__sae64__sum__raw", "tiny__l2__sae64__sum__bin1", "tiny__l1__hidden__last"}
     assert expected <= set(results["cells"])
-    assert set(results["baselines"]) == {"tfidf", "majority"} and len(results["training_curve"]) == 2
+    assert set(results["baselines"]) == {"tfidf", "tfidf_truncated", "majority"}
+    assert len(results["training_curve"]) == 2
+    # every number comes from the prediction rows: each fit on both resamples, test and validation texts
+    rows = pd.read_parquet(scratch / paths.probe_predictions("alpha", "tiny"))
+    curve = {f"{results['best_cell']}__curve{point['fraction']:g}" for point in results["training_curve"]}
+    assert set(rows["fit"]) == set(results["cells"]) | set(results["baselines"]) | curve
+    assert set(rows["resample"]) == {0, 1} and set(rows["split"]) == {"test", "val"}
+    best = results["cells"][results["best_cell"]]
+    assert best["resamples"] == 2 and best["macro_f1_low"] <= best["macro_f1"] <= best["macro_f1_high"]
+    assert {"roc_auc", "recall_at_1fpr", "recall_at_5fpr", "logged_macro_f1_low"} <= set(best)
     empty = {"tiny__l1__sae64__sum__bin100000", "tiny__l2__sae64__sum__bin100000"}
     # the tiny model's layer-1 codes may also stay under 1.0 everywhere: skipped too, never probed
     assert empty <= set(results["skipped"]) and not set(results["skipped"]) & set(results["cells"])
@@ -254,8 +263,12 @@ X, _ = historical_frame(feature_store(load_params().feast_apply), cell["feature_
                         prepared[["text_id", "event_timestamp"]])
 test = (prepared["split"] == "test").to_numpy()
 report = json.loads(paths.promotion_report("alpha").read_text())
+rows = pd.read_parquet(paths.probe_predictions("alpha", report["candidate"]["model"]))
+rows = rows[(rows["fit"] == report["candidate"]["cell"]) & (rows["resample"] == 0) & (rows["split"] == "test")]
+gated = rows.set_index("text_id").loc[prepared["text_id"][test], ["proba_0", "proba_1"]].to_numpy()
 print(json.dumps({"replayed": f1_score(prepared["label"][test], probe.predict(X[test]), average="macro"),
                   "gated": [c["value"] for c in report["checks"] if c["name"] == "macro_f1"],
+                  "largest_proba_gap": float(abs(probe.predict_proba(X[test]) - gated).max()),
                   "cell": cell["feature_service"], "candidate": report["candidate"]["cell"]}))
 """
 
@@ -269,6 +282,7 @@ def test_the_champion_reproduces_the_score_its_promotion_gated(scratch: Path) ->
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["cell"] == seen["candidate"] and seen["gated"] == [seen["replayed"]]
+    assert seen["largest_proba_gap"] < 1e-6  # the registered model is the fit whose predictions were gated
 
 
 def test_a_fresh_clone_ends_with_the_champions_its_promotion_reports_name(

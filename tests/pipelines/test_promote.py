@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from features.core.probes import make_probe
+from features.errors import SaefsError
 from features.stores import tracking
 from pipelines import paths, promote
 from tests.features.test_probes import FAST, WIDTH, split, synthetic_frame
@@ -24,8 +26,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     params = embedded_params()
     store = f"sqlite:///{tmp_path}/mlflow.db"  # absolute: MLflow caches stores by URI, across tests
+    # the comparison with the champion in office has tests of its own below
     params["promote"] = {"min_macro_f1": 0.8, "max_drop_vs_hidden": 0.02, "tracking_uri": store,
-                         "transfer_gates": {}}
+                         "transfer_gates": {}, "non_inferiority_margin": None}
     write_params(tmp_path, params)
     tracking.configure(store)
     tracking.experiment("saefs/spam")
@@ -39,7 +42,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def write_results(params: dict, uri: str, sae_f1: float, hidden_f1: float, sae_mean_f1: float = 0.5) -> None:
     """What train_probes leaves for every model of the profile: one SAE cell and one hidden-state cell, each with
-    the logged (registered) fit's macro F1 and, apart, the mean over seeds (`sae_mean_f1`, never gated)."""
+    the logged (registered) fit's macro F1 and, apart, the mean over resamples (`sae_mean_f1`, never gated)."""
     for model in params["sae"]:
         cells = {f"{model}__sae": {"input": "sparse", "macro_f1": sae_mean_f1, "logged_macro_f1": sae_f1,
                                    "val_macro_f1": 0.9, "model_uri": uri},
@@ -65,7 +68,7 @@ def test_a_probe_past_the_gates_becomes_champion_and_a_worse_one_does_not(projec
     assert json.loads(paths.promotion_report("spam").read_text())["decision"].startswith("keep the champion (v1)")
 
 
-def test_the_gate_judges_the_registered_fit_not_the_mean_over_seeds(project) -> None:
+def test_the_gate_judges_the_registered_fit_not_the_mean_over_resamples(project) -> None:
     params, uri = project
     write_results(params, uri, sae_f1=0.7, hidden_f1=0.7, sae_mean_f1=0.95)  # the mean would pass, the model not
     report = promote.run("spam")
@@ -121,6 +124,98 @@ def test_a_dataset_whose_cells_were_all_skipped_registers_nothing(project) -> No
     assert len(report["skipped_cells"]) == len(params["sae"])
     assert mlflow.MlflowClient().search_registered_models() == []
     assert json.loads(paths.promotion_report("spam").read_text())["decision"] == report["decision"]
+
+
+N_TEST = 400
+
+
+def write_predictions(params: dict, y_pred: np.ndarray) -> np.ndarray:
+    """Prepared texts (N_TEST of them test) and each model's `<model>__sae` test predictions; returns the labels."""
+    y = np.arange(N_TEST) % 2
+    ids = [f"spam-{i}" for i in range(N_TEST)]
+    prepared = pd.DataFrame({"text_id": ids, "label": y, "split": "test",
+                             "event_timestamp": pd.Timestamp("2025-01-01", tz="UTC")})
+    paths.prepared("spam").parent.mkdir(parents=True, exist_ok=True)
+    prepared.to_parquet(paths.prepared("spam"))
+    for model in params["sae"]:
+        frame = pd.DataFrame({"fit": f"{model}__sae", "resample": 0, "split": "test", "text_id": ids, "y_true": y,
+                              "y_pred": y_pred, "converged": True, "proba_0": 1.0 - y_pred, "proba_1": y_pred * 1.0})
+        paths.probe_predictions("spam", model).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(paths.probe_predictions("spam", model))
+    return y
+
+
+@pytest.fixture
+def versus_champion(project, monkeypatch: pytest.MonkeyPatch):
+    """The project with the non-inferiority gate on; the champion in office answers every test text right."""
+    params, uri = project
+    params["promote"]["non_inferiority_margin"] = 0.02
+    write_params(Path.cwd(), params)
+    rescored = []
+
+    def champion_predictions(name, version, service, texts, params):
+        rescored.append((name, version, list(texts["text_id"])))
+        return np.arange(len(texts)) % 2
+
+    monkeypatch.setattr(promote, "champion_predictions", champion_predictions)
+    monkeypatch.setattr(tracking, "logged_cell", lambda name, version: {"feature_service": "spam__cell"})
+    return params, uri, rescored
+
+
+def test_a_challenger_worse_than_the_champion_on_the_same_texts_is_refused(versus_champion) -> None:
+    params, uri, rescored = versus_champion
+    y = write_predictions(params, np.arange(N_TEST) % 2)
+    write_results(params, uri, sae_f1=0.95, hidden_f1=0.9)
+    assert promote.run("spam")["champion"] == 1 and rescored == []  # no champion in office: nothing to compare
+
+    worse = y.copy()
+    worse[:40] = 1 - worse[:40]  # 10% of the texts flipped: about 0.1 macro F1 below the champion
+    write_predictions(params, worse)
+    report = promote.run("spam")
+    assert not report["promoted"] and report["champion"] == 1
+    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["minus_champion_low"]
+    versus = report["versus_champion"]
+    assert versus["champion"] == 1 and versus["n"] == N_TEST and versus["difference"] == pytest.approx(-0.1, abs=0.01)
+    assert versus["high"] < 0 and rescored[-1][:2] == ("saefs-spam", 1)
+    assert sorted(rescored[-1][2]) == sorted(f"spam-{i}" for i in range(N_TEST))  # the same texts
+
+
+def test_a_challenger_as_good_as_the_champion_passes_the_comparison(versus_champion) -> None:
+    params, uri, _ = versus_champion
+    write_predictions(params, np.arange(N_TEST) % 2)
+    write_results(params, uri, sae_f1=0.95, hidden_f1=0.9)
+    promote.run("spam")
+    report = promote.run("spam")
+    assert report["promoted"] and report["champion"] == 2
+    assert report["versus_champion"]["difference"] == 0 and "ok minus_champion_low" in report["decision"]
+
+
+def test_a_champion_that_cannot_be_rescored_fails_the_gate_closed(versus_champion, monkeypatch) -> None:
+    params, uri, _ = versus_champion
+    write_predictions(params, np.arange(N_TEST) % 2)
+    write_results(params, uri, sae_f1=0.95, hidden_f1=0.9)
+    promote.run("spam")
+
+    def gone(*args):
+        raise SaefsError("feature service 'old__cell' is not in the registry")
+
+    monkeypatch.setattr(promote, "champion_predictions", gone)
+    report = promote.run("spam")
+    assert not report["promoted"] and report["champion"] == 1
+    assert "non_inferiority_margin: null" in report["versus_champion"]["error"]
+    assert "FAIL minus_champion_low" in report["decision"]
+
+
+def test_a_stale_prediction_file_is_refused_by_name(versus_champion) -> None:
+    params, uri, _ = versus_champion
+    write_predictions(params, np.arange(N_TEST) % 2)
+    write_results(params, uri, sae_f1=0.95, hidden_f1=0.9)
+    promote.run("spam")
+    pd.read_parquet(paths.prepared("spam")).head(10).to_parquet(paths.prepared("spam"))  # the data moved on
+    with pytest.raises(SaefsError, match=r"predicted text ids .* are not in the prepared data"):
+        promote.run("spam")
+
+
 def write_transfer(macro_f1: float | None, status: str = "ok") -> None:
     """What the transfer stage leaves: one cross-model cell per source, predicting smollm2's phys_tf answers."""
     path = paths.transfer_table("cross_model")

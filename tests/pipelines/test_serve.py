@@ -79,7 +79,7 @@ def scratch_params(root: Path) -> dict[str, Any]:
                "torch_threads": 0},  # 0: leave this process's torch threads as they are
     )
     params["train_probes"] = {"poolings": ["sum"], "binarize": [None, 1.0], "hidden": ["last"], "C_grid": [1.0],
-                              "cv_folds": 2, "seeds": 1, "select_k": 8, "train_fractions": [1.0], "n_jobs": 1}
+                              "cv_folds": 2, "resamples": 1, "select_k": 8, "train_fractions": [1.0], "n_jobs": 1}
     return params
 
 
