@@ -209,7 +209,8 @@ class TransferParams(Strict):
     max_tokens: int = Field(ge=2, description="tokens per text featurized (item prompts are longer than extract's)")
     C_grid: list[float] = Field(min_length=1)
     cv_folds: int = Field(ge=2, description="inner CV folds for C, and the same-language cells' folds")
-    seeds: int = Field(ge=1)
+    resamples: int = Field(ge=1, description="stratified splits of each cross-model target's items (the first is "
+                           "its own train/test split); intervals are corrected resampled t over them")
     cross_lingual: dict[Name, CrossLingualTask]
 
 

@@ -97,7 +97,7 @@ def run(dataset: str) -> dict[str, Any]:
          tracking.TRANSFER_F1: (transfer or {}).get(tracking.TRANSFER_F1)},
         {tracking.HIDDEN_F1: hidden.get("logged_macro_f1"),
          tracking.TRANSFER_MAJORITY_F1: (transfer or {}).get(tracking.TRANSFER_MAJORITY_F1),
-         **({tracking.INCUMBENT_LOW: versus.get("low")} if versus is not None else {})}, thresholds)
+         **({tracking.INCUMBENT_LOW: versus["low"]} if versus and versus["low"] is not None else {})}, thresholds)
     mlflow_passed, mlflow_message = tracking.mlflow_validation(decision)
     version = tracking.register(candidate["model_uri"], name)
     tracking.set_alias(name, tracking.CHALLENGER, version)
@@ -149,10 +149,12 @@ def incumbent_comparison(dataset: str, name: str, incumbent: int, fit: str, mode
                          params: Params) -> dict[str, Any]:
     """Challenger minus the champion in office on the prepared test texts: macro F1, paired bootstrap.
 
-    If the champion cannot be rescored (its features are gone), the comparison has no bound and the
-    gate fails closed, saying how to go on.
+    A champion that cannot be rescored (its model's artifacts or its feature views are gone) cannot
+    serve either: the comparison records why and has no bound, so the challenger is judged on the
+    floors alone and may replace it.
     """
     from feast.errors import FeastObjectNotFoundException
+    from mlflow.exceptions import MlflowException
 
     prepared = pd.read_parquet(paths.prepared(dataset))
     test = prepared[prepared["split"] == "test"].reset_index(drop=True)
@@ -161,10 +163,10 @@ def incumbent_comparison(dataset: str, name: str, incumbent: int, fit: str, mode
     out: dict[str, Any] = {"champion": incumbent, "champion_cell": service, "n": len(test)}
     try:
         champion = champion_predictions(name, incumbent, service, test, params)
-    except (FeastObjectNotFoundException, SaefsError) as err:  # its view is gone or changed
-        log.error("%s: champion v%d cannot be rescored: %s", dataset, incumbent, err)
-        return out | {"low": None, "error": f"champion v{incumbent} reads {service}, which the feature store "
-                      f"cannot serve ({err}); set promote.non_inferiority_margin: null to promote without it"}
+    except (FeastObjectNotFoundException, SaefsError, MlflowException) as err:
+        log.warning("%s: champion v%d cannot be rescored, so it cannot serve either; the challenger is judged on "
+                    "the floors alone: %s", dataset, incumbent, err)
+        return out | {"low": None, "error": f"champion v{incumbent} ({service}) cannot be rescored: {err}"}
     labels = np.unique(prepared["label"]).tolist()
     return out | paired_difference(test["label"].to_numpy(), challenger.to_numpy(), champion,
                                    lambda truth, guess: macro_f1(truth, guess, labels))

@@ -30,7 +30,7 @@ import yaml
 from threadpoolctl import threadpool_limits
 
 from features.core.metrics import training_curve_fractions
-from features.core.predictions import INTERVALS, Resample, fit_predict, resamples, summarize
+from features.core.predictions import INTERVALS, Resample, fit_resamples, resamples, summarize
 from features.core.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from features.errors import SaefsError
 from features.stores import tracking
@@ -110,16 +110,12 @@ class Fits:
             subset: Callable[[Resample], np.ndarray] | None = None) -> tuple[dict[str, Any], Any]:
         """Fit `make(resample index)` on every resample (on `subset(resample)` of its training part, if given),
         keep the rows, and return the fit's summary and its resample-0 estimator (the one that is logged)."""
-        first, rows = None, []
-        for resample in self.splits:
-            estimator = make(resample.index)
-            with self.timings("fitting"):
-                rows.append(fit_predict(estimator, X, self.y, self.text_ids, resample, fit=name, labels=self.labels,
-                                        cv=self.p.cv_folds, train=subset(resample) if subset else None))
-            first = estimator if first is None else first
-        self.rows += rows
+        with self.timings("fitting"):
+            rows, first = fit_resamples(make, X, self.y, self.text_ids, self.splits, fit=name, labels=self.labels,
+                                        cv=self.p.cv_folds, subset=subset)
+        self.rows.append(rows)
         with self.timings("scoring"):
-            summary = summarize(pd.concat(rows, ignore_index=True), self.labels)[name]
+            summary = summarize(rows, self.labels)[name]
         if summary["not_converged"]:
             log.warning("%s: %d of %d resamples did not converge", name, summary["not_converged"], len(self.splits))
         return summary, first

@@ -2,21 +2,26 @@
 
 Cross-model: for every source model (its `transfer.sources` SAE cell), the item prompts of every
 behaviour task are featurized with the same `extract()` as the extract stage, and per target a
-probe on the (binarized, pooled) codes predicts whether the target answered right, on the
-target's train/test split: a source x target matrix of macro F1 (mean and 95% interval over
-seeds) beside the hidden-state, TF-IDF and majority baselines. A target with one class (always
-right or always wrong) is reported as skipped, never trained on.
+probe on the (binarized, pooled) codes predicts whether the target answered right, on
+`transfer.resamples` stratified splits of the target's items (the first is the target's own
+train/test split): a source x target matrix of macro F1 (mean over resamples, corrected resampled-t
+95% interval), AUROC and recall at 1%/5% FPR, beside the hidden-state, TF-IDF and majority
+baselines. A target with one class (always right or always wrong), or a class too rare for a
+resample, is reported as skipped, never trained on.
 
 Cross-lingual: every `transfer.cross_lingual` task in its languages, same features, train on one
-language and test zero-shot on the others; same-language cells by k-fold CV (features.core.transfer).
+language and test zero-shot on the others (one partition: a bootstrap over its test texts);
+same-language cells by k-fold CV (features.core.transfer).
 
 Why not the extract/build_features grid: item prompts and the OOD language sets are not
 `datasets` (they would enter every train_probes and promote cell); this stage calls the same
 extraction code directly on them, with `transfer.max_tokens` (item prompts outgrow extract's).
 
 Writes plots/transfer/{cross_model,cross_lingual}.csv (+ PNG heatmaps), metrics/transfer/*.json
-(task -> source/model -> target/test language, for the rows trained on the first language),
-and one MLflow run in `saefs/transfer` with a child run per cell and the heatmaps as artifacts.
+(task -> source/model -> target/test language, for the rows trained on the first language), every
+fit's per-text predictions (data/predictions/transfer.parquet, fits named
+`{task}:{source}->{target}:{probe}` and `{task}:{model}:{train}->{test}:{probe}`), and one MLflow run in
+`saefs/transfer` with a child run per cell, the heatmaps and the predictions as artifacts.
 """
 
 from __future__ import annotations
@@ -31,26 +36,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.core.evaluation import fit_score, summarize
 from features.core.naming import sae_name
+from features.core.predictions import KEYS, Resample, fit_resamples, resamples, summarize
 from features.core.prepare import PrepareConfig, prepare
 from features.core.probes import make_majority_baseline, make_probe, make_tfidf_baseline
 from features.core.transfer import codes_frame, cross_lingual_splits, heatmap, hidden_frame, skip_reason
+from features.errors import SaefsError
 from features.forward.extract import extract
 from features.sources.datasets import load_source
 from features.sources.lm import load_prepared, resolve_device
 from features.sources.sae import SAE_INDEX, load_sae
 from features.stores import tracking
-from features.stores.files import atomic_path, write_json
+from features.stores.files import write_csv, write_json, write_parquet
 from pipelines import paths, stage_main
 from pipelines.params import CrossLingualTask, Params, load_params
 
 log = logging.getLogger("saefs.transfer")
 
-CROSS_MODEL_COLUMNS = ["task", "source", "target", "macro_f1", "macro_f1_low", "macro_f1_high", "hidden_f1",
-                       "tfidf_f1", "majority_f1", "n_train", "n_test", "status"]
-CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", "macro_f1", "macro_f1_low", "macro_f1_high",
-                         "majority_f1", "n_train", "n_test", "status"]
+SCORES = ("macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc", "roc_auc_low", "roc_auc_high", "recall_at_1fpr",
+          "recall_at_5fpr")
+CROSS_MODEL_COLUMNS = ["task", "source", "target", *SCORES, "hidden_f1", "tfidf_f1", "majority_f1", "n_train",
+                       "n_test", "resamples", "not_converged", "status"]
+CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *SCORES, "majority_f1", "n_train", "n_test",
+                         "resamples", "not_converged", "status"]
 
 
 def language_frames(task: str, spec: CrossLingualTask, params: Params) -> pd.DataFrame:
@@ -92,38 +100,61 @@ def _sae_probe(params: Params, width: int, seed: int) -> Any:
                       C_grid=t.C_grid, cv=t.cv_folds, seed=seed)
 
 
-def _runs(make: Any, X: pd.DataFrame, y: np.ndarray, masks: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    return summarize([fit_score(make(seed), X, y, train, test) for seed, (train, test) in enumerate(masks)])
+class Cell:
+    """The fits of one transfer cell on the same resamples: each fit's summary, and every prediction row."""
+
+    def __init__(self, name: str, frame: pd.DataFrame, splits: list[Resample], cv: int) -> None:
+        self.name, self.splits, self.cv = name, splits, cv
+        self.y, self.text_ids = frame["label"].to_numpy(), frame["text_id"].to_numpy()
+        self.labels = np.unique(self.y).tolist()
+        self.rows: list[pd.DataFrame] = []
+
+    def fit(self, probe: str, make: Any, X: Any) -> dict[str, Any]:
+        fit = f"{self.name}:{probe}"
+        rows, _ = fit_resamples(make, X, self.y, self.text_ids, self.splits, fit=fit, labels=self.labels, cv=self.cv)
+        self.rows.append(rows)
+        return summarize(rows, self.labels)[fit]
+
+
+def _scores(summary: dict[str, Any]) -> dict[str, Any]:
+    return {key: summary.get(key) for key in SCORES} | {"resamples": summary["resamples"],
+                                                         "not_converged": summary["not_converged"]}
 
 
 def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, codes: pd.DataFrame,
-                     hidden: pd.DataFrame, width: int, params: Params) -> dict[str, Any]:
-    """One source -> target cell; `codes`/`hidden` rows are aligned with `labels` rows."""
+                     hidden: pd.DataFrame, width: int, params: Params) -> tuple[dict[str, Any], list[pd.DataFrame]]:
+    """One source -> target cell on `transfer.resamples` stratified splits of the target's items (resample 0
+    is its train/test split); `codes`/`hidden` rows are aligned with `labels` rows. The row, and the
+    prediction rows of its SAE, hidden-state, TF-IDF and majority fits."""
     t = params.transfer
     y, train = labels["label"].to_numpy(), (labels["split"] == "train").to_numpy()
     row: dict[str, Any] = {"task": task, "source": source, "target": target,
                            "n_train": int(train.sum()), "n_test": int((~train).sum())}
     reason = skip_reason(y, train, ~train, t.cv_folds)
     if reason:
-        return row | {"status": reason}
-    masks = [(train, ~train)] * t.seeds  # seeds reshuffle the inner CV that picks C
-    sae = _runs(lambda seed: _sae_probe(params, width, seed), codes, y, masks)
-    dense = _runs(lambda seed: make_probe("logreg", input="dense", C_grid=t.C_grid, cv=t.cv_folds, seed=seed),
-                  hidden, y, masks)
-    tfidf = _runs(make_tfidf_baseline, labels[["text"]], y, masks[:1])
-    majority = _runs(lambda seed: make_majority_baseline(), codes, y, masks[:1])
-    return row | {"macro_f1": sae["macro_f1"], "macro_f1_low": sae["macro_f1_low"],
-                  "macro_f1_high": sae["macro_f1_high"], "hidden_f1": dense["macro_f1"],
-                  "tfidf_f1": tfidf["macro_f1"], "majority_f1": majority["macro_f1"], "status": "ok"}
+        return row | {"status": reason}, []
+    try:
+        cell = Cell(f"{task}:{source}->{target}", labels, resamples(y, ~train, t.resamples, params.prepare_data.seed),
+                    t.cv_folds)
+        sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
+        dense = cell.fit("hidden", lambda seed: make_probe("logreg", input="dense", C_grid=t.C_grid, cv=t.cv_folds,
+                                                           seed=seed), hidden)
+        tfidf = cell.fit("tfidf", make_tfidf_baseline, labels[["text"]])
+        majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes)
+    except SaefsError as err:  # a class too rare for some resample: reported and counted, never a number
+        return row | {"status": f"skipped: {err}"}, []
+    return row | _scores(sae) | {"hidden_f1": dense["macro_f1"], "tfidf_f1": tfidf["macro_f1"],
+                                 "majority_f1": majority["macro_f1"], "status": "ok"}, cell.rows
 
 
 def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.DataFrame, width: int,
-                        params: Params) -> list[dict[str, Any]]:
+                        params: Params) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    """Every (train language, test language) cell: zero-shot cells train on one language and test on all of
+    the other (one partition, a bootstrap over its test texts); same-language cells are k-fold CV within the
+    language (the folds are its resamples). The rows, and the prediction rows of their fits."""
     t, y = params.transfer, frame["label"].to_numpy()
-    rows = []
+    rows, predictions = [], []
     for train_lang, test_lang, masks in cross_lingual_splits(frame["lang"], y, t.cv_folds, params.prepare_data.seed):
-        if train_lang != test_lang:
-            masks = masks * t.seeds  # zero-shot: the same rows, inner CV reshuffled per seed
         train, test = masks[0]
         row = {"task": task, "model": model, "train_lang": train_lang, "test_lang": test_lang,
                "n_train": int(train.sum()), "n_test": int(test.sum())}
@@ -131,22 +162,27 @@ def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.Da
         if reason:
             rows.append(row | {"status": reason})
             continue
-        sae = _runs(lambda seed: _sae_probe(params, width, seed), codes, y, masks)
-        majority = _runs(lambda seed: make_majority_baseline(), codes, y, masks)
-        rows.append(row | {"macro_f1": sae["macro_f1"], "macro_f1_low": sae["macro_f1_low"],
-                           "macro_f1_high": sae["macro_f1_high"], "majority_f1": majority["macro_f1"],
-                           "status": "ok"})
-    return rows
+        cell = Cell(f"{task}:{model}:{train_lang}->{test_lang}", frame,
+                    [Resample(i, fit, score) for i, (fit, score) in enumerate(masks)], t.cv_folds)
+        try:
+            sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
+            majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes)
+        except SaefsError as err:
+            rows.append(row | {"status": f"skipped: {err}"})
+            continue
+        rows.append(row | _scores(sae) | {"majority_f1": majority["macro_f1"], "status": "ok"})
+        predictions += cell.rows
+    return rows, predictions
 
 
 def nested_metrics(table: pd.DataFrame, levels: list[str]) -> dict[str, Any]:
-    """{level0: {level1: {level2: {macro_f1, macro_f1_low, macro_f1_high}}}} of the cells that ran."""
+    """{level0: {level1: {level2: {macro_f1, its interval, AUROC, recall@FPR}}}} of the cells that ran."""
     out: dict[str, Any] = {}
     for row in table[table["status"] == "ok"].to_dict("records"):
         leaf = out
         for level in levels:
             leaf = leaf.setdefault(str(row[level]), {})
-        leaf.update({key: round(float(row[key]), 4) for key in ("macro_f1", "macro_f1_low", "macro_f1_high")})
+        leaf.update({key: round(float(row[key]), 4) for key in SCORES if pd.notna(row.get(key))})
     return out
 
 
@@ -160,9 +196,10 @@ def run() -> dict[str, pd.DataFrame]:
     tracking.experiment("saefs/transfer")
     model_rows: list[dict[str, Any]] = []
     lingual_rows: list[dict[str, Any]] = []
+    predictions: list[pd.DataFrame] = []
     started = time.perf_counter()
     with tracking.start_parent("transfer", tags={"stage": "transfer", "pair": "->".join(t.pair)},
-                               params={"pooling": t.pooling, "binarize": t.binarize, "seeds": t.seeds}):
+                               params={"pooling": t.pooling, "binarize": t.binarize, "resamples": t.resamples}):
         for source, cell in t.sources.items():
             featurize = Featurizer(source, params)
             for task in b.tasks:
@@ -173,14 +210,17 @@ def run() -> dict[str, pd.DataFrame]:
                 for target in b.targets:
                     frame = labels[task, target]
                     at = position[frame["text_id"]].to_numpy()
-                    row = cross_model_cell(task, source, target, frame, codes.iloc[at].reset_index(drop=True),
-                                           hidden.iloc[at].reset_index(drop=True), width, params)
+                    row, rows = cross_model_cell(task, source, target, frame, codes.iloc[at].reset_index(drop=True),
+                                                 hidden.iloc[at].reset_index(drop=True), width, params)
                     model_rows.append(row)
+                    predictions += rows
                     _log_cell(f"{task}:{source}->{target}", row, {"layer": cell.layer, "width": cell.width})
                     log.info("%s: %s -> %s: %s macro F1 %s", task, source, target, row["status"], row.get("macro_f1"))
             for task, frame in languages.items():
                 codes, _, width = featurize(frame["text"].tolist())
-                for row in cross_lingual_cells(task, source, frame, codes, width, params):
+                rows, fits = cross_lingual_cells(task, source, frame, codes, width, params)
+                predictions += fits
+                for row in rows:
                     lingual_rows.append(row)
                     _log_cell(f"{task}:{source}:{row['train_lang']}->{row['test_lang']}", row,
                               {"layer": cell.layer, "width": cell.width})
@@ -188,18 +228,19 @@ def run() -> dict[str, pd.DataFrame]:
             gc.collect()  # one model in memory at a time
         tables = {"cross_model": pd.DataFrame(model_rows).reindex(columns=CROSS_MODEL_COLUMNS),
                   "cross_lingual": pd.DataFrame(lingual_rows).reindex(columns=CROSS_LINGUAL_COLUMNS)}
-        write_outputs(tables)
+        write_outputs(tables, predictions)
         _log_artifacts()
     log.info("transfer: %d cross-model and %d cross-lingual cells in %.0f s", len(model_rows), len(lingual_rows),
              time.perf_counter() - started)
     return tables
 
 
-def write_outputs(tables: dict[str, pd.DataFrame]) -> None:
+def write_outputs(tables: dict[str, pd.DataFrame], predictions: list[pd.DataFrame]) -> None:
+    write_parquet(paths.transfer_predictions(),
+                  pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame(columns=KEYS))
     levels = {"cross_model": ["task", "source", "target"], "cross_lingual": ["task", "model", "test_lang"]}
     for matrix, table in tables.items():
-        with atomic_path(paths.transfer_table(matrix)) as tmp:
-            table.to_csv(tmp, index=False)
+        write_csv(paths.transfer_table(matrix), table)
         ran = table
         if matrix == "cross_lingual":  # the JSON holds the zero-shot row of each task's first language
             first = table.groupby(["task", "model"])["train_lang"].transform("first")
@@ -219,11 +260,10 @@ def _log_cell(name: str, row: dict[str, Any], cell: dict[str, Any]) -> None:
 
 
 def _log_artifacts() -> None:
-    import mlflow
-
     for matrix in ("cross_model", "cross_lingual"):
         for path in (paths.transfer_table(matrix), paths.transfer_table(matrix).with_suffix(".png")):
-            mlflow.log_artifact(str(path), artifact_path="transfer")
+            tracking.log_artifact(path, "transfer")
+    tracking.log_artifact(paths.transfer_predictions(), "predictions")
 
 
 def main(argv: list[str] | None = None) -> int:

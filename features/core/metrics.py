@@ -1,4 +1,4 @@
-"""Classification metrics of a probe, intervals over seeds and stratified training-curve subsets.
+"""Classification metrics of a probe and stratified training-curve subsets.
 
 Macro F1 is the headline (the paper's primary metric); accuracy and ROC AUC (binary, or one-vs-rest
 macro for more classes) come beside it. A metric that is undefined on a test set, such as ROC AUC
@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from features.errors import SaefsError
@@ -63,20 +62,6 @@ def _roc_auc(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[int] | No
     if len(classes) == 2:
         return float(roc_auc_score(y_true == classes[1], y_score[:, 1]))
     return float(np.mean([roc_auc_score(y_true == c, y_score[:, column[c]]) for c in present.tolist()]))
-
-
-def summarize_seeds(values: Sequence[float]) -> dict[str, float]:
-    """Mean and a 95% Student-t interval over seeds: mean ± t(0.975, n-1) · sd / sqrt(n); n=1 gives a point."""
-    array = np.asarray(values, dtype=float)
-    if array.ndim != 1 or not len(array):
-        raise SaefsError(f"summarize_seeds needs a non-empty list of numbers, got {values!r}")
-    if not np.isfinite(array).all():
-        raise SaefsError(f"summarize_seeds got non-finite values {values!r}: drop failed seeds first")
-    mean = float(array.mean())
-    if len(array) == 1:
-        return {"mean": mean, "low": mean, "high": mean, "n": 1}
-    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, len(array) - 1) * array.std(ddof=1) / np.sqrt(len(array)))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(array)}
 
 
 def training_curve_fractions(y: Any, fractions: Sequence[float], seed: int,

@@ -17,7 +17,7 @@ fit's interval is a percentile bootstrap over its test texts.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,20 @@ def fit_predict(estimator: Any, X: Any, y: np.ndarray, text_ids: np.ndarray, res
                              "converged": converged})
         parts.append(part.assign(**{proba_column(c): proba[:, i] for i, c in enumerate(labels)}))
     return pd.concat(parts, ignore_index=True)
+
+
+def fit_resamples(make: Callable[[int], Any], X: Any, y: np.ndarray, text_ids: np.ndarray,
+                  splits: Sequence[Resample], *, fit: str, labels: Sequence[Any], cv: int,
+                  subset: Callable[[Resample], np.ndarray] | None = None) -> tuple[pd.DataFrame, Any]:
+    """`fit_predict` a fresh `make(resample index)` on every resample (on `subset(resample)` of its training
+    part, if given): the fit's prediction rows, and its resample-0 estimator (the one that is logged)."""
+    first, rows = None, []
+    for resample in splits:
+        estimator = make(resample.index)
+        rows.append(fit_predict(estimator, X, y, text_ids, resample, fit=fit, labels=labels, cv=cv,
+                                train=subset(resample) if subset else None))
+        first = estimator if first is None else first
+    return pd.concat(rows, ignore_index=True), first
 
 
 def _rows(X: Any, mask: np.ndarray) -> Any:

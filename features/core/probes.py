@@ -15,7 +15,7 @@ unseen by them; the stateless steps (columns, binarize) run once, before it.
 
 Estimators follow scikit-learn's contract, so the fitted pipeline logs with `mlflow.sklearn`
 (skops format) and serves the same frame it was trained on. What a fitted probe chose is read
-through `chosen_params`, `validation_score`, `selected_latents` and `explain`, never its steps.
+through `chosen_params`, `selected_latents` and `explain`, never its steps.
 """
 
 from __future__ import annotations
@@ -267,14 +267,6 @@ def chosen_params(probe: Pipeline) -> dict[str, Any]:
     """The hyperparameters a fitted probe's search chose, without the step prefix: {'C': 0.1}."""
     best = _search(probe).best_params_
     return {key.split("__", 1)[-1]: value for key, value in best.items()}
-
-
-def validation_score(estimator: Any) -> float | None:
-    """A fitted probe's inner-CV score of the hyperparameters it chose (macro F1 unless `scoring` says
-    otherwise); None for an estimator without a search (the baselines)."""
-    if not (isinstance(estimator, Pipeline) and SEARCH_STEP in estimator.named_steps):
-        return None
-    return float(_search(estimator).best_score_)
 
 
 def selected_latents(probe: Pipeline) -> np.ndarray:

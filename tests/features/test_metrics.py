@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from features.core.metrics import classification_metrics, summarize_seeds, training_curve_fractions
+from features.core.metrics import classification_metrics, training_curve_fractions
 from features.errors import SaefsError
 
 
@@ -49,18 +49,6 @@ def test_metric_inputs_are_checked() -> None:
         classification_metrics([0, 1], [0])
     with pytest.raises(SaefsError, match=r"predict_proba's \[n, K\]"):
         classification_metrics([0, 1, 2], [0, 1, 2], [0.1, 0.5, 0.9], labels=[0, 1, 2])
-
-
-def test_seed_interval_is_a_student_t_interval() -> None:
-    # mean 2, sd 1, n 3: half-width t(0.975, 2) / sqrt(3) = 4.302653 / 1.732051 = 2.484138
-    summary = summarize_seeds([1.0, 2.0, 3.0])
-    assert summary["mean"] == pytest.approx(2.0) and summary["n"] == 3
-    assert summary["low"] == pytest.approx(2 - 2.484138, abs=1e-6)
-    assert summary["high"] == pytest.approx(2 + 2.484138, abs=1e-6)
-    assert summarize_seeds([0.8]) == {"mean": 0.8, "low": 0.8, "high": 0.8, "n": 1}
-    assert summarize_seeds([0.7, 0.7])["low"] == pytest.approx(0.7)
-    with pytest.raises(SaefsError, match="non-empty"):
-        summarize_seeds([])
 
 
 def test_training_curve_subsets_are_stratified_nested_and_seeded() -> None:

@@ -64,7 +64,7 @@ def tiny_params() -> dict:
                                   "tasks": {"items": {"source": "file:items.csv", "format": "letter_lines",
                                                       "max_items": 60}}}
     params["transfer"] |= {"sources": {"tiny": {"layer": 2, "width": "64"}}, "pair": ["tiny", "tiny"],
-                           "max_tokens": 24, "C_grid": [0.1, 1.0], "cv_folds": 3, "seeds": 1,
+                           "max_tokens": 24, "C_grid": [0.1, 1.0], "cv_folds": 3, "resamples": 2,
                            "cross_lingual": {"xl": {"languages": {"en": {"source": "file:en.csv"},
                                                                   "fr": {"source": "file:fr.csv"}},
                                                     "labels": [0, 1], "max_rows": 60}}}
@@ -198,6 +198,10 @@ def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -
     assert cross_model[["task", "source", "target"]].values.tolist() == [["items", "tiny", "tiny"]]
     lingual = pd.read_csv(scratch / paths.transfer_table("cross_lingual"))
     assert len(lingual) == 4 and set(lingual["test_lang"]) == {"en", "fr"}
+    predictions = pd.read_parquet(scratch / paths.transfer_predictions())
+    ran = cross_model[cross_model["status"] == "ok"]
+    assert {f"items:tiny->tiny:{probe}" for probe in ("sae", "majority")} <= set(predictions["fit"]) or ran.empty
+    assert "xl:tiny:en->fr:sae" in set(predictions["fit"]) and {"roc_auc", "recall_at_1fpr"} <= set(lingual.columns)
     assert (scratch / "plots/transfer/cross_lingual.png").is_file()
     shown = dvc(scratch, "metrics", "show")
     assert "metrics/transfer/cross_lingual.json" in shown and "metrics/behaviour_labels/tiny/items.json" in shown

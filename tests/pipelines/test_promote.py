@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
 from features.core.probes import make_probe
 from features.errors import SaefsError
@@ -190,20 +191,24 @@ def test_a_challenger_as_good_as_the_champion_passes_the_comparison(versus_champ
     assert report["versus_champion"]["difference"] == 0 and "ok minus_champion_low" in report["decision"]
 
 
-def test_a_champion_that_cannot_be_rescored_fails_the_gate_closed(versus_champion, monkeypatch) -> None:
+@pytest.mark.parametrize("error", [SaefsError("feature service 'old__cell' is not in the registry"),
+                                   MlflowException("No such artifact: ''")])
+def test_a_champion_that_cannot_be_rescored_is_replaced_and_the_report_says_why(versus_champion, monkeypatch,
+                                                                                 error) -> None:
     params, uri, _ = versus_champion
     write_predictions(params, np.arange(N_TEST) % 2)
     write_results(params, uri, sae_f1=0.95, hidden_f1=0.9)
     promote.run("spam")
 
     def gone(*args):
-        raise SaefsError("feature service 'old__cell' is not in the registry")
+        raise error  # its feature view, or its model's artifacts, are gone: it cannot serve either
 
     monkeypatch.setattr(promote, "champion_predictions", gone)
     report = promote.run("spam")
-    assert not report["promoted"] and report["champion"] == 1
-    assert "non_inferiority_margin: null" in report["versus_champion"]["error"]
-    assert "FAIL minus_champion_low" in report["decision"]
+    assert report["promoted"] and report["champion"] == 2
+    versus = report["versus_champion"]
+    assert versus["low"] is None and versus["error"].startswith("champion v1 (spam__cell) cannot be rescored")
+    assert "minus_champion_low" not in report["decision"]
 
 
 def test_a_stale_prediction_file_is_refused_by_name(versus_champion) -> None:
