@@ -40,7 +40,16 @@ from features.core.naming import sae_name
 from features.core.predictions import KEYS, Resample, fit_resamples, resamples, summarize
 from features.core.prepare import PrepareConfig, prepare
 from features.core.probes import make_majority_baseline, make_probe, make_tfidf_baseline
-from features.core.transfer import codes_frame, cross_lingual_splits, heatmap, hidden_frame, skip_reason
+from features.core.transfer import (
+    CROSS_LINGUAL_COLUMNS,
+    CROSS_MODEL_COLUMNS,
+    SCORES,
+    codes_frame,
+    cross_lingual_splits,
+    heatmap,
+    hidden_frame,
+    skip_reason,
+)
 from features.errors import SaefsError
 from features.forward.extract import extract
 from features.sources.datasets import load_source
@@ -53,12 +62,6 @@ from pipelines.params import CrossLingualTask, Params, load_params
 
 log = logging.getLogger("saefs.transfer")
 
-SCORES = ("macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc", "roc_auc_low", "roc_auc_high", "recall_at_1fpr",
-          "recall_at_5fpr")
-CROSS_MODEL_COLUMNS = ["task", "source", "target", *SCORES, "hidden_f1", "tfidf_f1", "majority_f1", "n_train",
-                       "n_test", "resamples", "not_converged", "status"]
-CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *SCORES, "majority_f1", "n_train", "n_test",
-                         "resamples", "not_converged", "status"]
 
 
 def language_frames(task: str, spec: CrossLingualTask, params: Params) -> pd.DataFrame:

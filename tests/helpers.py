@@ -6,6 +6,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from features.core.prepare import PrepareConfig
@@ -46,3 +48,23 @@ def write_params(folder: Path, raw: dict[str, Any]) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def planted_predictions(accuracy: dict[str, float], y: np.ndarray, resamples: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Prediction rows (test and val) of fits whose predictions are right on a planted share of texts; every
+    fit sees the same splits, and a text's difficulty is shared across fits, as on real data."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"t{i}" for i in range(len(y))])
+    luck = rng.random(len(y))  # the same texts are hard for every fit: the pairing the tests rely on
+    parts = []
+    for r in range(resamples):
+        test = rng.permutation(len(y)) < len(y) // 4
+        for fit, share in accuracy.items():
+            right = (luck + 0.05 * rng.random(len(y))) % 1 < share
+            y_pred = np.where(right, y, 1 - y)
+            for split, rows in (("test", test), ("val", ~test)):
+                parts.append(pd.DataFrame({
+                    "fit": fit, "resample": r, "split": split, "text_id": ids[rows], "y_true": y[rows],
+                    "y_pred": y_pred[rows], "converged": True, "proba_0": np.where(y_pred[rows] == 0, 0.8, 0.2),
+                    "proba_1": np.where(y_pred[rows] == 1, 0.8, 0.2) + 0.01 * rng.random(rows.sum())}))
+    return pd.concat(parts, ignore_index=True)

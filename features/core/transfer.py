@@ -22,6 +22,15 @@ from features.stores.files import atomic_path
 
 Masks = list[tuple[np.ndarray, np.ndarray]]  # (train rows, test rows) as boolean masks, one pair per run
 
+# The transfer CSVs' contract (the stage writes it, the report checks it): a cell's scores, means over
+# resamples with their 95% intervals, and why a cell did not run (`status`).
+SCORES = ("macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc", "roc_auc_low", "roc_auc_high", "recall_at_1fpr",
+          "recall_at_5fpr")
+CROSS_MODEL_COLUMNS = ["task", "source", "target", *SCORES, "hidden_f1", "tfidf_f1", "majority_f1", "n_train",
+                       "n_test", "resamples", "not_converged", "status"]
+CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *SCORES, "majority_f1", "n_train", "n_test",
+                         "resamples", "not_converged", "status"]
+
 
 def cross_lingual_splits(langs: Sequence[str], y: Sequence[int], folds: int,
                          seed: int) -> Iterator[tuple[str, str, Masks]]:

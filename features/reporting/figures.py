@@ -1,4 +1,5 @@
-"""The report's figures as inline SVG text: F1 with 95% whiskers per dataset panel, curves, heatmaps.
+"""The report's figures as inline SVG text: F1 with 95% whiskers per dataset panel, paired differences, curves,
+heatmaps.
 
 SVGs are written without a date and with a fixed id salt, so an unchanged table gives a
 byte-identical figure and DVC sees no change.
@@ -7,6 +8,7 @@ byte-identical figure and DVC sees no change.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import matplotlib
 
@@ -53,22 +55,44 @@ def _whiskers(frame: pd.DataFrame) -> np.ndarray:
     return np.vstack([frame["macro_f1"] - frame["macro_f1_low"], frame["macro_f1_high"] - frame["macro_f1"]])
 
 
-def forest(table: pd.DataFrame, label: list[str], title: str) -> str:
-    """One panel per dataset: a dot per row of `table` at its test macro F1, whiskers at its 95% interval."""
+def _rows_per_dataset(table: pd.DataFrame, label: list[str], title: str, xlabel: str,
+                      draw: Callable[[plt.Axes, pd.DataFrame, np.ndarray], None]) -> str:
+    """One panel per dataset, a row per line of `table` labelled by its `label` columns; `draw` plots a panel."""
     datasets = sorted(table["dataset"].unique())
     rows = max(table.groupby("dataset").size())
     fig, axes = _panels(len(datasets), 4.8, 0.7 + 0.2 * rows)
     for ax, dataset in zip(axes, datasets, strict=True):
         part = table[table["dataset"] == dataset].reset_index(drop=True)
         y = np.arange(len(part))
-        ax.errorbar(part["macro_f1"], y, xerr=_whiskers(part).clip(min=0), fmt="o", ms=3, capsize=2)
+        draw(ax, part, y)
         ax.set_yticks(y, [" ".join(str(part.loc[i, c]) for c in label) for i in y])
         ax.invert_yaxis()
         ax.set_title(dataset)
-        ax.set_xlabel("test macro F1")
+        ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return to_svg(fig)
+
+
+def forest(table: pd.DataFrame, label: list[str], title: str) -> str:
+    """One panel per dataset: a dot per row of `table` at its test macro F1, whiskers at its 95% interval."""
+    def draw(ax: plt.Axes, part: pd.DataFrame, y: np.ndarray) -> None:
+        ax.errorbar(part["macro_f1"], y, xerr=_whiskers(part).clip(min=0), fmt="o", ms=3, capsize=2)
+
+    return _rows_per_dataset(table, label, title, "test macro F1", draw)
+
+
+def differences(table: pd.DataFrame, label: list[str], title: str, xlabel: str) -> str:
+    """One panel per dataset: a paired difference per row (`difference`, 95% `low`/`high`), a line at zero;
+    a filled dot where the Holm-corrected p-value is below 0.05."""
+    def draw(ax: plt.Axes, part: pd.DataFrame, y: np.ndarray) -> None:
+        whiskers = np.vstack([part["difference"] - part["low"], part["high"] - part["difference"]]).clip(min=0)
+        ax.errorbar(part["difference"], y, xerr=whiskers, fmt="none", capsize=2, ecolor="0.4")
+        significant = (part["p_holm"] < 0.05).to_numpy()
+        ax.scatter(part["difference"], y, s=12, c=np.where(significant, "C3", "white"), edgecolors="C3", zorder=3)
+        ax.axvline(0, color="0.5", linewidth=0.8)
+
+    return _rows_per_dataset(table.dropna(subset=["difference"]), label, title, xlabel, draw)
 
 
 def lines(table: pd.DataFrame, x: str, series: list[str], xlabel: str, title: str) -> str:

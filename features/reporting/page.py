@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import jinja2
 import pandas as pd
 
-from features.reporting import figures, paper
+from features.core.predictions import INTERVALS
+from features.reporting import comparisons, figures, paper
 from features.reporting import report as tables
 from features.reporting.report import RunInputs
 
@@ -47,10 +48,19 @@ def _setup_section(inputs: RunInputs) -> Section:
         f"Profile {setup.get('profile', '?')}. Every number below was produced by these models, SAEs and "
         "data, not by the paper's Gemma 2 and Gemma Scope; the section 'This run beside the paper' sets the two "
         "side by side.",
-        f"Probes: logistic regression, C chosen by cross-validation on the training split; each cell fitted with "
-        f"{setup.get('probe_seeds', '?')} seeds (CV shuffles). A 'best' cell is chosen on validation macro F1, "
-        "never on test. Intervals are 95% Student-t intervals over those seeds: they show how much the fit moves, "
-        "not how much a new test sample would.",
+        f"Probes: logistic regression, C chosen by cross-validation on each training part only; every cell, "
+        f"baseline and curve point is fitted on {setup.get('probe_resamples', '?')} stratified train/test splits "
+        "of the same texts (the first is the prepared split, the fit that is logged and may be registered). A "
+        "'best' cell is chosen on validation macro F1 (out-of-fold on the training part), never on test. Scores "
+        f"are means over the splits; intervals: {INTERVALS['resamples']} (with one split: "
+        f"{INTERVALS['logged']}). Comparisons are paired on the same splits and texts, Holm-corrected over every "
+        "p-value this report prints.",
+        f"What each probe saw: the language model (so every SAE and hidden-state probe) reads the first "
+        f"{setup.get('max_tokens', '?')} tokens of a text; `tfidf` reads the whole text and `tfidf_truncated` "
+        "the same tokens the model read. Hidden-state probes read the last token (`hidden last`, the paper's "
+        "baseline) or the mean over tokens (`hidden mean`), reported separately. AUROC, and recall at 1% and 5% "
+        "false positive rate (the threshold set on validation texts of the negative class; binary tasks only), "
+        "stand beside macro F1.",
     ]
     if smallest:
         sizes = f"{smallest}" if smallest == max(n_test.values()) else f"{smallest}-{max(n_test.values())}"
@@ -64,10 +74,10 @@ def _setup_section(inputs: RunInputs) -> Section:
                            for caption, items in described if items])
 
 
-def _seeds_note(cells: pd.DataFrame) -> str:
-    seeds = sorted(cells["seeds"].unique())
-    return (f"Test macro F1, mean over {'/'.join(str(s) for s in seeds)} seeds; whiskers and brackets: 95% "
-            "interval over seeds; each point is the cell chosen on validation.")
+def _note(cells: pd.DataFrame) -> str:
+    resamples = sorted(cells["resamples"].unique())
+    return (f"Test macro F1, mean over {'/'.join(str(r) for r in resamples)} resampled splits; whiskers and "
+            f"brackets: {INTERVALS['resamples']}; each point is the cell chosen on validation.")
 
 
 def _transfer_section(anchor: str, title: str, frame: pd.DataFrame | None, kind: str, intro: str, panel: list[str],
@@ -78,8 +88,8 @@ def _transfer_section(anchor: str, title: str, frame: pd.DataFrame | None, kind:
         section.paragraphs.append(f"Not produced yet: plots/transfer/{kind}.csv (the transfer stage writes it; "
                                   "`dvc repro transfer`). This section fills in when it exists.")
         return section
-    section.paragraphs.append(intro + " 95% intervals as the transfer stage reports them; skipped cells say why "
-                              "in the table.")
+    section.paragraphs.append(intro + f" Intervals: {INTERVALS['resamples']} where a cell has several splits, "
+                              f"else {INTERVALS['logged']}; skipped cells say why in the table.")
     for keys, part in frame.groupby(panel, sort=True):
         name = " ".join(map(str, keys))
         shown = part.assign(macro_f1=part["macro_f1"].where(part["status"] == "ok"))
@@ -91,6 +101,8 @@ def _transfer_section(anchor: str, title: str, frame: pd.DataFrame | None, kind:
 
 
 def _transfer_sections(inputs: RunInputs) -> list[Section]:
+    tasks = inputs.setup.get("cross_lingual", {})
+    named = "; ".join(f"{task}: {what}" for task, what in tasks.items())
     return [
         _transfer_section("cross-model", "Cross-model transfer: one model's features predict another's behaviour",
                           inputs.cross_model, "cross_model", "Rows: the model whose features the probe reads "
@@ -98,42 +110,69 @@ def _transfer_sections(inputs: RunInputs) -> list[Section]:
                           ["task"], "source", "target"),
         _transfer_section("cross-lingual", "Cross-lingual transfer: train on one language, test on another",
                           inputs.cross_lingual, "cross_lingual", "Rows: training language; columns: test language "
-                          "(zero-shot off the diagonal).", ["task", "model"], "train_lang", "test_lang"),
+                          f"(zero-shot off the diagonal). The tasks: {named or 'none in this profile'}.",
+                          ["task", "model"], "train_lang", "test_lang"),
     ]
+
+
+def _comparisons_section(paired: pd.DataFrame, gaps: pd.DataFrame) -> Section:
+    """The paired tests: best SAE against the best dense, last-token hidden and TF-IDF probes, and per layer."""
+    section = Section("comparisons", "Paired comparisons: where SAE features win, lose or tie", [
+        "Per (dataset, model), and per dataset over every model (scope 'dataset'; fits named model/cell), the "
+        "best SAE probe minus the best dense probe, the last-token hidden-state probe (the paper's baseline) "
+        "and TF-IDF, on macro F1 and AUROC, on the same splits and texts. difference: mean over splits; "
+        f"low/high: {INTERVALS['resamples']}; p: paired test; p_holm: Holm-corrected over every comparison and "
+        "detection gap in this report. A difference is called only where p_holm < 0.05.",
+        "Detection gap per layer: the best dense probe minus the best SAE probe at that layer (positive: the "
+        "SAE loses information the hidden state holds)."])
+    if paired["difference"].notna().any():
+        section.figures.append(("Paired differences (SAE minus the other): dot at the mean over splits, whiskers "
+                                "at the 95% interval; filled where p_holm < 0.05.",
+                                figures.differences(paired, ["model", "comparison", "metric"],
+                                                    "Best SAE probe against the baselines",
+                                                    "SAE minus the other (paired, same texts)")))
+    if gaps["gap"].notna().any():
+        section.figures.append(("Detection gap per layer (dense minus SAE, macro F1): whiskers at the 95% "
+                                "interval; filled where p_holm < 0.05.",
+                                figures.differences(gaps.rename(columns={"gap": "difference"}).assign(
+                                    at="L" + gaps["layer"].astype(str)), ["model", "at"], "Detection gap by layer",
+                                    "dense minus SAE (paired, same texts)")))
+    section.tables += [("Paired comparisons", paired.dropna(axis=1, how="all")),
+                       ("Detection gap per layer", gaps.dropna(axis=1, how="all"))]
+    return section
 
 
 def build_sections(inputs: RunInputs) -> list[Section]:
     cells = tables.cells_frame(inputs.probes)
-    note = _seeds_note(cells)
+    note = _note(cells)
     best = tables.best_config_table(inputs.promotion)
     baselines = tables.baselines_table(cells, inputs.probes)
-    losses = tables.losses(cells, inputs.probes)
-    comparison = paper.compare(best, cells, inputs.cross_model, inputs.setup.get("summary", ""))
+    paired, gaps = comparisons.with_holm(comparisons.paired_table(cells, inputs.predictions, inputs.labels),
+                                         comparisons.detection_gaps(cells, inputs.predictions, inputs.labels))
+    comparison = paper.compare(best, cells, inputs.cross_model, inputs.setup.get("summary", ""),
+                               inputs.setup.get("paper_profile", {}))
     layers, pooling, widths = tables.layer_table(cells), tables.pooling_table(cells), tables.width_table(cells)
     curve = tables.curve_table(inputs.probes)
     quality = tables.sae_quality_table(inputs.sae_quality, inputs.sae_training)
     summary = tables.sae_quality_summary(quality)
 
     def columns(keys: list[str]) -> list[str]:
-        return ["dataset", "model", *keys, "cell", "macro_f1", "macro_f1_low", "macro_f1_high", "val_macro_f1", "seeds"]
+        return ["dataset", "model", *keys, "cell", *tables.F1, *tables.SAFETY, "val_macro_f1", "resamples"]
 
-    lose_text = ("The best SAE probe (by validation) scores below a baseline on test in these (dataset, model) "
-                 "pairs; 'separated' means the baseline's interval lies wholly above the SAE probe's."
-                 if len(losses) else "The best SAE probe is at or above the hidden-state and TF-IDF baselines on "
-                 "every (dataset, model).")
     sections = [
         _setup_section(inputs),
         Section("best", "Best configuration per dataset",
                 ["The probe `promote` registered as challenger (best validation macro F1 over every model and SAE "
-                 "cell), its test score, and what it was compared with; champion is the registered version that "
+                 "cell), its test scores, and what it was compared with; champion is the registered version that "
                  "passed the gates."],
                 tables=[("Best SAE probe per dataset", with_interval(best))]),
         Section("paper", "This run beside the paper",
                 ["Paper values are those Gallifant et al. (EMNLP 2025, arXiv 2502.11367) report. 'This run' "
                  "names the models and data that produced each of our numbers; they are not the paper's, so a "
-                 "verdict says whether the claim's shape holds here, not whether a number matches.", lose_text],
-                tables=[("Paper numbers and this run's counterparts", comparison),
-                        ("Where SAE features lose", losses)]),
+                 "verdict says whether the claim's shape holds here, not whether a number matches. Whether SAE "
+                 "features beat a baseline is decided by the paired comparisons below, not by these means."],
+                tables=[("Paper numbers and this run's counterparts", comparison)]),
+        _comparisons_section(paired, gaps),
         Section("layers", "Macro F1 by layer",
                 ["Per layer, the best SAE cell (over width, pooling and binarization) and the best hidden-state "
                  "probe (last or mean token), each chosen on validation."],
@@ -152,22 +191,23 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                 tables=[("By SAE width", with_interval(widths[columns(["width", "layer"])]))],
                 figures=[(note, figures.forest(widths, ["model", "width"], "SAE width"))]),
         Section("baselines", "SAE against hidden-state and TF-IDF baselines",
-                ["Best SAE and hidden-state probes (validation), the decision tree and top-k latent selection on "
-                 "the best SAE cell, and TF-IDF and majority baselines on the same split."],
+                ["The best SAE probe and the best last-token and mean-pooled hidden-state probes (validation), the "
+                 "decision tree and top-k latent selection on the best SAE cell, and TF-IDF (whole text and the "
+                 "model's truncated text) and majority baselines, all on the same splits."],
                 tables=[("Baselines", with_interval(baselines))],
-                figures=[(note + " TF-IDF and majority are deterministic: their intervals have zero width.",
-                          figures.forest(baselines, ["model", "method"], "SAE against baselines"))]),
+                figures=[(note, figures.forest(baselines, ["model", "method"], "SAE against baselines"))]),
         Section("curve", "Training-size curve",
-                ["The best SAE cell of each (dataset, model) refitted on growing stratified subsets of the training "
-                 "split (each seed draws its own nested subsets and CV folds) and scored on the whole test split."],
+                ["The best SAE cell of each (dataset, model) refitted on growing stratified subsets of each split's "
+                 "training part (nested within a split) and scored on that split's whole test part."],
                 tables=[("Training-size curve", with_interval(curve))],
-                figures=[("Test macro F1 against training rows: mean over seeds with 95% whiskers.",
+                figures=[(f"Test macro F1 against training rows: mean over the splits, whiskers at the "
+                          f"{INTERVALS['resamples']}.",
                           figures.lines(curve, "train_rows", ["model"], "training rows", "Training-size curve"))]),
         *_transfer_sections(inputs),
         Section("sae-quality", "SAE quality per layer",
                 [f"Each SAE's fraction of variance explained, L0 and dead-latent fraction on every dataset's tokens "
                  f"(extract). SAE training seed {inputs.setup.get('sae_seed', '?')}, one SAE per (layer, width): the "
-                 "whiskers span the datasets, not seeds."],
+                 "whiskers span the datasets."],
                 tables=[("Per SAE, over datasets", summary), ("Per SAE and dataset", quality)],
                 figures=[("Variance explained per SAE: mean over datasets, whiskers at min and max.",
                           figures.quality_bars(summary, "SAE variance explained"))]),

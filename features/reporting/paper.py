@@ -2,11 +2,13 @@
 
 Each claim this run can speak to gets this run's figure, the models and data that produced it,
 and a plain verdict; claims on datasets or modalities the run does not have say so instead of
-borrowing a number from a different task.
+borrowing a number from a different task, and say whether the paper profile has them, read from
+that profile itself (the datasets, behaviour tasks and cross-lingual tasks it names).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,6 +22,7 @@ class PaperNumber:
     quantity: str
     value: str
     setup: str  # the paper's models and data behind the value
+    about: tuple[str, ...] = ()  # words naming its data, matched against the paper profile's names
 
 
 GEMMA2 = "Gemma 2 2B/9B, Gemma Scope JumpReLU SAEs (16k-1m)"
@@ -30,17 +33,24 @@ PAPER_NUMBERS = (
     PaperNumber(4, "binarized >= non-binarized", "qualitative", f"{GEMMA2} [abstract]"),
     PaperNumber(5, "best mean configuration over datasets", "bin 1.0 + sum + L12 + 16k: 0.802 ± 0.143",
                 "Gemma 2 2B/9B, mean ± sd over the repo's datasets [MOSAIC results]"),
-    PaperNumber(6, "reject_prompts / jailbreak / election, best SAE", "1.00 / 1.00 / 1.00", f"{GEMMA2} [MOSAIC]"),
+    PaperNumber(6, "reject_prompts / jailbreak / election, best SAE", "1.00 / 1.00 / 1.00", f"{GEMMA2} [MOSAIC]",
+                ("reject", "jailbreak", "election")),
     PaperNumber(7, "toxicity, best SAE (hidden)", "0.972 (0.966)",
-                "textdetox multilingual toxicity, pooled languages, Gemma 2 [MOSAIC]"),
-    PaperNumber(8, "translated toxicity", "0.970", "AIM-Harvard English MT of textdetox [MOSAIC]"),
-    PaperNumber(9, "banking77 / massive-scenario / massive-intent", "0.916 / 0.906 / 0.831", f"{GEMMA2} [MOSAIC]"),
-    PaperNumber(10, "tweet sentiment multilingual / stance abortion", "0.857 / 0.778", f"{GEMMA2} [MOSAIC]"),
-    PaperNumber(11, "9B-IT NQ-Swap correctness", "0.871", "Gemma 2 features, 9B-IT behaviour labels [MOSAIC]"),
+                "textdetox multilingual toxicity, pooled languages, Gemma 2 [MOSAIC]", ("toxic",)),
+    PaperNumber(8, "translated toxicity", "0.970", "AIM-Harvard English MT of textdetox [MOSAIC]",
+                ("translated",)),
+    PaperNumber(9, "banking77 / massive-scenario / massive-intent", "0.916 / 0.906 / 0.831", f"{GEMMA2} [MOSAIC]",
+                ("banking", "massive")),
+    PaperNumber(10, "tweet sentiment multilingual / stance abortion", "0.857 / 0.778", f"{GEMMA2} [MOSAIC]",
+                ("sentiment", "stance")),
+    PaperNumber(11, "9B-IT NQ-Swap correctness", "0.871", "Gemma 2 features, 9B-IT behaviour labels [MOSAIC]",
+                ("nq_swap", "nqswap")),
     PaperNumber(12, "PubMedQA correctness 2B / 9B / 9B-IT targets, SAE (hidden)",
-                "0.713 / 0.675 / 0.631 (0.85 / 0.85 / 0.77)", "Gemma 2 2B features [MOSAIC]"),
-    PaperNumber(13, "vision-tower baselines flowers / food / CIFAR-100", "0.98 / 0.98 / 0.79", "PaliGemma 2 [MOSAIC]"),
-    PaperNumber(14, "election_questions 2B L12 16k, SAE vs hidden", "0.990 vs 0.976", "Gemma 2 2B [MOSAIC notebook]"),
+                "0.713 / 0.675 / 0.631 (0.85 / 0.85 / 0.77)", "Gemma 2 2B features [MOSAIC]", ("pubmed",)),
+    PaperNumber(13, "vision-tower baselines flowers / food / CIFAR-100", "0.98 / 0.98 / 0.79", "PaliGemma 2 [MOSAIC]",
+                ("flowers", "food", "cifar")),
+    PaperNumber(14, "election_questions 2B L12 16k, SAE vs hidden", "0.990 vs 0.976", "Gemma 2 2B [MOSAIC notebook]",
+                ("election",)),
 )
 TOXICITY_WORDS = ("toxic", "hate", "offensive")
 
@@ -53,12 +63,18 @@ def _list(items: list[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
+def held_by(number: PaperNumber, profile: Mapping[str, Sequence[str]]) -> list[str]:
+    """The names in `profile` ({kind: names}, e.g. the paper profile's datasets) that a paper number is about."""
+    return [f"{kind} {name}" for kind, names in profile.items() for name in names
+            if any(word in name.lower() for word in number.about)]
+
+
 def compare(best: pd.DataFrame, cells: pd.DataFrame, cross_model: pd.DataFrame | None,
-            run_setup: str) -> pd.DataFrame:
+            run_setup: str, paper_profile: Mapping[str, Sequence[str]]) -> pd.DataFrame:
     """One row per paper number: this run's value, its models and data, and a verdict.
 
     `best` is report.best_config_table, `cells` report.cells_frame; `run_setup` names this run's models,
-    SAEs and data in a few words.
+    SAEs and data in a few words; `paper_profile` the names profiles/paper.yaml holds, by kind.
     """
     n = len(best)
     below = sorted(best.loc[best["macro_f1"] <= 0.8, "dataset"])
@@ -73,7 +89,8 @@ def compare(best: pd.DataFrame, cells: pd.DataFrame, cross_model: pd.DataFrame |
     beats = best[(best["macro_f1"] > best["hidden_f1"]) & (best["macro_f1"] > best["tfidf_f1"])]
     ours[3] = ("; ".join(f"{r.dataset}: SAE {_f(r.macro_f1)} / hidden {_f(r.hidden_f1)} / TF-IDF {_f(r.tfidf_f1)}"
                          for r in best.itertuples()),
-               f"SAE above both on {len(beats)} of {n} datasets ({_list(list(beats.dataset))})")
+               f"SAE mean above both on {len(beats)} of {n} datasets ({_list(list(beats.dataset))}); the paired "
+               "comparisons say which differences hold")
 
     by_bin = best_by(sae.assign(binarized=sae["binarize"] != "none"), ["dataset", "model", "binarized"])
     pairs = by_bin.pivot_table(index=["dataset", "model"], columns="binarized", values="macro_f1")
@@ -105,10 +122,14 @@ def compare(best: pd.DataFrame, cells: pd.DataFrame, cross_model: pd.DataFrame |
     missing = {12: ("not produced yet", "the transfer stage writes plots/transfer/cross_model.csv"),
                13: ("no counterpart in this run", "no vision model in saefs")}
 
+    def absent(p: PaperNumber) -> tuple[str, str]:
+        held = held_by(p, paper_profile)
+        return ("no counterpart in this run", f"not in this profile; the paper profile has {', '.join(held)}"
+                if held else "neither this profile nor the paper profile has its data")
+
     rows = []
     for p in PAPER_NUMBERS:
-        value, verdict = ours.get(p.number) or missing.get(p.number, (
-            "no counterpart in this run", "its dataset is not in this profile (the paper profile has it)"))
+        value, verdict = ours.get(p.number) or missing.get(p.number) or absent(p)
         rows.append({"#": p.number, "quantity": p.quantity, "paper": p.value, "paper setup": p.setup,
                      "this run": value, "this run setup": run_setup if p.number in ours else "", "verdict": verdict})
     return pd.DataFrame(rows)

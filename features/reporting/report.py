@@ -1,9 +1,10 @@
 """The run's results laid out like the paper's: tidy tables from the stage metrics, and where they differ.
 
-Every table comes from the metrics other stages wrote (probe results per dataset and model, SAE
-quality per dataset, promotion reports, transfer CSVs); nothing here refits. A "best" row is
-chosen on validation macro F1 (as `promote` chooses), and its test macro F1 is reported with the
-95% interval over seeds that `train_probes` recorded.
+Every table comes from what other stages wrote (probe results and per-text predictions per
+dataset and model, SAE quality per dataset, promotion reports, transfer CSVs); nothing here
+refits. A "best" row is chosen on validation macro F1 (as `promote` chooses); its test scores are
+means over the resampled splits `train_probes` fitted, with the intervals it names
+(`features.core.predictions.INTERVALS`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,8 @@ import pandas as pd
 
 from features.errors import SaefsError
 
-CROSS_MODEL_COLUMNS = ["task", "source", "target", "macro_f1", "macro_f1_low", "macro_f1_high", "hidden_f1",
-                       "tfidf_f1", "majority_f1", "n_train", "n_test", "status"]
-CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", "macro_f1", "macro_f1_low", "macro_f1_high",
-                         "majority_f1", "n_train", "n_test", "status"]
 F1 = ["macro_f1", "macro_f1_low", "macro_f1_high"]
+SAFETY = ["roc_auc", "recall_at_1fpr", "recall_at_5fpr"]  # a safety monitor's view, beside macro F1
 
 
 @dataclass(frozen=True)
@@ -29,12 +27,14 @@ class RunInputs:
     """What the report reads, already parsed; `pipelines/report.py` knows where each file lives."""
 
     probes: Mapping[tuple[str, str], dict[str, Any]]  # (dataset, model) -> metrics/train_probes JSON
+    predictions: Mapping[tuple[str, str], pd.DataFrame]  # (dataset, model) -> train_probes prediction rows
+    labels: Mapping[str, list[Any]]  # dataset -> its classes
     sae_quality: Mapping[tuple[str, str], dict[str, Any]]  # (model, dataset) -> metrics/extract JSON
     sae_training: Mapping[str, dict[str, Any]]  # model -> metrics/train_sae JSON
     promotion: Mapping[str, dict[str, Any]]  # dataset -> reports/promotion JSON
     cross_model: pd.DataFrame | None = None  # plots/transfer/cross_model.csv, None until transfer has run
     cross_lingual: pd.DataFrame | None = None
-    setup: dict[str, Any] = field(default_factory=dict)  # profile, models, datasets, SAEs, seeds (from params)
+    setup: dict[str, Any] = field(default_factory=dict)  # profile, models, datasets, SAEs, resamples (params)
 
 
 def check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> pd.DataFrame:
@@ -45,17 +45,22 @@ def check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> pd.D
     return frame
 
 
+def _scores(summary: Mapping[str, Any]) -> dict[str, Any]:
+    return {"resamples": int(summary["resamples"]), **{k: summary.get(k, math.nan) for k in (*F1, *SAFETY)}}
+
+
 def cells_frame(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
-    """One row per probed cell: dataset, model, features (sae/hidden), layer, width, pooling, binarize, F1s."""
+    """One row per probed cell (`fit` names its prediction rows): dataset, model, features (sae/hidden), layer,
+    width, pooling, binarize, and its scores."""
     rows = []
     for (dataset, model), results in probes.items():
         for name, cell in results["cells"].items():
-            rows.append({"dataset": dataset, "model": model, "cell": name,
+            rows.append({"dataset": dataset, "model": model, "cell": name, "fit": name,
                          "features": "hidden" if cell["input"] == "dense" else "sae",
                          "layer": int(cell["layer"]), "width": str(cell["width"]), "pooling": cell["pooling"],
                          "binarize": "none" if cell["binarize"] is None else str(float(cell["binarize"])),
-                         "variant": cell.get("variant", "logreg"), "seeds": int(cell["resamples"]),
-                         "val_macro_f1": cell.get("val_macro_f1", math.nan), **{k: cell[k] for k in F1}})
+                         "variant": cell.get("variant", "logreg"), "val_macro_f1": cell.get("val_macro_f1", math.nan),
+                         **_scores(cell)})
     if not rows:
         raise SaefsError("no probe cells in the train_probes metrics: run `dvc repro train_probes`")
     return pd.DataFrame(rows)
@@ -80,29 +85,25 @@ def width_table(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def baselines_table(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
-    """Per dataset and model: the best SAE and hidden-state probes, top-k selection, tree, TF-IDF, majority."""
-    rows = []
-    best = best_by(cells, ["dataset", "model", "features"])
-    for row in best.itertuples():
-        rows.append({"dataset": row.dataset, "model": row.model, "method": f"{row.features} (best)",
-                     "cell": row.cell, "seeds": row.seeds, **{k: getattr(row, k) for k in F1}})
-    extras = cells[cells["variant"] != "logreg"]
-    for row in extras.itertuples():
-        rows.append({"dataset": row.dataset, "model": row.model, "method": f"sae {row.variant}",
-                     "cell": row.cell, "seeds": row.seeds, **{k: getattr(row, k) for k in F1}})
-    for (dataset, model), results in probes.items():
-        for name, baseline in results["baselines"].items():
-            rows.append({"dataset": dataset, "model": model, "method": name, "cell": name,
-                         "seeds": int(baseline["resamples"]), **{k: baseline[k] for k in F1}})
-    return pd.DataFrame(rows).sort_values(["dataset", "model", "method"]).reset_index(drop=True)
+    """Per dataset and model: the best SAE probe, the best last-token and mean-pooled hidden-state probes (the
+    paper compared with last-token only), top-k selection, tree, TF-IDF on the whole text and on the tokens
+    the LM read (`tfidf_truncated`), and majority."""
+    keep = ["cell", "resamples", *F1, *SAFETY]
+    sae = best_by(cells[cells["features"] == "sae"], ["dataset", "model"]).assign(method="sae (best)")
+    hidden = cells[cells["features"] == "hidden"]
+    hidden = best_by(hidden, ["dataset", "model", "pooling"]).assign(method=lambda f: "hidden " + f["pooling"])
+    extras = cells[cells["variant"] != "logreg"].assign(method=lambda f: "sae " + f["variant"])
+    rows = [{"dataset": dataset, "model": model, "method": name, "cell": name, **_scores(baseline)}
+            for (dataset, model), results in probes.items() for name, baseline in results["baselines"].items()]
+    table = pd.concat([frame[["dataset", "model", "method", *keep]] for frame in (sae, hidden, extras)]
+                      + [pd.DataFrame(rows, columns=["dataset", "model", "method", *keep])])
+    return table.sort_values(["dataset", "model", "method"]).reset_index(drop=True)
 
 
 def curve_table(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
-    """The training-size curve of each (dataset, model)'s best cell: mean and interval over seeds per fraction."""
+    """The training-size curve of each (dataset, model)'s best cell: mean and interval over resamples per fraction."""
     rows = [{"dataset": dataset, "model": model, "cell": results["best_cell"], "fraction": point["fraction"],
-             "train_rows": int(point["train_rows"]), "seeds": point.get("resamples", 1), "macro_f1": point["macro_f1"],
-             "macro_f1_low": point.get("macro_f1_low", point["macro_f1"]),
-             "macro_f1_high": point.get("macro_f1_high", point["macro_f1"])}
+             "train_rows": int(point["train_rows"]), **_scores(point)}
             for (dataset, model), results in probes.items() for point in results["training_curve"]]
     return pd.DataFrame(rows).sort_values(["dataset", "model", "fraction"]).reset_index(drop=True)
 
@@ -114,7 +115,7 @@ def best_config_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
         candidate, hidden = report["candidate"], report["hidden_baseline"]
         baselines = next(iter(report["other_baselines"].values()))  # the same split for every model
         rows.append({"dataset": dataset, "model": candidate["model"], "cell": candidate["cell"],
-                     **{k: candidate[k] for k in F1}, "seeds": candidate["resamples"],
+                     **_scores(candidate),
                      "hidden_cell": hidden["cell"], "hidden_f1": hidden["macro_f1"],
                      "tfidf_f1": baselines["tfidf"]["macro_f1"], "majority_f1": baselines["majority"]["macro_f1"],
                      "champion": f"v{report['champion']}" if report["champion"] is not None else "none",
@@ -145,31 +146,10 @@ def sae_quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
                        dead_fraction=("dead_fraction", "mean"), datasets=("dataset", "count")).reset_index()
 
 
-def losses(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFrame:
-    """Where the best SAE probe (by validation) scores below a baseline on test, and whether intervals separate."""
-    table = baselines_table(cells, probes)
-    rows = []
-    for (dataset, model), group in table.groupby(["dataset", "model"], sort=True):
-        methods = group.set_index("method")
-        if "sae (best)" not in methods.index:
-            continue
-        sae = methods.loc["sae (best)"]
-        for other in ("hidden (best)", "tfidf"):
-            if other not in methods.index or methods.loc[other, "macro_f1"] <= sae["macro_f1"]:
-                continue
-            base = methods.loc[other]
-            rows.append({"dataset": dataset, "model": model, "sae_cell": sae["cell"], "sae_f1": sae["macro_f1"],
-                         "baseline": other.removesuffix(" (best)"), "baseline_cell": base["cell"],
-                         "baseline_f1": base["macro_f1"], "gap": base["macro_f1"] - sae["macro_f1"],
-                         "separated": bool(base["macro_f1_low"] > sae["macro_f1_high"])})
-    return pd.DataFrame(rows, columns=["dataset", "model", "sae_cell", "sae_f1", "baseline", "baseline_cell",
-                                       "baseline_f1", "gap", "separated"])
-
-
 def test_rows(probes: Mapping[tuple[str, str], dict[str, Any]]) -> dict[str, int]:
-    """Test-split size per dataset (the curve's points record it), for the sampling-noise caveat."""
-    return {dataset: int(results["training_curve"][-1]["n"]) for (dataset, _), results in probes.items()
-            if results.get("training_curve") and "n" in results["training_curve"][-1]}
+    """Test-part size per dataset (every cell records it), for the sampling-noise caveat."""
+    return {dataset: int(next(iter(results["cells"].values()))["n_test"]) for (dataset, _), results in probes.items()
+            if results["cells"]}
 
 
 def binomial_half_width(n: int, p: float = 0.8) -> float:
@@ -184,7 +164,7 @@ def plot_tables(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[str, 
         label = frame[parts].astype(str).apply(lambda r: " ".join(prefix.get(k, "") + r[k] for k in parts), axis=1)
         return frame.assign(label=label).reset_index(drop=True)
 
-    keep = ["dataset", "model", "cell", *F1, "seeds"]
+    keep = ["dataset", "model", "cell", *F1, *SAFETY, "resamples"]
     layers, pooling, widths = layer_table(cells), pooling_table(cells), width_table(cells)
     curve = curve_table(probes)
     return {

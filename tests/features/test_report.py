@@ -1,26 +1,29 @@
-"""Report tables, paper comparison and figures on small hand-made metrics."""
+"""Report tables, paired comparisons, paper comparison and figures on small hand-made metrics and predictions."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from features.core.transfer import CROSS_MODEL_COLUMNS
 from features.errors import SaefsError
-from features.reporting import figures, paper, report
+from features.reporting import comparisons, figures, paper, report
 from features.reporting.page import with_interval
+from tests.helpers import planted_predictions
 
 
 def _cell(f1: float, val: float, layer: int = 1, pooling: str = "sum", binarize: float | None = None,
           dense: bool = False, spread: float = 0.01, **extra: object) -> dict:
     return {"layer": layer, "width": "hidden" if dense else "64", "pooling": pooling, "binarize": binarize,
-            "input": "dense" if dense else "sparse", "seeds": 3, "macro_f1": f1, "macro_f1_low": f1 - spread,
+            "input": "dense" if dense else "sparse", "resamples": 3, "macro_f1": f1, "macro_f1_low": f1 - spread,
             "macro_f1_high": f1 + spread, "val_macro_f1": val, **extra}
 
 
 def _probes(cells: dict[str, dict], tfidf: float = 0.5) -> dict:
-    baseline = {"macro_f1": tfidf, "macro_f1_low": tfidf, "macro_f1_high": tfidf, "seeds": 3}
+    baseline = {"macro_f1": tfidf, "macro_f1_low": tfidf, "macro_f1_high": tfidf, "resamples": 3}
     return {("d", "m"): {"cells": cells, "baselines": {"tfidf": baseline}, "best_cell": next(iter(cells)),
-                         "training_curve": [{"fraction": 1.0, "train_rows": 80, "macro_f1": 0.7, "n": 20.0}]}}
+                         "training_curve": [{"fraction": 1.0, "train_rows": 80, "macro_f1": 0.7, "resamples": 3}]}}
 
 
 def test_best_cells_are_chosen_on_validation_never_on_test() -> None:
@@ -31,17 +34,54 @@ def test_best_cells_are_chosen_on_validation_never_on_test() -> None:
     assert report.pooling_table(cells)[["binarize", "cell"]].values.tolist() == [["1.0", "b"], ["none", "a"]]
 
 
-def test_losses_name_the_baseline_and_whether_intervals_separate() -> None:
-    probes = _probes({"sae": _cell(0.70, 0.9), "hid": _cell(0.72, 0.5, dense=True, spread=0.05)}, tfidf=0.8)
-    lost = report.losses(report.cells_frame(probes), probes).set_index("baseline")
-    assert lost.loc["hidden", "separated"] == False  # noqa: E712  (0.72 ± 0.05 overlaps 0.70 ± 0.01)
-    assert lost.loc["tfidf", "separated"] == True and lost.loc["tfidf", "gap"] == pytest.approx(0.1)  # noqa: E712
+Y = np.arange(800) % 2
+
+
+def _cells_and_predictions(accuracy: dict[str, float], resamples: int = 5):
+    """Cells named by fit (suffix says the kind: __sae, __last, __mean) with validation in the planted order."""
+    cells = {}
+    for rank, fit in enumerate(accuracy):
+        kind = fit.rsplit("__", 1)[-1]
+        if kind in ("sae", "last", "mean"):
+            cells[fit] = _cell(accuracy[fit], 1 - 0.01 * rank, layer=int(fit[1]), dense=kind != "sae",
+                               pooling="sum" if kind == "sae" else kind)
+    probes = {("d", "m"): {"cells": cells, "baselines": {}, "best_cell": None, "training_curve": []}}
+    return report.cells_frame(probes), {("d", "m"): planted_predictions(accuracy, Y, resamples)}
+
+
+def test_a_planted_advantage_survives_holm_and_a_tie_does_not() -> None:
+    cells, predictions = _cells_and_predictions({"l1__sae": 0.9, "l1__last": 0.7, "l1__mean": 0.7, "tfidf": 0.9})
+    paired, gaps = comparisons.with_holm(comparisons.paired_table(cells, predictions, {"d": [0, 1]}),
+                                         comparisons.detection_gaps(cells, predictions, {"d": [0, 1]}))
+    f1 = paired[paired["metric"] == "macro_f1"].set_index("comparison")
+    assert f1.loc["last-token hidden", "difference"] == pytest.approx(0.2, abs=0.03)
+    assert f1.loc["last-token hidden", "low"] > 0 and f1.loc["last-token hidden", "p_holm"] < 0.05
+    assert f1.loc["TF-IDF", "low"] < 0 < f1.loc["TF-IDF", "high"] and f1.loc["TF-IDF", "p_holm"] > 0.05
+    assert set(paired["metric"]) == {"macro_f1", "roc_auc"} and (paired["p_holm"] >= paired["p"]).all()
+    gap = gaps.iloc[0]  # at layer 1, dense (0.7) minus SAE (0.9)
+    assert gap["dense"] == "l1__last" and gap["sae"] == "l1__sae" and gap["high"] < 0 and gap["p_holm"] < 0.05
+
+
+def test_comparisons_pool_models_per_dataset_and_pick_the_best_on_validation() -> None:
+    cells, predictions = _cells_and_predictions({"l1__sae": 0.9, "l2__sae": 0.95, "l1__last": 0.7, "tfidf": 0.6})
+    cells = pd.concat([cells, cells.assign(model="n")])
+    predictions[("d", "n")] = predictions[("d", "m")]
+    paired = comparisons.paired_table(cells, predictions, {"d": [0, 1]})
+    assert set(paired["sae"]) == {"l1__sae", "m/l1__sae"}  # validation ranks l1 first, though l2 tests higher
+    pooled = paired[paired["scope"] == "dataset"]
+    assert set(pooled["other"]) == {"m/l1__last", "m/tfidf"} and set(pooled["model"]) == {"all"}
+
+
+def test_one_resample_gives_a_note_never_a_number() -> None:
+    cells, predictions = _cells_and_predictions({"l1__sae": 0.9, "l1__last": 0.7, "tfidf": 0.8}, resamples=1)
+    paired = comparisons.paired_table(cells, predictions, {"d": [0, 1]})
+    assert paired["difference"].isna().all() and paired["note"].str.contains("raise train_probes.resamples").all()
 
 
 def test_transfer_columns_are_checked_against_the_contract() -> None:
-    frame = pd.DataFrame(columns=[c for c in report.CROSS_MODEL_COLUMNS if c != "status"])
+    frame = pd.DataFrame(columns=[c for c in CROSS_MODEL_COLUMNS if c != "status"])
     with pytest.raises(SaefsError, match=r"x.csv lacks columns \['status'\]"):
-        report.check_columns(frame, report.CROSS_MODEL_COLUMNS, "x.csv")
+        report.check_columns(frame, CROSS_MODEL_COLUMNS, "x.csv")
 
 
 def test_interval_column_replaces_the_three() -> None:
@@ -55,13 +95,16 @@ def test_paper_comparison_counts_binarization_and_reads_cross_model_transfer() -
     best = pd.DataFrame([{"dataset": "d", "model": "m", "macro_f1": 0.75, "hidden_f1": 0.6, "tfidf_f1": 0.5}])
     cross = pd.DataFrame([{"task": "t", "source": "a", "target": "b", "macro_f1": 0.6, "hidden_f1": 0.7,
                            "status": "ok"}])
-    rows = paper.compare(best, cells, cross, "tiny setup").set_index("#")
+    held = {"dataset": ["jailbreak", "toxicity_en"], "behaviour task": ["pubmed_qa"]}
+    rows = paper.compare(best, cells, cross, "tiny setup", held).set_index("#")
     assert rows.loc[1, "verdict"] == "0 of 1 datasets above 0.8 (below: d)"
-    assert rows.loc[3, "verdict"] == "SAE above both on 1 of 1 datasets (d)"
+    assert rows.loc[3, "verdict"].startswith("SAE mean above both on 1 of 1 datasets (d)")
     assert rows.loc[4, "verdict"] == "binarized >= continuous in 1 of 1 (dataset, model) pairs"
     assert rows.loc[12, "verdict"] == "hidden above SAE in 1 of 1 behaviour-prediction cells"
     assert rows.loc[6, "this run"] == "no counterpart in this run" and rows.loc[6, "this run setup"] == ""
-    without = paper.compare(best, cells, None, "tiny setup").set_index("#")
+    assert rows.loc[6, "verdict"] == "not in this profile; the paper profile has dataset jailbreak"
+    assert rows.loc[9, "verdict"] == "neither this profile nor the paper profile has its data"
+    without = paper.compare(best, cells, None, "tiny setup", held).set_index("#")
     assert without.loc[12, "this run"] == "not produced yet"
 
 
@@ -71,3 +114,12 @@ def test_figures_are_inline_svg_and_byte_stable() -> None:
     first = figures.heatmap(table, "source", "target", "t")
     assert first.startswith("<svg") and "skipped" in first and "[0.40, 0.60]" in first
     assert figures.heatmap(table, "source", "target", "t") == first  # no date, fixed ids: DVC sees no change
+
+
+def test_the_paired_difference_plot_is_inline_svg_and_byte_stable() -> None:
+    table = pd.DataFrame({"dataset": ["d", "d"], "model": ["m", "m"], "comparison": ["TF-IDF", "best dense"],
+                          "difference": [0.1, -0.02], "low": [0.05, -0.08], "high": [0.15, 0.04],
+                          "p_holm": [0.01, 0.6]})
+    first = figures.differences(table, ["model", "comparison"], "t", "SAE minus the other")
+    assert first.startswith("<svg") and "TF-IDF" in first
+    assert figures.differences(table, ["model", "comparison"], "t", "SAE minus the other") == first

@@ -73,7 +73,7 @@ def tiny_params() -> dict:
 
 def build_scratch_repo(repo: Path, params: dict) -> Path:
     """A DVC project in `repo` (no git): this checkout's pipeline and code, a tiny model, small file datasets."""
-    for item in ("dvc.yaml", "features", "pipelines", "feature_repo"):
+    for item in ("dvc.yaml", "features", "pipelines", "feature_repo", "profiles"):
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, repo / item)
     make_model("gemma3").save_pretrained(repo / "tiny")
     make_tokenizer().save_pretrained(repo / "tiny")

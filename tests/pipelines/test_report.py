@@ -5,25 +5,29 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from features.core.transfer import CROSS_LINGUAL_COLUMNS, CROSS_MODEL_COLUMNS
 from features.errors import SaefsError
-from features.reporting.report import CROSS_LINGUAL_COLUMNS, CROSS_MODEL_COLUMNS
+from features.reporting.paper import PAPER_NUMBERS
 from pipelines import paths, report
-from tests.helpers import embedded_params, write_params
+from pipelines.profile import load_profile
+from tests.helpers import REPO, embedded_params, planted_predictions, write_params
 
 DATASETS, MODELS = ("alpha", "beta"), ("m1", "m2")
 LAYERS = {"m1": [3, 6], "m2": [4]}
-SECTIONS = ["setup", "best", "paper", "layers", "pooling", "width", "baselines", "curve", "cross-model",
+SECTIONS = ["setup", "best", "paper", "comparisons", "layers", "pooling", "width", "baselines", "curve", "cross-model",
             "cross-lingual", "sae-quality"]
 
 
 def _cell(f1: float, val: float, *, layer: int, width: str, pooling: str, binarize: float | None,
           dense: bool = False, spread: float = 0.01) -> dict:
-    return {"layer": layer, "width": width, "pooling": pooling, "binarize": binarize, "seeds": 3,
+    return {"layer": layer, "width": width, "pooling": pooling, "binarize": binarize, "resamples": 3, "n_test": 40,
             "input": "dense" if dense else "sparse", "macro_f1": f1, "macro_f1_low": f1 - spread,
             "macro_f1_high": f1 + spread, "val_macro_f1": val, "model_uri": "models:/m-x"}
 
@@ -44,11 +48,11 @@ def probe_results(dataset: str, model: str, offset: float) -> dict:
     for suffix, variant in (("tree", "tree"), ("select16", "select")):
         cells[f"{best}__{suffix}"] = cells[best] | {"macro_f1": 0.5, "macro_f1_low": 0.49, "macro_f1_high": 0.51,
                                                     "variant": variant}
-    point = {"macro_f1": 0.0, "accuracy": 0.0, "n": 40.0, "val_macro_f1": 0.0}
-    baseline = {"macro_f1": 0.9, "macro_f1_low": 0.9, "macro_f1_high": 0.9, "seeds": 3}
+    point = {"macro_f1": 0.0, "accuracy": 0.0, "n_test": 40, "val_macro_f1": 0.0, "resamples": 3}
+    baseline = {"macro_f1": 0.9, "macro_f1_low": 0.85, "macro_f1_high": 0.95, "resamples": 3, "roc_auc": 0.93}
     return {"dataset": dataset, "model": model, "cells": cells, "best_cell": best,
-            "baselines": {"tfidf": baseline, "majority": baseline | {"macro_f1": 0.33, "macro_f1_low": 0.33,
-                                                                     "macro_f1_high": 0.33}},
+            "baselines": {"tfidf": baseline, "tfidf_truncated": baseline | {"macro_f1": 0.8},
+                          "majority": baseline | {"macro_f1": 0.33, "macro_f1_low": 0.33, "macro_f1_high": 0.33}},
             "training_curve": [point | {"fraction": f, "train_rows": int(160 * f), "macro_f1": 0.5 + 0.2 * f}
                                for f in (0.5, 1.0)]}
 
@@ -67,10 +71,12 @@ def promotion(dataset: str, results: dict[str, dict]) -> dict:
 
 def write_transfer(root: Path) -> None:
     """The transfer stage's two CSVs, by the contract (one skipped cell each)."""
-    cross = [["phys_tf", s, t, 0.61, 0.58, 0.64, 0.66, 0.55, 0.33, 160, 40, "ok"] for s in MODELS for t in MODELS]
+    scores = [0.7, 0.65, 0.75, 0.3, 0.5]  # AUROC and its interval, recall at 1% and 5% FPR
+    cross = [["phys_tf", s, t, 0.61, 0.58, 0.64, *scores, 0.66, 0.55, 0.33, 160, 40, 3, 0, "ok"]
+             for s in MODELS for t in MODELS]
     cross[-1][3:6], cross[-1][-1] = [float("nan")] * 3, "skipped: target answered every item right"
-    lingual = [["living_room", "m1", a, b, 0.777, 0.75, 0.8, 0.33, 100, 30, "ok"] for a in ("en", "fr") for b in
-               ("en", "fr")]
+    lingual = [["living_room", "m1", a, b, 0.777, 0.75, 0.8, *scores, 0.33, 100, 30, 1, 0, "ok"]
+               for a in ("en", "fr") for b in ("en", "fr")]
     for kind, rows, columns in (("cross_model", cross, CROSS_MODEL_COLUMNS),
                                 ("cross_lingual", lingual, CROSS_LINGUAL_COLUMNS)):
         path = root / paths.transfer_table(kind)
@@ -79,9 +85,16 @@ def write_transfer(root: Path) -> None:
 
 
 def write_metrics_tree(root: Path) -> None:
+    y = np.arange(160) % 2
     for i, dataset in enumerate(DATASETS):
         results = {m: probe_results(dataset, m, 0.2 * i + 0.03 * j) for j, m in enumerate(MODELS)}
+        paths.prepared(dataset).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"text_id": [f"t{k}" for k in range(len(y))], "label": y}).to_parquet(paths.prepared(dataset))
         for model, result in results.items():
+            # each fit right on the share of texts its test macro F1 says, on the same 3 resamples
+            shares = {name: min(0.99, c["macro_f1"]) for name, c in {**result["cells"], **result["baselines"]}.items()}
+            paths.probe_predictions(dataset, model).parent.mkdir(parents=True, exist_ok=True)
+            planted_predictions(shares, y, resamples=3, seed=i).to_parquet(paths.probe_predictions(dataset, model))
             for path, obj in ((paths.probe_metrics(dataset, model), result),
                               (paths.extract_metrics(model, dataset),
                                {"sae_quality": {f"l{layer}__sae64": {"fve": 0.7 - 0.1 * i, "l0": 4.0,
@@ -105,6 +118,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         models={m: {"source": f"path:{m}"} for m in MODELS}, datasets=datasets,
         sae={m: {"layers": LAYERS[m], "widths": ["64"], "source": "train"} for m in MODELS}))
     write_metrics_tree(tmp_path)
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")  # the paper comparison reads profiles/paper.yaml
     return tmp_path
 
 
@@ -125,7 +139,7 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     assert "0.777 [0.750, 0.800]" in html and "0.777 [0.750, 0.800]" in md  # a cross-lingual cell, as the CSV has it
     assert "[0.75, 0.80]" in html  # and its heatmap annotation
     assert "skipped: target answered every item right" in html and "skipped" in md
-    assert html.count("<svg") == 6 + 1 + 1  # six result figures, one heatmap per transfer task
+    assert html.count("<svg") == 8 + 1 + 1  # eight result figures, one heatmap per transfer task
     assert not re.search(r"<script|<link|src=\"http|@import", html)  # self-contained: opens offline
     assert "1 of 2 datasets above 0.8 (below: alpha)" in md  # the paper's claim 1, counted on the inputs
 
@@ -160,4 +174,44 @@ def test_a_transfer_csv_off_contract_is_refused(project: Path) -> None:
     path = paths.transfer_table("cross_model")
     pd.read_csv(path).drop(columns=["hidden_f1"]).to_csv(path, index=False)
     with pytest.raises(SaefsError, match=r"plots/transfer/cross_model.csv lacks columns \['hidden_f1'\]"):
+        report.run()
+
+
+def test_the_report_makes_paired_comparisons_from_the_predictions_and_no_seed_intervals(project: Path) -> None:
+    write_transfer(project)
+    assert report.main([]) == 0
+    md = _text(project / "reports/index.md")
+    for stale in ("seeds", "separated", "Student-t", "CV shuffles"):
+        assert stale not in md
+    assert "corrected resampled t over repeated stratified splits" in md and "Holm" in md
+    for comparison in ("best dense", "last-token hidden", "TF-IDF"):
+        assert f"| {comparison} " in md
+    assert "| hidden last " in md and "| tfidf_truncated " in md and "recall_at_1fpr" in md
+    assert "reads the first 64 tokens" in md  # extract.max_tokens of the embedded params
+    assert "living_room: labels not_bigram/bigram; en: sae_probes:66_living-room" in md
+
+
+def test_every_sentence_about_the_paper_profile_matches_its_file(project: Path) -> None:
+    assert report.main([]) == 0
+    md = _text(project / "reports/index.md")
+    paper = load_profile("paper")  # the file itself, not what the report code believes
+    names = {*paper["datasets"], *paper["behaviour_labels"]["tasks"], *paper["transfer"]["cross_lingual"]}
+    claimed = re.findall(r"the paper profile has ((?:(?:dataset|behaviour task|cross-lingual task) [\w-]+(?:, )?)+)",
+                         md)
+    held = {item.split(" ")[-1] for sentence in claimed for item in sentence.split(", ")}
+    assert held and held <= names
+    for number in PAPER_NUMBERS:  # a claim whose data the file lacks says so
+        if number.about and not any(word in name.lower() for word in number.about for name in names):
+            assert f"| {number.number} " in md and "neither this profile nor the paper profile has its data" in md
+
+
+def test_a_prediction_file_about_other_texts_is_refused_by_name(project: Path) -> None:
+    path = paths.probe_predictions("alpha", "m2")
+    frame = pd.read_parquet(path)
+    frame.assign(text_id=frame["text_id"] + "-old").to_parquet(path)
+    with pytest.raises(SaefsError, match=r"train_probes/alpha/m2.parquet: .* not in the prepared data: the file is "
+                                         r"stale; rerun the stage that wrote it"):
+        report.run()
+    path.unlink()
+    with pytest.raises(SaefsError, match=r"m2.parquet not found: stage `train_probes@m2-alpha`"):
         report.run()
