@@ -187,7 +187,9 @@ def summarize(frame: pd.DataFrame, labels: Sequence[Any]) -> dict[str, dict[str,
             values = runs[key].dropna().to_numpy(dtype=float)
             if len(values) >= 2:
                 stats = corrected_resampled_t(values, int(runs["n_train"].mean()), int(runs["n_test"].mean()))
-                summary |= {key: stats["mean"], f"{key}_low": stats["low"], f"{key}_high": stats["high"]}
+                # every metric here lies in [0, 1]; the t interval does not know it
+                summary |= {key: stats["mean"], f"{key}_low": max(0.0, stats["low"]),
+                            f"{key}_high": min(1.0, stats["high"])}
             elif len(values):
                 summary |= {key: float(values[0])}
         logged = runs[runs["resample"] == runs["resample"].min()].iloc[0]

@@ -158,3 +158,18 @@ def test_macro_f1_equals_scikit_learn(seed):
     y_pred[y_pred == 2] = 1  # class 2 never predicted: scores 0, as scikit-learn's zero_division=0
     assert macro_f1(y_true, y_pred, [0, 1, 2]) == pytest.approx(
         f1_score(y_true, y_pred, labels=[0, 1, 2], average="macro", zero_division=0))
+
+
+def test_an_interval_never_leaves_the_metric_range():
+    # two resamples far apart: the corrected t interval would reach below 0 and above 1
+    rows = []
+    for resample, right in ((0, 1.0), (1, 0.0)):
+        y = np.arange(20) % 2
+        y_pred = y if right else 1 - y
+        for split in (TEST, "val"):
+            rows.append(pd.DataFrame({"fit": "f", "resample": resample, "split": split, "text_id": np.arange(20),
+                                      "y_true": y, "y_pred": y_pred, "converged": True,
+                                      "proba_0": 1.0 - y_pred, "proba_1": y_pred * 1.0}))
+    summary = summarize(pd.concat(rows, ignore_index=True), [0, 1])["f"]
+    assert summary["macro_f1"] == pytest.approx(0.5)
+    assert summary["macro_f1_low"] == 0.0 and summary["macro_f1_high"] == 1.0
