@@ -24,10 +24,11 @@ from features.core.transfer import CROSS_LINGUAL_COLUMNS, CROSS_MODEL_COLUMNS
 from features.errors import SaefsError
 from features.reporting import page as report_page
 from features.reporting import report
+from features.reporting.paper import Profile
 from features.stores.files import atomic_path
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
-from pipelines.profile import profile_params
+from pipelines.profile import PROFILE_DIR, profile_params
 
 log = logging.getLogger("saefs.report")
 TRANSFER = {"cross_model": CROSS_MODEL_COLUMNS, "cross_lingual": CROSS_LINGUAL_COLUMNS}
@@ -48,21 +49,33 @@ def read_transfer(kind: str) -> pd.DataFrame | None:
     return report.check_columns(pd.read_csv(path), TRANSFER[kind], str(path))
 
 
-def read_predictions(dataset: str, model: str, text_ids: np.ndarray) -> pd.DataFrame:
-    """A (dataset, model)'s prediction rows, refused if they are about other texts than the prepared ones."""
-    path = paths.probe_predictions(dataset, model)
+def read_predictions(dataset: str, model: str, prepared: pd.DataFrame) -> pd.DataFrame:
+    """A (dataset, model)'s prediction rows, refused unless they are about exactly the prepared texts and labels."""
+    path, stage = paths.probe_predictions(dataset, model), f"train_probes@{model}-{dataset}"
     if not path.is_file():
-        raise SaefsError(f"{path} not found: stage `train_probes@{model}-{dataset}` writes it; run "
-                         f"`dvc repro train_probes@{model}-{dataset}` first")
+        raise SaefsError(f"{path} not found: stage `{stage}` writes it; run `dvc repro {stage}` first")
     frame = pd.read_parquet(path)
-    check_texts(frame, text_ids, str(path))
+    where = f"{path} (written by `dvc repro {stage}`)"
+    check_texts(frame, prepared["text_id"].to_numpy(), where)
+    # and the other way: prepared texts without a prediction, or a text whose label changed since
+    truth = prepared.set_index("text_id")["label"].astype(str)
+    seen = frame.drop_duplicates("text_id").set_index("text_id")["y_true"].astype(str)
+    unseen, relabelled = truth.index.difference(seen.index), seen.index[seen != truth.reindex(seen.index)]
+    if len(unseen) or len(relabelled):
+        raise SaefsError(f"{where}: {len(unseen)} prepared texts have no prediction and {len(relabelled)} another "
+                         f"label than the prepared data (e.g. {[*unseen[:2], *relabelled[:2]]}): the file is stale; "
+                         f"rerun `dvc repro {stage}`")
     return frame
 
 
-def holdings(params: Params) -> dict[str, list[str]]:
-    """What a profile holds by kind: datasets, behaviour tasks, cross-lingual tasks (the paper's claims cite them)."""
-    return {"dataset": list(params.datasets), "behaviour task": list(params.behaviour_labels.tasks),
-            "cross-lingual task": list(params.transfer.cross_lingual)}
+def holdings(params: Params) -> Profile:
+    """What a profile holds: its models' SAE layers and widths, its datasets, behaviour tasks and cross-lingual
+    tasks with their languages (the paper comparison's sentences about the paper profile cite them)."""
+    return Profile(path=str(PROFILE_DIR / f"{params.profile}.yaml"),
+                   names={"dataset": list(params.datasets), "behaviour task": list(params.behaviour_labels.tasks),
+                          "cross-lingual task": list(params.transfer.cross_lingual)},
+                   saes={model: (sae.layers, sae.widths) for model, sae in params.sae.items()},
+                   languages={task: list(spec.languages) for task, spec in params.transfer.cross_lingual.items()})
 
 
 def describe(params: Params) -> dict[str, Any]:
@@ -93,8 +106,7 @@ def gather(params: Params) -> report.RunInputs:
     return report.RunInputs(
         probes={(d, m): read_json(paths.probe_metrics(d, m), f"train_probes@{m}-{d}")
                 for d in datasets for m in models},
-        predictions={(d, m): read_predictions(d, m, prepared[d]["text_id"].to_numpy())
-                     for d in datasets for m in models},
+        predictions={(d, m): read_predictions(d, m, prepared[d]) for d in datasets for m in models},
         labels={d: np.unique(frame["label"]).tolist() for d, frame in prepared.items()},
         sae_quality={(m, d): read_json(paths.extract_metrics(m, d), f"extract@{m}-{d}")
                      for m in models for d in datasets},

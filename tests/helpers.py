@@ -52,13 +52,14 @@ def write_params(folder: Path, raw: dict[str, Any]) -> Path:
 
 def planted_predictions(accuracy: dict[str, float], y: np.ndarray, resamples: int = 5, seed: int = 0) -> pd.DataFrame:
     """Prediction rows (test and val) of fits whose predictions are right on a planted share of texts; every
-    fit sees the same splits, and a text's difficulty is shared across fits, as on real data."""
-    rng = np.random.default_rng(seed)
+    fit sees the same splits (whatever `seed`, as every model of a dataset does in train_probes), and a text's
+    difficulty is shared across fits, as on real data."""
+    rng, splits = np.random.default_rng(seed), np.random.default_rng(len(y))
     ids = np.array([f"t{i}" for i in range(len(y))])
     luck = rng.random(len(y))  # the same texts are hard for every fit: the pairing the tests rely on
     parts = []
     for r in range(resamples):
-        test = rng.permutation(len(y)) < len(y) // 4
+        test = splits.permutation(len(y)) < len(y) // 4
         for fit, share in accuracy.items():
             right = (luck + 0.05 * rng.random(len(y))) % 1 < share
             y_pred = np.where(right, y, 1 - y)

@@ -1,12 +1,12 @@
 """Paired comparisons the report makes, all from per-text prediction rows on the same resamples.
 
 Per (dataset, model), and per dataset across models (fits renamed `<model>/<fit>`; every model of a
-dataset shares its prepared texts and resamples), the best SAE probe is compared with the best
+dataset shares its prepared texts and resamples, which is checked), the best SAE probe is compared with the best
 dense probe, the last-token hidden-state probe (the paper's baseline) and TF-IDF on macro F1 and
 AUROC; per layer, the detection gap is the best dense probe minus the best SAE probe at that layer.
 Every "best" is chosen on validation macro F1, never on test. Each difference is the corrected
 resampled t over the shared resamples (`features.core.predictions.compare`), and the p-values of
-everything one report prints are Holm-corrected together.
+every distinct test one report prints are Holm-corrected together.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import pandas as pd
 
 from features.core.evidence import holm
-from features.core.predictions import compare, resample_metrics
+from features.core.predictions import TEST, compare, resample_metrics
 from features.errors import SaefsError
+from features.reporting.report import ranked
 
 METRICS = ("macro_f1", "roc_auc")
 AGAINST = {"best dense": "dense", "last-token hidden": "last", "TF-IDF": "tfidf"}
@@ -28,10 +29,26 @@ COLUMNS = ["scope", "dataset", "model", "comparison", "sae", "other", "metric", 
 
 def best_fit(cells: pd.DataFrame, mask: pd.Series) -> str | None:
     """The fit (cell name) with the best validation macro F1 among the logistic-regression cells in `mask`."""
-    pool = cells[mask & (cells["variant"] == "logreg")]
-    if pool.empty:
-        return None
-    return str(pool.sort_values(["val_macro_f1", "fit"], ascending=[False, True])["fit"].iloc[0])
+    pool = ranked(cells[mask])
+    return None if pool.empty else str(pool["fit"].iloc[0])
+
+
+def _test_texts(frame: pd.DataFrame) -> dict[int, frozenset]:
+    """Per resample, the texts its test part holds (every fit of one file is scored on the same ones)."""
+    first = frame[(frame["split"] == TEST) & (frame["fit"] == frame["fit"].iloc[0])]
+    return {int(r): frozenset(ids) for r, ids in first.groupby("resample")["text_id"]}
+
+
+def check_same_splits(dataset: str, frames: Mapping[str, pd.DataFrame]) -> None:
+    """Refuse to pool models whose prediction files hold different test texts for a resample: their
+    differences would not be paired (one file is stale, or the resamples changed in between)."""
+    splits = {model: _test_texts(frame) for model, frame in frames.items()}
+    first = next(iter(splits))
+    differ = sorted(model for model, texts in splits.items() if texts != splits[first])
+    if differ:
+        raise SaefsError(f"{dataset}: the prediction files of {differ} and {first} hold different test texts for "
+                         f"the same resamples, so no paired comparison across models: rerun `dvc repro "
+                         f"train_probes` for {dataset}")
 
 
 def _pairs(cells: pd.DataFrame, tfidf: str) -> dict[str, tuple[str, str]]:
@@ -72,8 +89,10 @@ def paired_table(cells: pd.DataFrame, predictions: Mapping[tuple[str, str], pd.D
     """
     rows: list[dict[str, Any]] = []
     for dataset in sorted({d for d, _ in predictions}):
+        models = sorted(m for d, m in predictions if d == dataset)
+        check_same_splits(dataset, {m: predictions[dataset, m] for m in models})
         pooled_tables, pooled_cells = [], []
-        for model in sorted(m for d, m in predictions if d == dataset):
+        for model in models:
             table = resample_metrics(predictions[dataset, model], labels[dataset])
             mine = cells[(cells["dataset"] == dataset) & (cells["model"] == model)]
             rows += _rows(table, _pairs(mine, "tfidf"), {"scope": "model", "dataset": dataset, "model": model})
@@ -111,13 +130,27 @@ def detection_gaps(cells: pd.DataFrame, predictions: Mapping[tuple[str, str], pd
                                                "p", "p_holm", "resamples", "note"])
 
 
+def _tested(table: pd.DataFrame) -> list[tuple[str, str, frozenset]]:
+    """What each row tested: its dataset, metric and two fits named with their model (a pooled row's fits
+    already are). The same test printed twice (best dense is the last-token probe; a pooled best is one
+    model's) is one member of the Holm family, not two."""
+    a, b = ("sae", "other") if "other" in table else ("dense", "sae")
+    return [(row["dataset"], row.get("metric", "macro_f1"), frozenset(
+        fit if row.get("scope") == "dataset" else f"{row['model']}/{fit}" for fit in (row[a], row[b])))
+        for row in table.to_dict("records")]
+
+
 def with_holm(*tables: pd.DataFrame) -> list[pd.DataFrame]:
-    """The tables with `p_holm`: Holm's step-down over every p-value they hold together (the report's family)."""
-    pvalues = [p for table in tables for p in table["p"].dropna()]
-    adjusted = iter(holm(pvalues)) if pvalues else iter(())
+    """The tables with `p_holm`: Holm's step-down over every distinct test they hold together (the report's family)."""
+    keys = [_tested(table) for table in tables]
+    family: dict[tuple, float] = {}
+    for table, tested in zip(tables, keys, strict=True):
+        for key, p in zip(tested, table["p"], strict=True):
+            if pd.notna(p):
+                family.setdefault(key, p)
+    adjusted = dict(zip(family, holm(list(family.values())), strict=True)) if family else {}
     out = []
-    for table in tables:
-        table = table.copy()
-        table["p_holm"] = [next(adjusted) if pd.notna(p) else None for p in table["p"]]
-        out.append(table)
+    for table, tested in zip(tables, keys, strict=True):
+        p_holm = [adjusted[key] if pd.notna(p) else None for key, p in zip(tested, table["p"], strict=True)]
+        out.append(table.assign(p_holm=p_holm))
     return out

@@ -149,8 +149,9 @@ def build_sections(inputs: RunInputs) -> list[Section]:
     baselines = tables.baselines_table(cells, inputs.probes)
     paired, gaps = comparisons.with_holm(comparisons.paired_table(cells, inputs.predictions, inputs.labels),
                                          comparisons.detection_gaps(cells, inputs.predictions, inputs.labels))
-    comparison = paper.compare(best, cells, inputs.cross_model, inputs.setup.get("summary", ""),
-                               inputs.setup.get("paper_profile", {}))
+    paper_profile = inputs.setup["paper_profile"]
+    comparison = paper.compare(best, cells, paired, inputs.cross_model, inputs.setup.get("summary", ""),
+                               paper_profile)
     layers, pooling, widths = tables.layer_table(cells), tables.pooling_table(cells), tables.width_table(cells)
     curve = tables.curve_table(inputs.probes)
     quality = tables.sae_quality_table(inputs.sae_quality, inputs.sae_training)
@@ -170,7 +171,9 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                 ["Paper values are those Gallifant et al. (EMNLP 2025, arXiv 2502.11367) report. 'This run' "
                  "names the models and data that produced each of our numbers; they are not the paper's, so a "
                  "verdict says whether the claim's shape holds here, not whether a number matches. Whether SAE "
-                 "features beat a baseline is decided by the paired comparisons below, not by these means."],
+                 "features beat a baseline is decided by the paired comparisons below, not by means.",
+                 "Where this profile lacks a claim's data, the verdict says whether the paper profile has it, "
+                 f"read from the file: {paper_profile.sentence()}"],
                 tables=[("Paper numbers and this run's counterparts", comparison)]),
         _comparisons_section(paired, gaps),
         Section("layers", "Macro F1 by layer",

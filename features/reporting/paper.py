@@ -1,9 +1,10 @@
 """The paper's numbers (Gallifant et al., EMNLP 2025, arXiv 2502.11367, and its MOSAIC code) set beside this run's.
 
 Each claim this run can speak to gets this run's figure, the models and data that produced it,
-and a plain verdict; claims on datasets or modalities the run does not have say so instead of
-borrowing a number from a different task, and say whether the paper profile has them, read from
-that profile itself (the datasets, behaviour tasks and cross-lingual tasks it names).
+and a plain verdict (whether SAE features beat a baseline is read from the paired comparisons, not
+from means); claims on datasets or modalities the run does not have say so instead of borrowing a
+number from a different task, and say whether the paper profile has them, read from that profile
+itself (the datasets, behaviour tasks and cross-lingual tasks it names).
 """
 
 from __future__ import annotations
@@ -53,6 +54,29 @@ PAPER_NUMBERS = (
                 ("election",)),
 )
 TOXICITY_WORDS = ("toxic", "hate", "offensive")
+CALLED = 0.05  # a paired difference is called a win or a loss only where its Holm-corrected p is below this
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a profile file holds, for every sentence the report says about it."""
+
+    path: str
+    names: Mapping[str, Sequence[str]]  # kind (dataset, behaviour task, cross-lingual task) -> names
+    saes: Mapping[str, tuple[Sequence[int], Sequence[str]]]  # model -> its SAEs' (layers, widths)
+    languages: Mapping[str, Sequence[str]]  # cross-lingual task -> its languages
+
+    def sentence(self) -> str:
+        """Every model with its SAE layers and widths, then every name by kind (a cross-lingual task with its
+        languages)."""
+        models = ", ".join(f"{model} (SAE layers {', '.join(map(str, layers))}; widths {', '.join(widths)})"
+                           for model, (layers, widths) in self.saes.items())
+        held = "; ".join(f"{kind}s {_list([self._named(name) for name in names])}"
+                         for kind, names in self.names.items())
+        return f"{self.path} holds models {models}; {held}."
+
+    def _named(self, name: str) -> str:
+        return f"{name} ({_list(list(self.languages[name]))})" if name in self.languages else name
 
 
 def _f(value: float) -> str:
@@ -63,18 +87,51 @@ def _list(items: list[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
-def held_by(number: PaperNumber, profile: Mapping[str, Sequence[str]]) -> list[str]:
-    """The names in `profile` ({kind: names}, e.g. the paper profile's datasets) that a paper number is about."""
-    return [f"{kind} {name}" for kind, names in profile.items() for name in names
+def held_by(number: PaperNumber, profile: Profile) -> list[str]:
+    """The names in `profile` (e.g. the paper profile's datasets) that a paper number is about."""
+    return [f"{kind} {name}" for kind, names in profile.names.items() for name in names
             if any(word in name.lower() for word in number.about)]
 
 
-def compare(best: pd.DataFrame, cells: pd.DataFrame, cross_model: pd.DataFrame | None,
-            run_setup: str, paper_profile: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+def widest(paired: pd.DataFrame) -> pd.DataFrame:
+    """Each dataset's macro F1 comparisons at its widest scope: over every model where it has several, else
+    its one model's; only those with a number."""
+    rows = paired[(paired["metric"] == "macro_f1") & paired["difference"].notna()]
+    pooled = set(rows.loc[rows["scope"] == "dataset", "dataset"])
+    return rows[(rows["scope"] == "dataset") | ~rows["dataset"].isin(pooled)]
+
+
+def called(rows: pd.DataFrame, comparison: str) -> dict[str, int]:
+    """Per dataset, the SAE probe against `comparison`: +1 won, -1 lost (Holm p below CALLED), 0 a tie."""
+    part = rows[rows["comparison"] == comparison]
+    sign = (part["difference"] > 0).astype(int) * 2 - 1
+    return dict(zip(part["dataset"], sign.where(part["p_holm"] < CALLED, 0).astype(int), strict=True))
+
+
+def _beats_baselines(paired: pd.DataFrame) -> tuple[str, str]:
+    """Claim 3 on the paired comparisons: the best SAE probe against the last-token hidden state and TF-IDF."""
+    rows = widest(paired)
+    against = ("last-token hidden", "TF-IDF")
+    outcomes = {name: called(rows, name) for name in against}
+    datasets = sorted(set.intersection(*(set(o) for o in outcomes.values())))
+    if not datasets:
+        return "no paired comparison with a number", "needs two or more resamples (train_probes.resamples)"
+    value = "; ".join(f"{r.dataset} vs {r.comparison} {r.difference:+.3f} [{r.low:+.3f}, {r.high:+.3f}]"
+                      for r in rows[rows["comparison"].isin(against)].sort_values(["dataset", "comparison"])
+                      .itertuples())
+    won = [d for d in datasets if all(outcomes[name][d] > 0 for name in against)]
+    lost = [d for d in datasets if any(outcomes[name][d] < 0 for name in against)]
+    return value, (f"SAE above both (paired, Holm p < {CALLED}) on {len(won)} of {len(datasets)} datasets "
+                   f"({_list(won)}); below one or both on {len(lost)} ({_list(lost)}); the rest tie")
+
+
+def compare(best: pd.DataFrame, cells: pd.DataFrame, paired: pd.DataFrame, cross_model: pd.DataFrame | None,
+            run_setup: str, paper_profile: Profile) -> pd.DataFrame:
     """One row per paper number: this run's value, its models and data, and a verdict.
 
-    `best` is report.best_config_table, `cells` report.cells_frame; `run_setup` names this run's models,
-    SAEs and data in a few words; `paper_profile` the names profiles/paper.yaml holds, by kind.
+    `best` is report.best_config_table, `cells` report.cells_frame, `paired` comparisons.paired_table with
+    `p_holm`; `run_setup` names this run's models, SAEs and data in a few words; `paper_profile` what
+    profiles/paper.yaml holds.
     """
     n = len(best)
     below = sorted(best.loc[best["macro_f1"] <= 0.8, "dataset"])
@@ -86,11 +143,7 @@ def compare(best: pd.DataFrame, cells: pd.DataFrame, cross_model: pd.DataFrame |
     ours[2] = (", ".join(f"{r.dataset} {_f(r.macro_f1)} ({r.model} L{r.layer})" for r in bin_sum.itertuples()),
                f"{int((bin_sum['macro_f1'] > 0.85).sum())} of {len(bin_sum)} datasets above 0.85")
 
-    beats = best[(best["macro_f1"] > best["hidden_f1"]) & (best["macro_f1"] > best["tfidf_f1"])]
-    ours[3] = ("; ".join(f"{r.dataset}: SAE {_f(r.macro_f1)} / hidden {_f(r.hidden_f1)} / TF-IDF {_f(r.tfidf_f1)}"
-                         for r in best.itertuples()),
-               f"SAE mean above both on {len(beats)} of {n} datasets ({_list(list(beats.dataset))}); the paired "
-               "comparisons say which differences hold")
+    ours[3] = _beats_baselines(paired)
 
     by_bin = best_by(sae.assign(binarized=sae["binarize"] != "none"), ["dataset", "model", "binarized"])
     pairs = by_bin.pivot_table(index=["dataset", "model"], columns="binarized", values="macro_f1")
@@ -110,15 +163,19 @@ def compare(best: pd.DataFrame, cells: pd.DataFrame, cross_model: pd.DataFrame |
 
     toxic = best[best["dataset"].str.contains("|".join(TOXICITY_WORDS))]
     if len(toxic):
+        versus = called(widest(paired), "last-token hidden")
+        outcome = [versus[d] for d in toxic["dataset"] if d in versus]
         ours[7] = ("; ".join(f"{r.dataset} {_f(r.macro_f1)} (hidden {_f(r.hidden_f1)})" for r in toxic.itertuples()),
-                   f"SAE above hidden on {int((toxic['macro_f1'] > toxic['hidden_f1']).sum())} of {len(toxic)}; "
-                   "English tweets and prompts, not the multilingual textdetox set")
+                   f"SAE above the last-token hidden state (paired, Holm p < {CALLED}) on {outcome.count(1)} of "
+                   f"{len(outcome)}, below on {outcome.count(-1)}; English tweets and prompts, not the multilingual "
+                   "textdetox set")
 
     if cross_model is not None and len(ok := cross_model[cross_model["status"] == "ok"]):
         lose = ok[ok["macro_f1"] < ok["hidden_f1"]]
         ours[12] = ("; ".join(f"{r.task} {r.source}→{r.target} {_f(r.macro_f1)} (hidden {_f(r.hidden_f1)})"
                               for r in ok.itertuples()),
-                    f"hidden above SAE in {len(lose)} of {len(ok)} behaviour-prediction cells")
+                    f"hidden above SAE by mean in {len(lose)} of {len(ok)} behaviour-prediction cells (the "
+                    "transfer table holds no paired test)")
     missing = {12: ("not produced yet", "the transfer stage writes plots/transfer/cross_model.csv"),
                13: ("no counterpart in this run", "no vision model in saefs")}
 

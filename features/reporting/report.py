@@ -34,7 +34,8 @@ class RunInputs:
     promotion: Mapping[str, dict[str, Any]]  # dataset -> reports/promotion JSON
     cross_model: pd.DataFrame | None = None  # plots/transfer/cross_model.csv, None until transfer has run
     cross_lingual: pd.DataFrame | None = None
-    setup: dict[str, Any] = field(default_factory=dict)  # profile, models, datasets, SAEs, resamples (params)
+    # profile, models, datasets, SAEs, resamples (params); paper_profile: what profiles/paper.yaml holds
+    setup: dict[str, Any] = field(default_factory=dict)
 
 
 def check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> pd.DataFrame:
@@ -66,10 +67,14 @@ def cells_frame(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def ranked(cells: pd.DataFrame) -> pd.DataFrame:
+    """The logistic-regression cells, best validation macro F1 first (ties by fit name, so the order is stable)."""
+    return cells[cells["variant"] == "logreg"].sort_values(["val_macro_f1", "fit"], ascending=[False, True])
+
+
 def best_by(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per group of `keys`, the logistic-regression cell with the best validation macro F1."""
-    probes = cells[cells["variant"] == "logreg"].sort_values(["val_macro_f1", "cell"], ascending=[False, True])
-    return probes.groupby(keys, sort=True).head(1).sort_values(keys).reset_index(drop=True)
+    return ranked(cells).groupby(keys, sort=True).head(1).sort_values(keys).reset_index(drop=True)
 
 
 def layer_table(cells: pd.DataFrame) -> pd.DataFrame:

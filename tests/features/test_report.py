@@ -72,6 +72,32 @@ def test_comparisons_pool_models_per_dataset_and_pick_the_best_on_validation() -
     assert set(pooled["other"]) == {"m/l1__last", "m/tfidf"} and set(pooled["model"]) == {"all"}
 
 
+def test_models_with_different_test_texts_are_not_pooled() -> None:
+    cells, predictions = _cells_and_predictions({"l1__sae": 0.9, "l1__last": 0.7, "tfidf": 0.8})
+    other = predictions[("d", "m")]
+    moved = other["resample"] == 1  # one resample's test texts drawn anew, as a stale file's would be
+    other = pd.concat([other[~moved], other[moved].assign(split=np.where(other.loc[moved, "split"] == "test", "val",
+                                                                         "test"))])
+    predictions[("d", "n")] = other
+    with pytest.raises(SaefsError, match=r"d: the prediction files of \['n'\] and m hold different test texts .* "
+                                         r"rerun `dvc repro train_probes` for d"):
+        comparisons.paired_table(pd.concat([cells, cells.assign(model="n")]), predictions, {"d": [0, 1]})
+
+
+def test_holm_counts_a_test_printed_twice_once() -> None:
+    row = {"scope": "model", "dataset": "d", "model": "m", "comparison": "best dense", "sae": "s", "other": "o",
+           "metric": "macro_f1", "p": 0.02}
+    other = row | {"comparison": "TF-IDF", "other": "tfidf", "p": 0.04}
+    twice = [row | {"comparison": "last-token hidden"},  # best dense is the last-token probe
+             row | {"scope": "dataset", "model": "all", "sae": "m/s", "other": "m/o"}]  # and the pooled best
+    gap = pd.DataFrame([{"dataset": "d", "model": "m", "layer": 1, "dense": "o", "sae": "s", "p": 0.02}])
+    paired, gaps = comparisons.with_holm(pd.DataFrame([row, other, *twice]), gap)
+    assert paired["p_holm"].tolist() == pytest.approx([0.04] * 4)  # Holm over two tests, not five
+    assert gaps["p_holm"].tolist() == pytest.approx([0.04])
+    paired, _ = comparisons.with_holm(pd.DataFrame([row, other, row | {"metric": "roc_auc"}]), gap.iloc[:0])
+    assert paired["p_holm"].tolist() == pytest.approx([0.06, 0.06, 0.06])  # another metric is another test
+
+
 def test_one_resample_gives_a_note_never_a_number() -> None:
     cells, predictions = _cells_and_predictions({"l1__sae": 0.9, "l1__last": 0.7, "tfidf": 0.8}, resamples=1)
     paired = comparisons.paired_table(cells, predictions, {"d": [0, 1]})
@@ -89,23 +115,60 @@ def test_interval_column_replaces_the_three() -> None:
     assert out.columns.tolist() == ["a", "test macro F1 [95% CI]"] and out.iloc[0, 1] == "0.812 [0.800, 0.900]"
 
 
+def _paired(rows: list[tuple[str, str, float, float]], scope: str = "model") -> pd.DataFrame:
+    """Paired macro F1 rows (dataset, comparison, difference, p_holm) with a +-0.05 interval."""
+    return pd.DataFrame([{"scope": scope, "dataset": d, "model": "m" if scope == "model" else "all", "comparison": c,
+                          "metric": "macro_f1", "difference": diff, "low": diff - 0.05, "high": diff + 0.05,
+                          "p_holm": p} for d, c, diff, p in rows])
+
+
+PAPER = paper.Profile("profiles/paper.yaml", {"dataset": ["jailbreak", "toxicity_en"], "behaviour task": ["pubmed_qa"],
+                                               "cross-lingual task": ["toxicity"]},
+                      {"g2": ([5, 12], ["16k"])}, {"toxicity": ["en", "es"]})
+
+
 def test_paper_comparison_counts_binarization_and_reads_cross_model_transfer() -> None:
     probes = _probes({"raw": _cell(0.70, 0.7), "bin": _cell(0.75, 0.8, binarize=1.0), "h": _cell(0.6, 0.6, dense=True)})
     cells = report.cells_frame(probes)
     best = pd.DataFrame([{"dataset": "d", "model": "m", "macro_f1": 0.75, "hidden_f1": 0.6, "tfidf_f1": 0.5}])
     cross = pd.DataFrame([{"task": "t", "source": "a", "target": "b", "macro_f1": 0.6, "hidden_f1": 0.7,
                            "status": "ok"}])
-    held = {"dataset": ["jailbreak", "toxicity_en"], "behaviour task": ["pubmed_qa"]}
-    rows = paper.compare(best, cells, cross, "tiny setup", held).set_index("#")
+    paired = _paired([("d", "last-token hidden", 0.15, 0.001), ("d", "TF-IDF", 0.25, 0.001)])
+    rows = paper.compare(best, cells, paired, cross, "tiny setup", PAPER).set_index("#")
     assert rows.loc[1, "verdict"] == "0 of 1 datasets above 0.8 (below: d)"
-    assert rows.loc[3, "verdict"].startswith("SAE mean above both on 1 of 1 datasets (d)")
+    assert rows.loc[3, "verdict"].startswith("SAE above both (paired, Holm p < 0.05) on 1 of 1 datasets (d)")
+    assert "d vs TF-IDF +0.250 [+0.200, +0.300]" in rows.loc[3, "this run"]
     assert rows.loc[4, "verdict"] == "binarized >= continuous in 1 of 1 (dataset, model) pairs"
-    assert rows.loc[12, "verdict"] == "hidden above SAE in 1 of 1 behaviour-prediction cells"
+    assert rows.loc[12, "verdict"].startswith("hidden above SAE by mean in 1 of 1 behaviour-prediction cells")
     assert rows.loc[6, "this run"] == "no counterpart in this run" and rows.loc[6, "this run setup"] == ""
     assert rows.loc[6, "verdict"] == "not in this profile; the paper profile has dataset jailbreak"
     assert rows.loc[9, "verdict"] == "neither this profile nor the paper profile has its data"
-    without = paper.compare(best, cells, None, "tiny setup", held).set_index("#")
+    without = paper.compare(best, cells, paired, None, "tiny setup", PAPER).set_index("#")
     assert without.loc[12, "this run"] == "not produced yet"
+
+
+def test_the_paper_claims_are_judged_on_paired_tests_not_on_means() -> None:
+    probes = _probes({"a": _cell(0.9, 0.9), "h": _cell(0.6, 0.6, dense=True)})
+    cells = report.cells_frame(probes)
+    best = pd.DataFrame([{"dataset": d, "model": "m", "macro_f1": 0.9, "hidden_f1": 0.6, "tfidf_f1": 0.5}
+                         for d in ("d", "e", "toxic")])
+    paired = pd.concat([
+        _paired([("d", "last-token hidden", 0.3, 0.001), ("d", "TF-IDF", 0.4, 0.2)]),  # higher means, not called
+        _paired([("e", "last-token hidden", 0.3, 0.001), ("e", "TF-IDF", -0.1, 0.01)]),
+        _paired([("toxic", "last-token hidden", -0.3, 0.001), ("toxic", "TF-IDF", 0.1, 0.01)]),  # one model's...
+        _paired([("toxic", "last-token hidden", 0.3, 0.001), ("toxic", "TF-IDF", 0.4, 0.001)], scope="dataset")])
+    rows = paper.compare(best, cells, paired, None, "tiny setup", PAPER).set_index("#")
+    assert rows.loc[3, "verdict"] == ("SAE above both (paired, Holm p < 0.05) on 1 of 3 datasets (toxic); below one "
+                                      "or both on 1 (e); the rest tie")  # ...and over every model, which counts
+    assert rows.loc[7, "verdict"].startswith("SAE above the last-token hidden state (paired, Holm p < 0.05) on 1 of 1")
+    none = paper.compare(best, cells, paired.iloc[:0], None, "tiny setup", PAPER).set_index("#")
+    assert none.loc[3, "this run"] == "no paired comparison with a number"
+
+
+def test_the_profile_sentence_names_every_model_layer_width_and_task() -> None:
+    assert PAPER.sentence() == ("profiles/paper.yaml holds models g2 (SAE layers 5, 12; widths 16k); datasets "
+                                "jailbreak, toxicity_en; behaviour tasks pubmed_qa; cross-lingual tasks toxicity "
+                                "(en, es).")
 
 
 def test_figures_are_inline_svg_and_byte_stable() -> None:

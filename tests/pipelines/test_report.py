@@ -196,6 +196,12 @@ def test_every_sentence_about_the_paper_profile_matches_its_file(project: Path) 
     md = _text(project / "reports/index.md")
     paper = load_profile("paper")  # the file itself, not what the report code believes
     names = {*paper["datasets"], *paper["behaviour_labels"]["tasks"], *paper["transfer"]["cross_lingual"]}
+    models = ", ".join(f"{m} (SAE layers {', '.join(map(str, s['layers']))}; widths {', '.join(s['widths'])})"
+                       for m, s in paper["sae"].items())
+    lingual = ", ".join(f"{task} ({', '.join(spec['languages'])})"
+                        for task, spec in paper["transfer"]["cross_lingual"].items())
+    assert (f"profiles/paper.yaml holds models {models}; datasets {', '.join(paper['datasets'])}; behaviour tasks "
+            f"{', '.join(paper['behaviour_labels']['tasks'])}; cross-lingual tasks {lingual}.") in md
     claimed = re.findall(r"the paper profile has ((?:(?:dataset|behaviour task|cross-lingual task) [\w-]+(?:, )?)+)",
                          md)
     held = {item.split(" ")[-1] for sentence in claimed for item in sentence.split(", ")}
@@ -209,9 +215,19 @@ def test_a_prediction_file_about_other_texts_is_refused_by_name(project: Path) -
     path = paths.probe_predictions("alpha", "m2")
     frame = pd.read_parquet(path)
     frame.assign(text_id=frame["text_id"] + "-old").to_parquet(path)
-    with pytest.raises(SaefsError, match=r"train_probes/alpha/m2.parquet: .* not in the prepared data: the file is "
-                                         r"stale; rerun the stage that wrote it"):
+    with pytest.raises(SaefsError, match=r"train_probes/alpha/m2.parquet \(written by `dvc repro "
+                                         r"train_probes@m2-alpha`\): .* not in the prepared data: the file is stale"):
         report.run()
+    frame.to_parquet(path)
+    prepared = pd.read_parquet(paths.prepared("alpha"))
+    grown = pd.concat([prepared, pd.DataFrame({"text_id": ["new"], "label": [1]})])
+    for changed in (grown, prepared.assign(label=np.where(prepared["text_id"] == "t5", 0, prepared["label"]))):
+        changed.to_parquet(paths.prepared("alpha"))
+        with pytest.raises(SaefsError, match=r"m1.parquet \(written by `dvc repro train_probes@m1-alpha`\): "
+                                             r"[01] prepared texts have no prediction and [01] another label .*: the "
+                                             r"file is stale; rerun `dvc repro train_probes@m1-alpha`"):
+            report.run()
+    prepared.to_parquet(paths.prepared("alpha"))
     path.unlink()
     with pytest.raises(SaefsError, match=r"m2.parquet not found: stage `train_probes@m2-alpha`"):
         report.run()
