@@ -22,6 +22,7 @@ from features.errors import SaefsError
 from features.reporting.report import ranked
 
 METRICS = ("macro_f1", "roc_auc")
+CALLED = 0.05  # a paired difference is called a win or a loss only where its Holm-corrected p is below this
 AGAINST = {"best dense": "dense", "last-token hidden": "last", "TF-IDF": "tfidf"}
 COLUMNS = ["scope", "dataset", "model", "comparison", "sae", "other", "metric", "difference", "low", "high", "p",
            "p_holm", "resamples"]

@@ -82,13 +82,13 @@ def forest(table: pd.DataFrame, label: list[str], title: str) -> str:
     return _rows_per_dataset(table, label, title, "test macro F1", draw)
 
 
-def differences(table: pd.DataFrame, label: list[str], title: str, xlabel: str) -> str:
+def differences(table: pd.DataFrame, label: list[str], title: str, xlabel: str, called: float) -> str:
     """One panel per dataset: a paired difference per row (`difference`, 95% `low`/`high`), a line at zero;
-    a filled dot where the Holm-corrected p-value is below 0.05."""
+    a filled dot where the Holm-corrected p-value is below `called`."""
     def draw(ax: plt.Axes, part: pd.DataFrame, y: np.ndarray) -> None:
         whiskers = np.vstack([part["difference"] - part["low"], part["high"] - part["difference"]]).clip(min=0)
         ax.errorbar(part["difference"], y, xerr=whiskers, fmt="none", capsize=2, ecolor="0.4")
-        significant = (part["p_holm"] < 0.05).to_numpy()
+        significant = (part["p_holm"] < called).to_numpy()
         ax.scatter(part["difference"], y, s=12, c=np.where(significant, "C3", "white"), edgecolors="C3", zorder=3)
         ax.axvline(0, color="0.5", linewidth=0.8)
 

@@ -54,7 +54,7 @@ def _setup_section(inputs: RunInputs) -> Section:
         "'best' cell is chosen on validation macro F1 (out-of-fold on the training part), never on test. Scores "
         f"are means over the splits; intervals: {INTERVALS['resamples']} (with one split: "
         f"{INTERVALS['logged']}). Comparisons are paired on the same splits and texts, Holm-corrected over every "
-        "p-value this report prints.",
+        "distinct test this report prints.",
         f"What each probe saw: the language model (so every SAE and hidden-state probe) reads the first "
         f"{setup.get('max_tokens', '?')} tokens of a text; `tfidf` reads the whole text and `tfidf_truncated` "
         "the same tokens the model read. Hidden-state probes read the last token (`hidden last`, the paper's "
@@ -121,22 +121,24 @@ def _comparisons_section(paired: pd.DataFrame, gaps: pd.DataFrame) -> Section:
         "Per (dataset, model), and per dataset over every model (scope 'dataset'; fits named model/cell), the "
         "best SAE probe minus the best dense probe, the last-token hidden-state probe (the paper's baseline) "
         "and TF-IDF, on macro F1 and AUROC, on the same splits and texts. difference: mean over splits; "
-        f"low/high: {INTERVALS['resamples']}; p: paired test; p_holm: Holm-corrected over every comparison and "
-        "detection gap in this report. A difference is called only where p_holm < 0.05.",
+        f"low/high: {INTERVALS['resamples']}; p: paired test; p_holm: Holm-corrected over every distinct "
+        f"comparison and detection gap in this report. A difference is called only where p_holm < "
+        f"{comparisons.CALLED}.",
         "Detection gap per layer: the best dense probe minus the best SAE probe at that layer (positive: the "
         "SAE loses information the hidden state holds)."])
     if paired["difference"].notna().any():
         section.figures.append(("Paired differences (SAE minus the other): dot at the mean over splits, whiskers "
-                                "at the 95% interval; filled where p_holm < 0.05.",
+                                f"at the 95% interval; filled where p_holm < {comparisons.CALLED}.",
                                 figures.differences(paired, ["model", "comparison", "metric"],
                                                     "Best SAE probe against the baselines",
-                                                    "SAE minus the other (paired, same texts)")))
+                                                    "SAE minus the other (paired, same texts)",
+                                                    comparisons.CALLED)))
     if gaps["gap"].notna().any():
         section.figures.append(("Detection gap per layer (dense minus SAE, macro F1): whiskers at the 95% "
-                                "interval; filled where p_holm < 0.05.",
+                                f"interval; filled where p_holm < {comparisons.CALLED}.",
                                 figures.differences(gaps.rename(columns={"gap": "difference"}).assign(
                                     at="L" + gaps["layer"].astype(str)), ["model", "at"], "Detection gap by layer",
-                                    "dense minus SAE (paired, same texts)")))
+                                    "dense minus SAE (paired, same texts)", comparisons.CALLED)))
     section.tables += [("Paired comparisons", paired.dropna(axis=1, how="all")),
                        ("Detection gap per layer", gaps.dropna(axis=1, how="all"))]
     return section

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from features.reporting.comparisons import CALLED
 from features.reporting.report import best_by
 
 
@@ -54,7 +55,6 @@ PAPER_NUMBERS = (
                 ("election",)),
 )
 TOXICITY_WORDS = ("toxic", "hate", "offensive")
-CALLED = 0.05  # a paired difference is called a win or a loss only where its Holm-corrected p is below this
 
 
 @dataclass(frozen=True)

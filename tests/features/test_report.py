@@ -183,6 +183,7 @@ def test_the_paired_difference_plot_is_inline_svg_and_byte_stable() -> None:
     table = pd.DataFrame({"dataset": ["d", "d"], "model": ["m", "m"], "comparison": ["TF-IDF", "best dense"],
                           "difference": [0.1, -0.02], "low": [0.05, -0.08], "high": [0.15, 0.04],
                           "p_holm": [0.01, 0.6]})
-    first = figures.differences(table, ["model", "comparison"], "t", "SAE minus the other")
+    first = figures.differences(table, ["model", "comparison"], "t", "SAE minus the other", 0.05)
     assert first.startswith("<svg") and "TF-IDF" in first
-    assert figures.differences(table, ["model", "comparison"], "t", "SAE minus the other") == first
+    assert figures.differences(table, ["model", "comparison"], "t", "SAE minus the other", 0.05) == first
+    assert figures.differences(table, ["model", "comparison"], "t", "SAE minus the other", 0.001) != first
