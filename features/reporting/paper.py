@@ -133,6 +133,7 @@ def compare(best: pd.DataFrame, cells: pd.DataFrame, paired: pd.DataFrame, cross
     `p_holm`; `run_setup` names this run's models, SAEs and data in a few words; `paper_profile` what
     profiles/paper.yaml holds.
     """
+    best = best.dropna(subset=["macro_f1"])  # a dataset with no SAE probe has no number to set beside the paper's
     n = len(best)
     below = sorted(best.loc[best["macro_f1"] <= 0.8, "dataset"])
     ours = {1: (", ".join(f"{r.dataset} {_f(r.macro_f1)}" for r in best.itertuples()),

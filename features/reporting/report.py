@@ -117,15 +117,17 @@ def best_config_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
     """Per dataset, what `promote` chose (on validation, over every model) and what it was compared with."""
     rows = []
     for dataset, report in sorted(promotion.items()):
-        candidate, hidden = report["candidate"], report["hidden_baseline"]
-        baselines = next(iter(report["other_baselines"].values()))  # the same split for every model
-        rows.append({"dataset": dataset, "model": candidate["model"], "cell": candidate["cell"],
-                     **_scores(candidate),
-                     "hidden_cell": hidden["cell"], "hidden_f1": hidden["macro_f1"],
-                     "tfidf_f1": baselines["tfidf"]["macro_f1"], "majority_f1": baselines["majority"]["macro_f1"],
-                     "champion": f"v{report['champion']}" if report["champion"] is not None else "none",
-                     "decision": report["decision"]})
-    return pd.DataFrame(rows)
+        row = {"dataset": dataset, "champion": f"v{report['champion']}" if report["champion"] is not None else "none",
+               "decision": report["decision"]}
+        if (candidate := report["candidate"]) is not None:  # None: every SAE cell was skipped, as `decision` says
+            hidden = report["hidden_baseline"]
+            baselines = next(iter(report["other_baselines"].values()))  # the same split for every model
+            row |= {"model": candidate["model"], "cell": candidate["cell"], **_scores(candidate),
+                    "hidden_cell": hidden["cell"], "hidden_f1": hidden.get("macro_f1", math.nan),
+                    "tfidf_f1": baselines["tfidf"]["macro_f1"], "majority_f1": baselines["majority"]["macro_f1"]}
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=["dataset", "model", "cell", "resamples", *F1, *SAFETY, "hidden_cell",
+                                               "hidden_f1", "tfidf_f1", "majority_f1", "champion", "decision"])
 
 
 def sae_quality_table(sae_quality: Mapping[tuple[str, str], dict[str, Any]],

@@ -165,6 +165,21 @@ def test_the_paper_claims_are_judged_on_paired_tests_not_on_means() -> None:
     assert none.loc[3, "this run"] == "no paired comparison with a number"
 
 
+def test_a_dataset_with_nothing_promoted_keeps_its_row_and_no_number() -> None:
+    baselines = {"m": {"tfidf": {"macro_f1": 0.7}, "majority": {"macro_f1": 0.3}}}
+    scores = {"macro_f1": 0.9, "macro_f1_low": 0.8, "macro_f1_high": 0.95, "resamples": 3}
+    promotion = {"d": {"candidate": {"model": "m", "cell": "c", **scores}, "hidden_baseline": {"cell": None},
+                       "other_baselines": baselines, "champion": 1, "decision": "promote"},
+                 "e": {"candidate": None, "other_baselines": baselines, "champion": None,
+                       "decision": "keep the champion: no SAE cell could be probed (4 skipped: empty)"}}
+    best = report.best_config_table(promotion)
+    assert best["decision"].tolist() == ["promote", promotion["e"]["decision"]]
+    assert best["macro_f1"].isna().tolist() == [False, True]
+    cells, paired = report.cells_frame(_probes({"a": _cell(0.9, 0.9)})), pd.DataFrame(columns=comparisons.COLUMNS)
+    rows = paper.compare(best, cells, paired, None, "tiny setup", PAPER).set_index("#")
+    assert rows.loc[1, "verdict"] == "1 of 1 datasets above 0.8 (below: none)"  # e has no number, not a pass
+
+
 def test_the_profile_sentence_names_every_model_layer_width_and_task() -> None:
     assert PAPER.sentence() == ("profiles/paper.yaml holds models g2 (SAE layers 5, 12; widths 16k); datasets "
                                 "jailbreak, toxicity_en; behaviour tasks pubmed_qa; cross-lingual tasks toxicity "
