@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from features.core.predictions import check_texts
-from features.core.transfer import CROSS_LINGUAL_COLUMNS, CROSS_MODEL_COLUMNS
 from features.errors import SaefsError
 from features.reporting import page as report_page
 from features.reporting import report
@@ -31,7 +30,7 @@ from pipelines.params import Params, load_params
 from pipelines.profile import PROFILE_DIR, profile_params
 
 log = logging.getLogger("saefs.report")
-TRANSFER = {"cross_model": CROSS_MODEL_COLUMNS, "cross_lingual": CROSS_LINGUAL_COLUMNS}
+TRANSFER = {"cross_model": report.CROSS_MODEL_COLUMNS, "cross_lingual": report.CROSS_LINGUAL_COLUMNS}
 
 
 def read_json(path: Path, stage: str) -> dict[str, Any]:

@@ -20,6 +20,11 @@ from features.errors import SaefsError
 
 F1 = ["macro_f1", "macro_f1_low", "macro_f1_high"]
 SAFETY = ["roc_auc", "recall_at_1fpr", "recall_at_5fpr"]  # a safety monitor's view, beside macro F1
+# What the report needs of the transfer CSVs; the stage may write more (AUROC, recall at FPR, resamples),
+# which the tables then show as well.
+CROSS_MODEL_COLUMNS = ["task", "source", "target", *F1, "hidden_f1", "tfidf_f1", "majority_f1", "n_train", "n_test",
+                       "status"]
+CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *F1, "majority_f1", "n_train", "n_test", "status"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class RunInputs:
 
 
 def check_columns(frame: pd.DataFrame, expected: list[str], source: str) -> pd.DataFrame:
-    """The transfer CSV contract: every expected column present (extra columns are kept)."""
+    """The transfer CSV contract: every expected column present (extra columns are kept and shown)."""
     missing = [c for c in expected if c not in frame.columns]
     if missing:
         raise SaefsError(f"{source} lacks columns {missing}; the transfer contract needs {expected}")

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.core.transfer import CROSS_MODEL_COLUMNS
 from features.errors import SaefsError
 from features.reporting import comparisons, figures, paper, report
 from features.reporting.page import with_interval
@@ -105,9 +104,9 @@ def test_one_resample_gives_a_note_never_a_number() -> None:
 
 
 def test_transfer_columns_are_checked_against_the_contract() -> None:
-    frame = pd.DataFrame(columns=[c for c in CROSS_MODEL_COLUMNS if c != "status"])
+    frame = pd.DataFrame(columns=[c for c in report.CROSS_MODEL_COLUMNS if c != "status"])
     with pytest.raises(SaefsError, match=r"x.csv lacks columns \['status'\]"):
-        report.check_columns(frame, CROSS_MODEL_COLUMNS, "x.csv")
+        report.check_columns(frame, report.CROSS_MODEL_COLUMNS, "x.csv")
 
 
 def test_interval_column_replaces_the_three() -> None:

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.core.transfer import CROSS_LINGUAL_COLUMNS, CROSS_MODEL_COLUMNS
 from features.errors import SaefsError
 from features.reporting.paper import PAPER_NUMBERS
 from pipelines import paths, report
@@ -69,19 +68,23 @@ def promotion(dataset: str, results: dict[str, dict]) -> dict:
             "decision": "keep the champion: FAIL macro_f1"}
 
 
-def write_transfer(root: Path) -> None:
-    """The transfer stage's two CSVs, by the contract (one skipped cell each)."""
-    scores = [0.7, 0.65, 0.75, 0.3, 0.5]  # AUROC and its interval, recall at 1% and 5% FPR
-    cross = [["phys_tf", s, t, 0.61, 0.58, 0.64, *scores, 0.66, 0.55, 0.33, 160, 40, 3, 0, "ok"]
-             for s in MODELS for t in MODELS]
-    cross[-1][3:6], cross[-1][-1] = [float("nan")] * 3, "skipped: target answered every item right"
-    lingual = [["living_room", "m1", a, b, 0.777, 0.75, 0.8, *scores, 0.33, 100, 30, 1, 0, "ok"]
-               for a in ("en", "fr") for b in ("en", "fr")]
-    for kind, rows, columns in (("cross_model", cross, CROSS_MODEL_COLUMNS),
-                                ("cross_lingual", lingual, CROSS_LINGUAL_COLUMNS)):
+def write_transfer(root: Path, added: bool = True) -> None:
+    """The transfer stage's two CSVs (one skipped cell each): the columns the report needs, and (`added`) the
+    AUROC, recall at FPR and resample columns the stage now writes beside them."""
+    more = {"roc_auc": 0.7, "roc_auc_low": 0.65, "roc_auc_high": 0.75, "recall_at_1fpr": 0.3, "recall_at_5fpr": 0.5,
+            "resamples": 3, "not_converged": 0} if added else {}
+    cross = [{"task": "phys_tf", "source": s, "target": t, "macro_f1": 0.61, "macro_f1_low": 0.58,
+              "macro_f1_high": 0.64, "hidden_f1": 0.66, "tfidf_f1": 0.55, "majority_f1": 0.33, "n_train": 160,
+              "n_test": 40, "status": "ok", **more} for s in MODELS for t in MODELS]
+    cross[-1] |= {"macro_f1": None, "macro_f1_low": None, "macro_f1_high": None,
+                  "status": "skipped: target answered every item right"}
+    lingual = [{"task": "living_room", "model": "m1", "train_lang": a, "test_lang": b, "macro_f1": 0.777,
+                "macro_f1_low": 0.75, "macro_f1_high": 0.8, "majority_f1": 0.33, "n_train": 100, "n_test": 30,
+                "status": "ok", **more} for a in ("en", "fr") for b in ("en", "fr")]
+    for kind, rows in (("cross_model", cross), ("cross_lingual", lingual)):
         path = root / paths.transfer_table(kind)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+        pd.DataFrame(rows).to_csv(path, index=False)
 
 
 def write_metrics_tree(root: Path) -> None:
@@ -167,6 +170,14 @@ def test_a_missing_metrics_file_names_it_and_its_stage(project: Path, caplog: py
         assert report.main([]) == 2
     assert "dvc repro extract@m2-beta" in caplog.text
     assert not (project / "reports/index.html").exists()
+
+
+def test_transfer_csvs_with_or_without_the_added_columns_render(project: Path) -> None:
+    for added in (False, True):
+        write_transfer(project, added)
+        assert report.main([]) == 0
+        md = _text(project / "reports/index.md")
+        assert "| living_room | m1 | en | fr | 0.777 [0.750, 0.800] |" in md and ("roc_auc_low" in md) == added
 
 
 def test_a_transfer_csv_off_contract_is_refused(project: Path) -> None:
