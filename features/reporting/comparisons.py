@@ -1,12 +1,12 @@
 """Paired comparisons the report makes, all from per-text prediction rows on the same resamples.
 
 Per (dataset, model), and per dataset across models (fits renamed `<model>/<fit>`; every model of a
-dataset shares its prepared texts and resamples, which is checked), the best SAE probe is compared with the best
-dense probe, the last-token hidden-state probe (the paper's baseline) and TF-IDF on macro F1 and
-AUROC; per layer, the detection gap is the best dense probe minus the best SAE probe at that layer.
-Every "best" is chosen on validation macro F1, never on test. Each difference is the corrected
-resampled t over the shared resamples (`features.core.predictions.compare`), and the p-values of
-every distinct test one report prints are Holm-corrected together.
+dataset shares its prepared texts and resamples, which is checked), the best SAE probe is compared
+with the best dense probe, the last-token hidden-state probe (the paper's baseline) and TF-IDF on
+macro F1 and AUROC; per layer, the detection gap is the best dense probe minus the best SAE probe
+at that layer. Every "best" is chosen on validation macro F1, never on test. Each difference is the
+corrected resampled t over the shared resamples (`features.core.predictions.compare`), and the
+p-values of every distinct test one report prints are Holm-corrected together.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from features.reporting.report import ranked
 
 METRICS = ("macro_f1", "roc_auc")
 CALLED = 0.05  # a paired difference is called a win or a loss only where its Holm-corrected p is below this
-AGAINST = {"best dense": "dense", "last-token hidden": "last", "TF-IDF": "tfidf"}
 COLUMNS = ["scope", "dataset", "model", "comparison", "sae", "other", "metric", "difference", "low", "high", "p",
            "p_holm", "resamples"]
 
