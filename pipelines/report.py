@@ -54,16 +54,8 @@ def read_predictions(dataset: str, model: str, prepared: pd.DataFrame) -> pd.Dat
     if not path.is_file():
         raise SaefsError(f"{path} not found: stage `{stage}` writes it; run `dvc repro {stage}` first")
     frame = pd.read_parquet(path)
-    where = f"{path} (written by `dvc repro {stage}`)"
-    check_texts(frame, prepared["text_id"].to_numpy(), where)
-    # and the other way: prepared texts without a prediction, or a text whose label changed since
-    truth = prepared.set_index("text_id")["label"].astype(str)
-    seen = frame.drop_duplicates("text_id").set_index("text_id")["y_true"].astype(str)
-    unseen, relabelled = truth.index.difference(seen.index), seen.index[seen != truth.reindex(seen.index)]
-    if len(unseen) or len(relabelled):
-        raise SaefsError(f"{where}: {len(unseen)} prepared texts have no prediction and {len(relabelled)} another "
-                         f"label than the prepared data (e.g. {[*unseen[:2], *relabelled[:2]]}): the file is stale; "
-                         f"rerun `dvc repro {stage}`")
+    check_texts(frame, prepared["text_id"].to_numpy(), f"{path} (written by `dvc repro {stage}`)",
+                labels=prepared["label"].to_numpy(), fix=f"dvc repro {stage}")
     return frame
 
 

@@ -141,12 +141,22 @@ def _proba(rows: pd.DataFrame) -> np.ndarray:
     return rows[[c for c in rows.columns if c.startswith("proba_")]].to_numpy(dtype=float)
 
 
-def check_texts(frame: pd.DataFrame, text_ids: Any, where: str) -> None:
-    """Refuse prediction rows about texts the prepared data does not hold (a stale or foreign file)."""
+def check_texts(frame: pd.DataFrame, text_ids: Any, where: str, labels: Any = None, fix: str = "dvc repro") -> None:
+    """Refuse prediction rows about texts the prepared data does not hold (a stale or foreign file); given the
+    prepared `labels` (aligned with `text_ids`), also a prepared text without a prediction or with another label."""
     missing = np.setdiff1d(frame["text_id"].unique(), np.asarray(text_ids))
     if len(missing):
         raise SaefsError(f"{where}: {len(missing)} predicted text ids (e.g. {missing[:3].tolist()}) are not in the "
-                         "prepared data: the file is stale; rerun the stage that wrote it (dvc repro)")
+                         f"prepared data: the file is stale; rerun the stage that wrote it ({fix})")
+    if labels is None:
+        return
+    truth = pd.Series(np.asarray(labels), index=np.asarray(text_ids)).astype(str)
+    seen = frame.drop_duplicates("text_id").set_index("text_id")["y_true"].astype(str)
+    unseen, relabelled = truth.index.difference(seen.index), seen.index[seen != truth.reindex(seen.index)]
+    if len(unseen) or len(relabelled):
+        raise SaefsError(f"{where}: {len(unseen)} prepared texts have no prediction and {len(relabelled)} another "
+                         f"label than the prepared data (e.g. {[*unseen[:2], *relabelled[:2]]}): the file is stale; "
+                         f"rerun `{fix}`")
 
 
 def resample_metrics(frame: pd.DataFrame, labels: Sequence[Any]) -> pd.DataFrame:
