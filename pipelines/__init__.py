@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 from collections.abc import Callable
+from typing import Literal
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -46,10 +47,25 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
 
 
 def stage_main(run: Callable[..., object], argv: list[str] | None, *, doc: str, arg: str | None = None,
-               help: str | None = None) -> int:
-    """The shared shape of a stage: `run(<arg>)` for a per-item stage (`arg` names the item), `run()` without."""
+               help: str | None = None, cost: Literal["per_item", "per_stage", "off"] = "per_item") -> int:
+    """The shared shape of a stage: `run(<arg>)` for a per-item stage (`arg` names the item), `run()` without.
+
+    Its cost is recorded to metrics/cost (pipelines.cost), one file per item or one for the stage (whose
+    argument is not a grid item); "off" for commands that DVC runs on every repro (a tracked file would
+    change on every repro) or does not run at all.
+    """
+    from pipelines import cost as cost_record
+    from pipelines import paths
+
+    stage = run.__module__.rpartition(".")[2]
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    if arg is None:
-        return run_cli(parser, argv, lambda args: run())
-    parser.add_argument(arg, help=help)
-    return run_cli(parser, argv, lambda args: run(getattr(args, arg)))
+    if arg is not None:
+        parser.add_argument(arg, help=help)
+
+    def action(args: argparse.Namespace) -> None:
+        item = getattr(args, arg) if arg else None
+        where = None if cost == "off" else paths.stage_cost(stage, item if cost == "per_item" else None)
+        with cost_record.recording(where):
+            run(*([item] if arg else []))
+
+    return run_cli(parser, argv, action)

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from features.stores.feast.offline import FeatureGrid, build_offline_sources
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import load_params
 
 log = logging.getLogger("saefs.build_features")
@@ -27,6 +27,7 @@ def run(model: str) -> None:
     views = build_offline_sources(model, features, prepared, grid, paths.feast_sources_dir(model))
     for view in views:
         log.info("%s: %s view %s, %d rows", model, view.kind, view.name, view.n_rows)
+    cost.work(views=len(views), rows=sum(view.n_rows for view in views))
 
 
 def main(argv: list[str] | None = None) -> int:

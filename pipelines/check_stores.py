@@ -67,7 +67,7 @@ def run() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(run, argv, doc=__doc__)
+    return stage_main(run, argv, doc=__doc__, cost="off")
 
 
 if __name__ == "__main__":

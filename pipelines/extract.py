@@ -31,7 +31,7 @@ from features.forward import distributed
 from features.sources.models import check_depth, model_identity
 from features.stores.files import write_json
 from features.stores.shards import ShardWriter
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import Params, load_params
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ def _extract(item: str, params: Params, world: distributed.World) -> None:
     """Every worker loads a model replica and extracts its turns of shard-sized blocks; the writer stores them."""
     # Imported here, not at the top: a process that only starts torchrun skips their ~8 s (sae-lens, torch).
     from features.forward.extract import extract, quality_meters
+    from features.forward.throughput import throughput, truncated_forward_flops
     from features.sources.lm import load_prepared, resolve_device
     from features.sources.sae import SAE_INDEX, load_sae
 
@@ -176,6 +177,11 @@ def _extract(item: str, params: Params, world: distributed.World) -> None:
     }
     write_json(out_dir / REPORT, report)
     write_json(paths.extract_metrics(model_name, dataset), report)
+    # Every text runs its BOS through the model too; each SAE encoder is a matmul on every counted token.
+    encoders = sum(sae.cfg.d_in * sae.cfg.d_sae for sae in named.values())
+    cost.work(texts=len(df) - done, tokens=n_tokens)
+    cost.forward("extract", throughput(n_tokens + len(df) - done, seconds, truncated_forward_flops(
+        model, cfg.layers, encoders)))
     if n_unknown:
         log.warning("%s: %d tokens were unknown to the tokenizer (characters it cannot represent)", item, n_unknown)
     if n_truncated:

@@ -45,7 +45,8 @@ def run(repo: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(run, argv, doc=__doc__, arg="repo", help=f"the Feast repository ({FEATURE_REPO})")
+    return stage_main(run, argv, doc=__doc__, arg="repo", help=f"the Feast repository ({FEATURE_REPO})",
+                      cost="per_stage")
 
 
 if __name__ == "__main__":

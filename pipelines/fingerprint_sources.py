@@ -56,7 +56,7 @@ def run() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(run, argv, doc=__doc__)
+    return stage_main(run, argv, doc=__doc__, cost="off")
 
 
 if __name__ == "__main__":

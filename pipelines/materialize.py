@@ -22,7 +22,7 @@ import time
 from features.errors import SaefsError
 from features.stores.feast.store import rebuild_online_store, store_locations
 from features.stores.files import remove_temporaries, write_json
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import load_params
 from pipelines.stores import FEATURE_REPO, feature_store
 
@@ -42,6 +42,7 @@ def run(repo: str) -> None:
     counts, carried = rebuild_online_store(store)
     for name, rows in counts.items():
         log.info("materialized %s: %d rows", name, rows)
+    cost.work(views=len(counts), rows=sum(counts.values()))
     for table, texts in carried.items():
         log.info("carried over %s: %d pushed texts", table, texts)
     write_json(paths.feast_materialized(), {"project": store.project, "online_store": online, "rows": counts,
@@ -51,7 +52,8 @@ def run(repo: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(run, argv, doc=__doc__, arg="repo", help=f"the Feast repository ({FEATURE_REPO})")
+    return stage_main(run, argv, doc=__doc__, arg="repo", help=f"the Feast repository ({FEATURE_REPO})",
+                      cost="per_stage")
 
 
 if __name__ == "__main__":

@@ -184,3 +184,11 @@ REPORT_PLOTS = Path("plots") / "report"
 
 def report_plot(name: str) -> Path:
     return REPORT_PLOTS / f"{name}.csv"
+
+
+COST = Path("metrics") / "cost"
+
+
+def stage_cost(stage: str, item: str | None = None) -> Path:
+    """What a stage instance cost (pipelines.cost); `item` is its argument, e.g. <model>/<dataset>."""
+    return COST / stage / f"{item}.json" if item else COST / f"{stage}.json"

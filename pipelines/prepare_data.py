@@ -9,7 +9,7 @@ from dataclasses import asdict
 from features.core.prepare import DatasetConfig, PrepareConfig, prepare
 from features.sources.datasets import load_source
 from features.stores.files import write_json, write_parquet
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import load_params
 
 log = logging.getLogger("saefs.prepare_data")
@@ -26,6 +26,7 @@ def run(name: str) -> None:
     df, summary = prepare(raw, cfg)
     write_parquet(paths.prepared(name), df)
     write_json(paths.prepare_summary(name), {"rows": len(df), **asdict(summary)})
+    cost.work(rows_read=len(raw), texts=len(df))
     log.info("%s: wrote %d rows to %s (%s)", name, len(df), paths.prepared(name), summary.counts)
 
 

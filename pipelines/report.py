@@ -104,7 +104,15 @@ def gather(params: Params) -> report.RunInputs:
         sae_training={m: read_json(paths.train_sae_metrics(m), f"train_sae@{m}") for m in models},
         promotion={d: read_json(paths.promotion_report(d), f"promote@{d}") for d in datasets},
         cross_model=read_transfer("cross_model"), cross_lingual=read_transfer("cross_lingual"),
-        setup=describe(params))
+        cost=read_costs(), setup=describe(params))
+
+
+def read_costs() -> dict[str, dict]:
+    """Every stage instance's cost record, keyed "<stage>[/<item>]"; the report's own (it is still running) left out."""
+    found = sorted(paths.COST.rglob("*.json")) if paths.COST.is_dir() else []
+    costs = {path.relative_to(paths.COST).with_suffix("").as_posix(): json.loads(path.read_text()) for path in found}
+    costs.pop("report", None)
+    return costs
 
 
 def run() -> None:

@@ -21,12 +21,13 @@ from features.core.naming import parse_width, sae_name
 from features.core.prepare import sample_corpus
 from features.core.sae_training import train_sae
 from features.forward.extract import collect_activations
+from features.forward.throughput import throughput, truncated_forward_flops
 from features.sources.datasets import load_source
 from features.sources.lm import load_prepared, resolve_device
 from features.sources.models import check_depth, read_manifest
 from features.sources.sae import SAE_INDEX, check_sae_fits, load_sae
 from features.stores.files import atomic_path, write_json
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import Params, load_params
 
 log = logging.getLogger("saefs.train_sae")
@@ -46,8 +47,11 @@ def _train(name: str, params: Params, out: Path, device: str, report: dict[str, 
     acts = collect_activations(model, tokenizer, texts, cfg.layers, max_tokens=ex.max_tokens,
                                batch_size=ex.batch_size, include_bos=ex.pools_bos,
                                paper_compat=ex.paper_compat)
-    report |= {"texts": len(texts), "tokens": len(acts[cfg.layers[0]]),
-               "collect_seconds": round(time.perf_counter() - started, 1)}
+    seconds = time.perf_counter() - started
+    report |= {"texts": len(texts), "tokens": len(acts[cfg.layers[0]]), "collect_seconds": round(seconds, 1)}
+    cost.work(texts=len(texts), tokens=report["tokens"])
+    cost.forward("collect", throughput(report["tokens"] + len(texts), seconds, truncated_forward_flops(
+        model, cfg.layers)))
     log.info("%s: %d training tokens from %d corpus texts", name, report["tokens"], len(texts))
     del model  # the activations are all training needs
     for layer in cfg.layers:
@@ -55,7 +59,10 @@ def _train(name: str, params: Params, out: Path, device: str, report: dict[str, 
             started = time.perf_counter()
             sae = train_sae(acts[layer], t, parse_width(width), device=device)
             sae.save_inference_model(out / sae_name(layer, width))
-            report["saes"][sae_name(layer, width)] = {"seconds": round(time.perf_counter() - started, 1)}
+            seconds = time.perf_counter() - started
+            report["saes"][sae_name(layer, width)] = {"seconds": round(seconds, 1),
+                                                      "tokens_per_second": round(t.training_samples / seconds, 1)}
+            cost.work(training_tokens=t.training_samples)
 
 
 def run(name: str) -> None:

@@ -57,7 +57,7 @@ from features.sources.lm import load_prepared, resolve_device
 from features.sources.sae import SAE_INDEX, load_sae
 from features.stores import tracking
 from features.stores.files import write_csv, write_json, write_parquet
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import CrossLingualTask, Params, load_params
 
 log = logging.getLogger("saefs.transfer")
@@ -91,6 +91,7 @@ class Featurizer:
         out = extract(self.model, self.tokenizer, texts, [layer], {layer: {width: self.sae}}, [t.pooling],
                       max_tokens=t.max_tokens, batch_size=ex.batch_size, include_bos=ex.pools_bos,
                       paper_compat=ex.paper_compat)
+        cost.work(texts=len(texts), tokens=int(out.n_tokens.sum()))
         if out.n_truncated:
             log.warning("%d of %d texts cut at transfer.max_tokens=%d", out.n_truncated, len(texts), t.max_tokens)
         return (codes_frame(out.codes[layer, width, t.pooling]), hidden_frame(out.hidden[layer, t.hidden]),
@@ -229,6 +230,8 @@ def run() -> dict[str, pd.DataFrame]:
                               {"layer": cell.layer, "width": cell.width})
             del featurize
             gc.collect()  # one model in memory at a time
+        cost.work(cells=len(model_rows) + len(lingual_rows),
+                  fits=sum(frame.groupby(["fit", "resample"]).ngroups for frame in predictions))
         tables = {"cross_model": pd.DataFrame(model_rows).reindex(columns=CROSS_MODEL_COLUMNS),
                   "cross_lingual": pd.DataFrame(lingual_rows).reindex(columns=CROSS_LINGUAL_COLUMNS)}
         write_outputs(tables, predictions)

@@ -14,7 +14,7 @@ import pandas as pd
 from features.errors import SaefsError
 from features.stores.files import atomic_path, write_json
 from features.stores.validation import ValidationRules, validate_prepared
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import load_params
 
 log = logging.getLogger("saefs.validate_data")
@@ -44,6 +44,7 @@ def run(name: str) -> None:
         "success": report.success, "rows": report.n_rows, "failed_expectations": len(report.failures),
     })
     log.info("%s: data docs at %s", name, paths.validation_dir(name) / "docs" / "index.html")
+    cost.work(texts=report.n_rows)
     if not report.success:
         raise ValidationFailed(report.message())
     log.info("%s: all expectations passed on %d rows", name, report.n_rows)

@@ -156,3 +156,18 @@ def quality_bars(summary: pd.DataFrame, title: str) -> str:
     ax.set_xlabel("fraction of variance explained (range over datasets)")
     ax.set_title(title)
     return to_svg(fig)
+
+
+def time_bars(by_stage: pd.DataFrame, title: str) -> str:
+    """Wall seconds per stage, its start-up (interpreter and imports) part darker."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.5, 0.6 + 0.3 * len(by_stage)), layout="constrained")
+    y = np.arange(len(by_stage))
+    ax.barh(y, by_stage["wall_s"], label="wall")
+    ax.barh(y, by_stage["startup_s"], label="of which start-up")
+    ax.set_yticks(y, by_stage["stage"])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (summed over the stage's instances)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    return to_svg(fig)

@@ -144,6 +144,26 @@ def _comparisons_section(paired: pd.DataFrame, gaps: pd.DataFrame) -> Section:
     return section
 
 
+def _cost_section(inputs: RunInputs) -> Section:
+    """Where the run's time went: per stage and per stage instance (metrics/cost)."""
+    section = Section("cost", "Cost of this run", [
+        "Each stage instance's wall time (start-up, i.e. the interpreter and imports, included), CPU seconds "
+        "(its own and its children's, on every core), peak memory, the work it did and, for a model-bound step, "
+        "its tokens per second and the fraction of this machine's fp32 matmul rate it reached (measured once per "
+        "machine). Load: the 1-minute load average at the start and the end. Stages that DVC skipped keep the "
+        "cost of the run that made their outputs."])
+    if not inputs.cost:
+        section.paragraphs.append("No stage recorded its cost yet (metrics/cost is empty).")
+        return section
+    table = tables.cost_table(inputs.cost)
+    by_stage = tables.cost_by_stage(table)
+    section.paragraphs.append(f"Total: {table['wall_s'].sum():,.0f} s wall, of which {table['startup_s'].sum():,.0f} s "
+                              f"start-up, over {len(table)} stage instances.")
+    section.figures.append(("Wall seconds per stage.", figures.time_bars(by_stage, "Where the time goes")))
+    section.tables += [("Per stage", by_stage), ("Per stage instance", table)]
+    return section
+
+
 def build_sections(inputs: RunInputs) -> list[Section]:
     cells = tables.cells_frame(inputs.probes)
     note = _note(cells)
@@ -216,6 +236,7 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                 tables=[("Per SAE, over datasets", summary), ("Per SAE and dataset", quality)],
                 figures=[("Variance explained per SAE: mean over datasets, whiskers at min and max.",
                           figures.quality_bars(summary, "SAE variance explained"))]),
+        _cost_section(inputs),
     ]
     for section in sections:
         section.tables = [(caption, _rounded(table)) for caption, table in section.tables]

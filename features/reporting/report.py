@@ -39,6 +39,7 @@ class RunInputs:
     promotion: Mapping[str, dict[str, Any]]  # dataset -> reports/promotion JSON
     cross_model: pd.DataFrame | None = None  # plots/transfer/cross_model.csv, None until transfer has run
     cross_lingual: pd.DataFrame | None = None
+    cost: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # "<stage>[/<item>]" -> metrics/cost JSON
     # profile, models, datasets, SAEs, resamples (params); paper_profile: what profiles/paper.yaml holds
     setup: dict[str, Any] = field(default_factory=dict)
 
@@ -188,3 +189,31 @@ def plot_tables(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[str, 
         "baselines": labelled(baselines_table(cells, probes), ["dataset", "model", "method"]),
         "training_curve": labelled(curve, ["dataset", "model", "train_rows"], {"train_rows": "n="}),
     }
+
+
+def cost_table(cost: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per stage instance (pipelines.cost records): times, memory, work done and, for a model-bound
+    step, its rate and fraction of the machine's matmul limit."""
+    rows = []
+    for name, record in sorted(cost.items()):
+        stage, _, item = name.partition("/")
+        forward = record.get("forward", {})
+        rows.append({"stage": stage, "item": item, "wall_s": record["wall_seconds"],
+                     "startup_s": record["startup_seconds"], "cpu_s": record["cpu_seconds"],
+                     "peak_rss_mb": record["peak_rss_mb"],
+                     "work": ", ".join(f"{key} {value:,.0f}" for key, value in record.get("work", {}).items()),
+                     "tokens_per_s": "; ".join(f"{step} {rate['tokens_per_second']:,.0f}"
+                                               for step, rate in forward.items()),
+                     "matmul_limit": "; ".join(f"{step} {rate['fraction_of_matmul_limit']:.0%}"
+                                               for step, rate in forward.items()),
+                     "load": "-".join(f"{load:.1f}" for load in record["load_average"])})
+    return pd.DataFrame(rows, columns=["stage", "item", "wall_s", "startup_s", "cpu_s", "peak_rss_mb", "work",
+                                       "tokens_per_s", "matmul_limit", "load"])
+
+
+def cost_by_stage(table: pd.DataFrame) -> pd.DataFrame:
+    """Per stage: instances, summed wall, start-up and CPU seconds and the share of the run's wall time."""
+    by = table.groupby("stage", sort=False).agg(instances=("item", "size"), wall_s=("wall_s", "sum"),
+                                                startup_s=("startup_s", "sum"), cpu_s=("cpu_s", "sum"))
+    by["share"] = by["wall_s"] / by["wall_s"].sum()
+    return by.sort_values("wall_s", ascending=False).reset_index()

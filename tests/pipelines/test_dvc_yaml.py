@@ -95,6 +95,7 @@ def test_outputs_are_where_pipelines_paths_puts_them() -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     with Repo(str(REPO)) as repo:
         outs = {stage.addressing: {out.def_path for out in stage.outs} for stage in repo.index.stages}
+        commands = {stage.addressing: (stage.cmd, stage.always_changed) for stage in repo.index.stages}
     models, datasets = list(params["sae"]), list(params["datasets"])
     expected = {f"prepare_model@{m}": [paths.model_dir(m)] for m in params["models"]}
     expected |= {f"prepare_data@{d}": [paths.prepared(d), paths.prepare_summary(d)] for d in datasets}
@@ -110,3 +111,22 @@ def test_outputs_are_where_pipelines_paths_puts_them() -> None:
     expected |= {f"promote@{d}": [paths.promotion_report(d), paths.promotion_receipt(d)] for d in datasets}
     for stage, wanted in expected.items():
         assert {str(path) for path in wanted} <= outs[stage], f"{stage} writes {sorted(outs[stage])}"
+    # every stage but those DVC runs on every repro records its cost where stage_main writes it (pipelines.cost)
+    for stage, (cmd, always_changed) in commands.items():
+        name, _, key = stage.partition("@")
+        item = cmd.split()[3] if key and len(cmd.split()) > 3 else None  # python -m pipelines.<stage> <item>
+        if always_changed:
+            assert not any(out.startswith(str(paths.COST)) for out in outs[stage]), stage
+        else:
+            assert str(paths.stage_cost(name, item)) in outs[stage], f"{stage} writes {sorted(outs[stage])}"
+
+
+def test_the_report_runs_after_every_stage_whose_cost_it_shows() -> None:
+    """Its deps cover every recorded stage's cost folder or file, so DVC orders it last and reruns it after them."""
+    raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    report_deps = set(raw["report"]["deps"])
+    for name, stage in raw.items():
+        if name == "report" or stage.get("always_changed"):
+            continue
+        grid = "foreach" in stage or "matrix" in stage
+        assert str(paths.COST / name if grid else paths.stage_cost(name)) in report_deps, name

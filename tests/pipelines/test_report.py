@@ -21,7 +21,7 @@ from tests.helpers import REPO, embedded_params, planted_predictions, write_para
 DATASETS, MODELS = ("alpha", "beta"), ("m1", "m2")
 LAYERS = {"m1": [3, 6], "m2": [4]}
 SECTIONS = ["setup", "best", "paper", "comparisons", "layers", "pooling", "width", "baselines", "curve", "cross-model",
-            "cross-lingual", "sae-quality"]
+            "cross-lingual", "sae-quality", "cost"]
 
 
 def _cell(f1: float, val: float, *, layer: int, width: str, pooling: str, binarize: float | None,
@@ -107,6 +107,13 @@ def write_metrics_tree(root: Path) -> None:
                 path.write_text(json.dumps(obj))
         paths.promotion_report(dataset).parent.mkdir(parents=True, exist_ok=True)
         paths.promotion_report(dataset).write_text(json.dumps(promotion(dataset, results)))
+    for stage, item, wall in (("extract", "m1/alpha", 40.0), ("extract", "m2/alpha", 20.0), ("promote", "alpha", 9.0),
+                              ("report", None, 5.0)):
+        rate = {"tokens_per_second": 333.0, "fraction_of_matmul_limit": 0.81} if stage == "extract" else None
+        paths.stage_cost(stage, item).parent.mkdir(parents=True, exist_ok=True)
+        paths.stage_cost(stage, item).write_text(json.dumps({
+            "wall_seconds": wall, "startup_seconds": 3.0, "cpu_seconds": 2 * wall, "peak_rss_mb": 900,
+            "load_average": [1.0, 2.0], "work": {"tokens": 1000}, "forward": {"extract": rate} if rate else {}}))
     for model in MODELS:
         paths.train_sae_metrics(model).parent.mkdir(parents=True, exist_ok=True)
         paths.train_sae_metrics(model).write_text(json.dumps(
@@ -142,9 +149,12 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     assert "0.777 [0.750, 0.800]" in html and "0.777 [0.750, 0.800]" in md  # a cross-lingual cell, as the CSV has it
     assert "[0.75, 0.80]" in html  # and its heatmap annotation
     assert "skipped: target answered every item right" in html and "skipped" in md
-    assert html.count("<svg") == 8 + 1 + 1  # eight result figures, one heatmap per transfer task
+    assert html.count("<svg") == 8 + 1 + 1 + 1  # eight result figures, a heatmap per transfer task, cost
     assert not re.search(r"<script|<link|src=\"http|@import", html)  # self-contained: opens offline
     assert "1 of 2 datasets above 0.8 (below: alpha)" in md  # the paper's claim 1, counted on the inputs
+    # the cost section: every stage instance but the report's own (still running), extract first by wall time
+    assert "Total: 69 s wall, of which 9 s start-up, over 3 stage instances." in md
+    assert "extract 333" in md and "extract 81%" in md and "report" not in md.split("## Cost of this run")[1]
 
 
 def test_without_transfer_csvs_it_renders_says_so_and_writes_plot_tables(project: Path) -> None:

@@ -1,0 +1,87 @@
+"""How close a forward pass runs to this machine's fp32 matmul rate (the limit a CPU forward can reach).
+
+A truncated decoder forward is matmul-bound: each token costs about two FLOPs per parameter of the
+blocks it runs through (attention over at most a few hundred positions adds a few percent). Dividing
+the achieved FLOP rate by the rate of a large square matmul gives the fraction of the limit; the
+limit is measured once per machine (CPU model, threads, torch version) and cached, since a second
+of matmuls per stage would distort the stages it measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CACHE_ENV = "SAEFS_CACHE"  # where per-machine measurements are kept; ~/.cache/saefs by default
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "saefs")
+
+
+def measure_matmul_gflops(n: int = 2048, repeats: int = 5, trials: int = 3) -> float:
+    """fp32 GFLOP/s of an n x n matmul on the current torch threads: the best of `trials`, since
+    other jobs on a shared machine can only slow a trial down."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up: thread pool and allocator
+    best = 0.0
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def _machine_key() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def matmul_limit() -> float:
+    """This machine's fp32 matmul GFLOP/s at the current thread count, measured on first use and cached."""
+    path = cache_dir() / "matmul_limit.json"
+    key = _machine_key()
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in cached:
+        cached[key] = round(measure_matmul_gflops(), 2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=2))
+        tmp.replace(path)
+    return float(cached[key])
+
+
+def forward_flops_per_token(blocks: Sequence[nn.Module], extra_params: int = 0) -> int:
+    """Matmul FLOPs per token of a forward through `blocks` (2 per weight), plus `extra_params` weights
+    applied to every token as well (SAE encoders, an LM head)."""
+    return 2 * (sum(p.numel() for block in blocks for p in block.parameters()) + extra_params)
+
+
+def throughput(tokens: int, seconds: float, flops_per_token: int) -> dict[str, float]:
+    """Tokens/s, GFLOP/s and the fraction of the matmul limit reached, with the load average beside them."""
+    rate = tokens / max(seconds, 1e-9)
+    gflops = rate * flops_per_token / 1e9
+    limit = matmul_limit()
+    return {"tokens": tokens, "tokens_per_second": round(rate, 1), "gflop_per_second": round(gflops, 2),
+            "matmul_limit_gflop_per_second": limit, "fraction_of_matmul_limit": round(gflops / limit, 3),
+            "load_average": round(os.getloadavg()[0], 2)}
+
+
+def truncated_forward_flops(model: nn.Module, layers: Sequence[int], extra_params: int = 0) -> int:
+    """FLOPs per token of a forward that stops after the deepest of `layers` (as capture_residuals does)."""
+    from features.sources.lm import decoder_layers
+
+    return forward_flops_per_token(list(decoder_layers(model))[: max(layers) + 1], extra_params)

@@ -1,0 +1,78 @@
+"""Stage cost records: what stage_main writes to metrics/cost, merged from worker processes, never on failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from features.errors import SaefsError
+from features.forward import throughput
+from pipelines import cost, paths, stage_main
+
+
+@pytest.fixture(autouse=True)
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(throughput.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(cost.WORK_ENV, raising=False)
+    return tmp_path
+
+
+def busy(item: str) -> None:
+    """A stage that does work itself and in a worker process it starts (as extract's torchrun workers)."""
+    cost.work(texts=3, tokens=30)
+    cost.work(tokens=12)
+    worker = "from pipelines import cost; cost.work(tokens=100); cost.forward('w', {'tokens_per_second': 5.0})"
+    subprocess.run([sys.executable, "-c", worker], check=True)
+    cost.forward("extract", throughput.throughput(42, 0.5, throughput.forward_flops_per_token([torch.nn.Linear(4, 4)])))
+    if item == "bad/input":
+        raise SaefsError("bad input")
+
+
+def test_a_stage_records_times_work_and_its_workers_work() -> None:
+    assert stage_main(busy, ["m/d"], doc="", arg="item") == 0
+    record = json.loads(paths.stage_cost("test_cost", "m/d").read_text())
+    assert record["work"] == {"texts": 3, "tokens": 142}  # the worker's 100 merged into the stage's 42
+    assert record["forward"]["w"] == {"tokens_per_second": 5.0}
+    rate = record["forward"]["extract"]
+    assert rate["tokens_per_second"] == 84.0 and rate["gflop_per_second"] == pytest.approx(84 * 40 / 1e9, abs=0.01)
+    assert 0 < rate["matmul_limit_gflop_per_second"] and "load_average" in rate
+    assert record["wall_seconds"] >= record["startup_seconds"] > 0
+    assert record["cpu_seconds"] > 0 and record["peak_rss_mb"] > 0 and len(record["load_average"]) == 2
+    assert not list(paths.COST.rglob(".*"))  # the workers' scratch file is gone
+
+
+def test_a_failed_stage_writes_no_cost_and_off_or_per_stage_choose_the_file() -> None:
+    assert stage_main(busy, ["bad/input"], doc="", arg="item") == 2
+    assert not paths.stage_cost("test_cost", "bad/input").exists()
+    assert stage_main(busy, ["x/y"], doc="", arg="item", cost="off") == 0
+    assert not paths.COST.exists() or not list(paths.COST.rglob("*.json"))
+    assert stage_main(busy, ["x/y"], doc="", arg="item", cost="per_stage") == 0
+    assert json.loads(paths.stage_cost("test_cost").read_text())["work"]["tokens"] == 142
+
+
+def test_work_outside_a_stage_is_not_recorded_anywhere() -> None:
+    cost.work(tokens=1)
+    cost.forward("x", {})
+    assert not paths.COST.exists()
+
+
+def test_the_matmul_limit_is_measured_once_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(throughput, "measure_matmul_gflops", lambda: calls.append(1) or 50.0)
+    assert throughput.matmul_limit() == throughput.matmul_limit() == 50.0
+    assert len(calls) == 1
+    monkeypatch.setattr(throughput.torch, "get_num_threads", lambda: 99)  # another thread count: another limit
+    throughput.matmul_limit()
+    assert len(calls) == 2
+
+
+def test_forward_flops_count_two_per_weight_of_the_blocks_run() -> None:
+    blocks = [torch.nn.Linear(8, 4, bias=False), torch.nn.Linear(4, 4)]
+    assert throughput.forward_flops_per_token(blocks) == 2 * (32 + 20)
+    assert throughput.forward_flops_per_token(blocks[:1], extra_params=10) == 2 * 42
