@@ -70,9 +70,10 @@ def stages() -> dict[str, dict]:
 @pytest.mark.parametrize("name", sorted(stages()))
 def test_each_stage_depends_on_every_module_it_imports(name: str) -> None:
     stage = stages()[name]
-    entry = re.search(r"python -m (pipelines\.\w+)", stage["cmd"])
+    entry = re.search(r"python -m pipelines[ .](\w+)", stage["cmd"])
     assert entry, f"{name}: cmd {stage['cmd']!r} does not run a pipelines module"
-    missing = import_closure(entry.group(1)) - set(stage["deps"])
+    runner = {"pipelines/__main__.py", *import_closure("pipelines.warm")} if "pipelines " in stage["cmd"] else set()
+    missing = (import_closure(f"pipelines.{entry.group(1)}") | runner) - set(stage["deps"])
     assert not missing, f"dvc.yaml stage {name} misses the modules it imports: add {sorted(missing)} to its deps"
 
 
@@ -114,7 +115,7 @@ def test_outputs_are_where_pipelines_paths_puts_them() -> None:
     # every stage but those DVC runs on every repro records its cost where stage_main writes it (pipelines.cost)
     for stage, (cmd, always_changed) in commands.items():
         name, _, key = stage.partition("@")
-        item = cmd.split()[3] if key and len(cmd.split()) > 3 else None  # python -m pipelines.<stage> <item>
+        item = cmd.split()[-1] if key else None  # python -m pipelines[.]<stage> <item>
         if always_changed:
             assert not any(out.startswith(str(paths.COST)) for out in outs[stage]), stage
         else:

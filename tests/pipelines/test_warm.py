@@ -1,0 +1,88 @@
+"""The warm stage runner: a stage runs in a fork of a server with the libraries imported, as its own process would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import warm
+from tests.helpers import REPO
+
+STAGE = '''
+import os, sys
+print("cwd", os.getcwd())
+print("args", sys.argv[1:])
+print("env", os.environ.get("STAGE_TEST_VALUE"))
+print("server", os.getppid())
+print("preloaded", "sae_lens" in sys.modules)
+print("version", {version})
+print("to stderr", file=sys.stderr)
+sys.exit({code})
+'''
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkout of its own (pipelines/ and features/ copied), so that a stage can be edited between runs."""
+    root = tmp_path_factory.mktemp("warm")
+    for package in ("pipelines", "features"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def caller_env(project: Path, **env: str) -> dict[str, str]:
+    """A server of this module's own (SAEFS_* variables are part of its key), gone 5 s after its last stage."""
+    return dict(os.environ) | {"SAEFS_TEST_SERVER": str(project), "SAEFS_WARM_IDLE": "5", **env}
+
+
+def run(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=project, env=caller_env(project, **env),
+                          capture_output=True, text=True, timeout=300)
+
+
+def write_stage(project: Path, version: int, code: int) -> None:
+    (project / "pipelines" / "probe_stage.py").write_text(STAGE.format(version=version, code=code))
+
+
+def test_a_stage_runs_in_a_warm_fork_with_the_callers_arguments_and_sees_every_edit(project: Path) -> None:
+    write_stage(project, version=1, code=3)
+    first = run(project, "probe_stage", "m/d", "--flag", STAGE_TEST_VALUE="x")
+    assert first.returncode == 3, first.stderr
+    lines = first.stdout.splitlines()
+    server = lines.pop(3)
+    assert lines == [f"cwd {project}", "args ['m/d', '--flag']", "env x", "preloaded True", "version 1"]
+    assert "to stderr" in first.stderr
+    write_stage(project, version=2, code=0)  # an edited stage: the warm server must not run the old one
+    second = run(project, "probe_stage", STAGE_TEST_VALUE="y")
+    assert second.returncode == 0 and "version 2" in second.stdout and "env y" in second.stdout
+    assert server in second.stdout.splitlines()  # a fork of the same server: the libraries were not imported again
+
+
+def test_warm_off_runs_the_stage_in_the_callers_process(project: Path) -> None:
+    write_stage(project, version=3, code=0)
+    done = run(project, "probe_stage", SAEFS_WARM="0")
+    assert done.returncode == 0 and "preloaded False" in done.stdout and "version 3" in done.stdout
+
+
+def test_a_socket_left_by_a_killed_server_is_replaced(project: Path) -> None:
+    from pipelines import OFFLINE_ENV
+
+    env = caller_env(project, SAEFS_TEST_STALE="1")
+    path = warm.socket_path(OFFLINE_ENV | env)  # the caller's environment after `import pipelines` set its defaults
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.unlink(missing_ok=True)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))  # bound, never listening, closed: what a killed server leaves
+    dead.close()
+    write_stage(project, version=4, code=0)
+    done = run(project, "probe_stage", SAEFS_TEST_STALE="1")
+    assert done.returncode == 0 and "preloaded True" in done.stdout, done.stderr
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.connect(str(path))  # the new server listens where the dead one was (refused if the file were still stale)
+    live.close()
