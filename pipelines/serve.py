@@ -5,6 +5,8 @@ repo and the MLflow registry of `promote.tracking_uri`), with the `extract` and 
 The HTTP API (FastAPI; its schema at /openapi.json, the docs at /docs):
 
   POST /score            {"texts": [...], "dataset": "spam"}  new texts, through the online store
+  POST /score/many       {"texts": [...], "datasets": [...]}  the same texts for several datasets (default: all
+                         served); champions that read the same language model share one forward
   GET  /score/{text_id}  ?dataset=spam                        a text already in the online store
   GET  /health           the process is up
   GET  /ready            200 once every served dataset's champion is loaded, 503 (naming those without) before;
@@ -95,10 +97,14 @@ class Scored(BaseModel):
     results: list[Score]
 
 
+class ScoredMany(BaseModel):
+    results: dict[str, list[Score]]  # dataset -> one result per text, in order
+
+
 def max_body_bytes(limits: ServeParams) -> int:
     """The largest POST /score body a valid request needs: `max_texts` texts of `max_chars` characters,
-    each JSON-escaped at its longest (12 bytes: an escaped surrogate pair), plus the keys and the dataset."""
-    return limits.max_texts * (12 * limits.max_chars + 4) + 1024
+    each JSON-escaped at its longest (12 bytes: an escaped surrogate pair), plus the keys and every dataset."""
+    return limits.max_texts * (12 * limits.max_chars + 4) + sum(len(name) + 4 for name in limits.datasets) + 1024
 
 
 class BodyDeadline:
@@ -161,6 +167,13 @@ def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
                                   description=f"1 to {limits.max_texts} texts of 1 to {limits.max_chars} characters")
         dataset: Dataset = Field(limits.datasets[0], description="whose champion scores the texts")  # type: ignore[valid-type]
 
+    class ScoreManyRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        texts: list[Text] = ScoreRequest.model_fields["texts"]
+        datasets: list[Dataset] = Field(  # type: ignore[valid-type]
+            list(limits.datasets), min_length=1, description="whose champions score the texts (default: every "
+            "served dataset); champions reading the same language model share one forward")
+
     app = FastAPI(title="saefs scoring", version="1", max_body_size=max_body_bytes(limits),
                   description="Safety classification by linear probes on sparse autoencoder features")
     app.add_middleware(BodyDeadline, seconds=limits.body_timeout_s)
@@ -218,13 +231,20 @@ def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
                               for name in waiting}
         return JSONResponse(body, status_code=503 if waiting else 200)
 
-    @app.post("/score", response_model=Scored, responses={**errors, 408: {"description": "the body came too slowly"},
-                                                          413: {"description": "the body is larger than any valid "
-                                                                "request"}})
+    posted = {**errors, 408: {"description": "the body came too slowly"},
+              413: {"description": "the body is larger than any valid request"}}
+
+    @app.post("/score", response_model=Scored, responses=posted)
     async def score(request: ScoreRequest) -> Scored:
         results = await anyio.to_thread.run_sync(scorer.score_texts, request.dataset, request.texts,
                                                  limiter=new_text_threads)
         return Scored(dataset=request.dataset, results=results)
+
+    @app.post("/score/many", response_model=ScoredMany, responses=posted)
+    async def score_many(request: ScoreManyRequest) -> ScoredMany:
+        results = await anyio.to_thread.run_sync(scorer.score_many, request.datasets, request.texts,
+                                                 limiter=new_text_threads)
+        return ScoredMany(results=results)
 
     @app.get("/score/{text_id}", response_model=Score,
              responses={**errors, 404: {"description": "the online store holds no features for this text_id"}})
@@ -240,18 +260,24 @@ cli = typer.Typer(help="Score texts with the champion probes (see pipelines/serv
 
 
 @cli.command("score")
-def score_command(texts: list[str], dataset: Annotated[str | None, typer.Option(help="default: serve.datasets[0]")]
+def score_command(texts: list[str], dataset: Annotated[list[str] | None, typer.Option(
+        help="repeat for several (their champions share a forward per language model); default: serve.datasets[0]")]
                   = None) -> None:
-    """Score texts with the champion of a dataset and print the results as JSON."""
+    """Score texts with the champion of each dataset and print the results as JSON."""
     setup_logging()
     params = load_params()
-    dataset = dataset or params.serve.datasets[0]
+    datasets = dataset or [params.serve.datasets[0]]
     try:
-        results = build_scorer(params).score_texts(dataset, texts)
+        results = build_scorer(params).score_many(datasets, texts)
     except SaefsError as err:
         log.error("%s", err)
         raise typer.Exit(2) from None
-    typer.echo(json.dumps({"dataset": dataset, "results": [asdict(r) for r in results]}, indent=2))
+    printable = {name: [asdict(r) for r in scored] for name, scored in results.items()}
+    if len(printable) == 1:
+        [(name, scored)] = printable.items()
+        typer.echo(json.dumps({"dataset": name, "results": scored}, indent=2))
+    else:
+        typer.echo(json.dumps({"results": printable}, indent=2))
 
 
 @cli.command("serve")

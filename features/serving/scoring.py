@@ -271,23 +271,31 @@ class Scorer:
 
     def score_texts(self, dataset: str, texts: Sequence[str]) -> list[Score]:
         """Features of new texts -> online store (push) -> champion's feature service -> probe."""
+        return self.score_many([dataset], texts)[dataset]
+
+    def score_many(self, datasets: Sequence[str], texts: Sequence[str]) -> dict[str, list[Score]]:
+        """`texts` scored by the champion of each of `datasets`: one batched forward per language model their
+        champions read, however many datasets share it; then per dataset push, read back and predict."""
         unencodable = [row for row, text in enumerate(texts) if not _utf8(text)]
         if unencodable:
             raise BadTexts(f"texts at rows {unencodable[:10]} are not valid Unicode (lone surrogates): send UTF-8 "
                            "text", unencodable)
-        champion = self.champion(dataset)
-        ids = [text_id(dataset, text) for text in texts]
+        champions = {dataset: self.champion(dataset) for dataset in dict.fromkeys(datasets)}
         try:
-            codes = self.encode(champion, texts)
+            codes = self.encode(champions, texts)
         except EmptyTexts as err:
             raise BadTexts(f"{err}; a text needs a word the tokenizer knows", err.rows) from err
-        with self._store_lock:
-            store = self._current_store()
-            service_call("writing to the online store", push_codes, store, champion.push_views, champion.kind,
-                         ids, codes, datetime.now(UTC))
-            frame = service_call("reading the online store", online_frame, store, champion.service_object,
-                                 champion.kind, ids)
-        return self._predict(dataset, champion, ids, frame)
+        scored = {}
+        for dataset, champion in champions.items():
+            ids = [text_id(dataset, text) for text in texts]
+            with self._store_lock:
+                store = self._current_store()
+                service_call("writing to the online store", push_codes, store, champion.push_views, champion.kind,
+                             ids, codes[dataset], datetime.now(UTC))
+                frame = service_call("reading the online store", online_frame, store, champion.service_object,
+                                     champion.kind, ids)
+            scored[dataset] = self._predict(dataset, champion, ids, frame)
+        return scored
 
     def score_stored(self, dataset: str, text_ids: Sequence[str]) -> list[Score]:
         """Texts already in the online store, by text_id."""
@@ -301,17 +309,29 @@ class Scorer:
                               "online: score the text itself (POST /score) to add it")
         return self._predict(dataset, champion, list(text_ids), frame)
 
-    def encode(self, champion: Champion, texts: Sequence[str]) -> sparse.csr_matrix:
-        """Pooled codes of `texts` in the champion's cell, as its view holds them (binarized or not)."""
-        (lm, tokenizer), sae = self._encoders(champion)
-        s = self.settings
-        with self._forward_lock:
-            out = extract(lm, tokenizer, texts, [champion.layer], {champion.layer: {champion.sae: sae}},
-                          [champion.pooling], max_tokens=s.max_tokens, batch_size=s.batch_size,
-                          include_bos=s.pools_bos, paper_compat=s.paper_compat, progress=False)
-        codes = out.codes[champion.layer, champion.sae, champion.pooling]
-        if champion.kind == "binary":
-            codes = binarize_codes(codes, champion.threshold, champion.op)  # type: ignore[arg-type]
+    def encode(self, champions: Mapping[str, Champion], texts: Sequence[str]) -> dict[str, sparse.csr_matrix]:
+        """Per dataset, the pooled codes of `texts` in its champion's cell, as its view holds them (binarized or
+        not). Champions reading the same language model share one forward: every layer, SAE and pooling
+        they need is taken from it."""
+        by_model: dict[str, dict[str, Champion]] = {}
+        for dataset, champion in champions.items():
+            by_model.setdefault(champion.model, {})[dataset] = champion
+        s, codes = self.settings, {}
+        for group in by_model.values():
+            saes: dict[int, dict[str, Any]] = {}
+            for champion in group.values():
+                lm_and_tokenizer, sae = self._encoders(champion)
+                saes.setdefault(champion.layer, {})[champion.sae] = sae
+            poolings = sorted({champion.pooling for champion in group.values()})
+            with self._forward_lock:
+                out = extract(*lm_and_tokenizer, texts, sorted(saes), saes, poolings, max_tokens=s.max_tokens,
+                              batch_size=s.batch_size, include_bos=s.pools_bos, paper_compat=s.paper_compat,
+                              progress=False)
+            for dataset, champion in group.items():
+                pooled = out.codes[champion.layer, champion.sae, champion.pooling]
+                if champion.kind == "binary":
+                    pooled = binarize_codes(pooled, champion.threshold, champion.op)  # type: ignore[arg-type]
+                codes[dataset] = pooled
         return codes
 
     def _refresh(self, dataset: str) -> Champion:

@@ -354,6 +354,43 @@ def test_a_slow_champion_load_blocks_no_request_and_swaps_in_whole(project, monk
     assert {a.model_version for a in answers} == {1, moved}
 
 
+def test_datasets_whose_champions_read_one_model_share_its_forward(project, monkeypatch) -> None:
+    """Scoring for alpha and beta (another cell of the same model) runs the model once for the whole request,
+    and each dataset's answers equal scoring it alone; over HTTP and the CLI as well."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from features.serving import scoring
+
+    beta = tracking.registered_name("beta")
+    other, model_uri = other_sparse_cell(project["report"])
+    tracking.set_alias(beta, tracking.CHAMPION, tracking.register(model_uri, beta))
+    forwards: list[int] = []
+    real = scoring.extract
+    monkeypatch.setattr(scoring, "extract", lambda *args, **kwargs: forwards.append(len(args[2])) or real(*args,
+                                                                                                         **kwargs))
+    texts = ["w1 w2 w3 w40", "w201 w230 w250", "w7 w9"]
+    try:
+        scorer = serve.build_scorer(two_dataset_params())
+        together = scorer.score_many([DATASET, "beta"], texts)
+        assert forwards == [3]  # one forward of the three texts for both datasets
+        assert [s.feature_service for s in together["beta"]] == [other] * 3
+        for dataset in (DATASET, "beta"):
+            alone = scorer.score_texts(dataset, texts)
+            assert [(a.label, round(a.probability, 5)) for a in alone] == \
+                [(t.label, round(t.probability, 5)) for t in together[dataset]]
+        with TestClient(serve.create_app(scorer, two_dataset_params().serve)) as client:
+            body = client.post("/score/many", json={"texts": texts[:2]}).json()  # default: every served dataset
+            assert sorted(body["results"]) == [DATASET, "beta"] and len(body["results"]["beta"]) == 2
+            assert client.post("/score/many", json={"texts": texts, "datasets": ["nowhere"]}).status_code == 422
+        monkeypatch.setattr(serve, "load_params", two_dataset_params)
+        cli = CliRunner().invoke(serve.cli, ["score", "w1 w2", "--dataset", DATASET, "--dataset", "beta"])
+        assert cli.exit_code == 0, cli.output
+        assert sorted(json.loads(cli.stdout)["results"]) == [DATASET, "beta"]
+    finally:
+        mlflow.MlflowClient().delete_registered_model(beta)
+
+
 def test_ready_reports_what_is_loaded_without_waiting_for_a_load(project, monkeypatch) -> None:
     from fastapi.testclient import TestClient
 
