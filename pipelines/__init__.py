@@ -8,6 +8,7 @@ already set win: export HF_HUB_OFFLINE=0 to let the paper profile reach the hub.
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Literal
 
@@ -57,7 +58,9 @@ def stage_main(run: Callable[..., object], argv: list[str] | None, *, doc: str, 
     from pipelines import cost as cost_record
     from pipelines import paths
 
-    stage = run.__module__.rpartition(".")[2]
+    # a stage started as `python -m pipelines.<stage>` runs as __main__: its spec keeps the module's name
+    spec = getattr(sys.modules.get(run.__module__), "__spec__", None)
+    stage = (spec.name if spec else run.__module__).rpartition(".")[2]
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if arg is not None:
         parser.add_argument(arg, help=help)

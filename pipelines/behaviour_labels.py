@@ -16,10 +16,11 @@ import time
 from features.core.prepare import PrepareConfig
 from features.errors import SaefsError
 from features.forward.behaviour import behaviour_frame, label_items
+from features.forward.throughput import forward_flops_per_token, throughput
 from features.sources.items import first_items, load_item_rows, parse_items
-from features.sources.lm import load_prepared, resolve_device
+from features.sources.lm import decoder_layers, load_prepared, resolve_device
 from features.stores.files import write_json, write_parquet
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import load_params
 
 log = logging.getLogger("saefs.behaviour_labels")
@@ -48,6 +49,12 @@ def run(cell: str) -> None:
               "accuracy": accuracy, "chance": float((1 / frame["options"].map(len)).mean()),
               "one_class": bool(frame["label"].nunique() < 2), "seconds": round(time.perf_counter() - started, 1)}
     write_json(paths.behaviour_metrics(target, task), report)
+    # decoder blocks for every token run, the output embedding for every position the head scored
+    blocks, head = forward_flops_per_token(decoder_layers(model)), forward_flops_per_token([
+        model.get_output_embeddings()])
+    cost.work(items=len(labelled.items), tokens=labelled.tokens, head_positions=labelled.head_positions)
+    cost.forward("behaviour", throughput(labelled.tokens, report["seconds"],
+                                         blocks + head * labelled.head_positions // max(labelled.tokens, 1)))
     log.info("%s: %d items, accuracy %.3f (chance %.3f), skipped %s, %.0f s", cell, len(frame), accuracy,
              report["chance"], labelled.skipped or "none", report["seconds"])
 

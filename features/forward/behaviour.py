@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -24,6 +25,7 @@ from features.sources.items import Item, ItemError, mcq_prompt
 from features.sources.lm import right_pad, with_bos
 
 LABEL_NAMES = ("incorrect", "correct")  # label 1: the target answered right
+BATCH_TOKENS = 1024  # padded prompt tokens per forward: bigger batches do not run faster on a 2-core CPU
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -33,31 +35,105 @@ def context_length(model: PreTrainedModel) -> int | None:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
-def score_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str,
-                  options: Sequence[str], max_tokens: int) -> list[float]:
-    """Summed log-probability of each continuation `" " + option` after `prompt`, in one forward pass.
+@dataclass(frozen=True)
+class _Encoded:
+    """An item's token ids: the prompt (BOS first) and each option's continuation `" " + option`."""
 
-    The prompt starts with BOS (prepended where the tokenizer does not add it, as extraction does);
-    options are tokenized on their own and appended, so every option follows the very same prompt
-    tokens. Only the positions that predict option tokens go through the LM head (`logits_to_keep`):
-    Gemma's 262k-word head would otherwise cost more than the whole decoder.
-    """
+    prompt: list[int]
+    options: list[list[int]]
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, options: Sequence[str], limit: int) -> _Encoded:
+    """Options are tokenized on their own, so every option follows the very same prompt tokens; an item whose
+    prompt and longest option exceed `limit` tokens, or with an option of no token, is an ItemError."""
     prompt_ids = with_bos(tokenizer(prompt, add_special_tokens=True)["input_ids"], tokenizer.bos_token_id)
     option_ids = [list(tokenizer(" " + option, add_special_tokens=False)["input_ids"]) for option in options]
     if any(not ids for ids in option_ids):
         raise ItemError("empty_option", f"an option of {prompt[:60]!r} has no tokens")
-    limit = min(max_tokens, context_length(model) or max_tokens)
     longest = max(len(ids) for ids in option_ids)
     if len(prompt_ids) + longest > limit:
         raise ItemError("too_long", f"prompt and option take {len(prompt_ids) + longest} tokens, more than "
                         f"{limit} (max_tokens or the model's context)")
-    input_ids, attention_mask = right_pad([prompt_ids + ids for ids in option_ids], model.device)
+    return _Encoded(prompt_ids, option_ids)
+
+
+def _score_batch(model: PreTrainedModel, batch: Sequence[_Encoded]) -> tuple[list[list[float]], int, int]:
+    """Summed log-probability of every option of every item, the prompts computed once, in two forwards.
+
+    The prompts run left-padded (position ids count real tokens only) and keep their attention cache;
+    the logits at each prompt's last position score every option's first token. Each option's other
+    tokens then run as one row on a copy of its prompt's cache, its last token never (nothing is
+    predicted after it). Only those positions go through the LM head: Gemma's 262k-word head would
+    otherwise cost more than the decoder. Returns the scores, the real tokens run through the decoder and
+    the positions run through the head (the work done).
+    """
+    from transformers import DynamicCache
+
+    device = model.device
+    width = max(len(item.prompt) for item in batch)
+    prompts = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for row, item in enumerate(batch):
+        prompts[row, width - len(item.prompt):] = torch.tensor(item.prompt)
+        mask[row, width - len(item.prompt):] = 1
+    cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        # Right padding: the last `longest + 1` positions start at the one that predicts the first option token.
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                       logits_to_keep=longest + 1).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    return [float(sum(logprobs[row, j, token] for j, token in enumerate(ids))) for row, ids in enumerate(option_ids)]
+        first = model(input_ids=prompts.to(device), attention_mask=mask.to(device),
+                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), cache=cache,
+                      use_cache=True, logits_to_keep=1).logits[:, -1].float().log_softmax(-1).cpu()
+    scores = [[float(first[row, ids[0]]) for ids in item.options] for row, item in enumerate(batch)]
+    rows = [(row, i, ids) for row, item in enumerate(batch) for i, ids in enumerate(item.options) if len(ids) > 1]
+    tokens = sum(len(item.prompt) for item in batch)
+    if not rows:
+        return scores, tokens, len(batch)
+    owner = torch.tensor([row for row, _, _ in rows])
+    cache.reorder_cache(owner.to(device))  # one copy of its prompt's cache per continued option
+    rest = [ids[:-1] for _, _, ids in rows]
+    continued, continued_mask = right_pad(rest, device)
+    positions = mask.sum(-1)[owner].unsqueeze(1) + torch.arange(continued.shape[1])
+    with torch.inference_mode():
+        hidden = model.base_model(input_ids=continued, attention_mask=torch.cat([mask[owner].to(device),
+                                                                               continued_mask], 1),
+                                  position_ids=positions.to(device), cache=cache, use_cache=True).last_hidden_state
+        # only the positions that predict an option token: padding never reaches the head
+        steps = [(r, step) for r, (_, _, ids) in enumerate(rows) for step in range(len(ids) - 1)]
+        logprobs = _head(model, hidden[[r for r, _ in steps], [step for _, step in steps]]).log_softmax(-1).cpu()
+    at = 0
+    for row, i, ids in rows:
+        scores[row][i] += float(logprobs[torch.arange(at, at + len(ids) - 1), ids[1:]].sum())
+        at += len(ids) - 1
+    return scores, tokens + len(steps), len(batch) + len(steps)
+
+
+def _head(model: PreTrainedModel, hidden: Tensor) -> Tensor:
+    """fp32 logits of hidden states [K, d]: the model's output embedding, then its final soft-capping (Gemma 2),
+    as its own forward applies them."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def score_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str,
+                  options: Sequence[str], max_tokens: int) -> list[float]:
+    """Summed log-probability of each continuation `" " + option` after `prompt` (BOS prepended where the
+    tokenizer does not add it, as extraction does)."""
+    return _score_batch(model, [_encode(tokenizer, prompt, options, _limit(model, max_tokens))])[0][0]
+
+
+def _limit(model: PreTrainedModel, max_tokens: int) -> int:
+    return min(max_tokens, context_length(model) or max_tokens)
+
+
+def _batches(encoded: Sequence[_Encoded], batch_tokens: int) -> list[list[int]]:
+    """Positions of `encoded`, longest prompts first, in batches of at most `batch_tokens` padded prompt tokens."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].prompt))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(encoded[batches[-1][0]].prompt) * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 @dataclass(frozen=True)
@@ -68,6 +144,8 @@ class Labelled:
     items: list[Item]
     option_logprobs: list[list[float]]
     skipped: dict[str, int]
+    tokens: int = 0  # real tokens run through the decoder
+    head_positions: int = 0  # positions run through the LM head
 
     @property
     def answers(self) -> list[int]:
@@ -79,20 +157,32 @@ class Labelled:
 
 
 def label_items(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item],
-                max_tokens: int, skipped: Mapping[str, int] | None = None, progress: bool = True) -> Labelled:
-    """Score every item; items too long for the model are counted under `too_long`, not scored."""
-    out = Labelled([], [], [], dict(skipped or {}))
-    for item in tqdm(items, desc="behaviour labels", unit="item", disable=not progress):
+                max_tokens: int, skipped: Mapping[str, int] | None = None, progress: bool = True,
+                batch_tokens: int = BATCH_TOKENS) -> Labelled:
+    """Score every item, several per forward (`batch_tokens` padded prompt tokens at most, longest first);
+    items too long for the model are counted under `too_long`, not scored. Items keep their order."""
+    counts = dict(skipped or {})
+    limit = _limit(model, max_tokens)
+    kept: list[tuple[Item, str]] = []
+    encoded: list[_Encoded] = []
+    for item in items:
         prompt = mcq_prompt(item)
         try:
-            scores = score_options(model, tokenizer, prompt, item.options, max_tokens)
+            encoded.append(_encode(tokenizer, prompt, item.options, limit))
         except ItemError as err:
-            out.skipped[err.reason] = out.skipped.get(err.reason, 0) + 1
+            counts[err.reason] = counts.get(err.reason, 0) + 1
             continue
-        out.prompts.append(prompt)
-        out.items.append(item)
-        out.option_logprobs.append(scores)
-    return out
+        kept.append((item, prompt))
+    scores: list[list[float]] = [[] for _ in kept]
+    tokens = head_positions = 0
+    with tqdm(total=len(kept), desc="behaviour labels", unit="item", disable=not progress) as bar:
+        for batch in _batches(encoded, batch_tokens):
+            batch_scores, batch_run, batch_head = _score_batch(model, [encoded[i] for i in batch])
+            for i, item_scores in zip(batch, batch_scores, strict=True):
+                scores[i] = item_scores
+            tokens, head_positions = tokens + batch_run, head_positions + batch_head
+            bar.update(len(batch))
+    return Labelled([prompt for _, prompt in kept], [item for item, _ in kept], scores, counts, tokens, head_positions)
 
 
 def behaviour_frame(task: str, labelled: Labelled, cfg: PrepareConfig) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -87,3 +88,20 @@ def test_a_target_that_is_always_right_keeps_one_class_and_no_test_split() -> No
     assert set(frame["label"]) == {1} and set(frame["split"]) == {"train"} and len(frame) == 12
     assert str(frame["event_timestamp"].dtype) == "datetime64[ns, UTC]"
     pd.testing.assert_frame_equal(frame, frame_of([True] * 12))
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama", "gpt2"])
+def test_batched_items_of_different_lengths_score_as_each_alone(kind: str) -> None:
+    """Left-padded prompts of 1 to 11 words and options of 1 to 3 tokens, all in one batch: every score equals a
+    plain forward of that prompt and option alone (padding must not leak into attention or positions)."""
+    model, tokenizer = make_model(kind, n_layers=2), make_tokenizer()
+    items = [Item(" ".join(f"w{(3 * i + j) % 40}" for j in range(1 + (5 * i) % 11)),
+                  tuple(" ".join(f"w{(i + j + k) % 40 + 40}" for k in range(1 + (i + j) % 3)) for j in range(3)), 0)
+             for i in range(9)]
+    labelled = label_items(model, tokenizer, items, max_tokens=64, progress=False, batch_tokens=10_000)
+    for item, scores in zip(labelled.items, labelled.option_logprobs, strict=True):
+        prompt = [BOS_ID, *tokenizer(mcq_prompt(item), add_special_tokens=False)["input_ids"]]
+        expected = [hand_logprob(model, prompt + word_ids(option), len(option.split())) for option in item.options]
+        assert scores == pytest.approx(expected, abs=1e-4)
+    one_by_one = label_items(model, tokenizer, items, max_tokens=64, progress=False, batch_tokens=1)
+    np.testing.assert_allclose(one_by_one.option_logprobs, labelled.option_logprobs, atol=1e-4)

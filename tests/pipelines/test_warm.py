@@ -86,3 +86,26 @@ def test_a_socket_left_by_a_killed_server_is_replaced(project: Path) -> None:
     live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     live.connect(str(path))  # the new server listens where the dead one was (refused if the file were still stale)
     live.close()
+
+
+COSTED = '''
+import sys
+from pipelines import cost, stage_main
+
+def run(item):
+    cost.work(texts=2)
+
+if __name__ == "__main__":
+    sys.exit(stage_main(run, None, doc="", arg="item"))
+'''
+
+
+@pytest.mark.parametrize("how", [["pipelines.costed_stage"], ["pipelines", "costed_stage"]])
+def test_a_stage_run_as_a_module_records_its_cost_under_its_own_name(project: Path, how: list[str]) -> None:
+    (project / "pipelines" / "costed_stage.py").write_text(COSTED)
+    target = project / "metrics" / "cost" / "costed_stage" / "m" / "d.json"
+    target.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-m", *how, "m/d"], cwd=project, env=caller_env(project),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert '"texts": 2' in target.read_text()  # not under metrics/cost/__main__

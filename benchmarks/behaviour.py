@@ -1,0 +1,83 @@
+"""Benchmark behaviour labels: batched scoring (prompts once per item, items batched) against one item per forward.
+
+    python benchmarks/behaviour.py --model gemma3_270m [--items 40] [--batch-tokens 1024]
+
+Needs `dvc repro prepare_model` (the model). For each behaviour task in params.yaml, the first
+`--items` items are scored by the per-item path (the scoring before batching: one forward per
+item, every option a row of prompt + option) and by `label_items`, on the same items in one run;
+prints items/s of both, their ratio, the largest difference of option log-probabilities and whether
+the answers agree, with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+import pipelines  # noqa: F401  (offline environment)
+from features.forward.behaviour import context_length, label_items
+from features.sources.items import Item, first_items, load_item_rows, mcq_prompt, parse_items
+from features.sources.lm import load_prepared, right_pad, with_bos
+from pipelines import paths
+from pipelines.params import load_params
+
+
+def per_item(model, tokenizer, items: list[Item], max_tokens: int) -> list[list[float] | None]:
+    """The scoring before batching: one forward per item, each option a row holding the whole prompt."""
+    scores: list[list[float] | None] = []
+    for item in items:
+        prompt_ids = with_bos(tokenizer(mcq_prompt(item), add_special_tokens=True)["input_ids"], tokenizer.bos_token_id)
+        option_ids = [list(tokenizer(" " + o, add_special_tokens=False)["input_ids"]) for o in item.options]
+        longest = max(len(ids) for ids in option_ids)
+        if len(prompt_ids) + longest > min(max_tokens, context_length(model) or max_tokens) or not all(option_ids):
+            scores.append(None)
+            continue
+        input_ids, attention_mask = right_pad([prompt_ids + ids for ids in option_ids], model.device)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                           logits_to_keep=longest + 1).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        scores.append([float(sum(logprobs[row, j, token] for j, token in enumerate(ids)))
+                       for row, ids in enumerate(option_ids)])
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma3_270m")
+    parser.add_argument("--items", type=int, default=40)
+    parser.add_argument("--batch-tokens", type=int, default=1024)
+    args = parser.parse_args()
+    params = load_params()
+    b = params.behaviour_labels
+    model, tokenizer = load_prepared(paths.model_dir(args.model))
+    total_old = total_new = 0.0
+    n_total = 0
+    for task, spec in b.tasks.items():
+        items, _ = parse_items(load_item_rows(spec.source, spec.format, spec.split), spec.format, task)
+        items = first_items(items, task, spec.max_items)[: args.items]
+        started = time.perf_counter()
+        old = per_item(model, tokenizer, items, b.max_tokens)
+        old_s = time.perf_counter() - started
+        started = time.perf_counter()
+        new = label_items(model, tokenizer, items, b.max_tokens, progress=False, batch_tokens=args.batch_tokens)
+        new_s = time.perf_counter() - started
+        kept = [scores for scores in old if scores is not None]
+        assert len(kept) == len(new.option_logprobs), "both paths must keep the same items"
+        diff = max(float(np.max(np.abs(np.subtract(a, b)))) for a, b in zip(kept, new.option_logprobs, strict=True))
+        agree = np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(kept, new.option_logprobs,
+                                                                                    strict=True)])
+        print(f"{args.model} {task}: {len(items)} items; per-item {len(items) / old_s:6.2f} items/s, batched "
+              f"{len(items) / new_s:6.2f} items/s ({old_s / new_s:.1f}x); max |diff| of option log-probs "
+              f"{diff:.2e}; answers agree {agree:.0%}; load average {os.getloadavg()[0]:.1f}", flush=True)
+        total_old, total_new, n_total = total_old + old_s, total_new + new_s, n_total + len(items)
+    print(f"all tasks: per-item {n_total / total_old:.2f} items/s, batched {n_total / total_new:.2f} items/s "
+          f"({total_old / total_new:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
