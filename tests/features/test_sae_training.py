@@ -1,0 +1,62 @@
+"""The lean TopK trainer against sae-lens' SAETrainer: the same weights from the same data, in sae-lens' format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from features.core import sae_training
+from features.core.sae_training import SAETrainingConfig, train_sae
+from features.sources.sae import encode, load_sae
+
+
+def planted(n: int = 1200, d_in: int = 16, atoms: int = 40, seed: int = 0) -> torch.Tensor:
+    """Sparse combinations of random directions on top of a large constant one (as a residual stream)."""
+    generator = torch.Generator().manual_seed(seed)
+    dictionary = torch.randn(atoms, d_in, generator=generator)
+    codes = torch.rand(n, atoms, generator=generator) * (torch.rand(n, atoms, generator=generator) < 0.08)
+    return codes @ dictionary + 5.0
+
+
+def config(trainer: str, **update) -> SAETrainingConfig:
+    return SAETrainingConfig(architecture="topk", k=4, training_samples=32 * 30, batch_size=32, lr=3e-3, seed=1,
+                             trainer=trainer).model_copy(update=update)
+
+
+@pytest.mark.parametrize("window", [sae_training.DEAD_FEATURE_WINDOW, 3])  # 3 steps: AuxK on dead latents runs
+def test_the_lean_loop_trains_the_same_sae_as_sae_lens(monkeypatch: pytest.MonkeyPatch, window: int) -> None:
+    monkeypatch.setattr(sae_training, "DEAD_FEATURE_WINDOW", window)
+    acts = planted()
+    lean, reference = train_sae(acts, config("lean"), 64), train_sae(acts, config("sae_lens"), 64)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(lean, name), getattr(reference, name), atol=2e-4, rtol=1e-3)
+    assert lean.cfg.normalize_activations == reference.cfg.normalize_activations == "none"  # the scale folded in
+    torch.testing.assert_close(encode(lean, acts), encode(reference, acts), atol=1e-3, rtol=1e-3)
+
+
+def test_a_lean_sae_saves_and_loads_as_sae_lens_does(tmp_path: Path) -> None:
+    acts = planted()
+    sae = train_sae(acts, config("lean", training_samples=32 * 300), 64)
+    sae.save_inference_model(tmp_path / "sae")
+    loaded = load_sae(f"path:{tmp_path / 'sae'}")
+    torch.testing.assert_close(encode(loaded, acts), encode(sae, acts), atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():  # raw-scale reconstruction: better than the mean alone
+        error = (loaded.decode(encode(loaded, acts)) - acts).square().sum()
+    assert error < 0.5 * (acts - acts.mean(0)).square().sum()
+
+
+def test_the_sparse_decode_equals_the_dense_one() -> None:
+    W_dec, values = torch.randn(64, 16), torch.rand(5, 4)
+    latents = torch.stack([torch.randperm(64)[:4] for _ in range(5)])
+    norms = W_dec.norm(dim=-1)
+    dense = torch.zeros(5, 64).scatter(1, latents, values) / norms @ W_dec
+    torch.testing.assert_close(sae_training._decode(W_dec, norms, latents, values), dense)
+
+
+def test_the_lean_trainer_refuses_jumprelu_naming_the_key() -> None:
+    with pytest.raises(ValidationError, match="trainer 'lean' trains TopK SAEs only.*trainer: sae_lens"):
+        SAETrainingConfig(architecture="jumprelu", k=4, training_samples=10, batch_size=2, lr=1e-3, seed=0,
+                          trainer="lean")
