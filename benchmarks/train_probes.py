@@ -7,8 +7,9 @@ given, it times, with the stage's own code and params:
 
   retrieval  every feature service of the cell read through Feast (`historical_frame`)
   fitting    each cell's probe on `--resamples` resamples, with its out-of-fold validation
-             predictions (`fit_predict`, as the stage): one process with BLAS on all cores (baseline),
-             one process with one BLAS thread, two processes (n_jobs=2) of one thread (ratios)
+             predictions (`fit_resamples`, as the stage): one resample at a time with BLAS on all cores
+             (baseline) and with one BLAS thread, two resamples at once in worker processes of one
+             thread (the stage's `n_jobs: 2`); ratios, and a check that the predictions are equal
   logging    `log_model` of one probe with explicit requirements (what the stage does) against
              MLflow inferring them (its default: it imports the model in a subprocess), ratio
 
@@ -21,15 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import pipelines  # noqa: F401  (offline environment)
-from features.core.predictions import fit_predict, resamples
+from features.core.predictions import fit_resamples, resamples
 from features.core.probes import make_probe
 from features.stores import tracking
 from features.stores.feast.retrieval import historical_frame
@@ -87,32 +90,34 @@ def main() -> None:
     print(f"{args.item}: {len(grid)} cells, {len(prepared)} texts, {p.resamples} resamples in params")
     print(f"retrieval: {retrieval:.1f} s for {len(grid)} services ({retrieval / len(grid):.2f} s each)")
 
-    # (n_jobs, BLAS threads in this process): the stage's setting is (n_jobs, 1); the baseline is
-    # one process with the BLAS default (all cores), which small lbfgs problems oversubscribe
+    # (resamples fitted at once, BLAS threads in this process): the stage's setting is (n_jobs, 1); the
+    # baselines are one resample at a time, with the BLAS default (all cores, which small lbfgs problems
+    # oversubscribe) and with one thread
     configs = {(1, None): 0.0, (1, 1): 0.0, (2, 1): 0.0}
     fitted = None
     with threadpool_limits(limits=1):  # starts the loky workers, so their one-time start-up is not timed
-        warm = pd.DataFrame({"hidden": [[float(i % 2), 1.0] for i in range(20)]})
-        make_probe("logreg", input="dense", C_grid=[1.0], cv=2, n_jobs=2).fit(warm, [i % 2 for i in range(20)])
+        fit_resamples(lambda seed: make_probe("logreg", input="dense", C_grid=[1.0], cv=2), frames[grid[-1].service][0],
+                      y, ids, splits[:2], fit="warm-up", labels=labels, cv=2, n_jobs=2)
     for cell in grid:
         X, width = frames[cell.service]
+        make = partial(make_probe, "logreg", width=width if cell.input == "sparse" else None, input=cell.input,
+                       C_grid=p.C_grid, cv=p.cv_folds)
+        rows = {}
         for (n_jobs, threads) in configs:
-            cell_seconds = 0.0
             with threadpool_limits(limits=threads):
-                for resample in splits:
-                    fitted = make_probe("logreg", width=width if cell.input == "sparse" else None,
-                                        input=cell.input, C_grid=p.C_grid, cv=p.cv_folds, seed=resample.index,
-                                        n_jobs=n_jobs)
-                    seconds, _ = timed(fit_predict, fitted, X, y, ids, resample, fit=cell.service, labels=labels,
-                                       cv=p.cv_folds)
-                    cell_seconds += seconds
-            configs[n_jobs, threads] += cell_seconds
-            print(f"  fit {cell.service} n_jobs={n_jobs} BLAS threads={threads or 'default'}: "
-                  f"{cell_seconds / args.resamples:.2f} s per resample")
+                seconds, (rows[n_jobs, threads], fitted) = timed(
+                    fit_resamples, lambda seed, make=make: make(seed=seed), X, y, ids, splits, fit=cell.service,
+                    labels=labels, cv=p.cv_folds, n_jobs=n_jobs)
+            configs[n_jobs, threads] += seconds
+            print(f"  fit {cell.service} resamples at once={n_jobs} BLAS threads={threads or 'default'}: "
+                  f"{seconds / args.resamples:.2f} s per resample")
+        pd.testing.assert_frame_equal(rows[2, 1], rows[1, 1])  # parallel resamples: the very same predictions
     per_fit = {config: total / (len(grid) * args.resamples) for config, total in configs.items()}
     baseline = per_fit[1, None]
     print("fitting, per cell and resample: " + ", ".join(
-        f"n_jobs={n} BLAS threads={t or 'default'} {s:.2f} s ({baseline / s:.2f}x)" for (n, t), s in per_fit.items()))
+        f"resamples at once={n} BLAS threads={t or 'default'} {s:.2f} s ({baseline / s:.2f}x)"
+        for (n, t), s in per_fit.items()) + f"; load average {os.getloadavg()[0]:.1f}")
+    print("prediction rows of parallel and sequential resamples are equal")
 
     with tempfile.TemporaryDirectory() as scratch:
         tracking.configure(f"sqlite:///{scratch}/mlflow.db")

@@ -140,7 +140,7 @@ class TrainProbesParams(Strict):
     select_k: int = Field(gt=0, description="label-aware top-k latents, the feature selection compared with "
                           "binarization (on the best cell)")
     train_fractions: list[float] = Field(min_length=1, description="training-size curve of the best cell")
-    n_jobs: int = Field(ge=1)
+    n_jobs: int = Field(ge=1, description="resamples fitted at once, in worker processes of one BLAS thread each")
 
     @field_validator("train_fractions")
     @classmethod

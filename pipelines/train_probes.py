@@ -112,7 +112,7 @@ class Fits:
         keep the rows, and return the fit's summary and its resample-0 estimator (the one that is logged)."""
         with self.timings("fitting"):
             rows, first = fit_resamples(make, X, self.y, self.text_ids, self.splits, fit=name, labels=self.labels,
-                                        cv=self.p.cv_folds, subset=subset)
+                                        cv=self.p.cv_folds, subset=subset, n_jobs=self.p.n_jobs)
         self.rows.append(rows)
         with self.timings("scoring"):
             summary = summarize(rows, self.labels)[name]
@@ -125,7 +125,7 @@ class Fits:
         p = self.p
         summary, first = self.fit(name or cell.service, lambda seed: make_probe(
             kind, width=width if cell.input == "sparse" else None, input=cell.input, select_k=select_k,
-            C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs), X)
+            C_grid=p.C_grid, cv=p.cv_folds, seed=seed), X)
         return summary | {"chosen": chosen_params(first)}, first
 
 
@@ -256,7 +256,7 @@ def _extras(item: str, fits: Fits, results: dict, frames: dict) -> None:
             return mask
 
         summary, _ = fits.fit(f"{best}__curve{fraction:g}", lambda seed: make_probe(
-            "logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, seed=seed, n_jobs=p.n_jobs), X, subset)
+            "logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, seed=seed), X, subset)
         curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
     results["best_cell"], results["training_curve"] = best, curve
     log.info("%s: best cell by validation %s", item, best)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -121,16 +122,23 @@ def fit_predict(estimator: Any, X: Any, y: np.ndarray, text_ids: np.ndarray, res
 
 def fit_resamples(make: Callable[[int], Any], X: Any, y: np.ndarray, text_ids: np.ndarray,
                   splits: Sequence[Resample], *, fit: str, labels: Sequence[Any], cv: int,
-                  subset: Callable[[Resample], np.ndarray] | None = None) -> tuple[pd.DataFrame, Any]:
+                  subset: Callable[[Resample], np.ndarray] | None = None, n_jobs: int = 1) -> tuple[pd.DataFrame, Any]:
     """`fit_predict` a fresh `make(resample index)` on every resample (on `subset(resample)` of its training
-    part, if given): the fit's prediction rows, and its resample-0 estimator (the one that is logged)."""
-    first, rows = None, []
-    for resample in splits:
-        estimator = make(resample.index)
-        rows.append(fit_predict(estimator, X, y, text_ids, resample, fit=fit, labels=labels, cv=cv,
-                                train=subset(resample) if subset else None))
-        first = estimator if first is None else first
-    return pd.concat(rows, ignore_index=True), first
+    part, if given): the fit's prediction rows, and its resample-0 estimator (the one that is logged).
+
+    `n_jobs` > 1 fits that many resamples at once in worker processes (one BLAS thread each): the
+    fits are independent and deterministic, so the rows are those of fitting them one after another.
+    """
+    tasks = [delayed(_fit_one)(make(resample.index), X, y, text_ids, resample, fit, labels, cv,
+                               subset(resample) if subset else None) for resample in splits]
+    done = Parallel(n_jobs=min(n_jobs, len(tasks)))(tasks)
+    return pd.concat([rows for rows, _ in done], ignore_index=True), done[0][1]
+
+
+def _fit_one(estimator: Any, X: Any, y: np.ndarray, text_ids: np.ndarray, resample: Resample, fit: str,
+             labels: Sequence[Any], cv: int, train: np.ndarray | None) -> tuple[pd.DataFrame, Any]:
+    rows = fit_predict(estimator, X, y, text_ids, resample, fit=fit, labels=labels, cv=cv, train=train)
+    return rows, estimator
 
 
 def _rows(X: Any, mask: np.ndarray) -> Any:

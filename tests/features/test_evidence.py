@@ -1,6 +1,7 @@
 """Resampled-text evidence: stratified repeats and recall at a fixed false-positive rate."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from features.core.evidence import (
@@ -109,3 +110,23 @@ def test_paired_difference_refuses_mismatched_lengths_and_nan():
         paired_difference([0, 1], [0, 1, 1], [0, 1], _accuracy)
     with pytest.raises(SaefsError, match="NaN"):
         bootstrap_interval([0, 1], [np.nan, 0.3], _accuracy)
+
+
+def test_resamples_fitted_in_parallel_give_the_rows_of_fitting_them_in_turn() -> None:
+    from features.core.predictions import fit_resamples, resamples
+    from features.core.probes import make_probe
+
+    rng = np.random.default_rng(3)
+    y = np.arange(120) % 2
+    X = pd.DataFrame({"hidden": list(rng.normal(size=(120, 6)) + y[:, None] * 0.8)})
+    splits = resamples(y, np.arange(120) < 30, 3, seed=0)
+
+    def make(seed: int):
+        return make_probe("logreg", input="dense", C_grid=[0.1, 1.0], cv=3, seed=seed)
+
+    one, first = fit_resamples(make, X, y, np.arange(120).astype(str), splits, fit="f", labels=[0, 1], cv=3)
+    two, first_parallel = fit_resamples(make, X, y, np.arange(120).astype(str), splits, fit="f", labels=[0, 1],
+                                        cv=3, n_jobs=2)
+    pd.testing.assert_frame_equal(one, two)
+    assert sorted(one["resample"].unique()) == [0, 1, 2]
+    np.testing.assert_array_equal(first.predict_proba(X), first_parallel.predict_proba(X))  # resample 0's fit
