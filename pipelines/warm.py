@@ -188,6 +188,9 @@ def _child(conn: socket.socket) -> None:
     try:
         size = int.from_bytes(_receive(conn, 8, fds=3), "big")
         request = json.loads(_receive(conn, size))
+    except ConnectionError:
+        os._exit(code)  # a caller that connected and left (a liveness probe): nothing to run, nobody to tell
+    try:
         conn.sendall(f"{os.getpid()}\n".encode())
         os.chdir(request["cwd"])
         os.environ.clear()

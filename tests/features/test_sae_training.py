@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from features.core import sae_training
+from features.core import lean_topk
 from features.core.sae_training import SAETrainingConfig, train_sae
 from features.sources.sae import encode, load_sae
 
@@ -26,9 +26,9 @@ def config(trainer: str, **update) -> SAETrainingConfig:
                              trainer=trainer).model_copy(update=update)
 
 
-@pytest.mark.parametrize("window", [sae_training.DEAD_FEATURE_WINDOW, 3])  # 3 steps: AuxK on dead latents runs
+@pytest.mark.parametrize("window", [lean_topk.DEAD_FEATURE_WINDOW, 3])  # 3 steps: AuxK on dead latents runs
 def test_the_lean_loop_trains_the_same_sae_as_sae_lens(monkeypatch: pytest.MonkeyPatch, window: int) -> None:
-    monkeypatch.setattr(sae_training, "DEAD_FEATURE_WINDOW", window)
+    monkeypatch.setattr(lean_topk, "DEAD_FEATURE_WINDOW", window)
     acts = planted()
     lean, reference = train_sae(acts, config("lean"), 64), train_sae(acts, config("sae_lens"), 64)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
@@ -53,7 +53,7 @@ def test_the_sparse_decode_equals_the_dense_one() -> None:
     latents = torch.stack([torch.randperm(64)[:4] for _ in range(5)])
     norms = W_dec.norm(dim=-1)
     dense = torch.zeros(5, 64).scatter(1, latents, values) / norms @ W_dec
-    torch.testing.assert_close(sae_training._decode(W_dec, norms, latents, values), dense)
+    torch.testing.assert_close(lean_topk.decode(W_dec, norms, latents, values), dense)
 
 
 def test_the_lean_trainer_refuses_jumprelu_naming_the_key() -> None:

@@ -1,0 +1,75 @@
+"""sae-lens' TopK training step in a plain loop, each token decoded from its k active latents only.
+
+sae-lens' trainer decodes densely, [batch, width] x [width, d_in]: on a CPU that and its trainer's
+overhead cost 2 to 3 times the step itself. The loop here trains the very parameters of a sae-lens
+TopKTrainingSAE (features.core.sae_training builds it and saves it as sae-lens does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.nn import functional as F  # noqa: N812
+from tqdm.auto import tqdm
+
+DEAD_FEATURE_WINDOW = 1000  # training steps without firing before a latent counts as dead (sae-lens' default)
+
+
+def shuffled_batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled passes over `acts`, seeded, so training is repeatable."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(acts), generator=generator)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield acts[order[start : start + batch_size]]
+
+
+def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, samples: int, batch_size: int) -> None:
+    """sae-lens' TopK training step (MSE plus AuxK on latents dead for DEAD_FEATURE_WINDOW steps, Adam, gradient
+    norm clipped at 1, constant learning rate), each token decoded from its k active latents only.
+
+    As sae-lens' TopKTrainingSAE with rescale_acts_by_decoder_norm: pre-activations are scaled by the decoder
+    row norms, the k kept values divided by them before decoding. `batches` are already normalised.
+    """
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=sae.W_dec.device)
+    steps = math.ceil(samples / batch_size)  # as sae-lens: until that many samples were seen
+    for _, batch in tqdm(zip(range(steps), batches, strict=False), total=steps, desc="training SAE", unit="step"):
+        dead = since_fired > DEAD_FEATURE_WINDOW
+        norms = sae.W_dec.norm(dim=-1)
+        hidden_pre = ((batch - sae.b_dec) @ sae.W_enc + sae.b_enc) * norms
+        values, latents = hidden_pre.topk(k, dim=-1, sorted=False)
+        values = values.relu()
+        out = decode(sae.W_dec, norms, latents, values) + sae.b_dec
+        loss = (out - batch).square().sum(dim=-1).mean() + auxk_loss(sae, norms, batch, out, hidden_pre, dead)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            fired = torch.zeros_like(dead)
+            fired[latents[values > 0]] = True
+            since_fired += 1
+            since_fired[fired] = 0
+
+
+def decode(W_dec: torch.Tensor, norms: torch.Tensor, latents: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """sum_j values_j / |W_dec[latent_j]| * W_dec[latent_j] per row: the dense decode's result from the active rows."""
+    return F.embedding_bag(latents, W_dec, per_sample_weights=values / norms[latents], mode="sum")
+
+
+def auxk_loss(sae: Any, norms: torch.Tensor, batch: torch.Tensor, out: torch.Tensor, hidden_pre: torch.Tensor,
+               dead: torch.Tensor) -> torch.Tensor:
+    """sae-lens' TopK auxiliary loss: the top d_in/2 dead latents reconstruct what the live ones left."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return out.new_zeros(())
+    k_aux = min(batch.shape[-1] // 2, n_dead)
+    scale = min(n_dead / (batch.shape[-1] // 2), 1.0)
+    values, latents = torch.where(dead[None], hidden_pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
+    residual = (batch - out).detach()
+    reconstruction = decode(sae.W_dec, norms, latents, values)
+    return sae.cfg.aux_loss_coefficient * scale * (reconstruction - residual).square().sum(dim=-1).mean()
