@@ -26,7 +26,7 @@ import pipelines  # noqa: F401  (offline environment)
 from features.core.naming import codes_name, parse_width, sae_name
 from features.core.sae_training import SAETrainingConfig, train_sae
 from features.forward.extract import collect_activations, extract
-from features.forward.throughput import measure_matmul_gflops, truncated_forward_flops
+from features.forward.throughput import measure_matmul_gflops, remember_matmul_rate, truncated_forward_flops
 from features.sources.lm import load_prepared
 from features.sources.sae import load_sae
 from features.stores.shards import ShardWriter
@@ -88,6 +88,7 @@ def main() -> None:
     for (layer, width), sae in saes.items():
         by_layer.setdefault(layer, {})[width] = sae
     gflops_limit = measure_matmul_gflops()  # in this run, not the cached figure: the ratio is what counts
+    remember_matmul_rate(gflops_limit)  # and the stages' cached limit keeps the best measurement
 
     start = time.perf_counter()
     fast = extract(model, tokenizer, texts, args.layers, by_layer, ["sum"], max_tokens=args.max_tokens,
