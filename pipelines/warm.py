@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -206,7 +207,10 @@ def _child(conn: socket.socket) -> None:
         traceback.print_exc()
     finally:
         try:
-            atexit._run_exitfuncs()  # what a normal interpreter exit runs: log flushes, MLflow, joblib
+            # What a normal interpreter exit runs, in its order: join the threads (and run their exit hooks,
+            # e.g. loky shutting its workers down), then the atexit handlers (log flushes, MLflow).
+            threading._shutdown()  # type: ignore[attr-defined]
+            atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
             conn.sendall(f"{code}\n".encode())

@@ -109,3 +109,17 @@ def test_a_stage_run_as_a_module_records_its_cost_under_its_own_name(project: Pa
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert '"texts": 2' in target.read_text()  # not under metrics/cost/__main__
+
+
+LOKY = '''
+from joblib import Parallel, delayed
+print(sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4))))
+'''
+
+
+def test_a_stage_with_worker_processes_exits_when_done(project: Path) -> None:
+    """joblib's loky workers outlive a Parallel call; the fork must shut them down as an interpreter exit does
+    (threads and their exit hooks, then atexit), or it waits for them for ever."""
+    (project / "pipelines" / "loky_stage.py").write_text(LOKY)
+    done = run(project, "loky_stage")
+    assert done.returncode == 0 and done.stdout.split() == ["6"], done.stderr
