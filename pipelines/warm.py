@@ -193,6 +193,7 @@ def _child(conn: socket.socket) -> None:
         os._exit(code)  # a caller that connected and left (a liveness probe): nothing to run, nobody to tell
     try:
         conn.sendall(f"{os.getpid()}\n".encode())
+        threading.Thread(target=_die_with, args=(conn,), daemon=True).start()
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -216,6 +217,16 @@ def _child(conn: socket.socket) -> None:
             conn.sendall(f"{code}\n".encode())
         finally:
             os._exit(code)
+
+
+def _die_with(conn: socket.socket) -> None:
+    """The caller sends nothing after its request and holds the connection until the stage ends: when it
+    closes, the caller is gone (killed with DVC, say), and the stage dies as its own process would have."""
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _receive(conn: socket.socket, size: int, fds: int = 0) -> bytes:

@@ -81,7 +81,8 @@ def _store_rows(store: Path) -> dict[str, int]:
 
 
 def _stage_processes(pid: int) -> list[int]:
-    """Descendants of `pid` running a stage module (`python -m pipelines.<stage>`), from /proc."""
+    """Descendants of `pid` running a stage (`python -m pipelines <stage>` or `python -m pipelines.<stage>`), from
+    /proc. Killing `python -m pipelines <stage>` kills the stage it runs in a fork of the warm server too."""
     found, todo = [], [pid]
     while todo:
         parent = todo.pop()
@@ -93,7 +94,7 @@ def _stage_processes(pid: int) -> list[int]:
             for child in children:
                 todo.append(child)
                 with_cmd = Path(f"/proc/{child}/cmdline")
-                if with_cmd.exists() and b"pipelines." in with_cmd.read_bytes():
+                if with_cmd.exists() and b"-m\0pipelines" in with_cmd.read_bytes():
                     found.append(child)
     return found
 

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,29 @@ def test_a_stage_with_worker_processes_exits_when_done(project: Path) -> None:
     (project / "pipelines" / "loky_stage.py").write_text(LOKY)
     done = run(project, "loky_stage")
     assert done.returncode == 0 and done.stdout.split() == ["6"], done.stderr
+
+
+SLOW = '''
+import os, sys, time
+print(os.getpid(), flush=True)
+time.sleep(3)
+open(sys.argv[1], "w").write("the stage outlived its caller")
+'''
+
+
+def test_a_killed_caller_takes_its_stage_down(project: Path) -> None:
+    """SIGKILL of `python -m pipelines <stage>` (DVC killed, a crash test) ends the stage it runs in the server's
+    fork as it would end a stage of its own: nothing written after."""
+    import signal
+
+    (project / "pipelines" / "slow_stage.py").write_text(SLOW)
+    marker = project / "outlived.txt"
+    caller = subprocess.Popen([sys.executable, "-m", "pipelines", "slow_stage", str(marker)], cwd=project,
+                              env=caller_env(project), stdout=subprocess.PIPE, text=True)
+    stage = int(caller.stdout.readline())
+    assert stage != caller.pid  # a fork of the server, not the caller itself
+    os.kill(caller.pid, signal.SIGKILL)
+    caller.wait(30)
+    time.sleep(5)
+    assert not marker.exists()
+    assert not Path(f"/proc/{stage}").exists() or "Z" in Path(f"/proc/{stage}/stat").read_text().split()[2]
