@@ -192,6 +192,7 @@ def _child(conn: socket.socket) -> None:
     except ConnectionError:
         os._exit(code)  # a caller that connected and left (a liveness probe): nothing to run, nobody to tell
     try:
+        os.setpgid(0, 0)  # a process group of its own: the stage and the workers it starts die together
         conn.sendall(f"{os.getpid()}\n".encode())
         threading.Thread(target=_die_with, args=(conn,), daemon=True).start()
         os.chdir(request["cwd"])
@@ -221,12 +222,13 @@ def _child(conn: socket.socket) -> None:
 
 def _die_with(conn: socket.socket) -> None:
     """The caller sends nothing after its request and holds the connection until the stage ends: when it
-    closes, the caller is gone (killed with DVC, say), and the stage dies as its own process would have."""
+    closes, the caller is gone (killed with DVC, say), and the stage dies as its own process would have, with
+    the worker processes it started (joblib's would otherwise hold the caller's stdout open for minutes)."""
     try:
         conn.recv(1)
     except OSError:
         pass
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.killpg(0, signal.SIGKILL)
 
 
 def _receive(conn: socket.socket, size: int, fds: int = 0) -> bytes:

@@ -47,6 +47,17 @@ def run(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def within(seconds: float, call):
+    """call()'s result, failing the test if it has not returned within `seconds`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(call).result(timeout=seconds)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def write_stage(project: Path, version: int, code: int) -> None:
     (project / "pipelines" / "probe_stage.py").write_text(STAGE.format(version=version, code=code))
 
@@ -127,8 +138,9 @@ def test_a_stage_with_worker_processes_exits_when_done(project: Path) -> None:
 
 
 SLOW = '''
-import os, sys, time
-print(os.getpid(), flush=True)
+import os, subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # holds the caller's stdout
+print(os.getpid(), worker.pid, flush=True)
 time.sleep(3)
 open(sys.argv[1], "w").write("the stage outlived its caller")
 '''
@@ -143,10 +155,12 @@ def test_a_killed_caller_takes_its_stage_down(project: Path) -> None:
     marker = project / "outlived.txt"
     caller = subprocess.Popen([sys.executable, "-m", "pipelines", "slow_stage", str(marker)], cwd=project,
                               env=caller_env(project), stdout=subprocess.PIPE, text=True)
-    stage = int(caller.stdout.readline())
+    stage, worker = map(int, caller.stdout.readline().split())
     assert stage != caller.pid  # a fork of the server, not the caller itself
     os.kill(caller.pid, signal.SIGKILL)
     caller.wait(30)
+    assert within(10, caller.stdout.read) == ""  # no worker of the stage keeps the caller's output open
     time.sleep(5)
     assert not marker.exists()
-    assert not Path(f"/proc/{stage}").exists() or "Z" in Path(f"/proc/{stage}/stat").read_text().split()[2]
+    for pid in (stage, worker):
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
