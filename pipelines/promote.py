@@ -41,7 +41,7 @@ from features.core.predictions import TEST, check_texts, macro_f1
 from features.errors import SaefsError
 from features.stores import tracking
 from features.stores.files import write_json
-from pipelines import paths, run_cli
+from pipelines import cost, paths, run_cli
 from pipelines.params import Params, TransferGate, load_params
 
 log = logging.getLogger("saefs.promote")
@@ -219,7 +219,8 @@ def _rollback_or_run(args: argparse.Namespace) -> None:
         version = tracking.rollback(tracking.registered_name(args.dataset), tracking.CHAMPION, args.to)
         log.info("%s: champion is now version %d", tracking.registered_name(args.dataset), version)
     else:
-        run(args.dataset)
+        with cost.recording(paths.stage_cost("promote", args.dataset)):  # the DVC stage (stage_main's record)
+            run(args.dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
