@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 
@@ -9,6 +10,10 @@ import numpy as np
 import pytest
 
 import pipelines  # noqa: F401  (sets HF_HUB_OFFLINE and friends before any HF import)
+
+# Warm stage servers that the tests' `dvc repro` runs start (pipelines/warm.py) leave 5 s after their last
+# stage, not a minute, so none outlives the test session for long.
+os.environ.setdefault("SAEFS_WARM_IDLE", "5")
 
 
 @pytest.fixture(autouse=True)
