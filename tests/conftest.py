@@ -11,9 +11,9 @@ import pytest
 
 import pipelines  # noqa: F401  (sets HF_HUB_OFFLINE and friends before any HF import)
 
-# Warm stage servers that the tests' `dvc repro` runs start (pipelines/warm.py) leave 5 s after their last
+# Warm stage servers that the tests' `dvc repro` runs start (pipelines/warm.py) leave 20 s after their last
 # stage, not a minute, so none outlives the test session for long.
-os.environ.setdefault("SAEFS_WARM_IDLE", "5")
+os.environ.setdefault("SAEFS_WARM_IDLE", "20")
 
 
 @pytest.fixture(autouse=True)
