@@ -1,12 +1,13 @@
-"""Benchmark SAE training: the lean TopK loop against sae-lens' SAETrainer, same activations and tokens, in one run.
+"""Benchmark SAE training on a model's cached corpus activations: trainers and settings side by side, in one run.
 
-    python benchmarks/sae_training.py [--model gemma3_270m] [--layer 9] [--width 4k] [--samples 100000]
+    python benchmarks/sae_training.py [--model gemma3_270m] [--layer 9] [--width 4k] [--samples N]
+                                      [--variant NAME:key=value,key=value ...]
 
-Needs `dvc repro prepare_model` (the model). Collects the layer's activations of the train_sae corpus
-with the stage's own code, holds out a tenth, trains both trainers with the train_sae params (TopK,
-k, batch, learning rate, seed) for `--samples` training tokens, and prints tokens/s of both and
-their ratio, and on the held-out tokens the fraction of variance explained, L0 and the fraction of
-latents that never fire, with the load average.
+Needs `dvc repro collect_activations@<model>` (the cache). Trains one SAE per variant on the same cached
+training split (memory-mapped, as train_sae reads it), each a set of train_sae params over params.yaml's:
+by default sae-lens' SAETrainer and the lean loop at params.yaml's settings, and the lean loop at sae-lens'
+defaults (constant learning rate, a dead-latent window of 1,000 steps of 1,024 tokens). Prints tokens/s and,
+on the held-out split, variance explained, L0, dead and dense latent fractions, with the load average.
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ import torch
 import pipelines  # noqa: F401  (offline environment)
 from features.core.naming import parse_width
 from features.core.sae_training import train_sae
-from features.forward.extract import collect_activations
-from features.sources.lm import load_prepared
 from features.sources.sae import sae_quality
+from features.stores.activations import HELDOUT, TRAIN, ActivationCache
 from pipelines import paths
+from pipelines.collect_activations import fingerprint
 from pipelines.params import load_params
-from pipelines.train_sae import training_texts
+
+DEFAULT_VARIANTS = ["sae_lens:trainer=sae_lens", "lean:trainer=lean",
+                    "lean at sae-lens defaults:trainer=lean,lr_warmup=0,lr_decay=0,dead_window_tokens=1024000,"
+                    "batch_size=1024"]
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, settings = spec.rpartition(":")
+    return name, dict(item.split("=", 1) for item in settings.split(",") if item)
 
 
 def main() -> None:
@@ -33,28 +42,27 @@ def main() -> None:
     parser.add_argument("--model", default="gemma3_270m")
     parser.add_argument("--layer", type=int, default=9)
     parser.add_argument("--width", default="4k")
-    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--samples", type=int, help="training tokens (default: train_sae.training_samples)")
+    parser.add_argument("--variant", action="append", help="NAME:key=value,... over train_sae (repeatable)")
     args = parser.parse_args()
     params = load_params()
-    model, tokenizer = load_prepared(paths.model_dir(args.model))
-    acts = collect_activations(model, tokenizer, training_texts(params), [args.layer],
-                               max_tokens=params.extract.max_tokens, batch_size=params.extract.batch_size,
-                               progress=False)[args.layer]
-    order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))
-    held_out, train = acts[order[: len(acts) // 10]], acts[order[len(acts) // 10:]]
-    print(f"{args.model} layer {args.layer}: {len(train)} training and {len(held_out)} held-out tokens; "
-          f"width {args.width}, k {params.train_sae.k}, {args.samples} training tokens")
-    seconds = {}
-    for trainer in ("sae_lens", "lean"):
-        cfg = params.train_sae.model_copy(update={"trainer": trainer, "training_samples": args.samples})
+    cache = ActivationCache.open(paths.activations_dir(args.model), fingerprint(args.model, params),
+                                 fix=f"run `dvc repro collect_activations@{args.model}`")
+    train, held_out = cache.layer(TRAIN, args.layer), torch.from_numpy(cache.layer(HELDOUT, args.layer).copy())
+    samples = args.samples or params.train_sae.training_samples
+    print(f"{args.model} layer {args.layer}: {len(train):,} cached training and {len(held_out):,} held-out tokens; "
+          f"width {args.width}, k {params.train_sae.k}, {samples:,} training tokens")
+    for name, settings in map(parse_variant, args.variant or DEFAULT_VARIANTS):
+        base = params.train_sae.model_dump()
+        cfg = type(params.train_sae)(**base | {key: type(base[key])(value) if base[key] is not None else value
+                                               for key, value in settings.items()} | {"training_samples": samples})
         started = time.perf_counter()
         sae = train_sae(train, cfg, parse_width(args.width))
-        seconds[trainer] = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         quality = sae_quality(sae.eval(), held_out)
-        print(f"{trainer:>8}: {args.samples / seconds[trainer]:7.0f} tok/s; held out: variance explained "
-              f"{quality.fve:.3f}, L0 {quality.l0:.1f}, dead {quality.dead_fraction:.1%}; load average "
-              f"{os.getloadavg()[0]:.1f}", flush=True)
-    print(f"lean / sae-lens speed: {seconds['sae_lens'] / seconds['lean']:.1f}x")
+        print(f"{name:>28}: {samples / seconds:7.0f} tok/s; held out: variance explained {quality.fve:.3f}, "
+              f"L0 {quality.l0:.1f}, dead {quality.dead_fraction:.1%}, dense {quality.dense_fraction:.1%}; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

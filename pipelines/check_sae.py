@@ -1,6 +1,8 @@
-"""Stage check_sae: the Great Expectations gate on SAE quality measured by extract.
+"""Stage check_sae: the Great Expectations gate on SAE quality, on held-out corpus tokens (train_sae) and on
+a dataset's tokens (extract).
 
-Fails the pipeline, naming each SAE and figure, when an SAE does not fit its activations.
+Fails the pipeline, naming each SAE and figure, when an SAE does not fit its activations (variance explained,
+loss recovered: a wrong layer or model) or is poorly trained (dead or dense latents on the held-out corpus).
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ class SaeQualityFailed(SaefsError):
 def run(item: str) -> None:
     model_name, _, dataset = item.partition("/")
     gate = load_params().check_sae
-    measured = json.loads(paths.extract_metrics(model_name, dataset).read_text())["sae_quality"]
-    quality = pd.DataFrame([{"sae": name, **figures} for name, figures in measured.items()])
-    rules = SaeQualityRules(gate.min_fve, gate.max_dead_fraction, gate.max_l0)
+    on_dataset = json.loads(paths.extract_metrics(model_name, dataset).read_text())["sae_quality"]
+    heldout = json.loads(paths.train_sae_metrics(model_name).read_text())["saes"]
+    # dead and dense fractions are judged on the corpus: a dataset's few tokens leave many latents silent
+    quality = pd.DataFrame(
+        [{"sae": f"{name} on held-out corpus", **info["heldout"]} for name, info in heldout.items()]
+        + [{"sae": f"{name} on {dataset}", "fve": figures["fve"], "l0": figures["l0"]}
+           for name, figures in on_dataset.items()])
+    rules = SaeQualityRules(gate.min_fve, gate.max_dead_fraction, gate.max_dense_fraction, gate.min_loss_recovered,
+                            gate.max_l0)
     report = validate_sae_quality(quality, rules, item)
     with atomic_path(paths.sae_check_dir(model_name, dataset)) as out:
         out.mkdir()

@@ -36,7 +36,7 @@ def fingerprints(params: Params) -> dict[Path, Any]:
         specs = {f"l{layer}__{width}": sae.source.format(layer=layer, width=width)
                  for layer in sae.layers for width in sae.widths}
         out[paths.sae_fingerprint(name)] = {cell: source_fingerprint(spec) for cell, spec in specs.items()}
-    out[paths.corpus_fingerprint()] = [source_fingerprint(spec) for spec in params.train_sae.corpus]
+    out[paths.corpus_fingerprint()] = [source_fingerprint(spec) for spec in params.collect_activations.corpus]
     for name, task in params.behaviour_labels.tasks.items():
         out[paths.task_fingerprint(name)] = source_fingerprint(task.source)
     out[paths.cross_lingual_fingerprint()] = {

@@ -103,14 +103,28 @@ class SaeParams(Strict):
         return self.source.format(layer=layer, width=width)
 
 
-class TrainSaeParams(SAETrainingConfig):
-    corpus: list[str] = Field(min_length=1, description="sources of generic text to train SAEs on (labels ignored)")
-    corpus_texts: int = Field(gt=0, description="texts drawn evenly from the corpus sources")
+class CollectActivationsParams(Strict):
+    """The corpus residual streams every SAE of a model trains and is measured on, collected once."""
+
+    corpus: list[str] = Field(min_length=1, description="sources of generic text, never evaluation texts (labels "
+                              "ignored)")
+    train_tokens: int = Field(gt=0, description="corpus tokens the SAEs train on")
+    heldout_tokens: int = Field(gt=0, description="corpus tokens held out to measure each SAE")
+    max_tokens: int = Field(ge=2, description="each corpus text cut at this many tokens, BOS included")
+    batch_size: int = Field(gt=0)
+    seed: int
 
     @field_validator("corpus")
     @classmethod
     def _corpus(cls, v: list[str]) -> list[str]:
         return [_check_source(source, DATASET_SOURCE_KINDS) for source in v]
+
+
+class TrainSaeParams(SAETrainingConfig):
+    min_tokens_per_latent: float = Field(gt=0, description="training tokens each latent needs at least: a width "
+                                         "wider than train_tokens / this fails before training")
+    loss_texts: int = Field(gt=0, description="held-out corpus texts the LM's loss with each SAE spliced in is "
+                            "measured on (a full forward per SAE and layer: the costly figure)")
 
 
 class ExtractParams(ExtractSettings):
@@ -122,8 +136,11 @@ class ExtractParams(ExtractSettings):
 class CheckSaeParams(Strict):
     """Thresholds of the SAE quality gate (a wrong layer or model shows up as low variance explained)."""
 
-    min_fve: float = Field(le=1)
-    max_dead_fraction: float = Field(ge=0, le=1)
+    min_fve: float = Field(le=1, description="variance explained, on held-out corpus tokens and each dataset's")
+    max_dead_fraction: float = Field(ge=0, le=1, description="latents silent on all held-out corpus tokens")
+    max_dense_fraction: float = Field(ge=0, le=1, description="latents firing on over 10% of held-out corpus tokens")
+    min_loss_recovered: float = Field(le=1, description="the LM's loss with the SAE spliced in, between the clean "
+                                      "(1) and the zero-ablated (0) loss, on held-out corpus texts")
     max_l0: float | None = Field(None, gt=0)
 
 
@@ -262,6 +279,7 @@ class Params(Strict):
     prepare_data: SplitConfig
     validate_data: ValidateDataParams
     sae: dict[Name, SaeParams] = Field(description="model name -> its SAEs")
+    collect_activations: CollectActivationsParams
     train_sae: TrainSaeParams
     extract: ExtractParams
     check_sae: CheckSaeParams

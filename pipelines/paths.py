@@ -56,6 +56,15 @@ def validation_metrics(dataset: str) -> Path:
     return Path("metrics") / "validate_data" / f"{dataset}.json"
 
 
+def activations_dir(model: str) -> Path:
+    """collect_activations: the corpus residual streams of a model's SAE layers (features.stores.activations)."""
+    return DATA / "activations" / model
+
+
+def collect_metrics(model: str) -> Path:
+    return Path("metrics") / "collect_activations" / f"{model}.json"
+
+
 def sae_dir(model: str) -> Path:
     return DATA / "saes" / model
 

@@ -1,68 +1,88 @@
-"""Stage train_sae: the SAEs of one model, one per (layer, width).
+"""Stage train_sae: the SAEs of one model, one per (layer, width), and their quality on held-out corpus tokens.
 
-With `source: train`, residual activations of a generic text corpus (`train_sae.corpus`) are
-collected in one truncated forward pass per batch, and an SAE is trained with sae-lens for each
-(layer, width). The corpus is kept apart from the classification datasets, as Gemma Scope's
-training data is: no evaluation text reaches an SAE, and editing a dataset never retrains one.
-A pretrained source (`sae_lens:`, `path:`) is loaded and checked against the model instead, so
-that an SAE of another model fails here, before any extraction.
+With `source: train`, an SAE is trained for each (layer, width) on the corpus activations that
+collect_activations cached (read memory-mapped: the model does not run again), with the lean TopK loop
+or sae-lens' trainer (features.core.sae_training). A pretrained source (`sae_lens:`, `path:`) is loaded and
+checked against the model instead, so that an SAE of another model fails here, before any extraction.
+Either way each SAE is then measured as the field measures SAEs, on the held-out corpus split: variance
+explained, L0, dead and dense latent fractions, and loss recovered (the LM's next-token loss with the SAE's
+reconstruction spliced in at its layer, features.forward.splice). check_sae gates on these figures.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from features.core.layers import hook_name
 from features.core.naming import parse_width, sae_name
-from features.core.prepare import sample_corpus
 from features.core.sae_training import train_sae
-from features.forward.extract import collect_activations
-from features.forward.throughput import throughput, truncated_forward_flops
-from features.sources.datasets import load_source
+from features.errors import SaefsError
+from features.forward.splice import loss_recovered
 from features.sources.lm import load_prepared, resolve_device
 from features.sources.models import check_depth, read_manifest
-from features.sources.sae import SAE_INDEX, check_sae_fits, load_sae
+from features.sources.sae import SAE_INDEX, check_sae_fits, load_sae, sae_quality
+from features.stores.activations import HELDOUT, HELDOUT_TEXTS, TRAIN, ActivationCache
 from features.stores.files import atomic_path, write_json
 from pipelines import cost, paths, stage_main
+from pipelines.collect_activations import fingerprint
 from pipelines.params import Params, load_params
 
 log = logging.getLogger("saefs.train_sae")
 
 
-def training_texts(params: Params) -> list[str]:
-    t = params.train_sae
-    frames = {source: load_source(source, with_labels=False) for source in t.corpus}
-    return sample_corpus(frames, t.corpus_texts, t.seed)
-
-
-def _train(name: str, params: Params, out: Path, device: str, report: dict[str, Any]) -> None:
-    cfg, t, ex = params.sae_of(name), params.train_sae, params.extract
-    model, tokenizer = load_prepared(paths.model_dir(name), device)
-    started = time.perf_counter()
-    texts = training_texts(params)
-    acts = collect_activations(model, tokenizer, texts, cfg.layers, max_tokens=ex.max_tokens,
-                               batch_size=ex.batch_size, include_bos=ex.pools_bos,
-                               paper_compat=ex.paper_compat)
-    seconds = time.perf_counter() - started
-    report |= {"texts": len(texts), "tokens": len(acts[cfg.layers[0]]), "collect_seconds": round(seconds, 1)}
-    cost.work(texts=len(texts), tokens=report["tokens"])
-    cost.forward("collect", throughput(report["tokens"] + len(texts), seconds, truncated_forward_flops(
-        model, cfg.layers)))
-    log.info("%s: %d training tokens from %d corpus texts", name, report["tokens"], len(texts))
-    del model  # the activations are all training needs
+def _train(name: str, params: Params, cache: ActivationCache, out: Path, device: str,
+           report: dict[str, Any]) -> None:
+    cfg, t = params.sae_of(name), params.train_sae
+    tokens = cache.tokens(TRAIN)
+    for width in cfg.widths:
+        if parse_width(width) * t.min_tokens_per_latent > tokens:
+            raise SaefsError(
+                f"sae.{name}.widths: width {width} ({parse_width(width):,} latents) needs at least "
+                f"{parse_width(width) * t.min_tokens_per_latent:,.0f} training tokens "
+                f"(train_sae.min_tokens_per_latent={t.min_tokens_per_latent}), the corpus cache has {tokens:,}: "
+                "raise collect_activations.train_tokens or choose a smaller width")
     for layer in cfg.layers:
+        acts = cache.layer(TRAIN, layer)
         for width in cfg.widths:
             started = time.perf_counter()
-            sae = train_sae(acts[layer], t, parse_width(width), device=device)
+            sae = train_sae(acts, t, parse_width(width), device=device)
             sae.save_inference_model(out / sae_name(layer, width))
             seconds = time.perf_counter() - started
-            report["saes"][sae_name(layer, width)] = {"seconds": round(seconds, 1),
-                                                      "tokens_per_second": round(t.training_samples / seconds, 1)}
+            report[sae_name(layer, width)] = {"seconds": round(seconds, 1), "training_tokens": tokens,
+                                              "tokens_per_second": round(t.training_samples / seconds, 1)}
             cost.work(training_tokens=t.training_samples)
+
+
+def _measure(name: str, params: Params, cache: ActivationCache, saes: dict[int, dict[str, Any]], device: str,
+             report: dict[str, Any]) -> None:
+    """Each SAE's figures on the held-out corpus tokens: activations from the cache, losses from the model."""
+    for layer, named in saes.items():
+        acts = torch.from_numpy(cache.layer(HELDOUT, layer).copy())
+        for name_, sae in named.items():
+            report[name_]["heldout"] = vars(sae_quality(sae, acts)) | {"tokens": len(acts)}
+    texts = json.loads((cache.folder / HELDOUT_TEXTS).read_text())[: params.train_sae.loss_texts]
+    model, tokenizer = load_prepared(paths.model_dir(name), device)
+    ex, c = params.extract, params.collect_activations
+    started = time.perf_counter()
+    losses = loss_recovered(model, tokenizer, texts, saes, max_tokens=c.max_tokens, include_bos=ex.include_bos,
+                            paper_compat=ex.paper_compat)
+    cost.work(loss_texts=len(texts))
+    for (_, name_), loss in losses.items():
+        report[name_]["heldout"] |= {"loss_clean": loss.clean, "loss_ablated": loss.ablated,
+                                     "loss_spliced": loss.spliced, "loss_recovered": loss.recovered,
+                                     "loss_tokens": loss.tokens}
+        log.info("%s: %s on held-out corpus tokens: FVE %.3f, dead %.1f%%, dense %.1f%%, loss recovered %.3f",
+                 name, name_, report[name_]["heldout"]["fve"], 100 * report[name_]["heldout"]["dead_fraction"],
+                 100 * report[name_]["heldout"]["dense_fraction"], loss.recovered)
+    log.info("%s: loss recovered of %d SAEs on %d texts in %.0f s", name, len(losses), len(texts),
+             time.perf_counter() - started)
 
 
 def run(name: str) -> None:
@@ -71,23 +91,28 @@ def run(name: str) -> None:
     device = resolve_device(params.extract.device)
     check_depth(paths.model_dir(name), cfg.layers, f"params.yaml sae.{name}.layers")
     d_model = read_manifest(paths.model_dir(name)).d_model
+    cache = ActivationCache.open(paths.activations_dir(name), fingerprint(name, params),
+                                 fix=f"run `dvc repro collect_activations@{name}` first")
     final = paths.sae_dir(name)
-    report: dict[str, Any] = {"source": cfg.source, "saes": {}}
+    report: dict[str, Any] = {sae_name(layer, width): {} for layer in cfg.layers for width in cfg.widths}
     with atomic_path(final) as tmp:
         tmp.mkdir()
         if cfg.trained:
-            _train(name, params, tmp, device, report)
+            _train(name, params, cache, tmp, device, report)
         specs = {sae_name(layer, width): cfg.spec(layer, width, final / sae_name(layer, width))
                  for layer in cfg.layers for width in cfg.widths}
+        saes: dict[int, dict[str, Any]] = {layer: {} for layer in cfg.layers}
         for layer in cfg.layers:
             for width in cfg.widths:
                 name_ = sae_name(layer, width)
                 sae = load_sae(cfg.spec(layer, width, tmp / name_), device)  # what extract will load
                 check_sae_fits(sae, d_model, hook_name(layer))
-                report["saes"].setdefault(name_, {}).update(d_sae=sae.cfg.d_sae, architecture=sae.cfg.architecture())
+                saes[layer][name_] = sae
+                report[name_] |= {"d_sae": sae.cfg.d_sae, "architecture": sae.cfg.architecture()}
                 log.info("%s: %s ready (%s, %d latents)", name, name_, sae.cfg.architecture(), sae.cfg.d_sae)
+        _measure(name, params, cache, saes, device, report)
         write_json(tmp / SAE_INDEX, specs)
-    write_json(paths.train_sae_metrics(name), report)
+    write_json(paths.train_sae_metrics(name), {"source": cfg.source, "saes": report})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,38 +7,53 @@ TopKTrainingSAE (features.core.sae_training builds it and saves it as sae-lens d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from sae_lens.training.optim import get_lr_scheduler
 from torch.nn import functional as F  # noqa: N812
 from tqdm.auto import tqdm
 
-DEAD_FEATURE_WINDOW = 1000  # training steps without firing before a latent counts as dead (sae-lens' default)
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training steps and the step counts of sae-lens' schedule: linear warm-up, constant, linear decay to 0."""
+
+    steps: int
+    warmup_steps: int
+    decay_steps: int
+    dead_window_steps: int  # steps without firing before a latent counts as dead (and joins AuxK)
 
 
-def shuffled_batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless shuffled passes over `acts`, seeded, so training is repeatable."""
+def shuffled_batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled passes over the rows of `acts` (an array or a read-only memory map), seeded, so
+    training is repeatable and reads the same rows whether they come from memory or from disk."""
     generator = torch.Generator().manual_seed(seed)
     while True:
-        order = torch.randperm(len(acts), generator=generator)
+        order = torch.randperm(len(acts), generator=generator).numpy()
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield acts[order[start : start + batch_size]]
+            yield torch.from_numpy(np.asarray(acts[order[start : start + batch_size]], dtype=np.float32))
 
 
-def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, samples: int, batch_size: int) -> None:
-    """sae-lens' TopK training step (MSE plus AuxK on latents dead for DEAD_FEATURE_WINDOW steps, Adam, gradient
-    norm clipped at 1, constant learning rate), each token decoded from its k active latents only.
+def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, schedule: Schedule) -> None:
+    """sae-lens' TopK training step (MSE plus AuxK on dead latents, Adam, gradient norm clipped at 1, sae-lens'
+    learning-rate schedule), each token decoded from its k active latents only.
 
     As sae-lens' TopKTrainingSAE with rescale_acts_by_decoder_norm: pre-activations are scaled by the decoder
-    row norms, the k kept values divided by them before decoding. `batches` are already normalised.
+    row norms, the k kept values divided by them before decoding, so the decoder acts as unit-norm rows
+    whatever their stored norm (saving folds the norms in). `batches` are already normalised.
     """
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+    scheduler = get_lr_scheduler("constant", optimizer, training_steps=schedule.steps, lr=lr,
+                                 warm_up_steps=schedule.warmup_steps, decay_steps=schedule.decay_steps, lr_end=lr,
+                                 num_cycles=1)
     since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=sae.W_dec.device)
-    steps = math.ceil(samples / batch_size)  # as sae-lens: until that many samples were seen
+    steps = schedule.steps
     for _, batch in tqdm(zip(range(steps), batches, strict=False), total=steps, desc="training SAE", unit="step"):
-        dead = since_fired > DEAD_FEATURE_WINDOW
+        dead = since_fired > schedule.dead_window_steps
         norms = sae.W_dec.norm(dim=-1)
         hidden_pre = ((batch - sae.b_dec) @ sae.W_enc + sae.b_enc) * norms
         values, latents = hidden_pre.topk(k, dim=-1, sorted=False)
@@ -49,6 +64,7 @@ def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, sampl
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
+        scheduler.step()
         with torch.no_grad():
             fired = torch.zeros_like(dead)
             fired[latents[values > 0]] = True

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import zip_longest
 from typing import Self
 
 import numpy as np
@@ -201,14 +203,31 @@ def prepare(raw: pd.DataFrame, cfg: PrepareConfig) -> tuple[pd.DataFrame, Prepar
     return df, summary
 
 
-def sample_corpus(frames: dict[str, pd.DataFrame], n_texts: int, seed: int) -> list[str]:
-    """Up to `n_texts` distinct non-blank texts, spread evenly over the named frames (column `text`),
-    chosen by the same seeded hash rank as `max_rows`, so the choice is stable across runs."""
-    per_source = -(-n_texts // len(frames))  # ceil: the remainder is trimmed at the end
-    texts: list[str] = []
+def corpus_order(frames: dict[str, pd.DataFrame], seed: int) -> list[str]:
+    """Every distinct non-blank text of the named frames (column `text`), interleaved across them (one of
+    each in turn) in the same seeded hash rank as `max_rows`, so a prefix of any length spreads evenly over
+    the sources and the order is stable across runs."""
+    ranked: list[list[str]] = []
     for name, frame in frames.items():
         pool = frame["text"].dropna().astype(str)
         pool = pool[pool.str.strip() != ""].drop_duplicates()
         ids = pd.Series([text_id(name, t) for t in pool], index=pool.index)
-        texts += pool.loc[ids.iloc[np.argsort(_rank(ids, seed, "corpus"), kind="stable")].index[:per_source]].tolist()
-    return texts[:n_texts]
+        ranked.append(pool.loc[ids.iloc[np.argsort(_rank(ids, seed, "corpus"), kind="stable")].index].tolist())
+    turns = zip_longest(*ranked)
+    return [text for turn in turns for text in turn if text is not None]
+
+
+def take_tokens(counts: Sequence[int], budgets: Sequence[int], what: str) -> list[range]:
+    """Consecutive runs of texts (their indices), the i-th holding at least budgets[i] tokens, given each
+    text's token count; an error naming `what` when the texts run out first."""
+    runs, start, total = [], 0, 0
+    cumulative = np.cumsum(counts)
+    for budget in budgets:
+        stop = int(np.searchsorted(cumulative, total + budget)) + 1
+        if stop > len(counts):
+            raise PrepareError(f"{what} has {int(cumulative[-1]) if len(counts) else 0:,} tokens, fewer than the "
+                               f"{sum(budgets):,} asked for ({' + '.join(f'{b:,}' for b in budgets)}): add sources "
+                               "or lower the token budgets")
+        runs.append(range(start, stop))
+        total, start = int(cumulative[stop - 1]), stop
+    return runs

@@ -18,7 +18,10 @@ from pydantic import AfterValidator, Field, model_validator
 from features.core.config import Strict
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from features.core.lean_topk import Schedule
 
 
 def check_architecture(name: str) -> str:
@@ -38,13 +41,28 @@ class SAETrainingConfig(Strict):
     seed: int
     trainer: Literal["lean", "sae_lens"] = Field(
         "lean", description="lean: the TopK step with a sparse decode (TopK only); sae_lens: sae-lens' SAETrainer")
+    lr_warmup: float = Field(0.0, ge=0, lt=1, description="fraction of steps with a linear learning-rate warm-up")
+    lr_decay: float = Field(0.0, ge=0, lt=1, description="fraction of steps, at the end, decaying it linearly to 0")
+    dead_window_tokens: int = Field(
+        1_024_000, gt=0, description="a latent silent for this many training tokens is dead and joins the auxiliary "
+        "loss (sae-lens' default window is 1,000 steps; a short CPU run needs a window it can reach)")
 
     @model_validator(mode="after")
     def _lean_is_topk(self) -> SAETrainingConfig:
         if self.trainer == "lean" and self.architecture != "topk":
             raise ValueError(f"trainer 'lean' trains TopK SAEs only, architecture is {self.architecture!r}: set "
                              "trainer: sae_lens")
+        if self.lr_warmup + self.lr_decay >= 1:
+            raise ValueError(f"lr_warmup ({self.lr_warmup}) + lr_decay ({self.lr_decay}) must stay below 1: "
+                             "some steps must run at the full learning rate")
         return self
+
+    def schedule(self) -> Schedule:
+        from features.core.lean_topk import Schedule
+
+        steps = math.ceil(self.training_samples / self.batch_size)  # as sae-lens: until that many samples were seen
+        return Schedule(steps=steps, warmup_steps=int(steps * self.lr_warmup), decay_steps=int(steps * self.lr_decay),
+                        dead_window_steps=math.ceil(self.dead_window_tokens / self.batch_size))
 
 
 def _topk_sae(k: int, common: dict[str, Any]) -> Any:
@@ -64,8 +82,10 @@ def _jumprelu_sae(k: int, common: dict[str, Any]) -> Any:
 ARCHITECTURES: dict[str, Callable[[int, dict[str, Any]], Any]] = {"topk": _topk_sae, "jumprelu": _jumprelu_sae}
 
 
-def train_sae(acts: torch.Tensor, cfg: SAETrainingConfig, width: int, device: str = "cpu"):
-    """Train a `width`-latent SAE on `acts` [N, d_in] and return it (sae-lens, raw-activation scale).
+def train_sae(acts: np.ndarray | torch.Tensor, cfg: SAETrainingConfig, width: int, device: str = "cpu"):
+    """Train a `width`-latent SAE on `acts` [N, d_in] (in memory or memory-mapped) and return it (sae-lens,
+    raw-activation scale). The rows are read in the same seeded order either way: an SAE trained on a cache
+    equals one trained on the same activations in memory.
 
     sae-lens rescales inputs to an average norm of sqrt(d_in) and folds the factor back into
     the weights at the end. The decoder bias starts at the activation mean: Gemma's residual
@@ -76,30 +96,32 @@ def train_sae(acts: torch.Tensor, cfg: SAETrainingConfig, width: int, device: st
     from sae_lens import LoggingConfig, SAETrainer
     from sae_lens.config import SAETrainerConfig
 
-    from features.core.lean_topk import DEAD_FEATURE_WINDOW, fit_topk, shuffled_batches
+    from features.core.lean_topk import fit_topk, shuffled_batches
 
-    if acts.ndim != 2 or len(acts) < cfg.batch_size:
+    rows = acts.numpy() if isinstance(acts, torch.Tensor) else acts
+    if rows.ndim != 2 or len(rows) < cfg.batch_size:
         raise ValueError(
-            f"need at least batch_size={cfg.batch_size} activation vectors [N, d_in], got {tuple(acts.shape)}"
+            f"need at least batch_size={cfg.batch_size} activation vectors [N, d_in], got {tuple(rows.shape)}"
         )
     torch.manual_seed(cfg.seed)
-    acts = acts.to(torch.float32)
-    scale = math.sqrt(acts.shape[1]) / acts.norm(dim=1).mean().item()
+    mean, mean_norm = _moments(rows)
+    scale = math.sqrt(rows.shape[1]) / mean_norm
     sae = ARCHITECTURES[cfg.architecture](cfg.k, {
-        "d_in": acts.shape[1], "d_sae": width, "dtype": "float32", "device": device,
+        "d_in": rows.shape[1], "d_sae": width, "dtype": "float32", "device": device,
         "normalize_activations": "expected_average_only_in"})
     with torch.no_grad():
-        sae.b_dec.copy_(acts.mean(dim=0) * scale)
-    batches = (batch.to(device) for batch in shuffled_batches(acts, cfg.batch_size, cfg.seed))
+        sae.b_dec.copy_(torch.from_numpy(mean * scale))
+    batches = (batch.to(device) for batch in shuffled_batches(rows, cfg.batch_size, cfg.seed))
+    schedule = cfg.schedule()
     if cfg.trainer == "lean":
-        fit_topk(sae, (batch * scale for batch in batches), cfg.k, cfg.lr, cfg.training_samples, cfg.batch_size)
+        fit_topk(sae, (batch * scale for batch in batches), cfg.k, cfg.lr, schedule)
         sae.fold_activation_norm_scaling_factor(scale)  # as sae-lens' trainer ends: raw-scale weights
         return sae
     trainer = SAETrainer(
         cfg=SAETrainerConfig(
             total_training_samples=cfg.training_samples, train_batch_size_samples=cfg.batch_size,
-            lr=cfg.lr, lr_end=cfg.lr, device=device, logger=LoggingConfig(log_to_wandb=False),
-            dead_feature_window=DEAD_FEATURE_WINDOW,
+            lr=cfg.lr, lr_end=cfg.lr, lr_warm_up_steps=schedule.warmup_steps, lr_decay_steps=schedule.decay_steps,
+            device=device, logger=LoggingConfig(log_to_wandb=False), dead_feature_window=schedule.dead_window_steps,
         ),
         sae=sae,
         data_provider=batches,
@@ -108,3 +130,13 @@ def train_sae(acts: torch.Tensor, cfg: SAETrainingConfig, width: int, device: st
     return trainer.fit()
 
 
+def _moments(rows: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, float]:
+    """Mean vector (float32) and mean row norm of `rows`, in float64 chunks (a memory map is never loaded whole)."""
+    import numpy as np
+
+    total, norms = np.zeros(rows.shape[1]), 0.0
+    for start in range(0, len(rows), chunk):
+        part = np.asarray(rows[start : start + chunk], dtype=np.float64)
+        total += part.sum(axis=0)
+        norms += float(np.linalg.norm(part, axis=1).sum())
+    return (total / len(rows)).astype(np.float32), norms / len(rows)

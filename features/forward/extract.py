@@ -60,7 +60,7 @@ class Extracted:
 
 
 @dataclass(frozen=True)
-class _Tokenized:
+class Tokenized:
     ids: list[list[int]]  # per text, cut to max_tokens
     truncated: np.ndarray
     unknown: np.ndarray
@@ -90,7 +90,7 @@ def extract(
     `meters` (see `quality_meters`) to accumulate it over several calls, e.g. one per shard.
     """
     _check_request(model, layers, saes, poolings)
-    tokenized = _tokenize(tokenizer, texts, max_tokens)
+    tokenized = tokenize(tokenizer, texts, max_tokens)
     meters = quality_meters(saes) if meters is None else meters
     parts, order = [], []
     for rows, residuals, mask in _forward_batches(
@@ -110,6 +110,19 @@ def quality_meters(saes: SaesByLayer) -> dict[SaeKey, QualityMeter]:
 
 
 def collect_activations(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], layers: Sequence[int],
+    **options: Any,
+) -> dict[int, Tensor]:
+    """Token activations [N, d_model] per layer (counted tokens only, float32 on the CPU), held in memory;
+    `options` are those of `activation_batches`."""
+    collected: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for batch in activation_batches(model, tokenizer, texts, layers, **options):
+        for layer, acts in batch.items():
+            collected[layer].append(acts)
+    return {layer: torch.cat(parts) for layer, parts in collected.items()}
+
+
+def activation_batches(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
@@ -120,23 +133,21 @@ def collect_activations(
     include_bos: bool = False,
     paper_compat: bool = False,
     progress: bool = True,
-) -> dict[int, Tensor]:
-    """Token activations [N, d_model] per layer (counted tokens only, float32 on the CPU), e.g. to train SAEs."""
+) -> Iterator[dict[int, Tensor]]:
+    """Per length-sorted batch, the counted tokens' activations [n, d_model] of each layer (float32, CPU), e.g.
+    to train SAEs: stream them to disk (features.stores.activations) or gather them (`collect_activations`)."""
     check_layers(layers, len(decoder_layers(model)))
-    tokenized = _tokenize(tokenizer, texts, max_tokens)
-    collected: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    tokenized = tokenize(tokenizer, texts, max_tokens)
     for _, residuals, mask in _forward_batches(
         model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, "collect activations", progress
     ):
-        for layer, residual in residuals.items():
-            collected[layer].append(residual[mask].float().cpu())
-    return {layer: torch.cat(parts) for layer, parts in collected.items()}
+        yield {layer: residual[mask].float().cpu() for layer, residual in residuals.items()}
 
 
 def _forward_batches(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    tokenized: _Tokenized,
+    tokenized: Tokenized,
     layers: Sequence[int],
     batch_size: int,
     include_bos: bool,
@@ -145,7 +156,7 @@ def _forward_batches(
     progress: bool,
 ) -> Iterator[tuple[np.ndarray, dict[int, Tensor], Tensor]]:
     """Per length-sorted batch: its input rows, the captured residuals and the counted-token mask."""
-    batches = _length_sorted_batches([len(ids) for ids in tokenized.ids], batch_size)
+    batches = length_sorted_batches([len(ids) for ids in tokenized.ids], batch_size)
     for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress):
         input_ids, attention_mask = right_pad([tokenized.ids[i] for i in rows], model.device)
         mask = counted_token_mask(input_ids, attention_mask, tokenizer.bos_token_id, include_bos)
@@ -176,7 +187,7 @@ def _check_request(
         parse_pooling(spec)
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int) -> _Tokenized:
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int) -> Tokenized:
     """Token ids cut to their first `max_tokens` (BOS included), as right truncation does for causal LMs."""
     if max_tokens < 2:
         raise SaefsError(f"max_tokens must be >= 2 (a BOS and one token), got {max_tokens}")
@@ -196,14 +207,14 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_toke
         )
     cut = [ids[:max_tokens] for ids in full]
     unk_id = tokenizer.unk_token_id
-    return _Tokenized(
+    return Tokenized(
         ids=cut,
         truncated=np.array([len(ids) > max_tokens for ids in full], dtype=bool),
         unknown=np.array([ids.count(unk_id) if unk_id is not None else 0 for ids in cut], dtype=np.int64),
     )
 
 
-def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     """Row indices per batch, longest texts first so that an out-of-memory batch fails at once."""
     if batch_size < 1:
         raise SaefsError(f"batch_size must be >= 1, got {batch_size}")
@@ -271,7 +282,7 @@ def _text_groups(token_offsets: np.ndarray, max_group_tokens: int) -> Iterator[t
 def _assemble(
     parts: Sequence[_BatchFeatures],
     original_order: np.ndarray,
-    tokenized: _Tokenized,
+    tokenized: Tokenized,
     quality: dict[SaeKey, SaeQuality],
 ) -> Extracted:
     """Stack length-sorted batches and put the rows back in input order."""

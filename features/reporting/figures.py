@@ -158,6 +158,24 @@ def quality_bars(summary: pd.DataFrame, title: str) -> str:
     return to_svg(fig)
 
 
+def heldout_bars(heldout: pd.DataFrame, title: str) -> str:
+    """Variance explained and loss recovered per SAE side by side, with its dead-latent share in the label."""
+    labels = (heldout["model"] + " L" + heldout["layer"].astype(str) + " " + heldout["width"] + " ("
+              + (100 * heldout["dead_fraction"]).round().astype(int).astype(str) + "% dead)")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5, 0.8 + 0.45 * len(heldout)), layout="constrained")
+    y = np.arange(len(heldout))
+    ax.barh(y - 0.2, heldout["fve"], height=0.4, label="variance explained")
+    ax.barh(y + 0.2, heldout["loss_recovered"], height=0.4, label="loss recovered")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction (held-out corpus tokens)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title)
+    return to_svg(fig)
+
+
 def time_bars(by_stage: pd.DataFrame, title: str) -> str:
     """Wall seconds per stage, its start-up (interpreter and imports) part darker."""
     with plt.rc_context(STYLE):

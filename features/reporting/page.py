@@ -178,6 +178,7 @@ def build_sections(inputs: RunInputs) -> list[Section]:
     curve = tables.curve_table(inputs.probes)
     quality = tables.sae_quality_table(inputs.sae_quality, inputs.sae_training)
     summary = tables.sae_quality_summary(quality)
+    heldout = tables.sae_heldout_table(inputs.sae_training)
 
     def columns(keys: list[str]) -> list[str]:
         return ["dataset", "model", *keys, "cell", *tables.F1, *tables.SAFETY, "val_macro_f1", "resamples"]
@@ -229,12 +230,19 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                           f"{INTERVALS['resamples']}.",
                           figures.lines(curve, "train_rows", ["model"], "training rows", "Training-size curve"))]),
         *_transfer_sections(inputs),
-        Section("sae-quality", "SAE quality per layer",
-                [f"Each SAE's fraction of variance explained, L0 and dead-latent fraction on every dataset's tokens "
-                 f"(extract). SAE training seed {inputs.setup.get('sae_seed', '?')}, one SAE per (layer, width): the "
-                 "whiskers span the datasets."],
-                tables=[("Per SAE, over datasets", summary), ("Per SAE and dataset", quality)],
-                figures=[("Variance explained per SAE: mean over datasets, whiskers at min and max.",
+        Section("sae-quality", "SAE quality per layer and width",
+                ["Each SAE on held-out corpus tokens (train_sae), as the field measures SAEs: fraction of variance "
+                 "explained, L0, dead latents (silent on every held-out token) and dense ones (firing on over 10% "
+                 "of them), and loss recovered: the model's next-token loss with the SAE's reconstruction spliced in "
+                 "at its layer, placed between the clean loss (1) and the loss with the layer zero-ablated (0). "
+                 "check_sae gates on them.",
+                 f"Then the same activation figures on every dataset's tokens (extract). SAE training seed "
+                 f"{inputs.setup.get('sae_seed', '?')}, one SAE per (layer, width): the whiskers span the datasets."],
+                tables=[("Per SAE on held-out corpus tokens", heldout), ("Per SAE, over datasets", summary),
+                        ("Per SAE and dataset", quality)],
+                figures=[("Variance explained and loss recovered per SAE on held-out corpus tokens.",
+                          figures.heldout_bars(heldout, "SAE quality on held-out corpus tokens")),
+                         ("Variance explained per SAE: mean over datasets, whiskers at min and max.",
                           figures.quality_bars(summary, "SAE variance explained"))]),
         _cost_section(inputs),
     ]

@@ -152,6 +152,24 @@ def sae_quality_table(sae_quality: Mapping[tuple[str, str], dict[str, Any]],
     return pd.DataFrame(rows).sort_values(["model", "layer", "width", "dataset"]).reset_index(drop=True)
 
 
+HELDOUT_FIGURES = ["fve", "l0", "dead_fraction", "dense_fraction", "loss_recovered", "loss_clean", "loss_spliced",
+                   "loss_ablated"]
+
+
+def sae_heldout_table(sae_training: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per SAE (model, layer, width): its figures on held-out corpus tokens (train_sae), as the field measures SAEs."""
+    rows = []
+    for model, metrics in sae_training.items():
+        for sae, info in metrics["saes"].items():
+            layer, width = sae.removeprefix("l").split("__sae")
+            heldout = info["heldout"]
+            rows.append({"model": model, "layer": int(layer), "width": width, "architecture": info["architecture"],
+                         **{key: heldout[key] for key in HELDOUT_FIGURES}, "tokens": heldout["tokens"],
+                         "training_tokens": info.get("training_tokens", "pretrained"),
+                         "train_s": info.get("seconds")})
+    return pd.DataFrame(rows).sort_values(["model", "layer", "width"]).reset_index(drop=True)
+
+
 def sae_quality_summary(quality: pd.DataFrame) -> pd.DataFrame:
     """Per SAE: mean variance explained and its range over the datasets it encoded."""
     grouped = quality.groupby(["model", "layer", "width", "sae", "architecture", "source"], sort=True)

@@ -53,6 +53,7 @@ class SaeQuality:
     fve: float  # fraction of variance explained by the reconstruction
     l0: float  # mean number of active latents per token
     dead_fraction: float  # fraction of latents never active on these tokens
+    dense_fraction: float  # fraction of latents active on more than DENSE_DENSITY of these tokens
 
 
 def load_sae(spec: str, device: str = "cpu") -> SAE[Any]:
@@ -93,7 +94,8 @@ def _sparse_if_topk(sae: SAE[Any], codes: Tensor) -> Tensor:
     return codes.to_sparse() if isinstance(sae, TopKSAE | TopKTrainingSAE) else codes
 
 
-_METER_SUMS = ("squared_error", "sum_x", "sum_x2", "n_active", "ever_active")
+_METER_SUMS = ("squared_error", "sum_x", "sum_x2", "n_active", "fire_count")
+DENSE_DENSITY = 0.1  # a latent firing on more than this share of tokens is dense (SAEBench's and sae-lens' cut)
 
 
 class QualityMeter:
@@ -105,7 +107,7 @@ class QualityMeter:
         self.sum_x = torch.zeros(d_in, dtype=torch.float64)
         self.sum_x2 = torch.zeros(d_in, dtype=torch.float64)
         self.n_active = torch.zeros((), dtype=torch.float64)
-        self.ever_active = torch.zeros(d_sae, dtype=torch.bool)
+        self.fire_count = torch.zeros(d_sae, dtype=torch.int64)
 
     def update(self, sae: SAE[Any], acts: Tensor, codes: Tensor) -> None:
         """Add token activations [N, d_in] and their codes [N, d_sae]."""
@@ -118,16 +120,16 @@ class QualityMeter:
         self.sum_x2 += target.square().sum(dim=0)
         active = (codes > 0).cpu()
         self.n_active += active.sum()
-        self.ever_active |= active.any(dim=0)
+        self.fire_count += active.sum(dim=0)
 
     def add(self, other: QualityMeter) -> None:
-        """Take in another meter's tokens (another worker's, another shard's): sums add, ever-active ORs."""
+        """Take in another meter's tokens (another worker's, another shard's): every sum adds."""
         self.n_tokens += other.n_tokens
         self.squared_error += other.squared_error
         self.sum_x += other.sum_x
         self.sum_x2 += other.sum_x2
         self.n_active += other.n_active
-        self.ever_active |= other.ever_active
+        self.fire_count += other.fire_count
 
     def state(self) -> dict[str, np.ndarray]:
         """The running sums as arrays, e.g. to store with a shard; `load_state` restores them."""
@@ -149,7 +151,8 @@ class QualityMeter:
         return SaeQuality(
             fve=float(1.0 - self.squared_error / total_variance),
             l0=float(self.n_active / self.n_tokens),
-            dead_fraction=float(1.0 - self.ever_active.double().mean()),
+            dead_fraction=float((self.fire_count == 0).double().mean()),
+            dense_fraction=float((self.fire_count > DENSE_DENSITY * self.n_tokens).double().mean()),
         )
 
 

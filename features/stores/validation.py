@@ -256,23 +256,30 @@ def validate_prepared(
 @dataclass(frozen=True)
 class SaeQualityRules:
     min_fve: float
-    max_dead_fraction: float
+    max_dead_fraction: float | None = None
+    max_dense_fraction: float | None = None
+    min_loss_recovered: float | None = None
     max_l0: float | None = None
 
 
 def validate_sae_quality(quality: pd.DataFrame, rules: SaeQualityRules, name: str) -> ValidationReport:
-    """Gate SAE quality rows (`sae`, `fve`, `l0`, `dead_fraction`): an SAE that does not fit its
-    activations (a wrong layer or model) explains little variance."""
+    """Gate SAE quality rows (`sae`, `fve`, `l0`, and where measured `dead_fraction`, `dense_fraction`,
+    `loss_recovered`; a missing figure is not checked): an SAE that does not fit its activations (a wrong
+    layer or model) explains little variance and loses the model's loss, a poorly trained one has dead or
+    dense latents."""
     import great_expectations.expectations as gxe
 
     checks = [
         (f"variance explained >= {rules.min_fve}", "fve", {"min_value": rules.min_fve}),
         (f"dead latents <= {rules.max_dead_fraction}", "dead_fraction", {"max_value": rules.max_dead_fraction}),
+        (f"dense latents <= {rules.max_dense_fraction}", "dense_fraction", {"max_value": rules.max_dense_fraction}),
+        (f"loss recovered >= {rules.min_loss_recovered}", "loss_recovered", {"min_value": rules.min_loss_recovered}),
+        (f"L0 <= {rules.max_l0}", "l0", {"max_value": rules.max_l0}),
     ]
-    if rules.max_l0 is not None:
-        checks.append((f"L0 <= {rules.max_l0}", "l0", {"max_value": rules.max_l0}))
     expectations = []
     for description, column, bounds in checks:
+        if None in bounds.values() or column not in quality:
+            continue
         exp = gxe.ExpectColumnValuesToBeBetween(column=column, **bounds)
         exp.description = description
         expectations.append(exp)

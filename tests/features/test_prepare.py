@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.core.prepare import PrepareConfig, PrepareError, prepare, sample_corpus, text_id
+from features.core.prepare import PrepareConfig, PrepareError, corpus_order, prepare, take_tokens, text_id
 from features.core.schema import PREPARED_COLUMNS
 from tests.helpers import prepare_config
 
@@ -135,11 +135,19 @@ def test_a_class_too_small_to_split_is_refused() -> None:
         prepare(raw, cfg(test_size=0.5))
 
 
-def test_corpus_sampling_is_even_stable_and_skips_blanks() -> None:
+def test_corpus_order_interleaves_sources_is_stable_and_skips_blanks() -> None:
     frames = {"a": pd.DataFrame({"text": [f"a{i}" for i in range(50)] + ["  ", None, "a0"]}),
-              "b": pd.DataFrame({"text": [f"b{i}" for i in range(50)]})}
-    texts = sample_corpus(frames, 20, seed=0)
-    assert len(texts) == len(set(texts)) == 20
-    assert sum(t.startswith("a") for t in texts) == 10 and all(t.strip() for t in texts)
-    assert sample_corpus({k: f.iloc[::-1] for k, f in frames.items()}, 20, seed=0) == texts
-    assert sample_corpus(frames, 20, seed=1) != texts
+              "b": pd.DataFrame({"text": [f"b{i}" for i in range(30)]})}
+    texts = corpus_order(frames, seed=0)
+    assert len(texts) == len(set(texts)) == 80 and all(t.strip() for t in texts)
+    assert [t[0] for t in texts[:60]] == ["a", "b"] * 30  # any prefix spreads evenly while both last
+    assert corpus_order({k: f.iloc[::-1] for k, f in frames.items()}, seed=0) == texts
+    assert corpus_order(frames, seed=1) != texts
+
+
+def test_token_budgets_take_consecutive_texts_until_each_is_met() -> None:
+    assert take_tokens([5, 5, 5, 5, 5], [7, 10], "corpus") == [range(0, 2), range(2, 4)]
+    assert take_tokens([5, 5, 5], [5, 5], "corpus") == [range(0, 1), range(1, 2)]
+    with pytest.raises(PrepareError, match=r"the corpus has 15 tokens, fewer than the 16 asked for \(6 \+ 10\): "
+                       "add sources or lower the token budgets"):
+        take_tokens([5, 5, 5], [6, 10], "the corpus")

@@ -132,6 +132,19 @@ def test_quality_counts_dead_latents_and_lost_variance() -> None:
     assert quality.dead_fraction == 0.5
 
 
+def test_dead_and_dense_fractions_match_hand_counts() -> None:
+    """Tokens built so that each latent fires on a known number of them: sign-split latent i reads relu(x_i)."""
+    acts = -torch.ones(100, D_IN)  # every negative latent fires on every token: dense
+    acts[:5, 0] = 1.0  # latent 0 fires on 5 of 100 tokens: live, not dense
+    acts[:11, 1] = 1.0  # latent 1 fires on 11: dense (over 10%)
+    acts[:10, 2] = 1.0  # latent 2 fires on exactly 10%: not dense
+    quality = sae_quality(sign_split_sae(), acts, chunk_tokens=7)
+    # firing counts: latents 0, 1, 2 (relu(x)) on 5, 11, 10 tokens and 3..15 on none (13 dead); latents 16, 17,
+    # 18 (relu(-x)) on 95, 89, 90 and 19..31 on all 100: dense are 1, 16..31 (17); latent 2's 10% is not over
+    assert quality.dead_fraction == 13 / 32
+    assert quality.dense_fraction == 17 / 32
+
+
 def test_quality_state_round_trips_and_adds_up() -> None:
     sae, acts = make_jumprelu_sae(8, 16), torch.randn(30, 8)
     whole, first, second = (QualityMeter(8, 16) for _ in range(3))
@@ -143,8 +156,8 @@ def test_quality_state_round_trips_and_adds_up() -> None:
     restored.add(second)
     assert restored.n_tokens == 30
     assert asdict(restored.result()) == pytest.approx(asdict(whole.result()), rel=1e-12)
-    with pytest.raises(SaefsError, match=r"lacks \['ever_active'\]"):
-        QualityMeter(8, 16).load_state({k: v for k, v in first.state().items() if k != "ever_active"})
+    with pytest.raises(SaefsError, match=r"lacks \['fire_count'\]"):
+        QualityMeter(8, 16).load_state({k: v for k, v in first.state().items() if k != "fire_count"})
 
 
 def test_topk_quality_decodes_sparse_codes_to_the_dense_reconstruction() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from features.core import lean_topk
 from features.core.sae_training import SAETrainingConfig, train_sae
 from features.sources.sae import encode, load_sae
+from features.stores.activations import ActivationCache, ActivationWriter, write_manifest
 
 
 def planted(n: int = 1200, d_in: int = 16, atoms: int = 40, seed: int = 0) -> torch.Tensor:
@@ -26,11 +28,15 @@ def config(trainer: str, **update) -> SAETrainingConfig:
                              trainer=trainer).model_copy(update=update)
 
 
-@pytest.mark.parametrize("window", [lean_topk.DEAD_FEATURE_WINDOW, 3])  # 3 steps: AuxK on dead latents runs
-def test_the_lean_loop_trains_the_same_sae_as_sae_lens(monkeypatch: pytest.MonkeyPatch, window: int) -> None:
-    monkeypatch.setattr(lean_topk, "DEAD_FEATURE_WINDOW", window)
+@pytest.mark.parametrize("schedule", [
+    {},  # sae-lens' defaults: constant learning rate, a dead window of 1,000 steps (never reached here)
+    {"dead_window_tokens": 96},  # 3 steps: AuxK on dead latents runs
+    {"lr_warmup": 0.1, "lr_decay": 0.3, "dead_window_tokens": 96},  # sae-lens' warm-up and decay schedule
+])
+def test_the_lean_loop_trains_the_same_sae_as_sae_lens(schedule: dict) -> None:
     acts = planted()
-    lean, reference = train_sae(acts, config("lean"), 64), train_sae(acts, config("sae_lens"), 64)
+    lean = train_sae(acts, config("lean", **schedule), 64)
+    reference = train_sae(acts, config("sae_lens", **schedule), 64)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(lean, name), getattr(reference, name), atol=2e-4, rtol=1e-3)
     assert lean.cfg.normalize_activations == reference.cfg.normalize_activations == "none"  # the scale folded in
@@ -54,6 +60,25 @@ def test_the_sparse_decode_equals_the_dense_one() -> None:
     norms = W_dec.norm(dim=-1)
     dense = torch.zeros(5, 64).scatter(1, latents, values) / norms @ W_dec
     torch.testing.assert_close(lean_topk.decode(W_dec, norms, latents, values), dense)
+
+
+def test_a_memory_mapped_cache_trains_the_same_sae_as_activations_in_memory(tmp_path: Path) -> None:
+    acts = planted()
+    writer = ActivationWriter(tmp_path, "train", [3])
+    for part in acts.split(100):  # written batch by batch, as collect_activations streams them
+        writer.add({3: part})
+    write_manifest(tmp_path, {"model": "m"}, {"train": writer.close()}, [3])
+    cached = ActivationCache.open(tmp_path, {"model": "m"}, fix="recollect").layer("train", 3)
+    assert isinstance(cached, np.memmap)
+    cfg = config("lean", dead_window_tokens=96, lr_warmup=0.1, lr_decay=0.2)
+    from_disk, in_memory = train_sae(cached, cfg, 64), train_sae(acts, cfg, 64)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(from_disk, name), getattr(in_memory, name), atol=0, rtol=0)
+
+
+def test_a_schedule_without_full_rate_steps_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"lr_warmup \(0.5\) \+ lr_decay \(0.5\) must stay below 1"):
+        SAETrainingConfig(**config("lean").model_dump() | {"lr_warmup": 0.5, "lr_decay": 0.5})
 
 
 def test_the_lean_trainer_refuses_jumprelu_naming_the_key() -> None:

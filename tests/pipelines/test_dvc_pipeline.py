@@ -21,7 +21,7 @@ from tests.features.tiny import make_model, make_texts, make_tokenizer
 from tests.helpers import REPO, embedded_params, write_params
 
 STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
-          "validate_data@beta", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
+          "validate_data@beta", "collect_activations@tiny", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
           "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
           "materialize", "check_stores", "train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha",
           "promote@beta", "behaviour_labels@tiny-items", "transfer", "report"}
@@ -49,11 +49,13 @@ def tiny_params() -> dict:
         models={"tiny": {"source": "path:tiny"}},
         datasets=datasets,
         sae={"tiny": {"layers": [1, 2], "widths": ["64"], "source": "train"}},
-        train_sae={"corpus": ["file:corpus.csv"], "corpus_texts": 200, "architecture": "topk", "k": 4,
-                   "training_samples": 4096, "batch_size": 256, "lr": 0.001, "seed": 0},
+        collect_activations={"corpus": ["file:corpus.csv"], "train_tokens": 1200, "heldout_tokens": 300,
+                             "max_tokens": 12, "batch_size": 8, "seed": 0},
+        train_sae={"architecture": "topk", "k": 4, "training_samples": 4096, "batch_size": 256, "lr": 0.001,
+                   "seed": 0, "min_tokens_per_latent": 10, "loss_texts": 8},
         extract={"max_tokens": 12, "batch_size": 8, "poolings": ["sum", "top2"], "include_bos": False,
                  "paper_compat": False, "shard_rows": 40, "device": "cpu"},
-        check_sae={"min_fve": -10.0, "max_dead_fraction": 1.0},
+        check_sae={"min_fve": -10.0, "max_dead_fraction": 1.0, "max_dense_fraction": 1.0, "min_loss_recovered": -100.0},
     )
     # a threshold above every pooled code: its views hold no latent, so train_probes must skip them
     params["build_features"]["binarize"] = [None, 1.0, EMPTY_THRESHOLD]
@@ -129,6 +131,23 @@ def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) ->
     assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta", "extract@tiny-beta",
                                           "check_sae@tiny-beta", *FEAST_STAGES, *ALWAYS, *TRACKING_STAGES}
     assert len(pd.read_parquet(scratch / paths.prepared("beta"))) == 110
+
+
+def test_a_new_sae_training_setting_retrains_from_the_cache_without_rerunning_the_model(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    manifest = json.loads((scratch / paths.activations_dir("tiny") / "manifest.json").read_text())
+    assert manifest["layers"] == [1, 2] and manifest["splits"]["train"]["tokens"] >= 1200
+    metrics = json.loads((scratch / paths.train_sae_metrics("tiny")).read_text())["saes"]
+    assert {"fve", "dead_fraction", "dense_fraction", "loss_recovered"} <= set(metrics["l2__sae64"]["heldout"])
+    params = yaml.safe_load((scratch / "params.yaml").read_text())
+    edited = json.loads(json.dumps(params))
+    edited["train_sae"]["lr"] = 0.002
+    write_params(scratch, edited)
+    try:
+        changed = set(json.loads(dvc(scratch, "status", "--json"))) - ALWAYS
+        assert "train_sae@tiny" in changed and "collect_activations@tiny" not in changed
+    finally:
+        write_params(scratch, params)
 
 
 def test_editing_a_users_file_or_model_folder_reruns_what_reads_it(scratch: Path) -> None:

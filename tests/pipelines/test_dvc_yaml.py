@@ -101,6 +101,7 @@ def test_outputs_are_where_pipelines_paths_puts_them() -> None:
     expected = {f"prepare_model@{m}": [paths.model_dir(m)] for m in params["models"]}
     expected |= {f"prepare_data@{d}": [paths.prepared(d), paths.prepare_summary(d)] for d in datasets}
     expected |= {f"validate_data@{d}": [paths.validation_dir(d), paths.validation_metrics(d)] for d in datasets}
+    expected |= {f"collect_activations@{m}": [paths.activations_dir(m), paths.collect_metrics(m)] for m in models}
     expected |= {f"train_sae@{m}": [paths.sae_dir(m), paths.train_sae_metrics(m)] for m in models}
     expected |= {f"extract@{m}-{d}": [paths.features_dir(m, d), paths.extract_metrics(m, d)]
                  for m in models for d in datasets}

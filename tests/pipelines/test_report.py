@@ -117,7 +117,11 @@ def write_metrics_tree(root: Path) -> None:
     for model in MODELS:
         paths.train_sae_metrics(model).parent.mkdir(parents=True, exist_ok=True)
         paths.train_sae_metrics(model).write_text(json.dumps(
-            {"source": "train", "saes": {f"l{layer}__sae64": {"architecture": "topk"} for layer in LAYERS[model]}}))
+            {"source": "train", "saes": {f"l{layer}__sae64": {
+                "architecture": "topk", "training_tokens": 5000, "seconds": 3.0,
+                "heldout": {"fve": 0.8, "l0": 8.0, "dead_fraction": 0.02 * layer, "dense_fraction": 0.0,
+                            "loss_recovered": 0.93, "loss_clean": 3.0, "loss_spliced": 3.2, "loss_ablated": 6.0,
+                            "tokens": 900}} for layer in LAYERS[model]}}))
 
 
 @pytest.fixture
@@ -149,9 +153,11 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     assert "0.777 [0.750, 0.800]" in html and "0.777 [0.750, 0.800]" in md  # a cross-lingual cell, as the CSV has it
     assert "[0.75, 0.80]" in html  # and its heatmap annotation
     assert "skipped: target answered every item right" in html and "skipped" in md
-    assert html.count("<svg") == 8 + 1 + 1 + 1  # eight result figures, a heatmap per transfer task, cost
+    assert html.count("<svg") == 9 + 1 + 1 + 1  # nine result figures, a heatmap per transfer task, cost
     assert not re.search(r"<script|<link|src=\"http|@import", html)  # self-contained: opens offline
     assert "1 of 2 datasets above 0.8 (below: alpha)" in md  # the paper's claim 1, counted on the inputs
+    # the SAE section: each SAE's held-out corpus figures, as train_sae measured them
+    assert "Per SAE on held-out corpus tokens" in md and "0.93" in md.split("held-out corpus tokens")[-1]
     # the cost section: every stage instance but the report's own (still running), extract first by wall time
     assert "Total: 69 s wall, of which 9 s start-up, over 3 stage instances." in md
     assert "extract 333" in md and "extract 81%" in md and "report" not in md.split("## Cost of this run")[1]

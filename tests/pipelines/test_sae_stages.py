@@ -7,6 +7,7 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,10 +17,12 @@ from features.core.naming import codes_name
 from features.core.sae_training import SAETrainingConfig, train_sae
 from features.errors import SaefsError
 from features.forward.extract import collect_activations, extract
+from features.stores.activations import CacheMismatch
 from features.stores.files import write_json
 from features.stores.shards import ShardWriter, read_csr
 from features.stores.validation import Failure, SaeQualityRules, validate_sae_quality
-from pipelines import check_sae, paths
+from pipelines import check_sae, fingerprint_sources, paths
+from pipelines import collect_activations as collect_stage
 from pipelines import extract as extract_stage
 from pipelines import train_sae as train_sae_stage
 from tests.features.tiny import HIDDEN, gemma_scope_params, make_model, make_texts, make_tokenizer
@@ -55,11 +58,20 @@ def test_check_sae_stage_fails_with_the_sae_named(tmp_path: Path, monkeypatch: p
         "l5__sae4k": {"fve": 0.91, "l0": 32.0, "dead_fraction": 0.1, "tokens": 900},
         "l9__sae4k": {"fve": 0.12, "l0": 32.0, "dead_fraction": 0.97, "tokens": 900},
     }}))
+    paths.train_sae_metrics("gemma3_270m").parent.mkdir(parents=True)
+    paths.train_sae_metrics("gemma3_270m").write_text(json.dumps({"source": "train", "saes": {
+        "l5__sae4k": {"heldout": {"fve": 0.9, "l0": 32.0, "dead_fraction": 0.01, "dense_fraction": 0.0,
+                                  "loss_recovered": 0.95}},
+        "l9__sae4k": {"heldout": {"fve": 0.85, "l0": 32.0, "dead_fraction": 0.03, "dense_fraction": 0.2,
+                                  "loss_recovered": 0.31}},  # dense latents, and it loses the model's loss
+    }}))
     with pytest.raises(check_sae.SaeQualityFailed) as err:
         check_sae.run("gemma3_270m/spam")
     message = str(err.value)
-    assert "SAEs of 'gemma3_270m/spam' failed 2 of 2 expectations" in message
-    assert "l9__sae4k has 0.120" in message and "l9__sae4k has 0.970" in message and "l5__sae4k" not in message
+    # dead and dense fractions are judged on the held-out corpus only (a dataset's 900 tokens leave latents silent)
+    assert "SAEs of 'gemma3_270m/spam' failed 3 of 4 expectations" in message
+    assert "l9__sae4k on spam has 0.120" in message and "l9__sae4k on held-out corpus has 0.310" in message
+    assert "l9__sae4k on held-out corpus has 0.200" in message and "l5__sae4k" not in message
     results = json.loads((paths.sae_check_dir("gemma3_270m", "spam") / "results.json").read_text())
     assert results["success"] is False
 
@@ -223,3 +235,77 @@ def test_extract_starts_over_when_the_model_or_an_sae_changes(
     np.savez(sae_dir / "params.npz", **gemma_scope_params(HIDDEN, 128))
     stored, fresh = stored_and_fresh(retrained, load_sae(f"path:{sae_dir}"))
     np.testing.assert_allclose(stored, fresh, rtol=1e-5)
+
+
+def _sae_scratch(tiny, tmp_path: Path, **sae: Any) -> dict:
+    """A scratch project with the tiny model and a file corpus of its 300 texts, for collect_activations and
+    train_sae."""
+    model, tokenizer, texts, _ = tiny
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    from features.sources.models import prepare_model
+
+    prepare_model("path:tiny", paths.model_dir("tiny"))
+    pd.DataFrame({"text": texts, "label": 0}).to_csv(tmp_path / "corpus.csv", index=False)
+    params = embedded_params(
+        models={"tiny": {"source": "path:tiny"}},
+        sae={"tiny": {"layers": [0, 1], "widths": ["64"], "source": "train"} | sae},
+        collect_activations={"corpus": ["file:corpus.csv"], "train_tokens": 2000, "heldout_tokens": 300,
+                             "max_tokens": 16, "batch_size": 32, "seed": 0})
+    params["train_sae"] |= {"training_samples": 2048, "batch_size": 256, "loss_texts": 4}
+    params["extract"]["device"] = "cpu"
+    write_params(tmp_path, params)
+    fingerprint_sources.run()
+    return params
+
+
+def test_train_sae_trains_from_the_cache_and_measures_each_sae(tiny, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _sae_scratch(tiny, tmp_path)
+    collect_stage.run("tiny")
+    manifest = json.loads((paths.activations_dir("tiny") / "manifest.json").read_text())
+    assert manifest["layers"] == [0, 1] and manifest["splits"]["train"]["tokens"] >= 2000
+    assert 300 <= manifest["splits"]["heldout"]["tokens"] < 330  # whole texts, up to the first that reaches it
+    train_sae_stage.run("tiny")
+    metrics = json.loads(paths.train_sae_metrics("tiny").read_text())["saes"]
+    assert set(metrics) == {"l0__sae64", "l1__sae64"}
+    heldout = metrics["l1__sae64"]["heldout"]
+    assert heldout["tokens"] == manifest["splits"]["heldout"]["tokens"] and 0 < heldout["l0"] <= 32  # TopK, k 32
+    assert {"fve", "dead_fraction", "dense_fraction", "loss_recovered", "loss_clean"} <= set(heldout)
+
+
+def test_a_cache_of_other_layers_is_refused_naming_what_differs(tiny, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = _sae_scratch(tiny, tmp_path, layers=[0])
+    collect_stage.run("tiny")
+    params["sae"]["tiny"]["layers"] = [0, 1]
+    write_params(tmp_path, params)
+    with pytest.raises(CacheMismatch, match=r"collected for other settings \(layers: cache has \[0\], expected "
+                       r"\[0, 1\]\): run `dvc repro collect_activations@tiny` first"):
+        train_sae_stage.run("tiny")
+    assert not paths.sae_dir("tiny").exists()
+
+
+def test_a_width_the_tokens_cannot_support_fails_before_training(tiny, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _sae_scratch(tiny, tmp_path, widths=["64", "512"])
+    collect_stage.run("tiny")
+    with pytest.raises(SaefsError, match=r"sae.tiny.widths: width 512 \(512 latents\) needs at least 5,120 training "
+                       r"tokens .* raise collect_activations.train_tokens or choose a smaller width"):
+        train_sae_stage.run("tiny")
+    assert not paths.sae_dir("tiny").exists() and not paths.train_sae_metrics("tiny").exists()
+
+
+def test_a_corpus_short_of_the_token_budget_is_refused_and_nothing_is_written(tiny, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = _sae_scratch(tiny, tmp_path)
+    params["collect_activations"]["train_tokens"] = 1_000_000
+    write_params(tmp_path, params)
+    with pytest.raises(SaefsError, match=r"the corpus \['file:corpus.csv'\] at max_tokens=16 has [\d,]+ tokens, "
+                       r"fewer than the 1,000,300 asked for \(300 \+ 1,000,000\): add sources or lower"):
+        collect_stage.run("tiny")
+    assert not paths.activations_dir("tiny").exists()
