@@ -26,6 +26,12 @@ def sae_name(layer: int, width: str) -> str:
     return f"l{layer}__sae{width}"
 
 
+def parse_sae_name(name: str) -> tuple[int, str]:
+    """(layer, width) of an SAE name, `sae_name`'s inverse."""
+    layer, width = name.removeprefix("l").split("__sae")
+    return int(layer), width
+
+
 def codes_name(layer: int, width: str, pooling: str) -> str:
     return f"{sae_name(layer, width)}__{pooling}"
 

@@ -58,13 +58,14 @@ def loss_recovered(
     `paper_compat` splices at the block's input (where the paper's code read the residual stream),
     otherwise at its output (`blocks.{L}.hook_resid_post`).
     """
-    check_layers(saes, len(decoder_layers(model)))
+    blocks = decoder_layers(model)
+    check_layers(saes, len(blocks))
     tokenized = tokenize(tokenizer, texts, max_tokens)
-    variants: dict[Any, tuple[int, Replace] | None] = {"clean": None}
+    variants: dict[Any, tuple[nn.Module, Replace] | None] = {"clean": None}
     for layer, named in saes.items():
-        variants[("ablated", layer)] = (layer, torch.zeros_like)
+        variants[("ablated", layer)] = (blocks[layer], torch.zeros_like)
         for name, sae in named.items():
-            variants[(layer, name)] = (layer, _reconstruct(sae))
+            variants[(layer, name)] = (blocks[layer], _reconstruct(sae))
     sums = dict.fromkeys(variants, 0.0)
     n_predicted = 0
     batch_size = max(1, LOGIT_TOKENS // max_tokens)
@@ -90,9 +91,10 @@ def _reconstruct(sae: SAE[Any]) -> Replace:
 
 
 def _summed_loss(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, mask: Tensor,
-                 variant: tuple[int, Replace] | None, before_block: bool) -> float:
-    """Summed cross-entropy of every next token that is not padding, with `variant` spliced in (if any)."""
-    handle = None if variant is None else _splice(decoder_layers(model)[variant[0]], mask, variant[1], before_block)
+                 variant: tuple[nn.Module, Replace] | None, before_block: bool) -> float:
+    """Summed cross-entropy of every next token that is not padding, with `variant` (a block and what replaces
+    its residual stream) spliced in, if any."""
+    handle = None if variant is None else _splice(*variant, mask, before_block)
     try:
         with torch.inference_mode():
             logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -104,7 +106,7 @@ def _summed_loss(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tens
                                  ignore_index=-100))
 
 
-def _splice(block: nn.Module, mask: Tensor, replace: Replace, before_block: bool) -> RemovableHandle:
+def _splice(block: nn.Module, replace: Replace, mask: Tensor, before_block: bool) -> RemovableHandle:
     """Hook `block` so that its output (or input) at the masked positions is `replace`d."""
 
     def spliced(hidden: Tensor) -> Tensor:

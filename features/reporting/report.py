@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.core.naming import parse_sae_name
 from features.errors import SaefsError
 
 F1 = ["macro_f1", "macro_f1_low", "macro_f1_high"]
@@ -143,9 +144,9 @@ def sae_quality_table(sae_quality: Mapping[tuple[str, str], dict[str, Any]],
     for (model, dataset), metrics in sae_quality.items():
         trained = sae_training.get(model, {})
         for sae, quality in metrics["sae_quality"].items():
-            layer, width = sae.removeprefix("l").split("__sae")
+            layer, width = parse_sae_name(sae)
             info = trained.get("saes", {}).get(sae, {})
-            rows.append({"model": model, "sae": sae, "layer": int(layer), "width": width, "dataset": dataset,
+            rows.append({"model": model, "sae": sae, "layer": layer, "width": width, "dataset": dataset,
                          "fve": quality["fve"], "l0": quality["l0"], "dead_fraction": quality["dead_fraction"],
                          "tokens": int(quality["tokens"]), "architecture": info.get("architecture", "pretrained"),
                          "source": trained.get("source", "?")})
@@ -161,9 +162,9 @@ def sae_heldout_table(sae_training: Mapping[str, dict[str, Any]]) -> pd.DataFram
     rows = []
     for model, metrics in sae_training.items():
         for sae, info in metrics["saes"].items():
-            layer, width = sae.removeprefix("l").split("__sae")
+            layer, width = parse_sae_name(sae)
             heldout = info["heldout"]
-            rows.append({"model": model, "layer": int(layer), "width": width, "architecture": info["architecture"],
+            rows.append({"model": model, "layer": layer, "width": width, "architecture": info["architecture"],
                          **{key: heldout[key] for key in HELDOUT_FIGURES}, "tokens": heldout["tokens"],
                          "training_tokens": info.get("training_tokens", "pretrained"),
                          "train_s": info.get("seconds")})

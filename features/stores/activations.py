@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from features.errors import SaefsError
 from features.stores.files import write_json
 
 MANIFEST = "manifest.json"
-DTYPE = np.float32
+DTYPE, DTYPE_TORCH = np.float32, torch.float32
 HELDOUT, TRAIN = "heldout", "train"  # the splits: held-out corpus tokens measure SAEs, the others train them
 HELDOUT_TEXTS = "heldout_texts.json"  # the held-out texts themselves, for measures that rerun the model
 
@@ -52,7 +53,7 @@ class ActivationWriter:
                              f"got layers {sorted(residuals)} with {sorted(counts)} tokens")
         for layer, acts in residuals.items():
             self.d_model = acts.shape[1]
-            self._files[layer].write(acts.detach().to("cpu").float().contiguous().numpy().astype(DTYPE).tobytes())
+            self._files[layer].write(acts.detach().to("cpu", DTYPE_TORCH).contiguous().numpy().tobytes())
         self.tokens += counts.pop()
 
     def close(self) -> dict[str, int]:
