@@ -1,10 +1,16 @@
-"""Stage fingerprint_sources: the content of every local file or folder params point at, as files DVC can see.
+"""Stage fingerprint_sources: every local file or folder params point at, and each stage's code, as files DVC can see.
 
 A `file:` dataset or corpus, a `path:` model or SAE folder is named inside a params value, so dvc.yaml
 cannot list it as a dependency and editing it would rerun nothing (`dvc add` does not help: the stage
 reading it does not depend on the .dvc file). This stage, which DVC runs on every `dvc repro`
 (`always_changed`), writes one small JSON per consumer under data/sources/ with each source's spec
 and the SHA-256 of its bytes; each stage depends on its JSON, so it reruns exactly when its inputs do.
+
+Code too: data/sources/code/<stage>.json lists every module of features/, feature_repo/ and pipelines/
+that the stage's entry module imports (lazy imports included; `features.sources.fingerprint.import_closure`)
+with its SHA-256, and for stages run through `python -m pipelines <stage>` the warm runner's modules; an
+edit reruns exactly the stages that import the edited module. `dvc status` names the stage's code file;
+`git diff` names the module.
 
     python -m pipelines.fingerprint_sources
 """
@@ -13,16 +19,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from features.sources.fingerprint import source_fingerprint
+import yaml
+
+from features.errors import SaefsError
+from features.sources.fingerprint import code_fingerprint, import_closure, source_fingerprint
 from features.stores.files import atomic_path
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 
 log = logging.getLogger("saefs.fingerprint_sources")
+
+FIRST_PARTY = ("features", "feature_repo", "pipelines")
+ENTRY = re.compile(r"python -m pipelines(?P<runner> |\.)(?P<module>\w+)")  # `pipelines <stage>` runs in the warm runner
 
 
 def fingerprints(params: Params) -> dict[Path, Any]:
@@ -45,8 +58,32 @@ def fingerprints(params: Params) -> dict[Path, Any]:
     return out
 
 
+def stage_code(dvc_yaml: Path, root: Path) -> dict[str, set[str]]:
+    """Each dvc.yaml stage's code: the import closure of the pipelines module its cmd runs (and the warm
+    runner's, for `python -m pipelines <stage>`)."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    runner = import_closure("pipelines.__main__", root, FIRST_PARTY)
+    code = {}
+    for name, stage in stages.items():
+        cmd = stage.get("do", stage)["cmd"]
+        entry = ENTRY.search(cmd)
+        if entry is None:
+            raise SaefsError(f"dvc.yaml stage {name}: cmd {cmd!r} runs no pipelines module; every stage runs "
+                             "`python -m pipelines <stage>` (or `python -m pipelines.<stage>`)")
+        code[name] = import_closure(f"pipelines.{entry['module']}", root, FIRST_PARTY)
+        if entry["runner"] == " ":
+            code[name] |= runner
+        for folder in set(cmd[entry.end():].split()) & set(FIRST_PARTY):  # Feast imports every module of its repo
+            for module in (root / folder).glob("*.py"):
+                code[name] |= import_closure(f"{folder}.{module.stem}", root, FIRST_PARTY)
+    return code
+
+
 def run() -> None:
+    root = Path(__file__).resolve().parents[1]  # the checkout whose code DVC runs (its cwd, under `dvc repro`)
     files = fingerprints(load_params())
+    files |= {paths.code_fingerprint(stage): code_fingerprint(modules, root)
+              for stage, modules in stage_code(root / "dvc.yaml", root).items()}
     with atomic_path(paths.SOURCES) as tmp:  # one swap: a stage never reads a half-written set
         for relative, content in files.items():
             target = tmp / relative.relative_to(paths.SOURCES)

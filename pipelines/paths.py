@@ -36,6 +36,11 @@ def cross_lingual_fingerprint() -> Path:
     return SOURCES / "cross_lingual.json"
 
 
+def code_fingerprint(stage: str) -> Path:
+    """The import closure of a stage's module, with each file's hash (one file for all of a grid's instances)."""
+    return SOURCES / "code" / f"{stage}.json"
+
+
 def model_dir(model: str) -> Path:
     return DATA / "models" / model
 

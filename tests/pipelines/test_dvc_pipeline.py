@@ -169,6 +169,21 @@ def test_editing_a_users_file_or_model_folder_reruns_what_reads_it(scratch: Path
     assert set(json.loads(dvc(scratch, "status", "--json"))) == ALWAYS
 
 
+def test_editing_a_module_reruns_exactly_the_stages_that_import_it(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    module = scratch / "features" / "reporting" / "figures.py"  # the report and transfer import it
+    before = module.read_bytes()
+    try:
+        module.write_bytes(before + b"\n# an edit\n")
+        dvc(scratch, "repro", "fingerprint_sources")
+        changed = {stage.partition("@")[0] for stage in json.loads(dvc(scratch, "status", "--json"))} - ALWAYS
+        assert changed == {"report", "transfer"}
+    finally:
+        module.write_bytes(before)
+        dvc(scratch, "repro", "fingerprint_sources")
+    assert set(json.loads(dvc(scratch, "status", "--json"))) == ALWAYS
+
+
 def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
     dvc(scratch, "repro")
     results = json.loads((scratch / paths.probe_metrics("alpha", "tiny")).read_text())
