@@ -10,6 +10,10 @@ given, it times, with the stage's own code and params:
              predictions (`fit_resamples`, as the stage): one resample at a time with BLAS on all cores
              (baseline) and with one BLAS thread, two resamples at once in worker processes of one
              thread (the stage's `n_jobs: 2`); ratios, and a check that the predictions are equal
+  search     the stage's search (FoldSearchCV: each fold's selection and scaling fit once, the chosen
+             candidate's out-of-fold predictions kept) against scikit-learn's GridSearchCV followed by
+             cross_val_predict refitting the chosen candidate (what the stage did before), one BLAS
+             thread, one resample at a time; ratio, and a check that the predictions are equal
   logging    `log_model` of one probe with explicit requirements (what the stage does) against
              MLflow inferring them (its default: it imports the model in a subprocess), ratio
 
@@ -28,12 +32,16 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_predict
+from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 import pipelines  # noqa: F401  (offline environment)
-from features.core.predictions import fit_resamples, resamples
-from features.core.probes import make_probe
+from features.core.predictions import Resample, fit_resamples, resamples
+from features.core.probes import SEARCH_STEP, make_probe
 from features.stores import tracking
 from features.stores.feast.retrieval import historical_frame
 from pipelines import paths
@@ -65,6 +73,19 @@ def recorded_grid() -> None:
           + f", start-up and the rest {1 - sum(totals.values()) / total:.0%}")
 
 
+def grid_search_probas(probe: Pipeline, X: pd.DataFrame, y: np.ndarray, resample: Resample) -> np.ndarray:
+    """The probe fit with GridSearchCV in place of its search, then its validation probabilities refit by
+    cross_val_predict at the chosen candidate: [test rows; train rows], as the stage's prediction rows."""
+    search = probe.named_steps[SEARCH_STEP]
+    probe.steps[-1] = (SEARCH_STEP, GridSearchCV(search.estimator, search.param_grid, scoring=search.scoring,
+                                                 cv=search.cv, error_score="raise"))
+    train, test = X[resample.train].reset_index(drop=True), X[resample.test].reset_index(drop=True)
+    probe.fit(train, y[resample.train])
+    chosen = Pipeline([*clone(probe[:-1]).steps, ("chosen", clone(probe.named_steps[SEARCH_STEP].best_estimator_))])
+    val = cross_val_predict(chosen, train, y[resample.train], cv=search.cv, method="predict_proba")
+    return np.vstack([probe.predict_proba(test), val])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--item", default="smollm2_135m_it/spam", help="<model>/<dataset>, as the stage takes it")
@@ -94,6 +115,7 @@ def main() -> None:
     # baselines are one resample at a time, with the BLAS default (all cores, which small lbfgs problems
     # oversubscribe) and with one thread
     configs = {(1, None): 0.0, (1, 1): 0.0, (2, 1): 0.0}
+    grid_search = 0.0
     fitted = None
     with threadpool_limits(limits=1):  # starts the loky workers, so their one-time start-up is not timed
         fit_resamples(lambda seed: make_probe("logreg", input="dense", C_grid=[1.0], cv=2), frames[grid[-1].service][0],
@@ -112,12 +134,24 @@ def main() -> None:
             print(f"  fit {cell.service} resamples at once={n_jobs} BLAS threads={threads or 'default'}: "
                   f"{seconds / args.resamples:.2f} s per resample")
         pd.testing.assert_frame_equal(rows[2, 1], rows[1, 1])  # parallel resamples: the very same predictions
+        with threadpool_limits(limits=1):
+            seconds, probas = timed(lambda make=make, X=X: [grid_search_probas(make(seed=r.index), X, y, r)
+                                                            for r in splits])
+        grid_search += seconds
+        ours = rows[1, 1][[c for c in rows[1, 1].columns if c.startswith("proba_")]].to_numpy()
+        np.testing.assert_allclose(ours, np.vstack(probas), rtol=0, atol=1e-9)
+        print(f"  fit {cell.service} with GridSearchCV + cross_val_predict: {seconds / args.resamples:.2f} s "
+              "per resample")
     per_fit = {config: total / (len(grid) * args.resamples) for config, total in configs.items()}
     baseline = per_fit[1, None]
     print("fitting, per cell and resample: " + ", ".join(
         f"resamples at once={n} BLAS threads={t or 'default'} {s:.2f} s ({baseline / s:.2f}x)"
         for (n, t), s in per_fit.items()) + f"; load average {os.getloadavg()[0]:.1f}")
     print("prediction rows of parallel and sequential resamples are equal")
+    searched = grid_search / (len(grid) * args.resamples)
+    print(f"search, per cell and resample, one BLAS thread: GridSearchCV + cross_val_predict {searched:.2f} s, "
+          f"FoldSearchCV {per_fit[1, 1]:.2f} s ({searched / per_fit[1, 1]:.2f}x), equal predictions; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     with tempfile.TemporaryDirectory() as scratch:
         tracking.configure(f"sqlite:///{scratch}/mlflow.db")

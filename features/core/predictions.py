@@ -81,17 +81,14 @@ def resamples(y: Any, is_test: Any, n: int, seed: int) -> list[Resample]:
 def out_of_fold(estimator: Any, X: Any, y: np.ndarray, cv: int, seed: int) -> np.ndarray:
     """Out-of-fold class probabilities on a fitted estimator's training rows, at the hyperparameters it chose.
 
-    A probe (columns, then a search) is refit with its chosen configuration on its search's own
-    folds, so these are the validation predictions the search scored; any other estimator is
-    cloned as is on `cv` stratified folds shuffled with `seed`.
+    A probe (columns, then a search) kept them from its search: the validation predictions the
+    search scored at the chosen configuration. Any other estimator is cloned as is on `cv`
+    stratified folds shuffled with `seed`.
     """
     if isinstance(estimator, Pipeline) and SEARCH_STEP in estimator.named_steps:
-        search = estimator.named_steps[SEARCH_STEP]
-        refit = Pipeline([*clone(estimator[:-1]).steps, ("chosen", clone(search.best_estimator_))])
-        folds = search.cv
-    else:
-        refit, folds = clone(estimator), StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-    return cross_val_predict(refit, X, y, cv=folds, method="predict_proba")
+        return estimator.named_steps[SEARCH_STEP].oof_proba_
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+    return cross_val_predict(clone(estimator), X, y, cv=folds, method="predict_proba")
 
 
 def fit_predict(estimator: Any, X: Any, y: np.ndarray, text_ids: np.ndarray, resample: Resample, *, fit: str,

@@ -8,7 +8,8 @@ A probe is one `Pipeline` that takes the frame a Feast service returns, one row 
   text    `text`: the TF-IDF baseline
 
 and runs [columns -> matrix] -> [binarize?] -> search over [select top-k? -> scale -> classifier],
-where the search is a `GridSearchCV` with stratified k-fold on the data `fit` gets (the train
+where the search (`FoldSearchCV`: GridSearchCV's folds, scores and choice, each fold's selection and
+scaling fit once for the whole grid) uses stratified k-fold on the data `fit` gets (the train
 split; nothing here ever sees the test split). Every supervised or fitted step sits inside the
 search, so feature selection and scaling are refit per fold and the inner validation folds stay
 unseen by them; the stateless steps (columns, binarize) run once, before it.
@@ -28,13 +29,14 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import ParameterGrid, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
@@ -46,7 +48,7 @@ from features.stores.feast.columns import HIDDEN, IDS, VALUES, to_csr
 
 ProbeKind = Literal["logreg", "tree"]
 ProbeInput = Literal["sparse", "dense"]
-SEARCH_STEP = "search"  # the GridSearchCV step of every probe; its inner steps: select, scale, clf
+SEARCH_STEP = "search"  # the FoldSearchCV step of every probe; its inner steps: select, scale, clf
 SELECT_STEP = "select"
 MAX_ITER = 5000  # the paper's lbfgs budget; raw sum-pooled codes converge slowly even when scaled
 
@@ -186,6 +188,80 @@ def anova_f(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         return f_classif(X, y)
 
 
+# --- the hyperparameter search ------------------------------------------------------------------
+
+SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "f1_macro": lambda y, pred: f1_score(y, pred, average="macro"),  # what scikit-learn's "f1_macro" computes
+    "accuracy": accuracy_score,
+}
+
+
+class FoldSearchCV(ClassifierMixin, BaseEstimator):
+    """GridSearchCV over the last step of a Pipeline, with each fold's earlier steps fit once for the whole grid.
+
+    GridSearchCV refits the whole pipeline for every (candidate, fold): the supervised selection and
+    the scaler are fit len(grid) times on the same rows, to the same result. Here each fold fits them
+    once and every candidate's classifier reads their output: the same fits, so the same scores, the
+    same choice (the first best mean) and the same refit on all rows as GridSearchCV
+    (tests/features/test_probes.py compares them). The per-fold predictions are kept, so the
+    out-of-fold probabilities at the chosen candidate (`oof_proba_`, row order of `fit`'s X) cost no
+    refit. `param_grid` keys name the last step (`clf__C`); `scoring` is a key of SCORERS.
+    """
+
+    def __init__(self, estimator: Pipeline, param_grid: dict[str, list[Any]], *, cv: StratifiedKFold,
+                 scoring: str = "f1_macro") -> None:
+        self.estimator = estimator
+        self.param_grid = param_grid
+        self.cv = cv
+        self.scoring = scoring
+
+    def fit(self, X: Any, y: Any) -> FoldSearchCV:
+        if self.scoring not in SCORERS:
+            raise SaefsError(f"scoring={self.scoring!r}: expected one of {sorted(SCORERS)}")
+        last, clf = self.estimator.steps[-1]
+        grid = list(ParameterGrid(self.param_grid))
+        foreign = sorted({key for params in grid for key in params if not key.startswith(f"{last}__")})
+        if foreign:
+            raise SaefsError(f"FoldSearchCV searches the last step {last!r} only; {foreign} name another step")
+        y = np.asarray(y)
+        self.classes_ = np.unique(y)
+        folds = list(self.cv.split(X, y))
+        scores = np.empty((len(grid), len(folds)))
+        oof = np.zeros((len(grid), len(y), len(self.classes_)))
+        for f, (train, val) in enumerate(folds):
+            head = clone(Pipeline(self.estimator.steps[:-1])) if len(self.estimator.steps) > 1 else None
+            X_fit = head.fit_transform(X[train], y[train]) if head else X[train]
+            X_val = head.transform(X[val]) if head else X[val]
+            for c, params in enumerate(grid):
+                fitted = clone(clf).set_params(**{key.split("__", 1)[1]: v for key, v in params.items()})
+                fitted.fit(X_fit, y[train])
+                proba = fitted.predict_proba(X_val)
+                scores[c, f] = SCORERS[self.scoring](y[val], fitted.classes_[proba.argmax(axis=1)])
+                oof[c, val[:, None], np.searchsorted(self.classes_, fitted.classes_)] = proba
+        mean = scores.mean(axis=1)
+        self.best_index_ = int(np.argmax(mean))
+        self.best_params_, self.best_score_ = grid[self.best_index_], float(mean[self.best_index_])
+        self.cv_results_ = {"params": grid, "mean_test_score": mean,
+                            **{f"split{f}_test_score": scores[:, f] for f in range(len(folds))}}
+        self.n_splits_, self.oof_proba_ = len(folds), oof[self.best_index_]
+        self.best_estimator_ = clone(self.estimator).set_params(**self.best_params_).fit(X, y)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        return self.best_estimator_.predict(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        return self.best_estimator_.predict_proba(X)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
 # --- probes -------------------------------------------------------------------------------------
 
 # kind -> (input -> (steps before the classifier, classifier, search grid)); a new kind is one entry
@@ -226,9 +302,8 @@ def make_probe(
     class_weight: Literal["balanced"] | None = "balanced",
     scale: bool = True,
     scoring: str = "f1_macro",
-    n_jobs: int | None = None,
 ) -> Pipeline:
-    """A probe: [SparseColumns(width) | DenseColumn] -> [Binarize?] -> GridSearchCV([select?, scale?, clf]).
+    """A probe: [SparseColumns(width) | DenseColumn] -> [Binarize?] -> FoldSearchCV([select?, scale?, clf]).
 
     The search picks C (logreg) or max_depth (tree) by stratified `cv`-fold CV, shuffled with
     `seed`, on whatever `fit` receives, scored by macro F1 (the paper's headline metric; its grid
@@ -252,8 +327,8 @@ def make_probe(
     # k above the SAE width keeps every latent (SelectKBest would too, with a warning per fold)
     k = min(int(select_k), int(width)) if select_k is not None and width is not None else select_k
     inner = [(SELECT_STEP, SelectKBest(anova_f, k=k))] if k is not None else []
-    search = GridSearchCV(Pipeline([*inner, *prep, ("clf", clf)]), grid, scoring=scoring, n_jobs=n_jobs,
-                          cv=StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed), error_score="raise")
+    search = FoldSearchCV(Pipeline([*inner, *prep, ("clf", clf)]), grid, scoring=scoring,
+                          cv=StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed))
     columns = SparseColumns(width=int(width)) if input == "sparse" else DenseColumn()  # type: ignore[arg-type]
     outer: list[tuple[str, Any]] = [("columns", columns)]
     if binarize is not None:
@@ -315,7 +390,7 @@ def explain(probe: Pipeline, frame: pd.DataFrame, predicted: np.ndarray, top: in
     return out
 
 
-def _search(probe: Pipeline) -> GridSearchCV:
+def _search(probe: Pipeline) -> FoldSearchCV:
     check_is_fitted(probe)
     return probe.named_steps[SEARCH_STEP]
 

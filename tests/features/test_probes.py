@@ -11,6 +11,7 @@ from scipy import sparse
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from sklearn.model_selection import GridSearchCV, cross_val_predict
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from features.core.probes import (
@@ -199,6 +200,43 @@ def test_c_is_chosen_by_cv_on_the_train_rows_only(monkeypatch: pytest.MonkeyPatc
     assert search.n_splits_ == FAST["cv"] and search.best_params_["clf__C"] in FAST["C_grid"]
     probe.predict(test)
     assert len(rows_seen) == len(FAST["C_grid"]) * FAST["cv"] + 1  # predicting never refits
+
+
+@pytest.mark.parametrize("case", ["sparse_select", "dense", "multiclass", "tree"])
+def test_the_search_chooses_scores_and_refits_as_gridsearchcv_and_keeps_its_out_of_fold_predictions(case: str) -> None:
+    """FoldSearchCV fits each fold's selection and scaling once for the whole grid; the fits are the same as
+    GridSearchCV's, so every score, the choice, the refit and the chosen candidate's out-of-fold
+    probabilities (what cross_val_predict refits) are equal."""
+    frame, y = synthetic_frame(n=240, seed=3)
+    kind, options = "logreg", {"width": WIDTH, "select_k": 8, "C_grid": (0.01, 0.1, 1.0), "cv": 4, "seed": 2}
+    if case == "dense":
+        frame = pd.DataFrame({"hidden": list(SparseColumns(width=WIDTH).fit_transform(frame).toarray()[:, :12])})
+        options = {"input": "dense", "C_grid": (0.001, 0.1, 10.0), "cv": 3}
+    elif case == "multiclass":
+        y = np.where(np.arange(len(y)) % 5 == 0, 2, y)
+    elif case == "tree":
+        kind, options = "tree", {"width": WIDTH, "cv": 3}
+    probe = make_probe(kind, **options)
+    X = probe[:-1].fit_transform(frame)
+    ours = probe.named_steps[SEARCH_STEP]
+    reference = GridSearchCV(clone(ours.estimator), ours.param_grid, scoring="f1_macro", cv=ours.cv,
+                             error_score="raise").fit(X, y)
+    ours.fit(X, y)
+    assert ours.best_params_ == reference.best_params_ and ours.n_splits_ == reference.n_splits_
+    np.testing.assert_array_equal(ours.cv_results_["mean_test_score"], reference.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(ours.predict_proba(X), reference.predict_proba(X))
+    refit_oof = cross_val_predict(clone(reference.best_estimator_), X, y, cv=ours.cv, method="predict_proba")
+    np.testing.assert_allclose(ours.oof_proba_, refit_oof, rtol=0, atol=1e-12)
+
+
+def test_the_search_refuses_an_unknown_scoring_or_a_grid_over_another_step() -> None:
+    frame, y = synthetic_frame()
+    X = SparseColumns(width=WIDTH).fit_transform(frame)
+    probe = make_probe("logreg", width=WIDTH, select_k=4, **FAST)
+    with pytest.raises(SaefsError, match="scoring='roc'"):
+        clone(probe.named_steps[SEARCH_STEP]).set_params(scoring="roc").fit(X, y)
+    with pytest.raises(SaefsError, match=r"\['select__k'\] name another step"):
+        clone(probe.named_steps[SEARCH_STEP]).set_params(param_grid={"select__k": [2, 4]}).fit(X, y)
 
 
 def test_selection_runs_inside_the_search() -> None:
