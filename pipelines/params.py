@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from features.core.cards import CardSettings
 from features.core.config import Strict
 from features.core.prepare import DatasetConfig, SplitConfig
 from features.core.sae_training import SAETrainingConfig
@@ -118,6 +119,28 @@ class CollectActivationsParams(Strict):
     @classmethod
     def _corpus(cls, v: list[str]) -> list[str]:
         return [_check_source(source, DATASET_SOURCE_KINDS) for source in v]
+
+
+class LatentCardsParams(Strict):
+    """Latent cards (features.core.cards) of every SAE of a model, over held-out corpus texts and the first
+    training texts of each dataset (never a test text)."""
+
+    corpus_texts: int = Field(ge=0, description="held-out corpus texts (collect_activations' held-out split) read")
+    texts_per_dataset: int = Field(ge=0, description="training texts of each dataset read")
+    max_tokens: int = Field(ge=2, description="each text cut at this many tokens, BOS included")
+    batch_size: int = Field(gt=0)
+    top_contexts: int = Field(ge=1, description="highest-activating contexts per card")
+    random_contexts: int = Field(ge=0, description="random firing contexts per card, beside the top ones")
+    window: int = Field(ge=0, description="tokens shown each side of a context's peak")
+    label_tokens: int = Field(ge=1, description="characteristic firing tokens in a label")
+    min_count: int = Field(ge=1, description="firings on a token before it can label the latent")
+    logit_tokens: int = Field(ge=1, description="tokens the decoder direction promotes (and suppresses) shown")
+    seed: int
+
+    def settings(self) -> CardSettings:
+        return CardSettings(top_contexts=self.top_contexts, random_contexts=self.random_contexts, window=self.window,
+                            label_tokens=self.label_tokens, min_count=self.min_count,
+                            logit_tokens=self.logit_tokens, seed=self.seed)
 
 
 class TrainSaeParams(SAETrainingConfig):
@@ -281,6 +304,7 @@ class Params(Strict):
     sae: dict[Name, SaeParams] = Field(description="model name -> its SAEs")
     collect_activations: CollectActivationsParams
     train_sae: TrainSaeParams
+    latent_cards: LatentCardsParams
     extract: ExtractParams
     check_sae: CheckSaeParams
     build_features: BuildFeaturesParams

@@ -78,6 +78,15 @@ def train_sae_metrics(model: str) -> Path:
     return Path("metrics") / "train_sae" / f"{model}.json"
 
 
+def cards_dir(model: str) -> Path:
+    """latent_cards: a folder per SAE of the model (features.stores.cards), named like its SAE folder."""
+    return DATA / "cards" / model
+
+
+def cards_metrics(model: str) -> Path:
+    return Path("metrics") / "latent_cards" / f"{model}.json"
+
+
 def features_dir(model: str, dataset: str) -> Path:
     return DATA / "features" / model / dataset
 

@@ -17,7 +17,8 @@ predictions on the prepared test texts, read from train_probes' prediction file:
     with macro F1 at least `min_macro_f1` and `min_margin` above that cell's majority floor.
 
 The gates are also run through MLflow's `validate_evaluation_results`. The report (JSON, and an
-MLflow run) says what was compared and why the alias moved or stayed; a receipt
+MLflow run) says what was compared and why the alias moved or stayed, and lists the candidate's ten most
+weighted latents with their cards (label, density, top contexts: the latent_cards stage); a receipt
 (data/tracking/promote/) records the version and champion left in the registry, for check_stores.
 
     python -m pipelines.promote <dataset>                      # the stage
@@ -37,14 +38,18 @@ import numpy as np
 import pandas as pd
 
 from features.core.evidence import paired_difference
+from features.core.naming import sae_name
 from features.core.predictions import TEST, check_texts, macro_f1
+from features.core.probes import influential_latents
 from features.errors import SaefsError
 from features.stores import tracking
+from features.stores.cards import UnknownLatent, card_summary, open_cards
 from features.stores.files import write_json
 from pipelines import cost, paths, run_cli
 from pipelines.params import Params, TransferGate, load_params
 
 log = logging.getLogger("saefs.promote")
+INFLUENTIAL = 10  # latents of the candidate the report lists with their cards
 
 
 def _best(cells: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, Any]]:
@@ -106,6 +111,7 @@ def run(dataset: str) -> dict[str, Any]:
     champion = tracking.get_alias_version(name, tracking.CHAMPION)
     report = {
         "dataset": dataset, "registered_model": name, "candidate": {"cell": candidate_name, **candidate},
+        "influential_latents": relied_on(candidate),
         "hidden_baseline": {"cell": hidden_name, **hidden}, "other_baselines": baselines, "transfer_check": transfer,
         "versus_champion": versus,
         "challenger_version": version, "previous_champion": previous, "champion": champion,
@@ -130,6 +136,21 @@ def run(dataset: str) -> dict[str, Any]:
     write_receipt(dataset, tracking_uri, name, version, champion)
     log.info("%s: %s v%d (%s): %s", dataset, name, version, candidate_name, report["decision"])
     return report
+
+
+def relied_on(candidate: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidate's INFLUENTIAL most weighted latents (features.core.probes.influential_latents), each with
+    its card's label, density and top contexts, so a reviewer sees what the model relies on."""
+    import mlflow
+
+    latents = influential_latents(mlflow.sklearn.load_model(candidate["model_uri"]), INFLUENTIAL)
+    try:
+        cards = open_cards(paths.cards_dir(candidate["model"]), sae_name(candidate["layer"], candidate["width"]))
+    except UnknownLatent as err:
+        log.warning("%s: the promotion report lists latent ids without cards", err)
+        cards = None
+    return [{"latent": latent, "weight": round(weight, 4)} | (card_summary(cards.card(latent)) if cards else {})
+            for latent, weight in latents]
 
 
 def gated_predictions(dataset: str, model: str, fit: str, text_ids: Any) -> pd.DataFrame:

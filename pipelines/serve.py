@@ -8,15 +8,18 @@ The HTTP API (FastAPI; its schema at /openapi.json, the docs at /docs):
   POST /score/many       {"texts": [...], "datasets": [...]}  the same texts for several datasets (default: all
                          served); champions that read the same language model share one forward
   GET  /score/{text_id}  ?dataset=spam                        a text already in the online store
+  GET  /latents/{model}/{sae}/{id}                            a latent's card (label, density, contexts, logit
+                         lens; built by the latent_cards stage); each score's top latents carry their
+                         label, density and three top contexts
   GET  /health           the process is up
   GET  /ready            200 once every served dataset's champion is loaded, 503 (naming those without) before;
                          it never waits for a load (one due starts in the background)
 
 Errors say whose fault they are. The request's: over `serve.max_texts` texts or `serve.max_chars`
 characters per text, the wrong shape, malformed JSON or a text with no token get a 422 whose
-`detail[].loc` names the field; an unknown text_id a 404; a body larger than any valid request 413;
-a body not received within `serve.body_timeout_s` 408; invalid UTF-8 or JSON nested too deep 400.
-The server's: no champion, or a registry or store that failed, 503 (may pass: retry); a
+`detail[].loc` names the field; an unknown text_id, or a latent, SAE or model without cards, a 404; a
+body larger than any valid request 413; a body not received within `serve.body_timeout_s` 408;
+invalid UTF-8 or JSON nested too deep 400. The server's: no champion, or a registry or store that failed, 503 (may pass: retry); a
 misconfiguration or a bug 500. A 5xx is logged with its cause, and its body names the log line
 (the one for no champion says how to get one).
 """
@@ -42,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from features.errors import SaefsError
 from features.serving.scoring import BadTexts, NoChampion, Score, Scorer, Unavailable, UnknownText
 from features.stores import tracking
+from features.stores.cards import UnknownLatent, open_cards
 from features.stores.feast.store import store_locations
 from pipelines import paths, setup_logging
 from pipelines.params import Params, ServeParams, load_params
@@ -89,6 +93,7 @@ def build_scorer(params: Params) -> Scorer:
         top_latents=params.serve.top_latents, champion_poll_s=params.serve.champion_poll_s,
         reopen_store=lambda: feature_store(params.feast_apply),
         store_file=Path(online["address"]) if online["type"] == "sqlite" else None,
+        load_cards=lambda model, sae: open_cards(paths.cards_dir(model), sae),
     )
 
 
@@ -196,7 +201,8 @@ def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
                                         for row in err.rows]}, status_code=422)
 
     @app.exception_handler(UnknownText)
-    def _unknown(_request: Request, err: UnknownText) -> JSONResponse:
+    @app.exception_handler(UnknownLatent)
+    def _unknown(_request: Request, err: SaefsError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=404)
 
     @app.exception_handler(NoChampion)
@@ -251,6 +257,12 @@ def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
     async def score_stored(text_id: str, dataset: Annotated[Dataset, Query()] = limits.datasets[0]) -> Score:  # type: ignore[valid-type,assignment]
         [result] = await anyio.to_thread.run_sync(scorer.score_stored, dataset, [text_id])
         return result
+
+    @app.get("/latents/{model}/{sae}/{latent}",
+             responses={404: {"description": "no such model, SAE (e.g. l9__sae4k) or latent id with cards"}})
+    async def latent_card(model: str, sae: str, latent: int) -> dict[str, Any]:
+        """The latent's whole card: density, label, top and random contexts, logit lens (features.core.cards)."""
+        return await anyio.to_thread.run_sync(scorer.card, model, sae, latent)
 
     return app
 

@@ -390,6 +390,23 @@ def explain(probe: Pipeline, frame: pd.DataFrame, predicted: np.ndarray, top: in
     return out
 
 
+def influential_latents(probe: Pipeline, top: int) -> list[tuple[int, float]]:
+    """The `top` latents a fitted linear probe weighs most, with their weight: (latent, weight), by |weight|.
+
+    The weight is the classifier's coefficient on the scaled input, i.e. the change of the logit (toward
+    the positive class of a binary task; the class it favours most, for more) when the latent goes from
+    0 to the largest value it took in training (MaxAbsScaler), or from off to on (binarized codes).
+    Probes without coefficients (trees) name none.
+    """
+    clf = _search(probe).best_estimator_.steps[-1][1]
+    if not hasattr(clf, "coef_"):
+        return []
+    coef = clf.coef_[0] if clf.coef_.shape[0] == 1 else clf.coef_[np.abs(clf.coef_).argmax(axis=0),
+                                                                  np.arange(clf.coef_.shape[1])]
+    latents = selected_latents(probe)
+    return [(int(latents[i]), float(coef[i])) for i in np.argsort(-np.abs(coef), kind="stable")[:top]]
+
+
 def _search(probe: Pipeline) -> FoldSearchCV:
     check_is_fitted(probe)
     return probe.named_steps[SEARCH_STEP]

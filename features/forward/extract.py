@@ -93,7 +93,7 @@ def extract(
     tokenized = tokenize(tokenizer, texts, max_tokens)
     meters = quality_meters(saes) if meters is None else meters
     parts, order = [], []
-    for rows, residuals, mask in _forward_batches(
+    for rows, _, residuals, mask in _forward_batches(
         model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, "extract", progress
     ):
         with torch.inference_mode():
@@ -123,6 +123,27 @@ def collect_activations(
 
 
 def activation_batches(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], layers: Sequence[int],
+    **options: Any,
+) -> Iterator[dict[int, Tensor]]:
+    """Per length-sorted batch, the counted tokens' activations [n, d_model] of each layer (float32, CPU), e.g.
+    to train SAEs: stream them to disk (features.stores.activations) or gather them (`collect_activations`);
+    `options` are those of `token_batches`."""
+    for batch in token_batches(model, tokenizer, texts, layers, **options):
+        yield batch.residuals
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """The counted tokens of one batch: which text and position each is, its token id, its activations."""
+
+    texts: np.ndarray  # int64 [n]: the input row of each token
+    positions: np.ndarray  # int64 [n]: its index in the text's (truncated) token ids, BOS at 0
+    token_ids: np.ndarray  # int64 [n]
+    residuals: dict[int, Tensor]  # layer -> [n, d_model] float32, CPU
+
+
+def token_batches(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
@@ -133,15 +154,18 @@ def activation_batches(
     include_bos: bool = False,
     paper_compat: bool = False,
     progress: bool = True,
-) -> Iterator[dict[int, Tensor]]:
-    """Per length-sorted batch, the counted tokens' activations [n, d_model] of each layer (float32, CPU), e.g.
-    to train SAEs: stream them to disk (features.stores.activations) or gather them (`collect_activations`)."""
+    desc: str = "collect activations",
+) -> Iterator[TokenBatch]:
+    """Per length-sorted batch, the counted tokens with their text, position and id, and their activations."""
     check_layers(layers, len(decoder_layers(model)))
     tokenized = tokenize(tokenizer, texts, max_tokens)
-    for _, residuals, mask in _forward_batches(
-        model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, "collect activations", progress
+    for rows, input_ids, residuals, mask in _forward_batches(
+        model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, desc, progress
     ):
-        yield {layer: residual[mask].float().cpu() for layer, residual in residuals.items()}
+        where = mask.nonzero().cpu().numpy()
+        yield TokenBatch(rows[where[:, 0]].astype(np.int64), where[:, 1].astype(np.int64),
+                         input_ids[mask].cpu().numpy().astype(np.int64),
+                         {layer: residual[mask].float().cpu() for layer, residual in residuals.items()})
 
 
 def _forward_batches(
@@ -154,15 +178,15 @@ def _forward_batches(
     paper_compat: bool,
     desc: str,
     progress: bool,
-) -> Iterator[tuple[np.ndarray, dict[int, Tensor], Tensor]]:
-    """Per length-sorted batch: its input rows, the captured residuals and the counted-token mask."""
+) -> Iterator[tuple[np.ndarray, Tensor, dict[int, Tensor], Tensor]]:
+    """Per length-sorted batch: its input rows, token ids, the captured residuals and the counted-token mask."""
     batches = length_sorted_batches([len(ids) for ids in tokenized.ids], batch_size)
     for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress):
         input_ids, attention_mask = right_pad([tokenized.ids[i] for i in rows], model.device)
         mask = counted_token_mask(input_ids, attention_mask, tokenizer.bos_token_id, include_bos)
         with torch.inference_mode():
             residuals = capture_residuals(model, input_ids, attention_mask, layers, paper_compat=paper_compat)
-        yield rows, residuals, mask
+        yield rows, input_ids, residuals, mask
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,13 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                 figures=[(f"Test macro F1 against training rows: mean over the splits, whiskers at the "
                           f"{INTERVALS['resamples']}.",
                           figures.lines(curve, "train_rows", ["model"], "training rows", "Training-size curve"))]),
+        Section("relied-on", "What each registered probe relies on",
+                ["The ten latents each dataset's registered probe weighs most (its coefficient on the scaled input: "
+                 "the change of the logit toward the positive class when the latent goes from off to its largest "
+                 "training value), with their cards (latent_cards): a label made of the tokens the latent fires on "
+                 "most characteristically, its density on the card texts, and its strongest context, peak token in "
+                 "guillemets. `saefs serve` returns a whole card at /latents/{model}/{sae}/{id}."],
+                tables=[("Most weighted latents per registered probe", tables.relied_on_table(inputs.promotion))]),
         *_transfer_sections(inputs),
         Section("sae-quality", "SAE quality per layer and width",
                 ["Each SAE on held-out corpus tokens (train_sae), as the field measures SAEs: fraction of variance "

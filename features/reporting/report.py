@@ -137,6 +137,17 @@ def best_config_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
                                                "hidden_f1", "tfidf_f1", "majority_f1", "champion", "decision"])
 
 
+def relied_on_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per dataset, the latents its registered candidate weighs most, with their cards (promote's report)."""
+    rows = [{"dataset": dataset, "version": f"v{report['challenger_version']}",
+             "champion": report["champion"] == report["challenger_version"], "cell": report["candidate"]["cell"],
+             "latent": entry["latent"], "weight": entry["weight"], "label": entry.get("label"),
+             "density": entry.get("density"), "top context": next(iter(entry.get("contexts", [])), None)}
+            for dataset, report in sorted(promotion.items()) for entry in report.get("influential_latents", [])]
+    return pd.DataFrame(rows).reindex(columns=["dataset", "version", "champion", "cell", "latent", "weight", "label",
+                                               "density", "top context"])
+
+
 def sae_quality_table(sae_quality: Mapping[tuple[str, str], dict[str, Any]],
                       sae_training: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
     """Per SAE (model, layer, width) and dataset: variance explained, L0, dead latents; plus how it was trained."""

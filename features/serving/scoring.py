@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from scipy import sparse
 from sklearn.pipeline import Pipeline
 
 from features.core.binarize import binarize_codes
+from features.core.naming import sae_name
 from features.core.prepare import text_id
 from features.core.probes import Latent, explain
 from features.errors import SaefsError
@@ -44,12 +45,14 @@ from features.forward.extract import EmptyTexts, extract
 from features.forward.settings import ExtractSettings
 from features.serving.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
 from features.stores import tracking
+from features.stores.cards import CardStore, UnknownLatent, card_summary
 
 log = logging.getLogger("saefs.serve")
 
 T = TypeVar("T")
 LmLoader = Callable[[str], tuple[Any, Any]]  # model name -> (causal LM, tokenizer)
 SaeLoader = Callable[[str, int, str], Any]  # (model name, layer, SAE width) -> SAE
+CardsLoader = Callable[[str, str], CardStore]  # (model name, SAE name) -> its latent cards
 
 
 class NoChampion(SaefsError):
@@ -121,6 +124,15 @@ class Champion:
 
 
 @dataclass(frozen=True)
+class CardedLatent(Latent):
+    """A latent behind a decision, with what its card says: label, density, its top contexts (peak in «»)."""
+
+    label: str | None = None  # None: the SAE has no cards (`dvc repro latent_cards`)
+    density: float | None = None
+    contexts: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Score:
     text_id: str
     label: str
@@ -129,7 +141,7 @@ class Score:
     registered_model: str
     model_version: int
     feature_service: str
-    top_latents: list[Latent]
+    top_latents: list[CardedLatent]
 
 
 def load_champion(store: Any, registered_model: str, version: int,
@@ -186,7 +198,8 @@ class Scorer:
     def __init__(self, store: Any, registered_models: Mapping[str, str], load_lm: LmLoader, load_sae: SaeLoader,
                  settings: ExtractSettings, label_names: Mapping[str, Sequence[str]], *, top_latents: int,
                  champion_poll_s: float, clock: Callable[[], float] = time.monotonic,
-                 reopen_store: Callable[[], Any] | None = None, store_file: Path | None = None) -> None:
+                 reopen_store: Callable[[], Any] | None = None, store_file: Path | None = None,
+                 load_cards: CardsLoader | None = None) -> None:
         self.store = store
         # materialize swaps a new SQLite file in by rename; Feast's connection keeps the file it opened
         # (whole, but old, and pushes to it are lost): reopen when the file at `store_file` is another one.
@@ -198,6 +211,8 @@ class Scorer:
         self.top_latents = top_latents
         self.champion_poll_s = champion_poll_s
         self._load_lm, self._load_sae, self._clock = load_lm, load_sae, clock
+        self._load_cards = load_cards
+        self._cards: dict[tuple[str, str], CardStore | None] = {}  # None: that SAE has no cards (logged once)
         self._lms: dict[str, tuple[Any, Any]] = {}
         self._saes: dict[tuple[str, int, str], Any] = {}
         self._champions: dict[str, tuple[Champion, float]] = {}  # dataset -> (champion, when the alias was checked)
@@ -406,24 +421,48 @@ class Scorer:
                     self._saes[key] = sae
             return self._lms[champion.model], self._saes[key]
 
+    def card(self, model: str, sae: str, latent: int) -> dict[str, Any]:
+        """The whole card of one latent; UnknownLatent names an unknown model, SAE or id."""
+        if self._load_cards is None:
+            raise UnknownLatent("this service reads no latent cards")
+        return self._load_cards(model, sae).card(latent)
+
+    def _cards_of(self, champion: Champion) -> CardStore | None:
+        key = (champion.model, sae_name(champion.layer, champion.sae))
+        if key not in self._cards and self._load_cards is not None:
+            try:
+                store = self._load_cards(*key)
+            except UnknownLatent as err:
+                log.warning("%s: scores carry latent ids without labels", err)
+                store = None
+            with self._state_lock:
+                self._cards[key] = store
+        return self._cards.get(key)
+
     def _predict(self, dataset: str, champion: Champion, ids: Sequence[str], frame: pd.DataFrame) -> list[Score]:
         probabilities = champion.probe.predict_proba(frame)
         predicted = probabilities.argmax(axis=1)
         classes = champion.probe.classes_
         names = self.label_names.get(dataset, [])
         explanations = explain(champion.probe, frame, predicted, self.top_latents)
+        cards = self._cards_of(champion)
         scores = []
         for row, index in enumerate(predicted):
             label_id = int(classes[index])
             label = names[label_id] if 0 <= label_id < len(names) else str(label_id)
             scores.append(Score(ids[row], label, label_id, float(probabilities[row, index]), champion.registered_model,
-                                champion.version, champion.service, explanations[row]))
+                                champion.version, champion.service,
+                                [_carded(latent, cards) for latent in explanations[row]]))
         return scores
 
     def _registered(self, dataset: str) -> str:
         if dataset not in self.registered_models:
             raise SaefsError(f"dataset {dataset!r} is not served; serve.datasets: {sorted(self.registered_models)}")
         return self.registered_models[dataset]
+
+
+def _carded(latent: Latent, cards: CardStore | None) -> CardedLatent:
+    return CardedLatent(**asdict(latent), **(card_summary(cards.card(latent.latent)) if cards else {}))
 
 
 def _utf8(text: str) -> bool:

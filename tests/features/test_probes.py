@@ -23,6 +23,7 @@ from features.core.probes import (
     anova_f,
     chosen_params,
     explain,
+    influential_latents,
     make_majority_baseline,
     make_probe,
     make_tfidf_baseline,
@@ -237,6 +238,16 @@ def test_the_search_refuses_an_unknown_scoring_or_a_grid_over_another_step() -> 
         clone(probe.named_steps[SEARCH_STEP]).set_params(scoring="roc").fit(X, y)
     with pytest.raises(SaefsError, match=r"\['select__k'\] name another step"):
         clone(probe.named_steps[SEARCH_STEP]).set_params(param_grid={"select__k": [2, 4]}).fit(X, y)
+
+
+def test_the_most_weighted_latents_are_the_informative_ones_signed_by_class() -> None:
+    frame, y = synthetic_frame(n=400, seed=5)
+    probe = make_probe("logreg", width=WIDTH, select_k=10, C_grid=(1.0,), cv=3).fit(frame, y)
+    top = influential_latents(probe, 3)
+    assert {latent for latent, _ in top} == set(INFORMATIVE)
+    weights = dict(top)
+    assert weights[0] > 0 and weights[1] > 0 and weights[2] < 0  # 0 and 1 fire on class 1, 2 on class 0
+    assert influential_latents(make_probe("tree", width=WIDTH, cv=3).fit(frame, y), 3) == []
 
 
 def test_selection_runs_inside_the_search() -> None:

@@ -21,8 +21,8 @@ from tests.features.tiny import make_model, make_texts, make_tokenizer
 from tests.helpers import REPO, embedded_params, write_params
 
 STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
-          "validate_data@beta", "collect_activations@tiny", "train_sae@tiny", "extract@tiny-alpha", "extract@tiny-beta",
-          "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
+          "validate_data@beta", "collect_activations@tiny", "train_sae@tiny", "latent_cards@tiny", "extract@tiny-alpha",
+          "extract@tiny-beta", "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
           "materialize", "check_stores", "train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha",
           "promote@beta", "behaviour_labels@tiny-items", "transfer", "report"}
 # always_changed: they hash the user's files and check the MLflow store behind the receipts on every repro

@@ -110,3 +110,48 @@ def test_the_stage_writes_each_stage_closure_with_each_modules_sha256(tmp_path: 
     assert all(set(written[name]) == code[name] for name in stages())
     module = "features/reporting/figures.py"
     assert written["report"][module] == hashlib.sha256((REPO / module).read_bytes()).hexdigest()
+
+
+def test_outputs_are_where_pipelines_paths_puts_them() -> None:
+    from dvc.repo import Repo
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    with Repo(str(REPO)) as repo:
+        outs = {stage.addressing: {out.def_path for out in stage.outs} for stage in repo.index.stages}
+        commands = {stage.addressing: (stage.cmd, stage.always_changed) for stage in repo.index.stages}
+    models, datasets = list(params["sae"]), list(params["datasets"])
+    expected = {f"prepare_model@{m}": [paths.model_dir(m)] for m in params["models"]}
+    expected |= {f"prepare_data@{d}": [paths.prepared(d), paths.prepare_summary(d)] for d in datasets}
+    expected |= {f"validate_data@{d}": [paths.validation_dir(d), paths.validation_metrics(d)] for d in datasets}
+    expected |= {f"collect_activations@{m}": [paths.activations_dir(m), paths.collect_metrics(m)] for m in models}
+    expected |= {f"train_sae@{m}": [paths.sae_dir(m), paths.train_sae_metrics(m)] for m in models}
+    expected |= {f"latent_cards@{m}": [paths.cards_dir(m), paths.cards_metrics(m)] for m in models}
+    expected |= {f"extract@{m}-{d}": [paths.features_dir(m, d), paths.extract_metrics(m, d)]
+                 for m in models for d in datasets}
+    expected |= {f"build_features@{m}": [paths.feast_sources_dir(m)] for m in models}
+    expected |= {"fingerprint_sources": [paths.SOURCES], "check_stores": [paths.stores_checked()],
+                 "feast_apply": [paths.feast_catalog()], "materialize": [paths.feast_online_dir()]}
+    expected |= {f"train_probes@{m}-{d}": [paths.probe_metrics(d, m), paths.probe_plots(d, m),
+                                          paths.probes_receipt(d, m)] for d in datasets for m in models}
+    expected |= {f"promote@{d}": [paths.promotion_report(d), paths.promotion_receipt(d)] for d in datasets}
+    for stage, wanted in expected.items():
+        assert {str(path) for path in wanted} <= outs[stage], f"{stage} writes {sorted(outs[stage])}"
+    # every stage but those DVC runs on every repro records its cost where stage_main writes it (pipelines.cost)
+    for stage, (cmd, always_changed) in commands.items():
+        name, _, key = stage.partition("@")
+        item = cmd.split()[-1] if key else None  # python -m pipelines[.]<stage> <item>
+        if always_changed:
+            assert not any(out.startswith(str(paths.COST)) for out in outs[stage]), stage
+        else:
+            assert str(paths.stage_cost(name, item)) in outs[stage], f"{stage} writes {sorted(outs[stage])}"
+
+
+def test_the_report_runs_after_every_stage_whose_cost_it_shows() -> None:
+    """Its deps cover every recorded stage's cost folder or file, so DVC orders it last and reruns it after them."""
+    raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    report_deps = set(raw["report"]["deps"])
+    for name, stage in raw.items():
+        if name == "report" or stage.get("always_changed"):
+            continue
+        grid = "foreach" in stage or "matrix" in stage
+        assert str(paths.COST / name if grid else paths.stage_cost(name)) in report_deps, name

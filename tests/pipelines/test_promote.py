@@ -46,7 +46,7 @@ def write_results(params: dict, uri: str, sae_f1: float, hidden_f1: float, sae_m
     the logged (registered) fit's macro F1 and, apart, the mean over resamples (`sae_mean_f1`, never gated)."""
     for model in params["sae"]:
         cells = {f"{model}__sae": {"input": "sparse", "macro_f1": sae_mean_f1, "logged_macro_f1": sae_f1,
-                                   "val_macro_f1": 0.9, "model_uri": uri},
+                                   "val_macro_f1": 0.9, "model_uri": uri, "layer": 1, "width": str(WIDTH)},
                  f"{model}__hidden": {"input": "dense", "macro_f1": hidden_f1, "logged_macro_f1": hidden_f1,
                                       "val_macro_f1": 0.8, "model_uri": uri}}
         path = paths.probe_metrics("spam", model)

@@ -28,12 +28,14 @@ from features.core.prepare import text_id
 from features.serving.scoring import BadTexts
 from features.sources.sae import SAE_INDEX
 from features.stores import tracking
+from features.stores.activations import HELDOUT_TEXTS
 from features.stores.feast.retrieval import historical_frame
-from features.stores.files import write_parquet
+from features.stores.files import write_json, write_parquet
 from pipelines import (
     build_features,
     extract,
     feast_apply,
+    latent_cards,
     materialize,
     paths,
     prepare_model,
@@ -108,6 +110,9 @@ def project(tmp_path_factory: pytest.TempPathFactory):
             "label_name": [["calm", "rude"][y] for y in labels], "split": ["train"] * 60 + ["test"] * 20,
             "lang": "en", "event_timestamp": pd.Timestamp("2025-01-01", tz="UTC")}))
         extract.run(f"{MODEL}/{DATASET}")
+        corpus, _ = labelled_texts(30, seed=9)  # the held-out corpus texts latent_cards reads
+        write_json(paths.activations_dir(MODEL) / HELDOUT_TEXTS, corpus)
+        latent_cards.run(MODEL)
         build_features.run(MODEL)
         feast_apply.run("feature_repo")
         materialize.run("feature_repo")
@@ -134,6 +139,30 @@ def test_new_texts_get_labels_probabilities_versions_and_explanations(project) -
         assert result["registered_model"] == NAME and result["model_version"] == 1
         assert result["feature_service"] == service
     assert "/score" in client.get("/openapi.json").json()["paths"]
+
+
+def test_top_latents_carry_their_cards_and_a_whole_card_is_served_by_id(project) -> None:
+    client = project["client"]
+    response = client.post("/score", json={"texts": ["w1 w2 w3 w40 w7"]})
+    assert response.status_code == 200, response.text
+    latents = response.json()["results"][0]["top_latents"]
+    assert latents and all(latent["label"] and latent["density"] is not None for latent in latents)
+    fired = [latent for latent in latents if latent["density"] > 0]
+    assert fired and all(1 <= len(latent["contexts"]) <= 3 and "«" in latent["contexts"][0] for latent in fired)
+    card = client.get(f"/latents/{MODEL}/l1__sae64/{fired[0]['latent']}").json()
+    assert card["latent"] == fired[0]["latent"] and card["label"] == fired[0]["label"]
+    assert {"top_contexts", "random_contexts", "logit_lens", "label_tokens"} <= set(card)
+    assert {context["source"] for context in card["top_contexts"]} <= {"corpus", DATASET}
+    test_ids = set(pd.read_parquet(paths.prepared(DATASET)).query("split == 'test'")["text_id"])
+    assert not test_ids & {context["text_id"] for context in card["top_contexts"] + card["random_contexts"]}
+    relied_on = project["report"]["influential_latents"]  # promote lists the candidate's latents with cards
+    assert relied_on and all({"latent", "weight", "label", "density", "contexts"} <= set(e) for e in relied_on)
+    assert [abs(e["weight"]) for e in relied_on] == sorted((abs(e["weight"]) for e in relied_on), reverse=True)
+    for path, named in ((f"/latents/{MODEL}/l1__sae64/{WIDTH}", "latent 64 is not in SAE l1__sae64"),
+                        (f"/latents/{MODEL}/l7__sae64/0", "has no SAE 'l7__sae64' with cards"),
+                        ("/latents/other/l1__sae64/0", "no latent cards for model 'other'")):
+        missing = client.get(path)
+        assert missing.status_code == 404 and named in missing.json()["detail"], missing.text
 
 
 def test_explanations_add_up_to_the_logit(project) -> None:
