@@ -127,9 +127,11 @@ def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) ->
     params["datasets"]["beta"]["max_rows"] = 110
     write_params(scratch, params)
     # a Feast view holds every dataset's texts, so the other dataset's probes read a changed view
-    # and retrain too; its data, validation, extraction and SAE checks stay as they are
+    # and retrain too; its data, validation, extraction and SAE checks stay as they are. The latent
+    # cards read every dataset's training texts, so they are rebuilt.
     assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta", "extract@tiny-beta",
-                                          "check_sae@tiny-beta", *FEAST_STAGES, *ALWAYS, *TRACKING_STAGES}
+                                          "check_sae@tiny-beta", "latent_cards@tiny", *FEAST_STAGES, *ALWAYS,
+                                          *TRACKING_STAGES}
     assert len(pd.read_parquet(scratch / paths.prepared("beta"))) == 110
 
 
