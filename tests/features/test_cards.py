@@ -10,8 +10,10 @@ import torch
 from scipy.sparse import csr_matrix
 
 from features.core.cards import NEVER_FIRED, CardBuilder, CardSettings, CardText, logit_lens
+from features.forward.cards import build_cards
 from features.stores.cards import CardStore, UnknownLatent, write_cards
 from features.stores.files import atomic_path
+from tests.features.tiny import HIDDEN, make_jumprelu_sae, make_model, make_texts, make_tokenizer
 
 D_SAE, VOCAB, PLANTED, TOKEN, DEAD = 16, 50, 3, 7, 15
 WORDS = [f"w{i}" for i in range(VOCAB)]
@@ -95,3 +97,24 @@ def test_an_open_store_reads_the_new_cards_after_a_rebuild_swapped_its_folder(tm
     with atomic_path(folder) as tmp:
         write_cards(tmp, rebuilt, D_SAE, {"n_tokens": 5})
     assert store.card(PLANTED)["label"] == "rebuilt" and store.card(0)["label"] == NEVER_FIRED
+
+
+def test_a_latent_planted_in_a_tiny_models_sae_is_named_by_its_token_and_promotes_its_decoder_token() -> None:
+    """Layer 0's block input (paper_compat) is the scaled token embedding, context-free: a latent whose encoder
+    reads one token's embedding, behind a threshold, fires on that token alone."""
+    model, tokenizer = make_model("gemma3", n_layers=2), make_tokenizer()
+    sae = make_jumprelu_sae(HIDDEN, D_SAE)
+    target, promoted = tokenizer.convert_tokens_to_ids(["w7", "w9"])
+    with torch.no_grad():
+        direction = model.get_input_embeddings()(torch.tensor([target]))[0]
+        sae.W_enc[:, PLANTED] = direction / direction.norm() ** 2  # 1.0 on the token, about 0 elsewhere
+        sae.b_enc[PLANTED], sae.threshold[PLANTED] = 0.0, 0.8
+        sae.W_dec[PLANTED] = model.get_output_embeddings().weight[promoted]
+    texts = [(f"t{i}", "corpus", text) for i, text in enumerate(make_texts([10] * 30, seed=2) + ["w1 w7 w3", "w7 w2 w5 w7"])]
+    built = build_cards(model, tokenizer, {"l0__sae16": sae}, texts, CardSettings(top_contexts=5, window=2),
+                        max_tokens=16, batch_size=8, paper_compat=True, progress=False)
+    card = built["l0__sae16"][0][PLANTED]
+    assert card["label_tokens"][0] == {"token": "w7", "precision": 1.0, "share": 1.0}
+    assert card["label"].startswith("'w7'")
+    assert all(context["tokens"][context["peak"]] == "w7" for context in card["top_contexts"])
+    assert card["logit_lens"]["promotes"][0] == "w9"
