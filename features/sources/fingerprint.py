@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,13 @@ def source_fingerprint(spec: str) -> dict[str, Any]:
     return {"source": spec, "sha256": content_hash(location) if kind in LOCAL_KINDS else None}
 
 
-def _imported_names(path: Path) -> list[str]:
+def _imported_names(path: Path) -> tuple[str, ...]:
+    stat = path.stat()
+    return _parsed_imports(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4096)  # every stage's closure reads the same modules: each is parsed once per version
+def _parsed_imports(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
     """Every module name `path` imports, lazy imports inside functions included (they run when the function
     does); imports under `if TYPE_CHECKING:` never run and are left out. `from a import b` yields `a` and
     `a.b` (b may be a submodule)."""
@@ -66,7 +73,7 @@ def _imported_names(path: Path) -> list[str]:
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-    return names
+    return tuple(names)
 
 
 def import_closure(module: str, root: Path, packages: tuple[str, ...]) -> set[str]:
