@@ -31,6 +31,7 @@ from scipy.sparse import csr_matrix
 from features.errors import SaefsError
 
 NEVER_FIRED = "never fired on the card texts"
+FIRING_DTYPES = (np.int32, np.int64, np.int32, np.float32, np.int64)  # a firing: latent, text, position, value, token
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,8 @@ class CardBuilder:
         rows = np.repeat(np.arange(codes.shape[0]), np.diff(codes.indptr))
         fired = codes.data > 0
         rows, latents, values = rows[fired], codes.indices[fired], codes.data[fired]
-        self._parts.append((latents.astype(np.int32), np.asarray(texts)[rows].astype(np.int64),
-                            np.asarray(positions)[rows].astype(np.int32), values.astype(np.float32),
-                            np.asarray(token_ids)[rows].astype(np.int64)))
+        firing = (latents, np.asarray(texts)[rows], np.asarray(positions)[rows], values, np.asarray(token_ids)[rows])
+        self._parts.append(tuple(column.astype(dtype) for column, dtype in zip(firing, FIRING_DTYPES, strict=True)))
         ids, counts = np.unique(np.asarray(token_ids, dtype=np.int64), return_counts=True)
         for token, count in zip(ids.tolist(), counts.tolist(), strict=True):
             self._token_counts[token] = self._token_counts.get(token, 0) + count
@@ -83,9 +83,8 @@ class CardBuilder:
         """A card per latent that fired, by latent id. `texts[i]` is text i of `add`; `decode` maps a token id
         to its string; `logit_lens` is (promoted, suppressed) token ids [d_sae, n] (see `logit_lens`)."""
         s = self.settings
-        latents, text, pos, values, tokens = (np.concatenate(column) for column in zip(*self._parts, strict=True)) \
-            if self._parts else (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32),
-                                 np.zeros(0, np.float32), np.zeros(0, np.int64))
+        kept = self._parts or [tuple(np.zeros(0, dtype) for dtype in FIRING_DTYPES)]
+        latents, text, pos, values, tokens = (np.concatenate(column) for column in zip(*kept, strict=True))
         max_len = max((len(t.token_ids) for t in texts), default=1) + 1
         keys = text * max_len + pos  # a token's place, ordered by text then position
         order = np.lexsort((keys, latents))  # by latent, then place
