@@ -60,7 +60,8 @@ def run(name: str) -> None:
             d_sae = int(saes[cell].cfg.d_sae)
             write_cards(tmp / cell, cards, d_sae, {"model": name, "sae": cell, "n_tokens": n_tokens,
                                                   "texts": len(texts), "settings": lc.model_dump(),
-                                                  "sources": sorted({source for _, source, _ in texts})})
+                                                  "sources": sorted({source for _, source, _ in texts}),
+                                                  "neuronpedia_id": saes[cell].cfg.metadata.neuronpedia_id})
             report[cell] = {"cards": len(cards), "never_fired": d_sae - len(cards), "tokens": n_tokens}
             log.info("%s %s: %d cards, %d latents never fired on %d tokens", name, cell, len(cards),
                      d_sae - len(cards), n_tokens)

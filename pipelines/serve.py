@@ -19,9 +19,9 @@ Errors say whose fault they are. The request's: over `serve.max_texts` texts or 
 characters per text, the wrong shape, malformed JSON or a text with no token get a 422 whose
 `detail[].loc` names the field; an unknown text_id, or a latent, SAE or model without cards, a 404; a
 body larger than any valid request 413; a body not received within `serve.body_timeout_s` 408;
-invalid UTF-8 or JSON nested too deep 400. The server's: no champion, or a registry or store that failed, 503 (may pass: retry); a
-misconfiguration or a bug 500. A 5xx is logged with its cause, and its body names the log line
-(the one for no champion says how to get one).
+invalid UTF-8 or JSON nested too deep 400. The server's: no champion, or a registry or store that failed,
+503 (may pass: retry); a misconfiguration or a bug 500. A 5xx is logged with its cause, and its body names
+the log line (the one for no champion says how to get one).
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the request models built inside create_app.

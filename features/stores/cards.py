@@ -2,8 +2,9 @@
 
 A folder per SAE: `cards.jsonl` (one JSON card per line, only latents that fired), `index.npy` (int64
 [d_sae]: each latent's byte offset in cards.jsonl, -1 when it never fired) and `meta.json` (d_sae, card
-tokens, texts, settings). A lookup reads one line at the index's offset; a store rebuilt while it is open
-(latent_cards ran again) is noticed by the file's inode, and its new index read.
+tokens, texts, settings, and for a public SAE its Neuronpedia id, which links each card to its page there).
+A lookup reads one line at the index's offset; a store rebuilt while it is open (latent_cards ran again) is
+noticed by the file's inode, and its new index read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from features.errors import SaefsError
 from features.stores.files import write_json
 
 CARDS, INDEX, META = "cards.jsonl", "index.npy", "meta.json"
+NEURONPEDIA = "https://www.neuronpedia.org"
 
 
 class UnknownLatent(SaefsError):
@@ -93,6 +95,10 @@ class CardStore:
                                     f"{self.d_sae - 1}")
             offset = int(self._index[latent])
             if offset < 0:
-                return dead_card(latent, self.meta["n_tokens"])
-            handle.seek(offset)
-            return json.loads(handle.readline())
+                card = dead_card(latent, self.meta["n_tokens"])
+            else:
+                handle.seek(offset)
+                card = json.loads(handle.readline())
+        if self.meta.get("neuronpedia_id"):  # a public SAE: its page of this latent on Neuronpedia
+            card["neuronpedia"] = f"{NEURONPEDIA}/{self.meta['neuronpedia_id']}/{latent}"
+        return card

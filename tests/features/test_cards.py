@@ -84,6 +84,12 @@ def test_cards_are_read_by_id_a_dead_latent_says_so_and_an_unknown_id_is_named(t
         store.card(D_SAE)
     with pytest.raises(UnknownLatent, match="run `dvc repro latent_cards`"):
         CardStore(tmp_path / "missing")
+    assert "neuronpedia" not in store.card(PLANTED)  # a locally trained SAE has no public page
+    public = "gemma-2-2b/20-gemmascope-res-16k"  # sae-lens' neuronpedia id of a Gemma Scope SAE
+    write_cards(tmp_path / "public", cards, D_SAE, {"n_tokens": builder.n_tokens, "neuronpedia_id": public})
+    for latent in (PLANTED, DEAD):
+        assert CardStore(tmp_path / "public").card(latent)["neuronpedia"] == \
+            f"https://www.neuronpedia.org/{public}/{latent}"
 
 
 def test_an_open_store_reads_the_new_cards_after_a_rebuild_swapped_its_folder(tmp_path: Path) -> None:
@@ -110,7 +116,8 @@ def test_a_latent_planted_in_a_tiny_models_sae_is_named_by_its_token_and_promote
         sae.W_enc[:, PLANTED] = direction / direction.norm() ** 2  # 1.0 on the token, about 0 elsewhere
         sae.b_enc[PLANTED], sae.threshold[PLANTED] = 0.0, 0.8
         sae.W_dec[PLANTED] = model.get_output_embeddings().weight[promoted]
-    texts = [(f"t{i}", "corpus", text) for i, text in enumerate(make_texts([10] * 30, seed=2) + ["w1 w7 w3", "w7 w2 w5 w7"])]
+    raw = make_texts([10] * 30, seed=2) + ["w1 w7 w3", "w7 w2 w5 w7"]
+    texts = [(f"t{i}", "corpus", text) for i, text in enumerate(raw)]
     built = build_cards(model, tokenizer, {"l0__sae16": sae}, texts, CardSettings(top_contexts=5, window=2),
                         max_tokens=16, batch_size=8, paper_compat=True, progress=False)
     card = built["l0__sae16"][0][PLANTED]
