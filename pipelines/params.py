@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -138,9 +139,7 @@ class LatentCardsParams(Strict):
     seed: int
 
     def settings(self) -> CardSettings:
-        return CardSettings(top_contexts=self.top_contexts, random_contexts=self.random_contexts, window=self.window,
-                            label_tokens=self.label_tokens, min_count=self.min_count,
-                            logit_tokens=self.logit_tokens, seed=self.seed)
+        return CardSettings(**self.model_dump(include={field.name for field in fields(CardSettings)}))
 
 
 class TrainSaeParams(SAETrainingConfig):

@@ -21,17 +21,15 @@ def build_cards(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes
                 progress: bool = True) -> dict[str, tuple[dict[int, dict[str, Any]], int]]:
     """Per SAE (named like `l9__sae4k`), its cards by latent id and the number of card tokens, over `texts`
     ((text_id, source, text) each): one truncated forward per batch captures every SAE layer."""
-    raw = [text for _, _, text in texts]
+    tokenized = tokenize(tokenizer, [text for _, _, text in texts], max_tokens)
     layers = sorted({parse_sae_name(cell)[0] for cell in saes})
     builders = {cell: CardBuilder(int(sae.cfg.d_sae), settings) for cell, sae in saes.items()}
-    for batch in token_batches(model, tokenizer, raw, layers, max_tokens=max_tokens, batch_size=batch_size,
-                               include_bos=include_bos, paper_compat=paper_compat, progress=progress,
-                               desc="latent cards"):
+    for batch in token_batches(model, tokenizer, tokenized, layers, batch_size=batch_size, include_bos=include_bos,
+                               paper_compat=paper_compat, progress=progress, desc="latent cards"):
         for cell, sae in saes.items():
             codes = encode(sae, batch.residuals[parse_sae_name(cell)[0]])
             builders[cell].add(csr_matrix(codes.float().cpu().numpy()), batch.texts, batch.positions, batch.token_ids)
-    ids = tokenize(tokenizer, raw, max_tokens).ids  # the token ids the forward saw, for the contexts
-    card_texts = [CardText(text_id, source, ids[i]) for i, (text_id, source, _) in enumerate(texts)]
+    card_texts = [CardText(text_id, source, tokenized.ids[i]) for i, (text_id, source, _) in enumerate(texts)]
     decode = lru_cache(maxsize=None)(lambda token: tokenizer.decode([token]))
     unembed = model.get_output_embeddings().weight.detach().cpu()
     return {cell: (builders[cell].cards(card_texts, decode,

@@ -123,13 +123,13 @@ def collect_activations(
 
 
 def activation_batches(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], layers: Sequence[int],
-    **options: Any,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], layers: Sequence[int], *,
+    max_tokens: int, **options: Any,
 ) -> Iterator[dict[int, Tensor]]:
     """Per length-sorted batch, the counted tokens' activations [n, d_model] of each layer (float32, CPU), e.g.
     to train SAEs: stream them to disk (features.stores.activations) or gather them (`collect_activations`);
     `options` are those of `token_batches`."""
-    for batch in token_batches(model, tokenizer, texts, layers, **options):
+    for batch in token_batches(model, tokenizer, tokenize(tokenizer, texts, max_tokens), layers, **options):
         yield batch.residuals
 
 
@@ -146,19 +146,18 @@ class TokenBatch:
 def token_batches(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
+    tokenized: Tokenized,
     layers: Sequence[int],
     *,
-    max_tokens: int,
     batch_size: int,
     include_bos: bool = False,
     paper_compat: bool = False,
     progress: bool = True,
     desc: str = "collect activations",
 ) -> Iterator[TokenBatch]:
-    """Per length-sorted batch, the counted tokens with their text, position and id, and their activations."""
+    """Per length-sorted batch of the `tokenize`d texts, the counted tokens with their text, position and id, and
+    their activations."""
     check_layers(layers, len(decoder_layers(model)))
-    tokenized = tokenize(tokenizer, texts, max_tokens)
     for rows, input_ids, residuals, mask in _forward_batches(
         model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, desc, progress
     ):

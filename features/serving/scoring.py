@@ -212,7 +212,8 @@ class Scorer:
         self.champion_poll_s = champion_poll_s
         self._load_lm, self._load_sae, self._clock = load_lm, load_sae, clock
         self._load_cards = load_cards
-        self._cards: dict[tuple[str, str], CardStore | None] = {}  # None: that SAE has no cards (logged once)
+        self._cards: dict[tuple[str, str], CardStore] = {}  # (model, SAE name) -> its cards, once opened
+        self._without_cards: set[tuple[str, str]] = set()  # SAEs found without cards (logged once)
         self._lms: dict[str, tuple[Any, Any]] = {}
         self._saes: dict[tuple[str, int, str], Any] = {}
         self._champions: dict[str, tuple[Champion, float]] = {}  # dataset -> (champion, when the alias was checked)
@@ -423,21 +424,30 @@ class Scorer:
 
     def card(self, model: str, sae: str, latent: int) -> dict[str, Any]:
         """The whole card of one latent; UnknownLatent names an unknown model, SAE or id."""
-        if self._load_cards is None:
-            raise UnknownLatent("this service reads no latent cards")
-        return self._load_cards(model, sae).card(latent)
+        return self._card_store(model, sae).card(latent)
+
+    def _card_store(self, model: str, sae: str) -> CardStore:
+        """The cards of one SAE, opened once (a store rereads its files itself when latent_cards rebuilds them)."""
+        key = (model, sae)
+        if key not in self._cards:
+            if self._load_cards is None:
+                raise UnknownLatent("this service reads no latent cards")
+            store = self._load_cards(model, sae)
+            with self._state_lock:
+                self._cards[key] = store
+        return self._cards[key]
 
     def _cards_of(self, champion: Champion) -> CardStore | None:
         key = (champion.model, sae_name(champion.layer, champion.sae))
-        if key not in self._cards and self._load_cards is not None:
-            try:
-                store = self._load_cards(*key)
-            except UnknownLatent as err:
-                log.warning("%s: scores carry latent ids without labels", err)
-                store = None
+        if self._load_cards is None or key in self._without_cards:
+            return None
+        try:
+            return self._card_store(*key)
+        except UnknownLatent as err:
+            log.warning("%s: scores carry latent ids without labels", err)
             with self._state_lock:
-                self._cards[key] = store
-        return self._cards.get(key)
+                self._without_cards.add(key)
+            return None
 
     def _predict(self, dataset: str, champion: Champion, ids: Sequence[str], frame: pd.DataFrame) -> list[Score]:
         probabilities = champion.probe.predict_proba(frame)
