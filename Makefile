@@ -30,6 +30,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PIP) torch==2.13.0 $(QUIET)  # the CPU wheel first, so nothing pulls a CUDA build
 	$(PIP) --no-deps -r requirements.lock $(QUIET)
 	$(PIP) --no-deps --no-build-isolation -e . $(QUIET)
+	$(BIN)/python -m pipelines.web_assets  # pinned Vega and Swagger UI, so every page renders offline
 	touch $@
 
 repro: install

@@ -24,6 +24,7 @@ from features.errors import SaefsError
 from features.reporting import page as report_page
 from features.reporting import report
 from features.reporting.paper import Profile
+from features.reporting.sections import render
 from features.stores.files import atomic_path
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
@@ -119,7 +120,7 @@ def run() -> None:
     params = load_params()
     inputs = gather(params)
     sections = report_page.build_sections(inputs)
-    html, markdown = report_page.render(sections, f"saefs report: {params.profile} profile")
+    html, markdown = render(sections, f"saefs report: {params.profile} profile")
     for name, text in (("index.html", html), ("index.md", markdown)):
         with atomic_path(paths.REPORT_DIR / name) as tmp:
             tmp.write_text(text)

@@ -11,6 +11,10 @@ The HTTP API (FastAPI; its schema at /openapi.json, the docs at /docs):
   GET  /latents/{model}/{sae}/{id}                            a latent's card (label, density, contexts, logit
                          lens; built by the latent_cards stage); each score's top latents carry their
                          label, density and three top contexts
+  POST /explain          {"text": "...", "dataset": "spam"}      one text's score, its tokens and the per-token
+                         activation of each latent behind it
+  GET  /                 a page that scores a text, shades its tokens by each top latent and shows their cards
+  GET  /docs             the API docs (Swagger UI, served from the pinned assets: they work offline)
   GET  /health           the process is up
   GET  /ready            200 once every served dataset's champion is loaded, 503 (naming those without) before;
                          it never waits for a load (one due starts in the background)
@@ -25,10 +29,12 @@ the log line (the one for no champion says how to get one).
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the request models built inside create_app.
+import html
 import json
 import logging
 import uuid
 from dataclasses import asdict
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,12 +43,16 @@ import typer
 from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from features.core.naming import sae_name
 from features.errors import SaefsError
+from features.reporting.assets import SWAGGER_UI, MissingAssets, asset, web_dir
 from features.serving.scoring import BadTexts, NoChampion, Score, Scorer, Unavailable, UnknownText
 from features.stores import tracking
 from features.stores.cards import UnknownLatent, open_cards
@@ -53,6 +63,7 @@ from pipelines.stores import feature_store, stale_receipts
 
 log = logging.getLogger("saefs.serve")
 
+PAGE = resources.files("features.serving").joinpath("page.html").read_text(encoding="utf-8")
 NEW_TEXT_THREADS = 2  # forwards run one at a time; a second thread pushes, reads and predicts meanwhile
 RETRY_AFTER_S = 5
 
@@ -104,6 +115,14 @@ class Scored(BaseModel):
 
 class ScoredMany(BaseModel):
     results: dict[str, list[Score]]  # dataset -> one result per text, in order
+
+
+class Explained(BaseModel):
+    dataset: str
+    result: Score
+    tokens: list[str] = Field(description="the tokens the model read (the text cut at extract.max_tokens)")
+    activations: dict[int, list[float]] = Field(description="each top latent's activation at each token")
+    latents_url: str = Field(description="prefix of the cards of this SAE's latents: <latents_url>/<id>")
 
 
 def max_body_bytes(limits: ServeParams) -> int:
@@ -179,8 +198,15 @@ def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
             list(limits.datasets), min_length=1, description="whose champions score the texts (default: every "
             "served dataset); champions reading the same language model share one forward")
 
+    class ExplainRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        text: Text
+        dataset: Dataset = ScoreRequest.model_fields["dataset"]  # type: ignore[valid-type]
+
     app = FastAPI(title="saefs scoring", version="1", max_body_size=max_body_bytes(limits),
-                  description="Safety classification by linear probes on sparse autoencoder features")
+                  description="Safety classification by linear probes on sparse autoencoder features",
+                  docs_url=None, redoc_url=None)  # /docs below loads Swagger UI from the pinned assets, not a CDN
+    app.mount("/assets", StaticFiles(directory=web_dir(), check_dir=False), name="assets")
     app.add_middleware(BodyDeadline, seconds=limits.body_timeout_s)
     # New texts queue here, on the event loop, not in worker threads: stored texts never wait behind forwards.
     new_text_threads = anyio.CapacityLimiter(NEW_TEXT_THREADS)
@@ -257,6 +283,31 @@ def create_app(scorer: Scorer, limits: ServeParams) -> FastAPI:
     async def score_stored(text_id: str, dataset: Annotated[Dataset, Query()] = limits.datasets[0]) -> Score:  # type: ignore[valid-type,assignment]
         [result] = await anyio.to_thread.run_sync(scorer.score_stored, dataset, [text_id])
         return result
+
+    @app.post("/explain", response_model=Explained, responses=posted)
+    async def explain(request: ExplainRequest) -> Explained:
+        result, tokens, champion = await anyio.to_thread.run_sync(scorer.explain, request.dataset, request.text,
+                                                                  limiter=new_text_threads)
+        return Explained(dataset=request.dataset, result=result, tokens=tokens.tokens,
+                         activations=tokens.activations,
+                         latents_url=f"/latents/{champion.model}/{sae_name(champion.layer, champion.sae)}")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        try:
+            files = {file: f"/assets/{asset(SWAGGER_UI, file).relative_to(web_dir()).as_posix()}"
+                     for file in SWAGGER_UI.files}
+        except MissingAssets as err:
+            return HTMLResponse(f"<p>The API docs need Swagger UI: {html.escape(str(err))}. The schema is at "
+                                f"<a href='{app.openapi_url}'>{app.openapi_url}</a>.</p>", status_code=503)
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title}: API docs",
+                                   swagger_js_url=files["swagger-ui-bundle.js"],
+                                   swagger_css_url=files["swagger-ui.css"],
+                                   swagger_favicon_url=files["favicon-32x32.png"])
 
     @app.get("/latents/{model}/{sae}/{latent}",
              responses={404: {"description": "no such model, SAE (e.g. l9__sae4k) or latent id with cards"}})

@@ -1,7 +1,8 @@
 """Stage validate_data: the Great Expectations gate on one prepared dataset.
 
-Writes the full results (JSON), GX's HTML data docs and a small DVC metric, then fails the
-stage, naming the dataset, each failed expectation and how many rows broke it.
+Writes the full results (JSON), a page of them (every expectation, its result, the rows that broke it;
+it opens offline) and a small DVC metric, then fails the stage, naming the dataset, each failed
+expectation and how many rows broke it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import pandas as pd
 
 from features.errors import SaefsError
+from features.reporting.validation_page import validation_page
 from features.stores.files import atomic_path, write_json
 from features.stores.validation import ValidationRules, validate_prepared
 from pipelines import cost, paths, stage_main
@@ -38,12 +40,13 @@ def run(name: str) -> None:
                          "and fix what it reports, then validate again")
     df = pd.read_parquet(prepared)
     with atomic_path(paths.validation_dir(name)) as out:
-        report = validate_prepared(df, rules, dataset=name, docs_dir=out / "docs")
+        report = validate_prepared(df, rules, dataset=name)
         write_json(out / "results.json", report.to_dict())
+        (out / "index.html").write_text(validation_page(report, df), encoding="utf-8")
     write_json(paths.validation_metrics(name), {
         "success": report.success, "rows": report.n_rows, "failed_expectations": len(report.failures),
     })
-    log.info("%s: data docs at %s", name, paths.validation_dir(name) / "docs" / "index.html")
+    log.info("%s: results at %s", name, paths.validation_dir(name) / "index.html")
     cost.work(texts=report.n_rows)
     if not report.success:
         raise ValidationFailed(report.message())

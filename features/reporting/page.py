@@ -1,29 +1,14 @@
-"""The report as sections (text, table, figure), rendered to one self-contained HTML page and a Markdown twin.
-
-The HTML carries its figures as inline SVG and its style inline: no script, font or CDN, so it
-opens offline from disk. The Markdown twin has the same text and tables (figures are HTML-only).
-"""
+"""The report's sections (features/reporting/sections.py renders them): setup, results, comparisons, cost."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import jinja2
 import pandas as pd
 
 from features.core.predictions import INTERVALS
 from features.reporting import comparisons, figures, paper
 from features.reporting import report as tables
 from features.reporting.report import RunInputs
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
-    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, svg)
+from features.reporting.sections import Section
 
 
 def with_interval(frame: pd.DataFrame) -> pd.DataFrame:
@@ -256,44 +241,3 @@ def build_sections(inputs: RunInputs) -> list[Section]:
     for section in sections:
         section.tables = [(caption, _rounded(table)) for caption, table in section.tables]
     return sections
-
-
-HTML = jinja2.Template("""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; font-size: 12px; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; } figure { margin: 1em 0; overflow-x: auto; } figcaption { font-size: 12px; color: #555; }
-nav a { margin-right: 1em; } h3 { font-size: 14px; }
-</style></head><body>
-<h1>{{ title }}</h1>
-<nav>{% for s in sections %}<a href="#{{ s.id }}">{{ s.title }}</a>{% endfor %}</nav>
-{% for s in sections %}<section id="{{ s.id }}"><h2>{{ s.title }}</h2>
-{% for p in s.paragraphs %}<p>{{ p }}</p>
-{% endfor %}{% for caption, svg in s.figures %}<figure>{{ svg | safe }}<figcaption>{{ caption }}</figcaption></figure>
-{% endfor %}{% for caption, table in s.tables %}<h3>{{ caption }}</h3>
-{{ table.to_html(index=False, border=0) | safe }}
-{% endfor %}</section>
-{% endfor %}</body></html>
-""", autoescape=True)
-
-MARKDOWN = jinja2.Template("""# {{ title }}
-
-Figures are in index.html (inline SVG); this twin has the same text and tables.
-{% for s in sections %}
-## {{ s.title }}
-{% for p in s.paragraphs %}
-{{ p }}
-{% endfor %}{% for caption, svg in s.figures %}
-*Figure: {{ caption }}*
-{% endfor %}{% for caption, table in s.tables %}
-**{{ caption }}**
-
-{{ table.to_markdown(index=False) }}
-{% endfor %}{% endfor %}""")
-
-
-def render(sections: list[Section], title: str) -> tuple[str, str]:
-    """The HTML page and its Markdown twin."""
-    return HTML.render(title=title, sections=sections), MARKDOWN.render(title=title, sections=sections)

@@ -43,6 +43,7 @@ from features.core.probes import Latent, explain
 from features.errors import SaefsError
 from features.forward.extract import EmptyTexts, extract
 from features.forward.settings import ExtractSettings
+from features.serving.explain import TokenActivations, token_activations
 from features.serving.online import PUSHABLE_KINDS, missing_rows, online_frame, push_codes, push_views
 from features.stores import tracking
 from features.stores.cards import CardStore, UnknownLatent, card_summary
@@ -421,6 +422,19 @@ class Scorer:
                 with self._state_lock:
                     self._saes[key] = sae
             return self._lms[champion.model], self._saes[key]
+
+    def explain(self, dataset: str, text: str) -> tuple[Score, TokenActivations, Champion]:
+        """`text` scored by the dataset's champion, where in it the latents behind the score fire, and the
+        champion (whose model and SAE name the latents' cards)."""
+        [score] = self.score_texts(dataset, [text])
+        champion = self.champion(dataset)
+        if champion.version != score.model_version:
+            raise Unavailable(f"{champion.registered_model}@champion moved while explaining a score: retry")
+        (lm, tokenizer), sae = self._encoders(champion)
+        with self._forward_lock:
+            tokens = token_activations(lm, tokenizer, sae, champion.layer, text,
+                                       [latent.latent for latent in score.top_latents], self.settings)
+        return score, tokens, champion
 
     def card(self, model: str, sae: str, latent: int) -> dict[str, Any]:
         """The whole card of one latent; UnknownLatent names an unknown model, SAE or id."""

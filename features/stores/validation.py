@@ -1,7 +1,8 @@
 """Gate a prepared dataset (features.core.schema) with a Great Expectations 1.x suite.
 
-Pure: it knows nothing of repo paths; the caller passes the frame, the rules and, optionally,
-where to write GX's HTML Data Docs.
+Pure: it knows nothing of repo paths; the caller passes the frame and the rules, and gets every
+check's outcome back (features/reporting/validation_page.py renders them as a page that works offline;
+GX's own Data Docs load their scripts from CDNs).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -55,12 +55,25 @@ class Failure:
 
 
 @dataclass
+class Check:
+    """One expectation's outcome, as the validation page shows it."""
+
+    expectation: str
+    gx_type: str
+    column: str | None
+    success: bool
+    detail: str  # what broke (a Failure's detail), or what GX observed where it passed
+    failing_rows: list[int]  # index labels of the rows GX sampled as unexpected (at most 20)
+
+
+@dataclass
 class ValidationReport:
     dataset: str
     success: bool
     n_rows: int
     failures: list[Failure]
     results: dict = field(repr=False)  # GX's describe_dict() of the run, JSON-serialisable
+    checks: list[Check] = field(default_factory=list)
     subject: str = "dataset"  # what was validated, for the message
     hint: str = "Fix the source or its params (prepare_data) and rerun."
 
@@ -145,7 +158,7 @@ def _suite_spec(rules: ValidationRules, columns: set[str]) -> list[Any]:
     for name, needs, exp in spec:
         if needs and needs not in columns:
             continue
-        exp.description = name  # rendered in Data Docs, and how results are mapped back to names
+        exp.description = name  # how results are mapped back to names
         out.append(exp)
     return out
 
@@ -203,53 +216,49 @@ def _failure(res: Any, df: pd.DataFrame, rules: ValidationRules) -> Failure:
     return Failure(name, cfg.type, column, count, f"{count} of {len(df)} rows")
 
 
-def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str, docs_dir: Path | None) -> Any:
-    """Run `expectations` on `frame` in an ephemeral GX context; write Data Docs into `docs_dir` when given."""
+def _run_suite(frame: pd.DataFrame, expectations: list[Any], name: str) -> Any:
+    """Run `expectations` on `frame` in an ephemeral GX context (in-memory stores: nothing left behind)."""
     import great_expectations as gx  # lazy: the import costs seconds; the dataclasses above don't need it
-    from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     _quiet_gx()
-    ctx = gx.get_context(mode="ephemeral")  # in-memory stores; nothing left behind but the docs
+    ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # no "Calculating Metrics" bars
-    actions: list[Any] = []
-    if docs_dir is not None:
-        docs_dir = Path(docs_dir).resolve()
-        for site in list(ctx.list_data_docs_sites()):  # ephemeral ships a temp-dir "local_site"
-            ctx.delete_data_docs_site(site)
-        ctx.add_data_docs_site(
-            "local_site",
-            {
-                "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-        actions.append(UpdateDataDocsAction(name="update_data_docs"))  # runs on failure too
     suite = ctx.suites.add(gx.ExpectationSuite(name=name))
     for exp in expectations:
         suite.add_expectation(exp)
     batch = ctx.data_sources.add_pandas("pandas").add_dataframe_asset(name=name)
     whole = batch.add_batch_definition_whole_dataframe("all")
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_vd", data=whole, suite=suite))
-    cp = ctx.checkpoints.add(gx.Checkpoint(name=f"{name}_gate", validation_definitions=[vd], actions=actions))
+    cp = ctx.checkpoints.add(gx.Checkpoint(name=f"{name}_gate", validation_definitions=[vd]))
     return next(iter(cp.run(batch_parameters={"dataframe": frame}).run_results.values()))
 
 
-def validate_prepared(
-    df: pd.DataFrame, rules: ValidationRules, dataset: str, docs_dir: Path | None = None
-) -> ValidationReport:
-    """Run the prepared-data suite on `df`; write HTML Data Docs into `docs_dir` when given."""
-    result = _run_suite(_derived(df, rules), _suite_spec(rules, set(df.columns)), dataset, docs_dir)
-    if docs_dir is not None and not (docs_dir / "index.html").is_file():
-        raise RuntimeError(f"GX did not write Data Docs to {docs_dir}/index.html")
-    failures = [_failure(res, df, rules) for res in result.results if not res.success]
+def _check(res: Any, failure: Failure | None) -> Check:
+    cfg, r = res.expectation_config, res.result or {}
+    if failure is not None:
+        detail = failure.detail
+    elif "unexpected_count" in r:
+        detail = f"{r['unexpected_count']} of {r.get('element_count', '?')} rows unexpected"
+    else:
+        observed = r.get("observed_value")
+        detail = "passed" if observed is None else f"observed {observed}"
+    column = cfg.kwargs.get("column")
+    return Check(cfg.description or cfg.type, cfg.type, "text" if column == TEXT_CHARS else column,
+                 bool(res.success), detail, [int(i) for i in r.get("partial_unexpected_index_list") or []])
+
+
+def validate_prepared(df: pd.DataFrame, rules: ValidationRules, dataset: str) -> ValidationReport:
+    """Run the prepared-data suite on `df`: each check's outcome, and what broke."""
+    result = _run_suite(_derived(df, rules), _suite_spec(rules, set(df.columns)), dataset)
+    failures = {id(res): _failure(res, df, rules) for res in result.results if not res.success}
     return ValidationReport(
         dataset=dataset,
         success=bool(result.success),
         n_rows=len(df),
-        failures=failures,
+        failures=list(failures.values()),
         results=result.describe_dict(),
+        checks=[_check(res, failures.get(id(res))) for res in result.results],
     )
 
 
@@ -283,7 +292,7 @@ def validate_sae_quality(quality: pd.DataFrame, rules: SaeQualityRules, name: st
         exp = gxe.ExpectColumnValuesToBeBetween(column=column, **bounds)
         exp.description = description
         expectations.append(exp)
-    result = _run_suite(quality, expectations, name, docs_dir=None)
+    result = _run_suite(quality, expectations, name)
     failures = []
     for res in result.results:
         if res.success:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from features.core.schema import PREPARED_COLUMNS
+from features.reporting.validation_page import validation_page
 from features.stores.validation import ValidationRules, validate_prepared
 
 RULES = ValidationRules(
@@ -36,13 +37,14 @@ def prepared_frame(n: int = 200) -> pd.DataFrame:
     return df.astype(PREPARED_COLUMNS)
 
 
-def test_valid_frame_passes_and_writes_docs(tmp_path: Path) -> None:
-    report = validate_prepared(prepared_frame(), RULES, "toy", docs_dir=tmp_path)
+def test_valid_frame_passes_every_check() -> None:
+    report = validate_prepared(prepared_frame(), RULES, "toy")
     assert report.success, report.message()
     assert report.failures == []
     assert report.n_rows == 200
     assert report.message() == f"dataset 'toy' passed all {report.n_expectations} expectations (200 rows)."
-    assert "toy" in (tmp_path / "index.html").read_text()
+    assert len(report.checks) == report.n_expectations and all(c.success for c in report.checks)
+    assert {c.expectation: c.detail for c in report.checks}["text_id is unique"] == "0 of 200 rows unexpected"
     json.dumps(report.to_dict())
 
 
@@ -108,17 +110,29 @@ def test_missing_class_and_missing_column_are_named() -> None:
     }
 
 
-def test_message_names_dataset_expectations_and_counts(tmp_path: Path) -> None:
+def test_message_names_dataset_expectations_and_counts() -> None:
     df = _set("text", [3, 4, 5], " ")(prepared_frame())
     df.loc[1, "text_id"] = df.loc[0, "text_id"]
-    report = validate_prepared(df, RULES, "hate_hate", docs_dir=tmp_path / "docs")
+    report = validate_prepared(df, RULES, "hate_hate")
     msg = report.message()
     assert msg.startswith(f"dataset 'hate_hate' failed 2 of {report.n_expectations} expectations: ")
     assert "text is not empty after stripping (3 of 200 rows)" in msg
     assert "text_id is unique (2 of 200 rows)" in msg
-    # Data Docs are written for a failing run too, and the report is plain JSON
-    assert (tmp_path / "docs" / "index.html").is_file()
-    assert list((tmp_path / "docs" / "validations").rglob("*.html"))
     back = json.loads(json.dumps(report.to_dict()))
     assert back["success"] is False and back["failures"][0]["unexpected_count"] in (2, 3)
     assert back["results"]["statistics"]["unsuccessful_expectations"] == 2
+
+
+def test_the_page_lists_every_expectation_and_the_rows_that_broke_one() -> None:
+    df = _set("text", [3, 4, 5], " ")(prepared_frame())
+    report = validate_prepared(df, RULES, "hate_hate")
+    page = validation_page(report, df)
+    assert "<script" not in page and "http" not in page  # nothing to fetch: it renders offline
+    for check in report.checks:
+        assert check.expectation in html.unescape(page)
+    assert page.count("<td>FAILED</td>") == 1 and "<h2>FAILED: text is not empty after stripping</h2>" in page
+    failed = next(c for c in report.checks if not c.success)
+    assert failed.expectation == "text is not empty after stripping" and failed.failing_rows == [3, 4, 5]
+    for row in (3, 4, 5):
+        assert f"<td>toy-{row:04d}</td>" in page
+    assert "<td>toy-0006</td>" not in page

@@ -8,6 +8,7 @@ wire matters (slow and huge bodies), the CLI through typer's runner.
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -163,6 +164,38 @@ def test_top_latents_carry_their_cards_and_a_whole_card_is_served_by_id(project)
                         ("/latents/other/l1__sae64/0", "no latent cards for model 'other'")):
         missing = client.get(path)
         assert missing.status_code == 404 and named in missing.json()["detail"], missing.text
+
+
+def test_explain_shows_where_each_top_latent_fires_and_the_page_calls_it(project) -> None:
+    client, text = project["client"], "w1 w2 w3 w40 w7"
+    response = client.post("/explain", json={"text": text})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    scored = client.post("/score", json={"texts": [text]}).json()["results"][0]
+    assert body["result"] == scored  # the same decision as POST /score
+    champion = project["scorer"].champion(DATASET)
+    assert len(body["tokens"]) == 5 and "".join(body["tokens"]).split() == text.split()
+    assert {int(latent) for latent in body["activations"]} == {latent["latent"] for latent in scored["top_latents"]}
+    for latent in scored["top_latents"]:  # the champion pools by sum: its input is the sum over the tokens
+        pooled = sum(body["activations"][str(latent["latent"])])
+        if champion.kind == "binary":
+            assert latent["activation"] == 1.0 and pooled > champion.threshold
+        else:
+            assert pooled == pytest.approx(latent["activation"], rel=1e-3, abs=1e-3)
+    assert body["latents_url"] == f"/latents/{MODEL}/l1__sae64"
+    page = client.get("/")
+    assert page.status_code == 200 and 'fetch("/explain"' in page.text and "http" not in page.text
+    assert client.post("/explain", json={"text": ""}).status_code == 422
+
+
+def test_the_api_docs_load_swagger_ui_from_this_service(project) -> None:
+    client = project["client"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "https://" not in docs.text
+    scripts = re.findall(r"(?:src|href)=['\"](/assets/[^'\"]+)['\"]", docs.text)
+    assert len(scripts) == 3
+    for url in scripts:
+        assert client.get(url).status_code == 200, url
 
 
 def test_explanations_add_up_to_the_logit(project) -> None:
