@@ -18,8 +18,10 @@ predictions on the prepared test texts, read from train_probes' prediction file:
 
 The gates are also run through MLflow's `validate_evaluation_results`. The report (JSON, and an
 MLflow run) says what was compared and why the alias moved or stayed, and lists the candidate's ten most
-weighted latents with their cards (label, density, top contexts: the latent_cards stage); a receipt
-(data/tracking/promote/) records the version and champion left in the registry, for check_stores.
+weighted latents with their cards (label, density, top contexts: the latent_cards stage), and its shortcut
+audit: the share of its absolute weight on latents that fire on surface features (punctuation, URLs,
+mentions, capitals, length, boilerplate) or mark a class alone (features.core.shortcuts), which and why.
+A receipt (data/tracking/promote/) records the version and champion left in the registry, for check_stores.
 
     python -m pipelines.promote <dataset>                      # the stage
     python -m pipelines.promote <dataset> --rollback [--to N]  # champion back to the previous (or N)
@@ -40,10 +42,12 @@ import pandas as pd
 from features.core.evidence import paired_difference
 from features.core.naming import sae_name
 from features.core.predictions import TEST, check_texts, macro_f1
-from features.core.probes import influential_latents
+from features.core.probes import influential_latents, selected_latents
+from features.core.shortcuts import ClassFirings, audit, audit_latent, class_firings
 from features.errors import SaefsError
+from features.sources.sae import DENSE_DENSITY
 from features.stores import tracking
-from features.stores.cards import UnknownLatent, card_summary, open_cards
+from features.stores.cards import CardStore, UnknownLatent, card_summary, open_cards
 from features.stores.files import write_json
 from pipelines import cost, paths, run_cli
 from pipelines.params import Params, TransferGate, load_params
@@ -109,9 +113,10 @@ def run(dataset: str) -> dict[str, Any]:
     if decision.promote and mlflow_passed:
         tracking.set_alias(name, tracking.CHAMPION, version)
     champion = tracking.get_alias_version(name, tracking.CHAMPION)
+    relied, shortcut_audit = relied_on(dataset, candidate, name, version, params)
     report = {
         "dataset": dataset, "registered_model": name, "candidate": {"cell": candidate_name, **candidate},
-        "influential_latents": relied_on(candidate),
+        "influential_latents": relied, "shortcut_audit": shortcut_audit,
         "hidden_baseline": {"cell": hidden_name, **hidden}, "other_baselines": baselines, "transfer_check": transfer,
         "versus_champion": versus,
         "challenger_version": version, "previous_champion": previous, "champion": champion,
@@ -126,6 +131,7 @@ def run(dataset: str) -> dict[str, Any]:
                               "candidate_roc_auc": candidate.get("logged_roc_auc"),
                               "candidate_recall_at_1fpr": candidate.get("logged_recall_at_1fpr"),
                               "hidden_macro_f1": hidden.get("logged_macro_f1"),
+                              "shortcut_weight_share": shortcut_audit["flagged_weight_share"],
                               "minus_champion": (versus or {}).get("difference"),
                               "minus_champion_low": (versus or {}).get("low"),
                               "promoted": float(report["promoted"])})
@@ -138,19 +144,55 @@ def run(dataset: str) -> dict[str, Any]:
     return report
 
 
-def relied_on(candidate: dict[str, Any]) -> list[dict[str, Any]]:
+def relied_on(dataset: str, candidate: dict[str, Any], name: str, version: int,
+              params: Params) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The candidate's INFLUENTIAL most weighted latents (features.core.probes.influential_latents), each with
-    its card's label, density and top contexts, so a reviewer sees what the model relies on."""
+    its card's label, density and top contexts, so a reviewer sees what the model relies on; and the shortcut
+    audit (features.core.shortcuts) of every latent it weighs, on their cards and its training texts."""
     import mlflow
 
-    latents = influential_latents(mlflow.sklearn.load_model(candidate["model_uri"]), INFLUENTIAL)
+    probe = mlflow.sklearn.load_model(candidate["model_uri"])
+    weights = [(latent, weight) for latent, weight in influential_latents(probe, selected_latents(probe).size)
+               if weight]
+    cards = candidate_cards(candidate)
+    card_of = {latent: cards.card(latent) for latent, _ in weights} if cards else {}
+    firings, texts = training_firings(dataset, probe, name, version, params)
+    findings = {latent: audit_latent(latent, card_of.get(latent), firings, pooling=candidate["pooling"],
+                                     dense_density=DENSE_DENSITY) for latent, _ in weights}
+    shortcut_audit = audit(weights, findings, {latent: card["label"] for latent, card in card_of.items()}) | {
+        "evidence": {"cards": cards.folder.name if cards else None, "training_texts": texts}}
+    relied = [{"latent": latent, "weight": round(weight, 4)} | (card_summary(card_of[latent]) if cards else {})
+              | {"shortcuts": [finding.kind for finding in findings[latent]]}
+              for latent, weight in weights[:INFLUENTIAL]]
+    return relied, shortcut_audit
+
+
+def candidate_cards(candidate: dict[str, Any]) -> CardStore | None:
+    """The cards of the candidate's SAE, or None (warned) when latent_cards has not built them."""
     try:
-        cards = open_cards(paths.cards_dir(candidate["model"]), sae_name(candidate["layer"], candidate["width"]))
+        return open_cards(paths.cards_dir(candidate["model"]), sae_name(candidate["layer"], candidate["width"]))
     except UnknownLatent as err:
-        log.warning("%s: the promotion report lists latent ids without cards", err)
-        cards = None
-    return [{"latent": latent, "weight": round(weight, 4)} | (card_summary(cards.card(latent)) if cards else {})
-            for latent, weight in latents]
+        log.warning("%s: the promotion report lists latent ids without cards, and audits them without", err)
+        return None
+
+
+def training_firings(dataset: str, probe: Any, name: str, version: int,
+                     params: Params) -> tuple[ClassFirings | None, int | str]:
+    """Per class, the training texts each latent is on in, in the registered probe's own input (its feature
+    service through Feast, then its column and binarize steps), and how many texts; or None and why not."""
+    from feast.errors import FeastObjectNotFoundException
+    from mlflow.exceptions import MlflowException
+
+    try:
+        service = tracking.logged_cell(name, version)["feature_service"]
+        prepared = pd.read_parquet(paths.prepared(dataset))
+        train = prepared[prepared["split"] == "train"].reset_index(drop=True)
+        inputs = probe[:-1].transform(service_frame(service, train, params))
+    except (FeastObjectNotFoundException, SaefsError, MlflowException) as err:
+        log.warning("%s: the shortcut audit goes without the training texts: %s", dataset, err)
+        return None, f"not read: {err}"
+    config = params.dataset(dataset)
+    return class_firings(inputs, train["label"], config.label_names or [str(v) for v in config.labels]), len(train)
 
 
 def gated_predictions(dataset: str, model: str, fit: str, text_ids: Any) -> pd.DataFrame:
@@ -197,11 +239,16 @@ def champion_predictions(name: str, version: int, service: str, texts: pd.DataFr
     """Version `version`'s labels for `texts` (text_id, event_timestamp), read now through its feature service."""
     import mlflow
 
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}").predict(service_frame(service, texts, params))
+
+
+def service_frame(service: str, texts: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """The feature service's columns for `texts` (text_id, event_timestamp), read now from the offline store."""
     from features.stores.feast.retrieval import historical_frame
     from pipelines.stores import feature_store
 
     X, _ = historical_frame(feature_store(params.feast_apply), service, texts[["text_id", "event_timestamp"]])
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}").predict(X)
+    return X
 
 
 def write_receipt(dataset: str, tracking_uri: str, name: str, version: int | None, champion: int | None) -> None:

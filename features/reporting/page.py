@@ -219,8 +219,18 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                  "the change of the logit toward the positive class when the latent goes from off to its largest "
                  "training value), with their cards (latent_cards): a label made of the tokens the latent fires on "
                  "most characteristically, its density on the card texts, and its strongest context, peak token in "
-                 "guillemets. `saefs serve` returns a whole card at /latents/{model}/{sae}/{id}."],
-                tables=[("Most weighted latents per registered probe", tables.relied_on_table(inputs.promotion))]),
+                 "guillemets. `saefs serve` returns a whole card at /latents/{model}/{sae}/{id}.",
+                 "The shortcut audit (features/core/shortcuts.py) flags latents that fire on a text's surface rather "
+                 "than its content: most of their context peaks are punctuation, numbers, URL parts, mentions, "
+                 "words in capitals, whitespace or markup; they are dense and the probe sums them (length); their "
+                 "top contexts repeat one template (boilerplate); or, in the probe's training texts, they are on in "
+                 "most of one class's texts and almost never in another's (a class marker, such as a token planted "
+                 "in one class). It weighs them by the probe's absolute weights over every latent it weighs."],
+                tables=[("Most weighted latents per registered probe", tables.relied_on_table(inputs.promotion)),
+                        ("Shortcut audit: share of each registered probe's weight on flagged latents",
+                         tables.shortcut_table(inputs.promotion)),
+                        ("Flagged latents, most weighted first, and why",
+                         tables.shortcut_latents_table(inputs.promotion))]),
         *_transfer_sections(inputs),
         Section("sae-quality", "SAE quality per layer and width",
                 ["Each SAE on held-out corpus tokens (train_sae), as the field measures SAEs: fraction of variance "

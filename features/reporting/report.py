@@ -137,15 +137,43 @@ def best_config_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
                                                "hidden_f1", "tfidf_f1", "majority_f1", "champion", "decision"])
 
 
+def _registered(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {"version": f"v{report['challenger_version']}",
+            "champion": report["champion"] == report["challenger_version"], "cell": report["candidate"]["cell"]}
+
+
 def relied_on_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
-    """Per dataset, the latents its registered candidate weighs most, with their cards (promote's report)."""
-    rows = [{"dataset": dataset, "version": f"v{report['challenger_version']}",
-             "champion": report["champion"] == report["challenger_version"], "cell": report["candidate"]["cell"],
-             "latent": entry["latent"], "weight": entry["weight"], "label": entry.get("label"),
-             "density": entry.get("density"), "top context": next(iter(entry.get("contexts", [])), None)}
+    """Per dataset, the latents its registered candidate weighs most, with their cards and the surface features
+    the shortcut audit flags them for (promote's report)."""
+    rows = [{"dataset": dataset, **_registered(report), "latent": entry["latent"], "weight": entry["weight"],
+             "label": entry.get("label"), "density": entry.get("density"),
+             "top context": next(iter(entry.get("contexts", [])), None),
+             "shortcut": ", ".join(entry.get("shortcuts", []))}
             for dataset, report in sorted(promotion.items()) for entry in report.get("influential_latents", [])]
     return pd.DataFrame(rows).reindex(columns=["dataset", "version", "champion", "cell", "latent", "weight", "label",
-                                               "density", "top context"])
+                                               "density", "top context", "shortcut"])
+
+
+def shortcut_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per dataset, the shortcut audit of its registered candidate (features.core.shortcuts): the share of its
+    absolute weight on flagged latents, in all and per kind, and what the audit read."""
+    rows = [{"dataset": dataset, **_registered(report), "flagged_weight_share": audit["flagged_weight_share"],
+             "by kind": ", ".join(f"{kind} {share:.0%}" for kind, share in sorted(
+                 audit["weight_share_by_kind"].items(), key=lambda item: -item[1])),
+             "flagged": audit["flagged"], "latents": audit["latents"], "cards": audit["evidence"]["cards"],
+             "training texts": audit["evidence"]["training_texts"]}
+            for dataset, report in sorted(promotion.items()) if (audit := report.get("shortcut_audit"))]
+    return pd.DataFrame(rows).reindex(columns=["dataset", "version", "champion", "cell", "flagged_weight_share",
+                                               "by kind", "flagged", "latents", "cards", "training texts"])
+
+
+def shortcut_latents_table(promotion: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per dataset, the most weighted latents the shortcut audit flagged, one row per finding, with its reason."""
+    rows = [{"dataset": dataset, "latent": entry["latent"], "weight": entry["weight"], "label": entry.get("label"),
+             "kind": finding["kind"], "why": finding["reason"]}
+            for dataset, report in sorted(promotion.items())
+            for entry in report.get("shortcut_audit", {}).get("flagged_latents", []) for finding in entry["findings"]]
+    return pd.DataFrame(rows).reindex(columns=["dataset", "latent", "weight", "label", "kind", "why"])
 
 
 def sae_quality_table(sae_quality: Mapping[tuple[str, str], dict[str, Any]],

@@ -201,3 +201,28 @@ def test_the_paired_difference_plot_is_inline_svg_and_byte_stable() -> None:
     assert first.startswith("<svg") and "TF-IDF" in first
     assert figures.differences(table, ["model", "comparison"], "t", "SAE minus the other", 0.05) == first
     assert figures.differences(table, ["model", "comparison"], "t", "SAE minus the other", 0.001) != first
+
+
+def test_the_relied_on_section_says_which_latents_the_shortcut_audit_flags_and_how_much_weight_they_carry() -> None:
+    audit = {"latents": 40, "flagged": 2, "flagged_weight_share": 0.35,
+             "weight_share_by_kind": {"class marker": 0.1, "number": 0.3},
+             "evidence": {"cards": "l9__sae4k", "training_texts": 400},
+             "flagged_latents": [{"latent": 7, "weight": 1.5, "label": "'8'", "findings": [
+                 {"kind": "number", "reason": "fires on surface tokens"},
+                 {"kind": "class marker", "reason": "on in 90% of class 'spam'"}]}]}
+    promotion = {"spam": {"candidate": {"cell": "c"}, "challenger_version": 2, "champion": 2, "shortcut_audit": audit,
+                          "influential_latents": [
+                              {"latent": 7, "weight": 1.5, "label": "'8'", "density": 0.01,
+                               "contexts": ["call «8»0062"], "shortcuts": ["number", "class marker"]},
+                              {"latent": 3, "weight": -1.0, "shortcuts": []}]},
+                 "toxic": {"candidate": {"cell": "t"}, "challenger_version": 1, "champion": None,
+                           "influential_latents": [{"latent": 1, "weight": 0.5}]}}  # promoted before the audit
+    relied = report.relied_on_table(promotion)
+    assert relied["shortcut"].tolist() == ["number, class marker", "", ""]
+    summary = report.shortcut_table(promotion)
+    assert summary["dataset"].tolist() == ["spam"] and summary.loc[0, "champion"]
+    assert summary.loc[0, "by kind"] == "number 30%, class marker 10%"
+    assert summary.loc[0, "flagged_weight_share"] == 0.35
+    assert summary.loc[0, "training texts"] == 400
+    why = report.shortcut_latents_table(promotion)
+    assert why["kind"].tolist() == ["number", "class marker"] and why["latent"].tolist() == [7, 7]

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from features.core.probes import make_probe
+from features.core.probes import influential_latents, make_probe
 from features.errors import SaefsError
 from features.stores import tracking
+from features.stores.cards import write_cards
 from pipelines import paths, promote
 from tests.features.test_probes import FAST, WIDTH, split, synthetic_frame
 from tests.helpers import embedded_params, write_params
@@ -46,7 +47,8 @@ def write_results(params: dict, uri: str, sae_f1: float, hidden_f1: float, sae_m
     the logged (registered) fit's macro F1 and, apart, the mean over resamples (`sae_mean_f1`, never gated)."""
     for model in params["sae"]:
         cells = {f"{model}__sae": {"input": "sparse", "macro_f1": sae_mean_f1, "logged_macro_f1": sae_f1,
-                                   "val_macro_f1": 0.9, "model_uri": uri, "layer": 1, "width": str(WIDTH)},
+                                   "val_macro_f1": 0.9, "model_uri": uri, "layer": 1, "width": str(WIDTH),
+                                   "pooling": "sum"},
                  f"{model}__hidden": {"input": "dense", "macro_f1": hidden_f1, "logged_macro_f1": hidden_f1,
                                       "val_macro_f1": 0.8, "model_uri": uri}}
         path = paths.probe_metrics("spam", model)
@@ -251,3 +253,49 @@ def test_the_transfer_gate_blocks_a_promotion_until_the_transfer_check_passes(pr
     passed = promote.run("spam")
     assert passed["promoted"] and passed["champion"] == passed["challenger_version"]
     assert "ok transfer_minus_majority" in passed["decision"]
+
+
+def test_the_report_audits_the_candidate_for_shortcuts_on_its_cards_and_training_texts(project, monkeypatch) -> None:
+    """Latent 0 peaks on punctuation in its card; in the training texts latents 0 and 1 are on in class 1's texts
+    alone and 2 in class 0's (tests.features.test_probes.synthetic_frame): the audit flags each, and why."""
+    params, uri = project
+    frame, y = synthetic_frame()
+    n_train = 150
+    ids = [f"spam-{i}" for i in range(len(y))]
+    paths.prepared("spam").parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"text_id": ids, "label": y, "split": ["train"] * n_train + ["test"] * (len(y) - n_train),
+                  "event_timestamp": pd.Timestamp("2025-01-01", tz="UTC")}).to_parquet(paths.prepared("spam"))
+    monkeypatch.setattr(tracking, "logged_cell", lambda name, version: {"feature_service": "spam__cell"})
+    monkeypatch.setattr(promote, "service_frame", lambda service, texts, params: frame.set_index(pd.Index(ids))
+                        .loc[texts["text_id"]].reset_index(drop=True))
+    punctuation = [{"text_id": f"t{i}", "source": "spam", "peak": 1, "tokens": [f" w{i}", token, " so"],
+                    "activations": [0.0, 2.0, 0.0]} for i, token in enumerate([" !", "!!", " ?", "."])]
+    word = [{**context, "tokens": [f" w{i}", " prize", " so"]} for i, context in enumerate(punctuation)]
+    cards = {0: {"latent": 0, "fires": 9, "density": 0.01, "label": "' !'", "top_contexts": punctuation,
+                 "random_contexts": punctuation[:2]},
+             1: {"latent": 1, "fires": 9, "density": 0.01, "label": "' prize'", "top_contexts": word,
+                 "random_contexts": word[:2]}}
+    for model in params["sae"]:
+        write_cards(paths.cards_dir(model) / f"l1__sae{WIDTH}", cards, WIDTH, {"n_tokens": 900})
+    write_results(params, uri, sae_f1=0.93, hidden_f1=0.92)
+    report = promote.run("spam")
+    audit = report["shortcut_audit"]
+    assert audit["evidence"] == {"cards": f"l1__sae{WIDTH}", "training_texts": n_train}
+    kinds = {entry["latent"]: [finding["kind"] for finding in entry["findings"]] for entry in audit["flagged_latents"]}
+    assert kinds[0] == ["punctuation", "class marker"] and kinds[1] == kinds[2] == ["class marker"]
+    assert "' !'" in next(entry for entry in audit["flagged_latents"] if entry["latent"] == 0)["findings"][0]["reason"]
+    relied = {entry["latent"]: entry for entry in report["influential_latents"]}
+    assert relied[0]["shortcuts"] == ["punctuation", "class marker"] and relied[0]["label"] == "' !'"
+    weights = dict(influential_latents(mlflow.sklearn.load_model(uri), WIDTH))
+    assert audit["flagged"] == 3 and audit["latents"] == sum(1 for w in weights.values() if w)
+    assert audit["flagged_weight_share"] == pytest.approx(
+        sum(abs(weights[latent]) for latent in (0, 1, 2)) / sum(abs(w) for w in weights.values()), abs=1e-4)
+    assert 0 < audit["weight_share_by_kind"]["punctuation"] < audit["weight_share_by_kind"]["class marker"]
+
+
+def test_without_cards_or_feature_views_the_audit_says_what_it_went_without(project) -> None:
+    params, uri = project
+    write_results(params, uri, sae_f1=0.93, hidden_f1=0.92)
+    audit = promote.run("spam")["shortcut_audit"]
+    assert audit["evidence"]["cards"] is None and audit["evidence"]["training_texts"].startswith("not read")
+    assert audit["flagged"] == 0 and audit["flagged_weight_share"] == 0 and audit["latents"] > 3
