@@ -32,6 +32,7 @@ the log line (the one for no champion says how to get one).
 import html
 import json
 import logging
+import socket
 import uuid
 from dataclasses import asdict
 from importlib import resources
@@ -346,15 +347,33 @@ def score_command(texts: list[str], dataset: Annotated[list[str] | None, typer.O
 @cli.command("serve")
 def serve_command(host: Annotated[str | None, typer.Option(help="default: serve.host (127.0.0.1)")] = None,
                   port: Annotated[int | None, typer.Option(help="default: serve.port")] = None) -> None:
-    """Start the HTTP API (models load before it listens)."""
+    """Start the HTTP API and the scoring page at / (models load before it listens)."""
     import uvicorn
 
     setup_logging()
-    params = load_params()
-    scorer = build_scorer(params)
-    scorer.warm_up()
-    uvicorn.run(create_app(scorer, params.serve), host=host or params.serve.host, port=port or params.serve.port,
-                workers=1, log_level="info")
+    try:
+        params = load_params()
+        host, port = host or params.serve.host, port or params.serve.port
+        check_port(host, port)  # before minutes of loading, not after
+        scorer = build_scorer(params)
+        scorer.warm_up()
+    except SaefsError as err:
+        log.error("%s", err)
+        raise typer.Exit(2) from None
+    log.info("serving on http://%s:%d (the scoring page at /, the API docs at /docs)", host, port)
+    uvicorn.run(create_app(scorer, params.serve), host=host, port=port, workers=1, log_level="info")
+
+
+def check_port(host: str, port: int) -> None:
+    """SaefsError naming the address and the cause where the service could not listen on it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise SaefsError(f"cannot serve on {host}:{port}: {err.strerror or err} (pass --port, or stop what "
+                             "holds it)") from None
+
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ from pipelines.stores import stale_receipts
 from tests.features.test_feature_store import random_codes
 from tests.features.test_probes import FAST
 from tests.helpers import write_params
-from tests.pipelines.test_dvc_pipeline import ALWAYS, STAGES, build_scratch_repo, dvc, ran, tiny_params
 from tests.pipelines.test_feature_stages import BIN1, MODEL, RAW, WIDTH, build_offline_sources
+from tests.scratch import ALWAYS, STAGES, build_scratch_repo, dvc, ran, tiny_params
 from tests.services import S3_ENV, Services, free_port, missing_binaries, running_services
 
 pytestmark = pytest.mark.integration

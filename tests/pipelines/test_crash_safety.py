@@ -28,7 +28,7 @@ import pytest
 from scipy.sparse import csr_matrix
 
 from pipelines import paths
-from tests.pipelines.test_dvc_pipeline import build_scratch_repo, dvc, tiny_params
+from tests.scratch import build_scratch_repo, dvc, tiny_params
 
 EXTRACT, MATERIALIZE, PROBES = "extract@tiny-alpha", "materialize", "train_probes@tiny-alpha"
 OUTPUTS = {  # what each stage writes (dvc.yaml), relative to the repo

@@ -8,8 +8,8 @@ wire matters (slow and huge bodies), the CLI through typer's runner.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 
 from features.core.prepare import text_id
+from features.errors import SaefsError
 from features.serving.scoring import BadTexts
 from features.sources.sae import SAE_INDEX
 from features.stores import tracking
@@ -636,3 +637,15 @@ def test_serve_params_name_the_bad_key_and_unknown_datasets_stop_the_service() -
     params["serve"]["datasets"] = ["spam", "nowhere"]
     with pytest.raises(ParamsError, match=r"dataset 'nowhere' is not configured"):
         serve.build_scorer(parse_params(params))
+
+
+def test_serve_names_the_port_it_cannot_listen_on() -> None:
+    from pipelines.serve import check_port
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(SaefsError, match=rf"cannot serve on 127\.0\.0\.1:{port}: Address already in use "
+                                             r"\(pass --port"):
+            check_port("127.0.0.1", port)
