@@ -59,6 +59,7 @@ from features.stores import tracking
 from features.stores.cards import UnknownLatent, open_cards
 from features.stores.feast.store import store_locations
 from pipelines import paths, setup_logging
+from pipelines.contrast import contrast_command
 from pipelines.params import Params, ServeParams, load_params
 from pipelines.stores import feature_store, stale_receipts
 
@@ -375,6 +376,7 @@ def check_port(host: str, port: int) -> None:
                              "holds it)") from None
 
 
+cli.command("contrast")(contrast_command)
 
 if __name__ == "__main__":
     cli()

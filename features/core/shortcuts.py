@@ -67,9 +67,9 @@ class ClassFirings:
 def class_firings(inputs: csr_matrix, labels: Sequence[int], names: Sequence[str]) -> ClassFirings:
     """`inputs` [n_texts, width]: the probe's input on its training texts; `labels` their class positions."""
     on = (csr_matrix(inputs) > 0).astype(np.int64)
-    labels = np.asarray(labels)
-    sizes = np.array([(labels == c).sum() for c in range(len(names))])
-    counts = np.vstack([np.asarray(on[labels == c].sum(axis=0)).ravel() for c in range(len(names))])
+    classes = np.asarray(labels)
+    sizes = np.array([(classes == c).sum() for c in range(len(names))])
+    counts = np.vstack([np.asarray(on[classes == c].sum(axis=0)).ravel() for c in range(len(names))])
     return ClassFirings(list(names), sizes, counts)
 
 
