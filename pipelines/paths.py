@@ -6,6 +6,7 @@ dvc.yaml spells the same paths; tests/pipelines/test_dvc_yaml.py checks that the
 from pathlib import Path
 
 DATA = Path("data")
+DVC_LOCK = Path("dvc.lock")
 
 
 SOURCES = DATA / "sources"

@@ -45,6 +45,8 @@ from features.core.predictions import TEST, check_texts, macro_f1
 from features.core.probes import influential_latents, selected_latents
 from features.core.shortcuts import ClassFirings, audit, audit_latent, class_firings
 from features.errors import SaefsError
+from features.reporting.promotion import version_story
+from features.sources.fingerprint import locked_outputs
 from features.sources.sae import DENSE_DENSITY
 from features.stores import tracking
 from features.stores.cards import CardStore, UnknownLatent, card_summary, open_cards
@@ -124,6 +126,8 @@ def run(dataset: str) -> dict[str, Any]:
         "decision": decision.summary(previous), "checks": [asdict(c) for c in decision.checks],
         "mlflow_validation": {"passed": mlflow_passed, "message": mlflow_message}, "skipped_cells": skipped,
     }
+    tracking.annotate_version(name, version, *version_story(report, feature_service(name, version), locked_outputs(
+        paths.DVC_LOCK, upstream_stages(dataset, candidate["model"]))))
     with tracking.start_parent(f"promote:{dataset}", tags={"stage": "promote", "dataset": dataset,
                                                           "registered_model": name}):
         tracking.log_metrics({"candidate_macro_f1": candidate["logged_macro_f1"],
@@ -142,6 +146,21 @@ def run(dataset: str) -> dict[str, Any]:
     write_receipt(dataset, tracking_uri, name, version, champion)
     log.info("%s: %s v%d (%s): %s", dataset, name, version, candidate_name, report["decision"])
     return report
+
+
+def feature_service(name: str, version: int) -> str:
+    """The feature service the version's run recorded (train_probes tags every probe it logs)."""
+    try:
+        return tracking.logged_cell(name, version)["feature_service"]
+    except SaefsError as err:
+        log.warning("%s", err)
+        return "not recorded by its run"
+
+
+def upstream_stages(dataset: str, model: str) -> list[str]:
+    """The stages whose data and features a candidate of `dataset` on `model` was trained on."""
+    return [f"prepare_data@{dataset}", f"extract@{model}-{dataset}", f"build_features@{model}",
+            f"train_probes@{model}-{dataset}"]
 
 
 def relied_on(dataset: str, candidate: dict[str, Any], name: str, version: int,

@@ -101,3 +101,13 @@ def import_closure(module: str, root: Path, packages: tuple[str, ...]) -> set[st
 def code_fingerprint(files: set[str], root: Path) -> dict[str, str]:
     """`{file: SHA-256 of its bytes}` (what `sha256sum` prints) of the given files, relative to `root`, sorted."""
     return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in sorted(files)}
+
+
+def locked_outputs(lock_file: Path, stages: list[str], under: str = "data/") -> dict[str, str]:
+    """The DVC hash (md5, `.dir` for a folder) of each output under `under` of `stages`, as `lock_file` (dvc.lock)
+    records them; stages it does not list yet are left out."""
+    import yaml
+
+    locked = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}) if lock_file.is_file() else {}
+    return {out["path"]: out["md5"] for stage in stages for out in locked.get(stage, {}).get("outs", [])
+            if out["path"].startswith(under) and "md5" in out}

@@ -8,6 +8,11 @@ Registry conventions (MLflow 3: aliases, never stages):
   * `set_alias` also appends the version to the registered-model tag `saefs.alias_history.<alias>`
     (a JSON list, oldest first) and stamps the version with `<alias>_since` (UTC, ISO 8601), so
     `rollback` knows which version held the alias before, without a second store.
+  * MLflow keeps no history of an alias, so every move of `champion` is also appended to the tag
+    `saefs.alias_log.champion` (version, when, why; a rollback included) and shown as a table in the
+    registered model's description, where the UI renders it. Each registered version carries its
+    promotion story in its description (`annotate_version`): decision, gates and their evidence,
+    feature service, the DVC hashes of its data and features.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "saefs.alias_history.{alias}"
+LOG_TAG = "saefs.alias_log.{alias}"
+LOGGED_MOVES = 30  # of the alias log kept in its tag (MLflow caps a tag value at 5,000 characters)
 SINCE_TAG = "{alias}_since"
 ROLLED_BACK_TAG = "{alias}_rolled_back"
 CELL_TAG = "saefs.cell"  # a probe run's feature cell, as one JSON object (`cell_tag`, `logged_cell`)
@@ -230,16 +237,48 @@ def get_alias_version(name: str, alias: str) -> int | None:
     return int(aliases[alias]) if alias in aliases else None
 
 
-def set_alias(name: str, alias: str, version: int) -> None:
-    """Point `name@alias` at `version` and record it in the alias history (see the module docstring)."""
+def set_alias(name: str, alias: str, version: int, why: str = "promoted") -> None:
+    """Point `name@alias` at `version` and record it in the alias history and log (see the module docstring)."""
     import mlflow
 
     client = mlflow.MlflowClient()
+    previous = get_alias_version(name, alias)
     client.set_registered_model_alias(name, alias, str(version))
-    client.set_model_version_tag(name, str(version), SINCE_TAG.format(alias=alias), _now())
+    now = _now()
+    client.set_model_version_tag(name, str(version), SINCE_TAG.format(alias=alias), now)
     history = alias_history(name, alias)
     if not history or history[-1] != version:
         _write_history(name, alias, [*history, version])
+    if alias == CHAMPION and previous != version:
+        moves = [*alias_log(name, alias), {"version": version, "since": now, "why": why}][-LOGGED_MOVES:]
+        client.set_registered_model_tag(name, LOG_TAG.format(alias=alias), json.dumps(moves))
+        client.update_registered_model(name, description=alias_log_markdown(alias, moves))
+
+
+def alias_log(name: str, alias: str) -> list[dict[str, Any]]:
+    """Every move of `alias` (the last LOGGED_MOVES), oldest first: {"version", "since", "why"}."""
+    import mlflow
+
+    tags = mlflow.MlflowClient().get_registered_model(name).tags
+    return json.loads(tags.get(LOG_TAG.format(alias=alias), "[]"))
+
+
+def alias_log_markdown(alias: str, moves: Sequence[Mapping[str, Any]]) -> str:
+    """The registered model's description: who held `alias` and when, newest first."""
+    rows = [f"| {move['version']} | {move['since']} | {until} | {move['why']} |"
+            for move, until in zip(reversed(moves), ["now", *(m["since"] for m in reversed(moves))], strict=False)]
+    return "\n".join([f"**`{alias}` history** (saefs, newest first)", "", "| version | from (UTC) | until | why |",
+                      "|---|---|---|---|", *rows])
+
+
+def annotate_version(name: str, version: int, description: str, tags: Mapping[str, Any]) -> None:
+    """Write a registered version's promotion story where the MLflow UI shows it: description and tags."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.update_model_version(name, str(version), description=description)
+    for key, value in (_strings(tags) or {}).items():
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def alias_history(name: str, alias: str) -> list[int]:
@@ -276,7 +315,7 @@ def rollback(name: str, alias: str = CHAMPION, to_version: int | None = None) ->
         _write_history(name, alias, history)  # ends at the target, so set_alias below appends nothing
     if current is not None and current != target:
         client.set_model_version_tag(name, str(current), ROLLED_BACK_TAG.format(alias=alias), _now())
-    set_alias(name, alias, target)
+    set_alias(name, alias, target, why=f"rolled back from version {current}")
     return target
 
 

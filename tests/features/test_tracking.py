@@ -17,6 +17,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from features.core.probes import make_probe
 from features.errors import SaefsError
+from features.reporting.promotion import version_story
 from features.stores import tracking
 from features.stores.tracking import Thresholds, promotion_decision
 from tests.features.test_probes import FAST, WIDTH, split, synthetic_frame
@@ -183,7 +184,42 @@ def test_aliases_rollback_walks_the_champion_history(store: Path, fitted: tuple[
     client = mlflow.MlflowClient()
     assert "champion_rolled_back" in client.get_model_version(name, "2").tags
     assert "champion_since" in client.get_model_version(name, "3").tags
+    # the log keeps every move, rollbacks included, and the registered model's description shows it
+    moves = tracking.alias_log(name, tracking.CHAMPION)
+    assert [(m["version"], m["why"]) for m in moves] == [
+        (1, "promoted"), (2, "promoted"), (3, "promoted"), (2, "rolled back from version 3"),
+        (1, "rolled back from version 2"), (3, "rolled back from version 1")]
+    assert [m["since"] for m in moves] == sorted(m["since"] for m in moves)
+    table = client.get_registered_model(name).description.splitlines()
+    assert table[4].startswith("| 3 | ") and table[4].endswith(" | now | rolled back from version 1 |")
+    assert table[5].startswith(f"| 1 | {moves[4]['since']} | {moves[5]['since']} | ")
+    assert len(table) == 4 + len(moves)
     assert mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(test.head(2)).shape == (2, 2)
+
+
+def test_a_version_carries_its_promotion_story(store: Path, fitted: tuple[Pipeline, pd.DataFrame]) -> None:
+    probe, test = fitted
+    with tracking.start_parent("story"):
+        uri = tracking.log_probe(probe, test).model_uri
+    version = tracking.register(uri, "story_probe")
+    report = {"registered_model": "story_probe", "challenger_version": version, "champion": version,
+              "decision": "promote: ok macro_f1", "candidate": {"cell": "m__l1__sae64__sum__raw", "model": "m",
+                                                                 "layer": 1, "logged_macro_f1": 0.81,
+                                                                 "logged_macro_f1_low": 0.74,
+                                                                 "logged_macro_f1_high": 0.88},
+              "hidden_baseline": {"cell": "m__l1__hidden__mean", "logged_macro_f1": 0.79},
+              "checks": [{"name": "macro_f1", "value": 0.81, "threshold": 0.8, "passed": True,
+                          "detail": "macro F1 0.81 >= 0.8"}],
+              "influential_latents": [{"latent": 7, "weight": 1.5, "label": "'idiot'"}]}
+    tracking.annotate_version("story_probe", version, *version_story(
+        report, "m__l1__sae64__sum__raw", {"data/prepared/d.parquet": "9a7b46be"}))
+    shown = mlflow.MlflowClient().get_model_version("story_probe", str(version))
+    assert "Promotion of `story_probe` version 1: champion" in shown.description
+    assert "| macro_f1 | 0.8100 | 0.8 | yes | macro F1 0.81 >= 0.8 |" in shown.description
+    assert "| data/prepared/d.parquet | 9a7b46be |" in shown.description
+    assert "| 7 | 1.5 | 'idiot' |" in shown.description
+    assert shown.tags["saefs.test_macro_f1"] == "0.810 [0.740, 0.880]" and shown.tags["saefs.gates"] == "passed"
+    assert shown.tags["saefs.feature_service"] == "m__l1__sae64__sum__raw"
 
 
 GATES = Thresholds(min_macro_f1=0.8, max_drop_vs_hidden=0.02, min_transfer_f1=0.7, min_transfer_margin=0.05)

@@ -9,6 +9,7 @@ Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them); without
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines import paths
@@ -60,7 +63,8 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 @contextlib.contextmanager
-def server(command: list[str], cwd: Path, ready_path: str, what: str) -> Iterator[str]:
+def server(command: list[str], cwd: Path, ready_path: str, what: str, env: dict[str, str] | None = None
+           ) -> Iterator[str]:
     """`command` (given `{port}`) on a free loopback port until the block ends; its base URL once `ready_path`
     answers. One that exits or never answers fails naming the port and the end of its log."""
     port = free_port()
@@ -68,7 +72,7 @@ def server(command: list[str], cwd: Path, ready_path: str, what: str) -> Iterato
     with log.open("wb") as out:
         process = subprocess.Popen([part.format(port=port) for part in command], cwd=cwd, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                                   env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 3 * WAIT_S
@@ -130,16 +134,53 @@ def test_dvc_plots_show_renders_every_plot_offline(site: Path, browser: webdrive
     assert "cdn.jsdelivr" not in page.read_text()
 
 
-def test_the_mlflow_registry_shows_the_champion_on_its_version(site: Path, browser: webdriver.Chrome) -> None:
+def test_the_mlflow_registry_tells_the_promotion_story(site: Path, browser: webdriver.Chrome) -> None:
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1",
                "--backend-store-uri", "sqlite:///mlflow.db"]
     with server(command, site, "/health", "the MLflow UI") as url:
         for dataset, version in champions(site).items():
             browser.get(f"{url}/#/models/saefs-{dataset}/versions/{version}")
-            assert "@ champion" in wait_for_text(browser, "Aliases")
+            text = wait_for_text(browser, f"Promotion of saefs-{dataset} version {version}: champion")
+            assert "@ champion" in text and "Features: service" in text and "data/prepared/" in text
+            assert "saefs.gates" in text and "passed" in text
             if version > 1:
                 browser.get(f"{url}/#/models/saefs-{dataset}/versions/{version - 1}")
                 assert "@ champion" not in wait_for_text(browser, "Aliases")
+            browser.get(f"{url}/#/models/saefs-{dataset}")
+            assert "now" in wait_for_text(browser, "champion history (saefs, newest first)")
+
+
+def test_mlflow_serves_the_champion_on_the_online_stores_rows(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from features.serving.online import online_frame
+    from features.serving.scoring import load_champion
+    from features.stores import tracking
+    from pipelines.params import load_params
+    from pipelines.stores import feature_store
+
+    monkeypatch.chdir(site)
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    mlflow.set_registry_uri("sqlite:///mlflow.db")
+    try:
+        store = feature_store(load_params().feast_apply)
+        name = tracking.registered_name("alpha")
+        champion = load_champion(store, name, tracking.get_alias_version(name, tracking.CHAMPION))
+        ids = pd.read_parquet(paths.prepared("alpha"))["text_id"].head(8).tolist()
+        rows = online_frame(store, champion.service_object, champion.kind, ids)  # what the scoring service reads
+        expected = champion.probe.predict_proba(rows)  # the logged pyfunc answers probabilities
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager",
+               "local", "-h", "127.0.0.1", "-p", "{port}"]
+    # it runs the venv's uvicorn by name, as from an activated environment
+    env = {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    with server(command, site, "/ping", "mlflow models serve", env=env) as url:
+        request = urllib.request.Request(f"{url}/invocations", headers={"Content-Type": "application/json"},
+                                         data=f'{{"dataframe_split": {rows.to_json(orient="split")}}}'.encode())
+        with urllib.request.urlopen(request, timeout=WAIT_S) as response:
+            assert np.allclose(json.loads(response.read())["predictions"], expected, atol=1e-6)
 
 
 def test_the_feast_ui_lists_the_feature_views(site: Path, browser: webdriver.Chrome) -> None:
