@@ -38,8 +38,9 @@ def version_story(report: Mapping[str, Any], feature_service: str,
              f"best hidden-state probe `{hidden.get('cell', '-')}` {_f1(hidden)}.", ""]
     versus = report.get("versus_champion")
     if versus:
-        lines += [f"Versus the champion on the same test texts: macro F1 difference {_number(versus.get('difference'))} "
-                  f"(lower 95% bound {_number(versus.get('low'))}).", ""]
+        difference, low = _number(versus.get("difference")), _number(versus.get("low"))
+        lines += [f"Versus the champion on the same test texts: macro F1 difference {difference} "
+                  f"(lower 95% bound {low}).", ""]
     checks = report.get("checks") or []
     if checks:
         lines += _table(["gate", "value", "threshold", "passed", "detail"],
