@@ -37,7 +37,7 @@ nav a { margin-right: 1em; } h3 { font-size: 14px; }
 {% for p in s.paragraphs %}<p>{{ p }}</p>
 {% endfor %}{% for caption, svg in s.figures %}<figure>{{ svg | safe }}<figcaption>{{ caption }}</figcaption></figure>
 {% endfor %}{% for caption, table in s.tables %}<h3>{{ caption }}</h3>
-{{ table.to_html(index=False, border=0) | safe }}
+{% if table.empty %}<p class="empty">{{ empty }}</p>{% else %}{{ table.to_html(index=False, border=0) | safe }}{% endif %}
 {% endfor %}</section>
 {% endfor %}</body></html>
 """, autoescape=True)
@@ -54,10 +54,15 @@ Figures are in index.html (inline SVG); this twin has the same text and tables.
 {% endfor %}{% for caption, table in s.tables %}
 **{{ caption }}**
 
-{{ table.to_markdown(index=False) }}
+{% if table.empty %}*{{ empty }}*{% else %}{{ table.to_markdown(index=False) }}{% endif %}
 {% endfor %}{% endfor %}""")
+
+
+# An empty table says so, in words: a page of empty grids reads as a broken page, not as a run without results.
+EMPTY = "Nothing in this run for this table: the stages that fill it produced no rows (see their logs)."
 
 
 def render(sections: list[Section], title: str) -> tuple[str, str]:
     """The HTML page and its Markdown twin."""
-    return HTML.render(title=title, sections=sections), MARKDOWN.render(title=title, sections=sections)
+    return (HTML.render(title=title, sections=sections, empty=EMPTY),
+            MARKDOWN.render(title=title, sections=sections, empty=EMPTY))

@@ -9,6 +9,7 @@ import pytest
 from features.errors import SaefsError
 from features.reporting import comparisons, figures, paper, report
 from features.reporting.page import with_interval
+from features.reporting.sections import EMPTY, Section, render
 from tests.helpers import planted_predictions
 
 
@@ -226,3 +227,11 @@ def test_the_relied_on_section_says_which_latents_the_shortcut_audit_flags_and_h
     assert summary.loc[0, "training texts"] == 400
     why = report.shortcut_latents_table(promotion)
     assert why["kind"].tolist() == ["number", "class marker"] and why["latent"].tolist() == [7, 7]
+
+
+def test_an_empty_table_says_so_instead_of_rendering_an_empty_grid() -> None:
+    sections = [Section("a", "Filled", tables=[("rows", pd.DataFrame({"x": [1]}))]),
+                Section("b", "Empty", tables=[("no rows", pd.DataFrame({"x": []}))])]
+    html, markdown = render(sections, "t")
+    assert html.count("<table") == 1 and html.count(EMPTY) == 1
+    assert markdown.count(EMPTY) == 1 and "| x |" in markdown.replace("|   x |", "| x |")
