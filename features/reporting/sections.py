@@ -37,7 +37,8 @@ nav a { margin-right: 1em; } h3 { font-size: 14px; }
 {% for p in s.paragraphs %}<p>{{ p }}</p>
 {% endfor %}{% for caption, svg in s.figures %}<figure>{{ svg | safe }}<figcaption>{{ caption }}</figcaption></figure>
 {% endfor %}{% for caption, table in s.tables %}<h3>{{ caption }}</h3>
-{% if table.empty %}<p class="empty">{{ empty }}</p>{% else %}{{ table.to_html(index=False, border=0) | safe }}{% endif %}
+{% if table.empty %}<p class="empty">{{ empty }}</p>
+{% else %}{{ table.to_html(index=False, border=0) | safe }}{% endif %}
 {% endfor %}</section>
 {% endfor %}</body></html>
 """, autoescape=True)
