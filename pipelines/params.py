@@ -253,6 +253,21 @@ class TransferParams(Strict):
     cross_lingual: dict[Name, CrossLingualTask]
 
 
+class LodoParams(Strict):
+    """Leave one dataset out (features/core/lodo.py): per model, each of `datasets` held out in turn."""
+
+    datasets: list[Name] = Field(description="datasets whose label 1 means the same harm (two or more)")
+    sources: dict[Name, TransferSource] = Field(description="model -> the SAE cell its probes read; a model "
+                                                "left out gets no lodo stage")
+    pooling: CodesPooling
+    binarize: float | None = Field(description="the SAE view's threshold (null: continuous codes)")
+    hidden: HiddenPooling = Field(description="the hidden-state probe's pooling, at the SAE cell's layer")
+    C_grid: list[float] = Field(min_length=1)
+    cv_folds: int = Field(ge=2, description="inner CV folds choosing C")
+    top_latents: int = Field(gt=0, description="most weighted latents of each SAE probe compared across folds")
+    bootstrap: int = Field(ge=100, description="bootstrap resamples of the test texts (intervals, paired gaps)")
+
+
 class TransferGate(Strict):
     """A champion whose features come from this model must also predict `target`'s correctness on `task`."""
 
@@ -309,6 +324,7 @@ class Params(Strict):
     build_features: BuildFeaturesParams
     feast_apply: FeastApplyParams
     train_probes: TrainProbesParams
+    lodo: LodoParams
     promote: PromoteParams
     serve: ServeParams
     scale_out: ScaleOutParams
@@ -353,6 +369,26 @@ class Params(Strict):
             if (model not in transfer.sources or gate.target not in behaviour.targets
                     or gate.task not in behaviour.tasks):
                 errors.append(f"promote.transfer_gates.{model}: needs a transfer source, a behaviour target and task")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    @model_validator(mode="after")
+    def _lodo_reads_built_views(self) -> Params:
+        lodo, errors = self.lodo, []
+        errors += [f"lodo.datasets: {d!r} is not in datasets" for d in lodo.datasets if d not in self.datasets]
+        if lodo.sources and len(lodo.datasets) < 2:
+            errors.append(f"lodo.datasets {lodo.datasets}: holding one out needs two or more (or empty lodo.sources)")
+        for name, cell in lodo.sources.items():
+            sae = self.sae.get(name)
+            if sae is None or cell.layer not in sae.layers or cell.width not in sae.widths:
+                errors.append(f"lodo.sources.{name}: layer {cell.layer} / width {cell.width} is not an SAE of "
+                              f"sae.{name} ({sae.layers if sae else 'none'} / {sae.widths if sae else 'none'})")
+        if lodo.pooling not in self.extract.poolings or lodo.binarize not in self.build_features.binarize:
+            errors.append(f"lodo.pooling {lodo.pooling!r} / binarize {lodo.binarize}: not a built view (extract."
+                          f"poolings {self.extract.poolings}, build_features.binarize {self.build_features.binarize})")
+        if lodo.hidden not in self.build_features.hidden:
+            errors.append(f"lodo.hidden {lodo.hidden!r} is not in build_features.hidden")
         if errors:
             raise ValueError("; ".join(errors))
         return self

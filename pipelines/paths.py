@@ -162,6 +162,20 @@ def transfer_predictions() -> Path:
     return PREDICTIONS / "transfer.parquet"
 
 
+def lodo_predictions(model: str) -> Path:
+    """lodo@<model>: every fold's per-text predictions on the held-out test texts, fits `<probe>:<trained on>`."""
+    return PREDICTIONS / "lodo" / f"{model}.parquet"
+
+
+def lodo_metrics(model: str) -> Path:
+    return Path("metrics") / "lodo" / f"{model}.json"
+
+
+def lodo_table(model: str) -> Path:
+    """lodo@<model>: one row per (held-out dataset, probe): in-split and held-out macro F1, their gap."""
+    return Path("plots") / "lodo" / f"{model}.csv"
+
+
 def promotion_report(dataset: str) -> Path:
     return Path("reports") / "promotion" / f"{dataset}.json"
 

@@ -105,6 +105,7 @@ def gather(params: Params) -> report.RunInputs:
         sae_training={m: read_json(paths.train_sae_metrics(m), f"train_sae@{m}") for m in models},
         promotion={d: read_json(paths.promotion_report(d), f"promote@{d}") for d in datasets},
         cross_model=read_transfer("cross_model"), cross_lingual=read_transfer("cross_lingual"),
+        lodo={m: read_json(paths.lodo_metrics(m), f"lodo@{m}") for m in params.lodo.sources},
         cost=read_costs(), setup=describe(params))
 
 

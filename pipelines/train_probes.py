@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from threadpoolctl import threadpool_limits
 
 from features.core.metrics import training_curve_fractions
 from features.core.predictions import INTERVALS, Resample, fit_resamples, resamples, summarize
 from features.core.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from features.errors import SaefsError
+from features.sources.fingerprint import locked_outputs
 from features.stores import tracking
 from features.stores.feast.columns import IDS
 from features.stores.feast.names import hidden_view_name, view_name
@@ -143,10 +143,7 @@ def _log_cell(name: str, cell_params: dict, summary: dict, probe: Any, X: pd.Dat
 
 def dvc_hashes(*stages: str) -> dict[str, str]:
     """The md5 DVC recorded for the outputs of `stages` (dvc.lock), to tie a run to its data and features."""
-    lock = Path("dvc.lock")
-    entries = yaml.safe_load(lock.read_text()).get("stages", {}) if lock.is_file() else {}
-    return {f"dvc.{out['path']}": out["md5"] for stage in stages for out in entries.get(stage, {}).get("outs", [])
-            if "md5" in out}
+    return {f"dvc.{path}": md5 for path, md5 in locked_outputs(paths.DVC_LOCK, list(stages), under="").items()}
 
 
 def run(item: str) -> None:

@@ -29,7 +29,7 @@ def prepare_config(**fields: Any) -> PrepareConfig:
 
 
 def follow_models(raw: dict[str, Any], keep: set[str] = frozenset()) -> dict[str, Any]:
-    """Point the groups that name models (behaviour_labels, transfer) at `models`/`sae` of `raw`, unless `keep`
+    """Point the groups that name models or datasets (behaviour_labels, transfer, lodo) at those of `raw`, unless `keep`
     lists them: a test that swaps the models for tiny ones gets a configuration that still validates."""
     models, sae = list(raw["models"]), raw["sae"]
     if "behaviour_labels" not in keep:
@@ -41,6 +41,11 @@ def follow_models(raw: dict[str, Any], keep: set[str] = frozenset()) -> dict[str
         first = next(iter(sae))
         if not set(raw["transfer"]["pair"]) <= set(sae):
             raw["transfer"]["pair"] = [first, first]
+    if "lodo" not in keep:  # every dataset held out in turn, on each model's first SAE; off with fewer than two
+        datasets = list(raw["datasets"])
+        raw["lodo"]["datasets"] = datasets
+        raw["lodo"]["sources"] = {m: {"layer": cell["layers"][0], "width": cell["widths"][0]} for m, cell in sae.items()
+                                  } if len(datasets) > 1 else {}
     return raw
 
 

@@ -232,6 +232,19 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                         ("Flagged latents, most weighted first, and why",
                          tables.shortcut_latents_table(inputs.promotion))]),
         *_transfer_sections(inputs),
+        Section("lodo", "Leave one dataset out",
+                ["Each dataset of lodo.datasets (label 1 means the same harm in all of them) is held out in turn: "
+                 "the same probe is trained on the other datasets' training texts and on the held-out dataset's "
+                 "own, and both are scored on its test texts. The gap is in-split minus held-out macro F1 (paired "
+                 "bootstrap over those texts, Holm over the table): how much an in-split score overstates a monitor "
+                 "meeting data collected another way. No text of the held-out dataset is trained on, compared by "
+                 "text, not by id.",
+                 "A large positive gap says: do not trust this probe's in-split score on a new source; retrain or "
+                 "calibrate on it. A gap near zero with a held-out score near the in-split one says the feature set "
+                 "carries the harm, not the dataset. Low overlap of the top latents across folds says the SAE probe "
+                 "leans on what each training mix happens to share."],
+                tables=[("In-split against held-out", tables.lodo_table(inputs.lodo)),
+                        ("Overlap of the SAE probes' most weighted latents", tables.lodo_overlap_table(inputs.lodo))]),
         Section("sae-quality", "SAE quality per layer and width",
                 ["Each SAE on held-out corpus tokens (train_sae), as the field measures SAEs: fraction of variance "
                  "explained, L0, dead latents (silent on every held-out token) and dense ones (firing on over 10% "

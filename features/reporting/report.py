@@ -41,6 +41,7 @@ class RunInputs:
     cross_model: pd.DataFrame | None = None  # plots/transfer/cross_model.csv, None until transfer has run
     cross_lingual: pd.DataFrame | None = None
     cost: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # "<stage>[/<item>]" -> metrics/cost JSON
+    lodo: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # model -> metrics/lodo JSON
     # profile, models, datasets, SAEs, resamples (params); paper_profile: what profiles/paper.yaml holds
     setup: dict[str, Any] = field(default_factory=dict)
 
@@ -275,3 +276,30 @@ def cost_by_stage(table: pd.DataFrame) -> pd.DataFrame:
                                                 startup_s=("startup_s", "sum"), cpu_s=("cpu_s", "sum"))
     by["share"] = by["wall_s"] / by["wall_s"].sum()
     return by.sort_values("wall_s", ascending=False).reset_index()
+
+
+def lodo_table(lodo: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Leave one dataset out: per model, held-out dataset and probe, in-split and held-out macro F1 on the same
+    held-out test texts with their intervals, and the gap (in-split minus held-out) with its Holm-adjusted p."""
+    def interval(row: Mapping[str, Any], value: str, prefix: str, form: str = "{:.3f}") -> str:
+        low, high = row[f"{prefix}_low"], row[f"{prefix}_high"]
+        return f"{form.format(row[value])} [{form.format(low)}, {form.format(high)}]"
+
+    rows = [{"model": model, "held out": row["held_out"], "probe": row["probe"],
+             "in-split macro F1": interval(row, "in_split_f1", "in_split"),
+             "held-out macro F1": interval(row, "held_out_f1", "held_out"),
+             "gap": interval(row, "gap", "gap", "{:+.3f}"), "Holm p": row["gap_p_holm"], "test texts": row["n_test"],
+             "trained on (others / own)": f"{row['n_train_others']} / {row['n_train_own']}"}
+            for model, results in sorted(lodo.items()) for row in results["cells"]]
+    return pd.DataFrame(rows)
+
+
+def lodo_overlap_table(lodo: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """How many of the SAE probes' most weighted latents the folds share (Jaccard), per model."""
+    rows = []
+    for model, results in sorted(lodo.items()):
+        overlap = results["top_latent_overlap"]
+        rows.append({"model": model, "across folds (mean Jaccard)": overlap["across_folds_mean_jaccard"],
+                     **{f"own vs others, {held} held out": value
+                        for held, value in overlap["own_vs_others_jaccard"].items()}})
+    return pd.DataFrame(rows)

@@ -59,7 +59,7 @@ def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) ->
     # cards read every dataset's training texts, so they are rebuilt.
     assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta", "extract@tiny-beta",
                                           "check_sae@tiny-beta", "latent_cards@tiny", *FEAST_STAGES, *ALWAYS,
-                                          *TRACKING_STAGES}
+                                          *TRACKING_STAGES, "lodo@tiny"}
     assert len(pd.read_parquet(scratch / paths.prepared("beta"))) == 110
 
 
@@ -169,6 +169,24 @@ def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -
     assert (scratch / "plots/transfer/cross_lingual.png").is_file()
     shown = dvc(scratch, "metrics", "show")
     assert "metrics/transfer/cross_lingual.json" in shown and "metrics/behaviour_labels/tiny/items.json" in shown
+
+
+def test_lodo_holds_out_each_dataset_and_the_report_shows_the_gap(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    results = json.loads((scratch / paths.lodo_metrics("tiny")).read_text())
+    cells = pd.DataFrame(results["cells"])
+    assert sorted(zip(cells["held_out"], cells["probe"], strict=True)) == [
+        (held, probe) for held in ("alpha", "beta") for probe in ("hidden", "sae", "tfidf")]
+    assert ((cells["in_split_low"] <= cells["in_split_f1"]) & (cells["in_split_f1"] <= cells["in_split_high"])).all()
+    assert (cells["gap"] - (cells["in_split_f1"] - cells["held_out_f1"])).abs().max() < 1e-3
+    predictions = pd.read_parquet(scratch / paths.lodo_predictions("tiny"))
+    for held, rows in predictions.groupby("held_out"):
+        test = pd.read_parquet(scratch / paths.prepared(held)).query("split == 'test'")
+        assert set(rows["text_id"]) == set(test["text_id"])  # both probes scored on the held-out test texts
+        assert set(rows["fit"]) == {f"{probe}:{side}" for probe in ("sae", "hidden", "tfidf")
+                                    for side in ("own", "others")}
+    assert 0 <= results["top_latent_overlap"]["across_folds_mean_jaccard"] <= 1
+    assert "Leave one dataset out" in (scratch / paths.REPORT_DIR / "index.html").read_text()
 
 
 def test_dag_lists_the_stages(scratch: Path) -> None:

@@ -21,7 +21,7 @@ from tests.helpers import REPO, embedded_params, planted_predictions, write_para
 DATASETS, MODELS = ("alpha", "beta"), ("m1", "m2")
 LAYERS = {"m1": [3, 6], "m2": [4]}
 SECTIONS = ["setup", "best", "paper", "comparisons", "layers", "pooling", "width", "baselines", "curve", "cross-model",
-            "cross-lingual", "sae-quality", "cost"]
+            "cross-lingual", "lodo", "sae-quality", "cost"]
 
 
 def _cell(f1: float, val: float, *, layer: int, width: str, pooling: str, binarize: float | None,
@@ -114,6 +114,15 @@ def write_metrics_tree(root: Path) -> None:
         paths.stage_cost(stage, item).write_text(json.dumps({
             "wall_seconds": wall, "startup_seconds": 3.0, "cpu_seconds": 2 * wall, "peak_rss_mb": 900,
             "load_average": [1.0, 2.0], "work": {"tokens": 1000}, "forward": {"extract": rate} if rate else {}}))
+    for model in MODELS:  # leave one dataset out: SAE probes lose 0.1 on a held-out dataset, TF-IDF 0.3
+        cells = [{"held_out": d, "probe": probe, "in_split_f1": 0.8, "in_split_low": 0.7, "in_split_high": 0.9,
+                  "held_out_f1": 0.8 - loss, "held_out_low": 0.6 - loss, "held_out_high": 0.9 - loss, "gap": loss,
+                  "gap_low": loss - 0.05, "gap_high": loss + 0.05, "gap_p": 0.001, "gap_p_holm": 0.004,
+                  "n_test": 40, "n_train_others": 120, "n_train_own": 120}
+                 for d in DATASETS for probe, loss in (("sae", 0.1), ("hidden", 0.2), ("tfidf", 0.3))]
+        paths.lodo_metrics(model).parent.mkdir(parents=True, exist_ok=True)
+        paths.lodo_metrics(model).write_text(json.dumps({"cells": cells, "top_latent_overlap": {
+            "across_folds_mean_jaccard": 0.25, "own_vs_others_jaccard": {d: 0.5 for d in DATASETS}}}))
     for model in MODELS:
         paths.train_sae_metrics(model).parent.mkdir(parents=True, exist_ok=True)
         paths.train_sae_metrics(model).write_text(json.dumps(
@@ -161,6 +170,10 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     # the cost section: every stage instance but the report's own (still running), extract first by wall time
     assert "Total: 69 s wall, of which 9 s start-up, over 3 stage instances." in md
     assert "extract 333" in md and "extract 81%" in md and "report" not in md.split("## Cost of this run")[1]
+    # leave one dataset out: every (model, held-out dataset, probe) row, its gap with its interval
+    lodo = md.split("## Leave one dataset out")[1].split("## ")[0]
+    assert lodo.count("| +0.300 [+0.250, +0.350] |") == len(MODELS) * len(DATASETS)
+    assert "0.700 [0.500, 0.800]" in lodo and "| 0.25 " in lodo
 
 
 def test_without_transfer_csvs_it_renders_says_so_and_writes_plot_tables(project: Path) -> None:
