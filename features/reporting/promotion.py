@@ -31,7 +31,10 @@ def version_story(report: Mapping[str, Any], feature_service: str,
     """The Markdown description and the tags of the version `report` (promote's) registered."""
     candidate, hidden = report["candidate"], report.get("hidden_baseline") or {}
     version, champion = report["challenger_version"], report["champion"]
-    state = "champion" if champion == version else f"not champion (champion: version {champion})"
+    # what happened when it was registered: the aliases on the version's page say where it stands now
+    promoted = champion == version
+    state = "promoted to champion" if promoted else "not promoted (" + (
+        f"champion stays version {champion})" if champion is not None else "no version is champion)")
     lines = [f"**Promotion of `{report['registered_model']}` version {version}: {state}**", "",
              f"Decision: {report['decision']}", "",
              f"Evidence: test macro F1 of this fit {_f1(candidate)} (95% interval over resampled test texts); "
@@ -60,7 +63,7 @@ def version_story(report: Mapping[str, Any], feature_service: str,
                   "surface features (see the promotion report).", ""]
     if data:
         lines += ["Data and features (DVC):", ""] + _table(["path", "md5"], [[p, h] for p, h in sorted(data.items())])
-    tags = {"saefs.decision": "champion" if champion == version else "not promoted",
+    tags = {"saefs.decision": "promoted" if promoted else "not promoted",
             "saefs.feature_service": feature_service, "saefs.test_macro_f1": _f1(candidate),
             "saefs.gates": "passed" if all(c["passed"] for c in checks) else
             "failed: " + ", ".join(c["name"] for c in checks if not c["passed"])}

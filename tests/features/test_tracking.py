@@ -214,7 +214,7 @@ def test_a_version_carries_its_promotion_story(store: Path, fitted: tuple[Pipeli
     tracking.annotate_version("story_probe", version, *version_story(
         report, "m__l1__sae64__sum__raw", {"data/prepared/d.parquet": "9a7b46be"}))
     shown = mlflow.MlflowClient().get_model_version("story_probe", str(version))
-    assert "Promotion of `story_probe` version 1: champion" in shown.description
+    assert "Promotion of `story_probe` version 1: promoted to champion" in shown.description
     assert "| macro_f1 | 0.8100 | 0.8 | yes | macro F1 0.81 >= 0.8 |" in shown.description
     assert "| data/prepared/d.parquet | 9a7b46be |" in shown.description
     assert "| 7 | 1.5 | 'idiot' |" in shown.description

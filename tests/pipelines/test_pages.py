@@ -140,7 +140,7 @@ def test_the_mlflow_registry_tells_the_promotion_story(site: Path, browser: webd
     with server(command, site, "/health", "the MLflow UI") as url:
         for dataset, version in champions(site).items():
             browser.get(f"{url}/#/models/saefs-{dataset}/versions/{version}")
-            text = wait_for_text(browser, f"Promotion of saefs-{dataset} version {version}: champion")
+            text = wait_for_text(browser, f"Promotion of saefs-{dataset} version {version}: promoted to champion")
             assert "@ champion" in text and "Features: service" in text and "data/prepared/" in text
             assert "saefs.gates" in text and "passed" in text
             if version > 1:
