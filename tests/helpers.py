@@ -41,11 +41,15 @@ def follow_models(raw: dict[str, Any], keep: set[str] = frozenset()) -> dict[str
         first = next(iter(sae))
         if not set(raw["transfer"]["pair"]) <= set(sae):
             raw["transfer"]["pair"] = [first, first]
-    if "lodo" not in keep:  # every dataset held out in turn, on each model's first SAE; off with fewer than two
-        datasets = list(raw["datasets"])
-        raw["lodo"]["datasets"] = datasets
-        raw["lodo"]["sources"] = {m: {"layer": cell["layers"][0], "width": cell["widths"][0]} for m, cell in sae.items()
-                                  } if len(datasets) > 1 else {}
+    if "lodo" not in keep:  # the profile's, where its datasets and SAEs exist; else every dataset, first SAEs
+        lodo = raw["lodo"]
+        if not set(lodo["datasets"]) <= set(raw["datasets"]):
+            lodo["datasets"] = list(raw["datasets"])
+        if not all(m in sae and cell["layer"] in sae[m]["layers"] and cell["width"] in sae[m]["widths"]
+                   for m, cell in lodo["sources"].items()):
+            lodo["sources"] = {m: {"layer": cell["layers"][0], "width": cell["widths"][0]} for m, cell in sae.items()}
+        if len(lodo["datasets"]) < 2:
+            lodo["sources"] = {}
     return raw
 
 

@@ -98,8 +98,8 @@ def _extract_scratch(tiny, tmp_path: Path) -> tuple[pd.DataFrame, dict]:
     rows.to_parquet(paths.prepared("tiny_texts"))
     record_validation("tiny_texts", [])
     params = embedded_params(models={"tiny": {"source": "path:tiny"}},
-                             sae={"tiny": {"layers": [0], "widths": ["128"], "source": "train"}})
-    params["datasets"] = {"tiny_texts": {"source": "file:unused.csv", "labels": [0, 1]}}
+                             sae={"tiny": {"layers": [0], "widths": ["128"], "source": "train"}},
+                             datasets={"tiny_texts": {"source": "file:unused.csv", "labels": [0, 1]}})
     params["extract"] |= {"shard_rows": 30, "device": "cpu", "poolings": ["sum", "top3"]}
     params["train_probes"]["poolings"] = ["sum"]
     write_params(tmp_path, params)
