@@ -6,6 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.saefs-installed
+FORTUNES := $(VENV)/share/saefs/fortunes/.pinned
 # DVC stages run `python -m pipelines.<stage>`: make that the venv's python.
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -17,7 +18,7 @@ export GX_ANALYTICS_ENABLED=false TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=
 
 .PHONY: install repro test test-fast clean-venv
 
-install: $(STAMP)
+install: $(STAMP) $(FORTUNES)
 
 # Re-runs only when the lock or the project metadata changes, so a second `make` is instant.
 # This machine's pip config lists index folders that may be absent: drop that noise only.
@@ -31,6 +32,12 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PIP) --no-deps -r requirements.lock $(QUIET)
 	$(PIP) --no-deps --no-build-isolation -e . $(QUIET)
 	$(BIN)/python -m pipelines.web_assets  # pinned Vega and Swagger UI, so every page renders offline
+	touch $@
+
+# Debian's Spanish and Italian fortunes for the `fortune:` sources (apt-get download and dpkg-deb -x, no root);
+# again when their pins (features/sources/fortunes.py) change. Packages already unpacked are skipped.
+$(FORTUNES): $(STAMP) features/sources/fortunes.py
+	$(BIN)/python -m pipelines.fortunes
 	touch $@
 
 repro: install

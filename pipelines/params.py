@@ -233,8 +233,11 @@ class CrossLingualTask(Strict):
     """One task in several languages: train on one, test zero-shot on the others."""
 
     languages: dict[str, LanguageSource] = Field(min_length=2, description="language code -> its source")
-    labels: list[int | str] = Field(min_length=2)
+    labels: list[int | str] = Field(min_length=2, description="raw label values, as a dataset's `labels`")
+    label_names: list[str] | None = None
     max_rows: int = Field(gt=0, description="rows per language (stratified, as prepare_data samples)")
+    balance: bool = Field(False, description="the same number of rows of each class in every language, so a "
+                          "language's base rate does not move the threshold across languages")
 
 
 class TransferParams(Strict):

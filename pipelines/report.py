@@ -86,7 +86,7 @@ def describe(params: Params) -> dict[str, Any]:
     return {"profile": params.profile, "models": {k: {"source": m.source} for k, m in params.models.items()},
             "saes": saes, "datasets": datasets, "probe_resamples": params.train_probes.resamples,
             "max_tokens": params.extract.max_tokens, "sae_seed": trained.seed, "summary": summary,
-            "cross_lingual": {task: f"labels {'/'.join(map(str, spec.labels))}; " + ", ".join(
+            "cross_lingual": {task: f"labels {'/'.join(map(str, spec.label_names or spec.labels))}; " + ", ".join(
                 f"{lang}: {source.source}" for lang, source in spec.languages.items())
                 for task, spec in params.transfer.cross_lingual.items()},
             "paper_profile": holdings(profile_params("paper"))}

@@ -9,11 +9,13 @@ train/test split): a source x target matrix of macro F1 (mean over resamples, co
 baselines. A target with one class (always right or always wrong), or a class too rare for a
 resample, is reported as skipped, never trained on.
 
-Cross-lingual: every `transfer.cross_lingual` task in its languages, same features, train on one
-language and test zero-shot on the others (one partition: a bootstrap over its test texts);
-same-language cells by k-fold CV (features.core.transfer).
+Cross-lingual: every `transfer.cross_lingual` task in its languages (embedded: offensive tweets in
+English, Debian's offensive and other fortunes in Spanish and Italian), same features, trained on one
+language and tested on each (zero-shot off the diagonal), on `transfer.resamples` splits of every
+language: SAE, hidden-state, TF-IDF and majority probes on every cell, each with the same corrected
+resampled-t interval (features.core.transfer).
 
-Why not the extract/build_features grid: item prompts and the OOD language sets are not
+Why not the extract/build_features grid: item prompts and the cross-lingual sets are not
 `datasets` (they would enter every train_probes and promote cell); this stage calls the same
 extraction code directly on them, with `transfer.max_tokens` (item prompts outgrow extract's).
 
@@ -44,8 +46,9 @@ from features.core.transfer import (
     CROSS_LINGUAL_COLUMNS,
     CROSS_MODEL_COLUMNS,
     SCORES,
+    by_probe,
     codes_frame,
-    cross_lingual_splits,
+    cross_lingual_resamples,
     heatmap,
     hidden_frame,
     skip_reason,
@@ -65,14 +68,20 @@ log = logging.getLogger("saefs.transfer")
 
 
 def language_frames(task: str, spec: CrossLingualTask, params: Params) -> pd.DataFrame:
-    """Every language of a cross-lingual task, each sampled to `max_rows` stratified as prepare_data does."""
+    """Every language of a cross-lingual task, each prepared as prepare_data does (deduplicated, sampled to
+    `max_rows`, balanced if asked, its own stratified train/test split); a language with one class is refused
+    with its counts."""
     prep, frames = params.prepare_data, []
     for lang, source in spec.languages.items():
         raw = load_source(source.source, split=source.split, text_field=source.text_field,
                           label_field=source.label_field)
-        cfg = PrepareConfig(name=f"{task}_{lang}", labels=tuple(spec.labels), lang=lang, max_rows=spec.max_rows,
-                            test_size=prep.test_size, seed=prep.seed, event_timestamp=prep.event_timestamp)
-        frames.append(prepare(raw, cfg)[0])
+        cfg = PrepareConfig(name=f"{task}_{lang}", labels=tuple(spec.labels), label_names=spec.label_names, lang=lang,
+                            max_rows=spec.max_rows, balance=spec.balance, test_size=prep.test_size, seed=prep.seed,
+                            event_timestamp=prep.event_timestamp)
+        try:
+            frames.append(prepare(raw.drop(columns="lang", errors="ignore"), cfg)[0])
+        except SaefsError as err:
+            raise SaefsError(f"transfer.cross_lingual.{task}.languages.{lang} ({source.source}): {err}") from None
     return pd.concat(frames, ignore_index=True)
 
 
@@ -102,6 +111,11 @@ def _sae_probe(params: Params, width: int, seed: int) -> Any:
     t = params.transfer
     return make_probe("logreg", width=width, binarize=t.binarize, op=params.build_features.binarize_op,
                       C_grid=t.C_grid, cv=t.cv_folds, seed=seed)
+
+
+def _dense_probe(params: Params, seed: int) -> Any:
+    t = params.transfer
+    return make_probe("logreg", input="dense", C_grid=t.C_grid, cv=t.cv_folds, seed=seed)
 
 
 class Cell:
@@ -141,8 +155,7 @@ def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, 
         cell = Cell(f"{task}:{source}->{target}", labels, resamples(y, ~train, t.resamples, params.prepare_data.seed),
                     t.cv_folds)
         sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
-        dense = cell.fit("hidden", lambda seed: make_probe("logreg", input="dense", C_grid=t.C_grid, cv=t.cv_folds,
-                                                           seed=seed), hidden)
+        dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
         tfidf = cell.fit("tfidf", make_tfidf_baseline, labels[["text"]])
         majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes)
     except SaefsError as err:  # a class too rare for some resample: reported and counted, never a number
@@ -151,32 +164,42 @@ def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, 
                                  "majority_f1": majority["macro_f1"], "status": "ok"}, cell.rows
 
 
-def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.DataFrame, width: int,
-                        params: Params) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
-    """Every (train language, test language) cell: zero-shot cells train on one language and test on all of
-    the other (one partition, a bootstrap over its test texts); same-language cells are k-fold CV within the
-    language (the folds are its resamples). The rows, and the prediction rows of their fits."""
+def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.DataFrame, hidden: pd.DataFrame,
+                        width: int, params: Params) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    """Every (train language, test language) cell on `transfer.resamples` splits of each language (split r
+    trains on the train language's training part, tests on the test language's test part; see
+    features.core.transfer): the SAE, hidden-state, TF-IDF and majority fits, each with the corrected
+    resampled-t interval. `codes`/`hidden` rows are aligned with `frame` (prepared rows of every language).
+    The rows, and the prediction rows of their fits."""
     t, y = params.transfer, frame["label"].to_numpy()
     rows, predictions = [], []
-    for train_lang, test_lang, masks in cross_lingual_splits(frame["lang"], y, t.cv_folds, params.prepare_data.seed):
-        train, test = masks[0]
+    for train_lang, test_lang, splits in cross_lingual_resamples(frame["lang"], y, frame["split"] == "test",
+                                                                 t.resamples, params.prepare_data.seed):
+        train, test = splits[0].train, splits[0].test
         row = {"task": task, "model": model, "train_lang": train_lang, "test_lang": test_lang,
                "n_train": int(train.sum()), "n_test": int(test.sum())}
         reason = skip_reason(y, train, test, t.cv_folds)
         if reason:
             rows.append(row | {"status": reason})
             continue
-        cell = Cell(f"{task}:{model}:{train_lang}->{test_lang}", frame,
-                    [Resample(i, fit, score) for i, (fit, score) in enumerate(masks)], t.cv_folds)
+        cell = Cell(f"{task}:{model}:{train_lang}->{test_lang}", frame, splits, t.cv_folds)
         try:
             sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
+            dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
+            tfidf = cell.fit("tfidf", make_tfidf_baseline, frame[["text"]])  # no shared vocabulary across languages
             majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes)
         except SaefsError as err:
             rows.append(row | {"status": f"skipped: {err}"})
             continue
-        rows.append(row | _scores(sae) | {"majority_f1": majority["macro_f1"], "status": "ok"})
+        rows.append(row | _scores(sae) | _f1("hidden_f1", dense) | _f1("tfidf_f1", tfidf)
+                    | {"majority_f1": majority["macro_f1"], "status": "ok"})
         predictions += cell.rows
     return rows, predictions
+
+
+def _f1(column: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """A baseline's macro F1 and its interval under `column`, `<column>_low`, `<column>_high`."""
+    return {f"{column}{end}": summary.get(f"macro_f1{end}") for end in ("", "_low", "_high")}
 
 
 def nested_metrics(table: pd.DataFrame, levels: list[str]) -> dict[str, Any]:
@@ -221,8 +244,8 @@ def run() -> dict[str, pd.DataFrame]:
                     _log_cell(f"{task}:{source}->{target}", row, {"layer": cell.layer, "width": cell.width})
                     log.info("%s: %s -> %s: %s macro F1 %s", task, source, target, row["status"], row.get("macro_f1"))
             for task, frame in languages.items():
-                codes, _, width = featurize(frame["text"].tolist())
-                rows, fits = cross_lingual_cells(task, source, frame, codes, width, params)
+                codes, hidden, width = featurize(frame["text"].tolist())
+                rows, fits = cross_lingual_cells(task, source, frame, codes, hidden, width, params)
                 predictions += fits
                 for row in rows:
                     lingual_rows.append(row)
@@ -254,8 +277,9 @@ def write_outputs(tables: dict[str, pd.DataFrame], predictions: list[pd.DataFram
         write_json(paths.transfer_metrics(matrix), nested_metrics(ran, levels[matrix]))
     heatmap(tables["cross_model"], ["task", "source"], "target", "SAE probe: source features -> target correctness",
             paths.transfer_table("cross_model").with_suffix(".png"))
-    heatmap(tables["cross_lingual"], ["task", "model", "train_lang"], "test_lang",
-            "SAE probe: train language -> test language", paths.transfer_table("cross_lingual").with_suffix(".png"))
+    heatmap(by_probe(tables["cross_lingual"]), ["task", "model", "probe", "train_lang"], "test_lang",
+            "SAE, hidden-state and TF-IDF probes: train language -> test language",
+            paths.transfer_table("cross_lingual").with_suffix(".png"))
 
 
 def _log_cell(name: str, row: dict[str, Any], cell: dict[str, Any]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import copy
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,18 @@ def planted_predictions(accuracy: dict[str, float], y: np.ndarray, resamples: in
                     "y_pred": y_pred[rows], "converged": True, "proba_0": np.where(y_pred[rows] == 0, 0.8, 0.2),
                     "proba_1": np.where(y_pred[rows] == 1, 0.8, 0.2) + 0.01 * rng.random(rows.sum())}))
     return pd.concat(parts, ignore_index=True)
+
+
+def plant_fortunes(root: Path, lang: str, clean: list[str], offensive: list[str], rotate: bool = False) -> Path:
+    """`root` laid out as Debian unpacks fortunes-<lang> and fortunes-<lang>-off: a file of `clean` entries and
+    one of `offensive` ones (ROT13-encoded, flagged in strfile's index as Debian's Spanish ones, if `rotate`)."""
+    from features.sources.fortunes import GAMES, LAYOUT, STR_ROTATED
+
+    for label, entries in ((0, clean), (1, offensive)):
+        folder = root / GAMES / LAYOUT[lang][label]
+        folder.mkdir(parents=True, exist_ok=True)
+        encoded = [codecs.encode(entry, "rot13") for entry in entries] if rotate and label else entries
+        (folder / "jokes").write_text("\n%\n".join(encoded) + "\n%\n", encoding="utf-8")
+        if rotate and label:  # version, entries, longest, shortest, flags; then the delimiter
+            (folder / "jokes.dat").write_bytes(struct.pack(">5I", 2, len(entries), 80, 1, STR_ROTATED) + b"%\0\0\0")
+    return root

@@ -16,7 +16,7 @@ import yaml
 
 from pipelines import paths
 from tests.features.tiny import make_model, make_texts, make_tokenizer
-from tests.helpers import REPO, embedded_params, write_params
+from tests.helpers import REPO, embedded_params, plant_fortunes, write_params
 
 STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "collect_activations@tiny", "train_sae@tiny", "latent_cards@tiny", "extract@tiny-alpha",
@@ -66,8 +66,8 @@ def tiny_params() -> dict:
     params["transfer"] |= {"sources": {"tiny": {"layer": 2, "width": "64"}}, "pair": ["tiny", "tiny"],
                            "max_tokens": 24, "C_grid": [0.1, 1.0], "cv_folds": 3, "resamples": 2,
                            "cross_lingual": {"xl": {"languages": {"en": {"source": "file:en.csv"},
-                                                                  "fr": {"source": "file:fr.csv"}},
-                                                    "labels": [0, 1], "max_rows": 60}}}
+                                                                  "es": {"source": "fortune:es:fortunes"}},
+                                                    "labels": [0, 1], "max_rows": 60, "balance": True}}}
     params["serve"] |= {"datasets": ["alpha", "beta"]}  # `saefs serve` in the scratch project (test_pages)
     return params
 
@@ -86,9 +86,10 @@ def build_scratch_repo(repo: Path, params: dict) -> Path:
                                                           make_texts([1 + i % 2 for i in range(70)], seed=5),
                                                           strict=True)]
     pd.DataFrame({"text": items, "label": [i % 2 for i in range(70)]}).to_csv(repo / "items.csv", index=False)
-    for seed, lang in enumerate(("en", "fr"), start=8):
-        texts = make_texts([3 + i % 6 for i in range(80)], seed=seed)
-        pd.DataFrame({"text": texts, "label": [i % 2 for i in range(80)]}).to_csv(repo / f"{lang}.csv", index=False)
+    texts = make_texts([3 + i % 6 for i in range(80)], seed=8)
+    pd.DataFrame({"text": texts, "label": [i % 2 for i in range(80)]}).to_csv(repo / "en.csv", index=False)
+    jokes = make_texts([3 + i % 6 for i in range(80)], seed=9)
+    plant_fortunes(repo / "fortunes", "es", jokes[::2], jokes[1::2])  # the Debian layout, offline
     corpus = make_texts([4 + i % 9 for i in range(300)], seed=7)
     pd.DataFrame({"text": corpus, "label": 0}).to_csv(repo / "corpus.csv", index=False)
     write_params(repo, params)

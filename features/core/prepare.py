@@ -37,6 +37,7 @@ class DatasetConfig(Strict):
     label_names: tuple[str, ...] | None = None
     lang: str = "en"  # of rows whose source gives none
     max_rows: int | None = Field(default=None, gt=0)
+    balance: bool = False  # sample equal classes (as many as the rarest holds, up to max_rows in all)
     dedupe: bool = True
 
     @model_validator(mode="after")
@@ -143,11 +144,16 @@ def _dedupe(df: pd.DataFrame, cfg: PrepareConfig, summary: PrepareSummary) -> pd
 
 
 def _sample(df: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
-    """Keep `max_rows` rows, stratified by label (each class keeps its share, at least one row)."""
-    if cfg.max_rows is None or len(df) <= cfg.max_rows:
+    """Keep `max_rows` rows, stratified by label (each class keeps its share, at least one row), or with
+    `balance` the same number of each class."""
+    counts = df["label"].value_counts()
+    if cfg.balance:
+        per_class = max(1, min(counts.min(), (cfg.max_rows or len(df)) // len(counts)))
+        quota = pd.Series(per_class, index=counts.index)
+    elif cfg.max_rows is None or len(df) <= cfg.max_rows:
         return df
-    share = df["label"].value_counts() / len(df)
-    quota = np.maximum(1, np.floor(share * cfg.max_rows)).astype(int)
+    else:
+        quota = np.maximum(1, np.floor(counts / len(df) * cfg.max_rows)).astype(int)
     rank = pd.Series(_rank(df["text_id"], cfg.seed, "sample"), index=df.index)
     keep = [rank[df["label"] == lab].sort_values().index[:q] for lab, q in quota.items()]
     return df.loc[np.concatenate(keep)]
@@ -185,9 +191,10 @@ def prepare(raw: pd.DataFrame, cfg: PrepareConfig) -> tuple[pd.DataFrame, Prepar
     present = sorted(df["label"].unique())
     if len(present) < 2:
         only = names[present[0]] if present else "none"
+        absent = [name for i, name in enumerate(names) if i not in present]
         raise PrepareError(
-            f"dataset {cfg.name!r} has one class only ({only!r}); a classifier needs at least two, "
-            "check the label field and the declared labels"
+            f"dataset {cfg.name!r} has one class only ({only!r}): {len(df)} rows of it, 0 of {absent}; a classifier "
+            "needs at least two, check the source, the label field and the declared labels"
         )
     sampled = _sample(df, cfg)
     summary.dropped_by_max_rows = len(df) - len(sampled)

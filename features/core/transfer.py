@@ -1,9 +1,10 @@
 """Transfer matrices: which rows train and test each cell, the frames probes take, and heatmaps.
 
-Cross-lingual (PAPER.md §6.2): for every (train language, test language) pair, a different
-language trains on all rows of the train language and tests on all rows of the test language; the
-same language is scored by stratified k-fold cross-validation within it. No row of the test
-language ever trains a zero-shot cell.
+Cross-lingual (PAPER.md §6.2): every language is resampled as a prepared dataset is (`predictions.resamples`:
+its prepared train/test split first, then stratified splits at the same test fraction), and cell
+(A, B) on split r trains on A's training part and tests on B's test part. So the same-language cells
+and the zero-shot cells train on the same texts, test on the same number of splits and get one interval
+method, the corrected resampled t over the splits; no row of the test language ever trains a zero-shot cell.
 """
 
 from __future__ import annotations
@@ -14,43 +15,65 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.sparse import csr_matrix
-from sklearn.model_selection import StratifiedKFold
 
+from features.core.predictions import Resample, resamples
 from features.errors import SaefsError
 from features.stores.feast.columns import HIDDEN, IDS, VALUES, sparse_columns
 from features.stores.files import atomic_path
-
-Masks = list[tuple[np.ndarray, np.ndarray]]  # (train rows, test rows) as boolean masks, one pair per run
 
 # The transfer CSVs' contract (the stage writes it, the report checks it): a cell's scores, means over
 # resamples with their 95% intervals, and why a cell did not run (`status`).
 SCORES = ("macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc", "roc_auc_low", "roc_auc_high", "recall_at_1fpr",
           "recall_at_5fpr")
+# The probes of every cross-lingual cell, each with the column of its macro F1 (and `<column>_low`/`_high`)
+PROBES = {"sae": "macro_f1", "hidden": "hidden_f1", "tfidf": "tfidf_f1"}
 CROSS_MODEL_COLUMNS = ["task", "source", "target", *SCORES, "hidden_f1", "tfidf_f1", "majority_f1", "n_train",
                        "n_test", "resamples", "not_converged", "status"]
-CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *SCORES, "majority_f1", "n_train", "n_test",
-                         "resamples", "not_converged", "status"]
+CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *SCORES,
+                         *(f"{column}{end}" for column in list(PROBES.values())[1:] for end in ("", "_low", "_high")),
+                         "majority_f1", "n_train", "n_test", "resamples", "not_converged", "status"]
 
 
-def cross_lingual_splits(langs: Sequence[str], y: Sequence[int], folds: int,
-                         seed: int) -> Iterator[tuple[str, str, Masks]]:
-    """(train language, test language, runs) for every ordered pair of the languages, in first-seen order."""
-    langs, y = np.asarray(langs), np.asarray(y)
+def cross_lingual_resamples(langs: Sequence[str], y: Sequence[int], is_test: Sequence[bool], n: int,
+                            seed: int) -> Iterator[tuple[str, str, list[Resample]]]:
+    """(train language, test language, its `n` resamples) for every ordered pair of the languages, in
+    first-seen order. A language without every class, or with a class too small for the splits, is refused
+    with each language's count per class."""
+    langs, y, is_test = np.asarray(langs), np.asarray(y), np.asarray(is_test, dtype=bool)
     order = list(dict.fromkeys(langs.tolist()))
     if len(order) < 2:
         raise SaefsError(f"cross-lingual transfer needs at least two languages, got {order}")
+    classes = np.unique(y)
+    counts = {lang: {int(c): int(np.sum(y[langs == lang] == c)) for c in classes} for lang in order}
+    lacking = [lang for lang, count in counts.items() if min(count.values()) == 0]
+    if lacking:
+        raise SaefsError(f"languages {lacking} lack a class (rows per class and language: {counts}); every language "
+                         "needs texts of each class: fix its source or its labels")
+    parts = {}
+    for lang in order:
+        rows = np.flatnonzero(langs == lang)
+        try:
+            parts[lang] = [(rows[r.train], rows[r.test]) for r in resamples(y[rows], is_test[rows], n, seed)]
+        except SaefsError as err:
+            raise SaefsError(f"language {lang!r} ({counts[lang]} rows per class): {err}") from None
     for train_lang in order:
         for test_lang in order:
-            if train_lang != test_lang:
-                yield train_lang, test_lang, [(langs == train_lang, langs == test_lang)]
-                continue
-            rows = np.flatnonzero(langs == train_lang)
-            runs = []
-            for fit, score in StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, y[rows]):
+            splits = []
+            for index, ((train_rows, _), (_, test_rows)) in enumerate(zip(parts[train_lang], parts[test_lang],
+                                                                          strict=True)):
                 train, test = np.zeros(len(y), dtype=bool), np.zeros(len(y), dtype=bool)
-                train[rows[fit]], test[rows[score]] = True, True
-                runs.append((train, test))
-            yield train_lang, test_lang, runs
+                train[train_rows], test[test_rows] = True, True
+                splits.append(Resample(index, train, test))
+            yield train_lang, test_lang, splits
+
+
+def by_probe(table: pd.DataFrame) -> pd.DataFrame:
+    """The cross-lingual table with one row per probe (sae, hidden, tfidf) and cell, each probe's macro F1 and
+    interval under `macro_f1`, `macro_f1_low` and `macro_f1_high`: the frame the heatmaps take."""
+    keys = ["task", "model", "train_lang", "test_lang", "status"]
+    return pd.concat([table[keys].assign(probe=probe, macro_f1=table[column], macro_f1_low=table[f"{column}_low"],
+                                         macro_f1_high=table[f"{column}_high"])
+                      for probe, column in PROBES.items()], ignore_index=True)
 
 
 def skip_reason(y: np.ndarray, train: np.ndarray, test: np.ndarray, min_per_class: int) -> str | None:

@@ -5,19 +5,20 @@ from __future__ import annotations
 import pandas as pd
 
 from features.core.predictions import INTERVALS
+from features.core.transfer import by_probe
 from features.reporting import comparisons, figures, paper
 from features.reporting import report as tables
 from features.reporting.report import RunInputs
 from features.reporting.sections import Section
 
 
-def with_interval(frame: pd.DataFrame) -> pd.DataFrame:
-    """Fold macro F1's mean, low and high into one readable column, in place of the three."""
-    text = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
-            zip(frame["macro_f1"], frame["macro_f1_low"], frame["macro_f1_high"], strict=True)]
-    position = frame.columns.get_loc("macro_f1")
-    out = frame.drop(columns=tables.F1)
-    out.insert(position, "test macro F1 [95% CI]", text)
+def with_interval(frame: pd.DataFrame, column: str = "macro_f1", label: str = "test macro F1") -> pd.DataFrame:
+    """Fold a macro F1 column's mean, low and high into one readable column, in place of the three."""
+    three = [column, f"{column}_low", f"{column}_high"]
+    text = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(*(frame[c] for c in three), strict=True)]
+    position = frame.columns.get_loc(column)
+    out = frame.drop(columns=three)
+    out.insert(position, f"{label} [95% CI]", text)
     return out
 
 
@@ -66,8 +67,9 @@ def _note(cells: pd.DataFrame) -> str:
 
 
 def _transfer_section(anchor: str, title: str, frame: pd.DataFrame | None, kind: str, intro: str, panel: list[str],
-                      rows: str, columns: str) -> Section:
-    """A transfer matrix per `panel` group (rows x columns heatmaps) and the whole CSV as a table."""
+                      rows: str | list[str], columns: str) -> Section:
+    """A transfer matrix per `panel` group (rows x columns heatmaps) and the whole CSV as a table. A
+    cross-lingual frame shows its SAE, hidden-state and TF-IDF probes, each with its interval."""
     section = Section(anchor, title)
     if frame is None:
         section.paragraphs.append(f"Not produced yet: plots/transfer/{kind}.csv (the transfer stage writes it; "
@@ -75,13 +77,20 @@ def _transfer_section(anchor: str, title: str, frame: pd.DataFrame | None, kind:
         return section
     section.paragraphs.append(intro + f" Intervals: {INTERVALS['resamples']} where a cell has several splits, "
                               f"else {INTERVALS['logged']}; skipped cells say why in the table.")
-    for keys, part in frame.groupby(panel, sort=True):
+    named_rows = [rows] if isinstance(rows, str) else rows
+    table = with_interval(frame.sort_values([*panel, *[r for r in named_rows if r in frame], columns]))
+    shown = frame
+    if kind == "cross_lingual":
+        section.paragraphs.append(tables.cross_lingual_reading(frame))
+        shown = by_probe(frame)
+        for probe in ("hidden", "tfidf"):
+            table = with_interval(table, f"{probe}_f1", f"{probe} macro F1")
+    for keys, part in shown.groupby(panel, sort=True):
         name = " ".join(map(str, keys))
-        shown = part.assign(macro_f1=part["macro_f1"].where(part["status"] == "ok"))
-        section.figures.append((f"{name}: test macro F1 [95% interval], {rows} x {columns}",
-                                figures.heatmap(shown, rows, columns, name)))
-    section.tables.append(("Every cell, with the baselines on the same split",
-                           with_interval(frame.sort_values([*panel, rows, columns]))))
+        part = part.assign(macro_f1=part["macro_f1"].where(part["status"] == "ok"))
+        section.figures.append((f"{name}: test macro F1 [95% interval], {' / '.join(named_rows)} x {columns}",
+                                figures.heatmap(part, rows, columns, name)))
+    section.tables.append(("Every cell, with the baselines on the same split", table))
     return section
 
 
@@ -94,9 +103,11 @@ def _transfer_sections(inputs: RunInputs) -> list[Section]:
                           "(source); columns: the model whose right or wrong answers are the labels (target).",
                           ["task"], "source", "target"),
         _transfer_section("cross-lingual", "Cross-lingual transfer: train on one language, test on another",
-                          inputs.cross_lingual, "cross_lingual", "Rows: training language; columns: test language "
-                          f"(zero-shot off the diagonal). The tasks: {named or 'none in this profile'}.",
-                          ["task", "model"], "train_lang", "test_lang"),
+                          inputs.cross_lingual, "cross_lingual", "Rows: the probe (SAE, hidden state, TF-IDF) and "
+                          "its training language; columns: test language (zero-shot off the diagonal). Every cell "
+                          "trains on the same splits of its language and is scored on the test parts of the "
+                          f"other's. The tasks: {named or 'none in this profile'}.",
+                          ["task", "model"], ["probe", "train_lang"], "test_lang"),
     ]
 
 

@@ -25,7 +25,9 @@ SAFETY = ["roc_auc", "recall_at_1fpr", "recall_at_5fpr"]  # a safety monitor's v
 # which the tables then show as well.
 CROSS_MODEL_COLUMNS = ["task", "source", "target", *F1, "hidden_f1", "tfidf_f1", "majority_f1", "n_train", "n_test",
                        "status"]
-CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *F1, "majority_f1", "n_train", "n_test", "status"]
+BASELINE_F1 = [f"{probe}_f1{end}" for probe in ("hidden", "tfidf") for end in ("", "_low", "_high")]
+CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *F1, *BASELINE_F1, "majority_f1", "n_train",
+                         "n_test", "status"]
 
 
 @dataclass(frozen=True)
@@ -303,3 +305,27 @@ def lodo_overlap_table(lodo: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
                      **{f"own vs others, {held} held out": value
                         for held, value in overlap["own_vs_others_jaccard"].items()}})
     return pd.DataFrame(rows)
+
+
+def cross_lingual_reading(frame: pd.DataFrame) -> str:
+    """One sentence a reader can act on: per probe, the mean zero-shot macro F1 against the mean in-language one,
+    and how many zero-shot cells clear the majority floor with their whole 95% interval."""
+    cells = frame[frame["status"] == "ok"]
+    zero_shot, own = cells[cells["train_lang"] != cells["test_lang"]], cells[cells["train_lang"] == cells["test_lang"]]
+    if zero_shot.empty or own.empty:
+        return "No zero-shot cell ran, so nothing here says whether a probe carries across languages."
+    parts, clear = [], {}
+    for probe, column in (("SAE", "macro_f1"), ("hidden-state", "hidden_f1"), ("TF-IDF", "tfidf_f1")):
+        clear[probe] = int((zero_shot[f"{column}_low"] > zero_shot["majority_f1"]).sum())
+        parts.append(f"{probe} {zero_shot[column].mean():.2f} against {own[column].mean():.2f} in-language "
+                     f"({clear[probe]}/{len(zero_shot)} zero-shot cells above the majority floor)")
+    best = max(("SAE", "hidden-state"), key=lambda probe: clear[probe])
+    if clear[best] == len(zero_shot):
+        advice = f"a {best} probe trained on one language can screen the others, at the cost shown"
+    elif clear[best]:
+        advice = (f"screen another language with the {best} probe only in the cells whose interval clears the "
+                  "floor, and label texts of the others")
+    else:
+        advice = "label texts in each language: no probe here carries across languages"
+    return (f"Zero-shot macro F1, mean over cells: {'; '.join(parts)}; TF-IDF shares no vocabulary across "
+            f"languages, so its fall is expected, not evidence; so {advice}.")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from features.errors import SaefsError
+from features.sources import fortunes
 
 
 class DataSourceError(SaefsError):
@@ -184,7 +185,37 @@ def hf_load_error(where: str, split: str, err: Exception) -> DataSourceError:
     )
 
 
-DATASET_LOADERS: dict[str, Loader] = {"sae_probes": load_sae_probes, "file": load_file, "hf": load_hf}
+def load_fortune(spec: SourceSpec) -> pd.DataFrame:
+    """Debian's fortunes of a language, `<lang>` (as `make install` unpacks them) or `<lang>:<folder>` (a folder
+    laid out as Debian's): every entry a row, 1 for the offensive section, 0 for the rest, duplicates dropped."""
+    lang, _, folder = spec.location.partition(":")
+    where = f"fortune:{spec.location}"
+    try:
+        folders = fortunes.language_folders(lang, Path(folder) if folder else None)
+    except fortunes.FortuneError as err:
+        raise DataSourceError(str(err)) from None
+    rows, damaged, entries = [], [], 0
+    for label, folder_path in folders.items():
+        for path in fortunes.fortune_files(folder_path):
+            texts, bad = fortunes.read_entries(path)
+            entries += len(texts) + len(bad)
+            rows += [(text, label) for text in texts]
+            if bad:
+                damaged.append((path, bad, len(texts) + len(bad)))
+    if damaged:
+        files = "; ".join(f"{path} ({len(bad)} of {n} entries, first at line {bad[0]})" for path, bad, n in damaged)
+        raise DataSourceError(
+            f"{where}: {len(damaged)} fortune files cannot be parsed, {sum(len(bad) for _, bad, _ in damaged)} of "
+            f"{entries} entries hold NUL or control bytes: {files}. They are no fortune text (an index, an archive "
+            "or a binary file put there): remove them, or rerun `make install` to unpack the Debian packages again")
+    frame = pd.DataFrame(rows, columns=["text", "raw_label"]).drop_duplicates()
+    # a text Debian files under both labels says nothing about either
+    frame = frame[~frame["text"].duplicated(keep=False)]
+    return frame.assign(lang=lang).reset_index(drop=True)
+
+
+DATASET_LOADERS: dict[str, Loader] = {"sae_probes": load_sae_probes, "file": load_file, "hf": load_hf,
+                                      "fortune": load_fortune}
 DATASET_SOURCE_KINDS = tuple(DATASET_LOADERS)
 
 

@@ -46,9 +46,16 @@ def content_hash(path: str | Path, pattern: str = "*") -> str:
 
 
 def source_fingerprint(spec: str) -> dict[str, Any]:
-    """`{"source": spec, "sha256": ...}` for a `file:`/`path:` spec (None for packaged or hub sources, which
-    their spec and the pinned packages identify)."""
+    """`{"source": spec, "sha256": ...}` for a `file:`/`path:` spec and a `fortune:` language's folders (None for
+    packaged or hub sources, which their spec and the pinned packages identify)."""
     kind, _, location = spec.partition(":")
+    if kind == "fortune":  # its files live outside the repository, unpacked by `make install`
+        from features.sources import fortunes
+
+        lang, _, root = location.partition(":")
+        folders = fortunes.language_folders(lang, Path(root) if root else None)
+        sha = hashlib.sha256("".join(content_hash(f) for f in folders.values()).encode()).hexdigest()
+        return {"source": spec, "sha256": sha}
     return {"source": spec, "sha256": content_hash(location) if kind in LOCAL_KINDS else None}
 
 

@@ -151,3 +151,11 @@ def test_token_budgets_take_consecutive_texts_until_each_is_met() -> None:
     with pytest.raises(PrepareError, match=r"the corpus has 15 tokens, fewer than the 16 asked for \(6 \+ 10\): "
                        "add sources or lower the token budgets"):
         take_tokens([5, 5, 5], [6, 10], "the corpus")
+
+
+def test_balance_samples_the_same_number_of_each_class() -> None:
+    raw = pd.DataFrame({"text": [f"text {i}" for i in range(100)], "raw_label": [int(i < 20) for i in range(100)]})
+    df, _ = prepare(raw, cfg(max_rows=30, balance=True))
+    assert df["label"].value_counts().to_dict() == {0: 15, 1: 15}
+    df, _ = prepare(raw, cfg(max_rows=1000, balance=True))  # as many as the rarest class holds
+    assert df["label"].value_counts().to_dict() == {0: 20, 1: 20}

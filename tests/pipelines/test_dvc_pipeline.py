@@ -161,11 +161,12 @@ def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -
     cross_model = pd.read_csv(scratch / paths.transfer_table("cross_model"))
     assert cross_model[["task", "source", "target"]].values.tolist() == [["items", "tiny", "tiny"]]
     lingual = pd.read_csv(scratch / paths.transfer_table("cross_lingual"))
-    assert len(lingual) == 4 and set(lingual["test_lang"]) == {"en", "fr"}
+    assert len(lingual) == 4 and set(lingual["test_lang"]) == {"en", "es"} and (lingual["resamples"] == 2).all()
     predictions = pd.read_parquet(scratch / paths.transfer_predictions())
     assert cross_model["status"].tolist() == ["ok"] and cross_model["resamples"].tolist() == [2]
     assert {f"items:tiny->tiny:{probe}" for probe in ("sae", "hidden", "tfidf", "majority")} <= set(predictions["fit"])
-    assert "xl:tiny:en->fr:sae" in set(predictions["fit"]) and {"roc_auc", "recall_at_1fpr"} <= set(lingual.columns)
+    assert {f"xl:tiny:en->es:{probe}" for probe in ("sae", "hidden", "tfidf", "majority")} <= set(predictions["fit"])
+    assert {"roc_auc", "recall_at_1fpr", "hidden_f1_low", "tfidf_f1_high"} <= set(lingual.columns)
     assert (scratch / "plots/transfer/cross_lingual.png").is_file()
     shown = dvc(scratch, "metrics", "show")
     assert "metrics/transfer/cross_lingual.json" in shown and "metrics/behaviour_labels/tiny/items.json" in shown

@@ -19,9 +19,10 @@ import pytest
 import yaml
 
 from features.errors import SaefsError
+from features.sources import fortunes
 from features.sources.fingerprint import import_closure
 from pipelines import fingerprint_sources, paths
-from tests.helpers import REPO
+from tests.helpers import REPO, plant_fortunes
 
 FIRST_PARTY = fingerprint_sources.FIRST_PARTY
 
@@ -104,6 +105,9 @@ def test_the_stage_writes_each_stage_closure_with_each_modules_sha256(tmp_path: 
     exactly its importers rerun)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    for lang in fortunes.LAYOUT:  # the profile's fortune: sources, without `make install`
+        plant_fortunes(tmp_path / "fortunes", lang, ["a joke"], ["a crude joke"])
+    monkeypatch.setattr(fortunes, "install_root", lambda: tmp_path / "fortunes")
     fingerprint_sources.run()
     written = {name: json.loads(paths.code_fingerprint(name).read_text()) for name in stages()}
     code = fingerprint_sources.stage_code(REPO / "dvc.yaml", REPO)

@@ -78,9 +78,11 @@ def write_transfer(root: Path, added: bool = True) -> None:
               "n_test": 40, "status": "ok", **more} for s in MODELS for t in MODELS]
     cross[-1] |= {"macro_f1": None, "macro_f1_low": None, "macro_f1_high": None,
                   "status": "skipped: target answered every item right"}
-    lingual = [{"task": "living_room", "model": "m1", "train_lang": a, "test_lang": b, "macro_f1": 0.777,
-                "macro_f1_low": 0.75, "macro_f1_high": 0.8, "majority_f1": 0.33, "n_train": 100, "n_test": 30,
-                "status": "ok", **more} for a in ("en", "fr") for b in ("en", "fr")]
+    lingual = [{"task": "offensive", "model": "m1", "train_lang": a, "test_lang": b, "macro_f1": 0.777,
+                "macro_f1_low": 0.75, "macro_f1_high": 0.8, "hidden_f1": 0.8 if a == b else 0.5, "hidden_f1_low": 0.3,
+                "hidden_f1_high": 0.9, "tfidf_f1": 0.9 if a == b else 0.34, "tfidf_f1_low": 0.3, "tfidf_f1_high": 0.95,
+                "majority_f1": 0.33, "n_train": 100, "n_test": 30, "status": "ok", **more}
+               for a in ("en", "es") for b in ("en", "es")]
     for kind, rows in (("cross_model", cross), ("cross_lingual", lingual)):
         path = root / paths.transfer_table(kind)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +163,9 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     assert candidate["cell"] in html and interval in html and interval in md
     assert "0.777 [0.750, 0.800]" in html and "0.777 [0.750, 0.800]" in md  # a cross-lingual cell, as the CSV has it
     assert "[0.75, 0.80]" in html  # and its heatmap annotation
+    # the sentence a reader acts on: zero-shot against in-language, per probe, and what to do
+    assert ("SAE 0.78 against 0.78 in-language (2/2 zero-shot cells above the majority floor); hidden-state 0.50 "
+            "against 0.80 in-language (0/2" in md and "so a SAE probe trained on one language can screen" in md)
     assert "skipped: target answered every item right" in html and "skipped" in md
     assert html.count("<svg") == 9 + 1 + 1 + 1  # nine result figures, a heatmap per transfer task, cost
     assert not re.search(r"<script|<link|src=\"http|@import", html)  # self-contained: opens offline
@@ -206,7 +211,8 @@ def test_transfer_csvs_with_or_without_the_added_columns_render(project: Path) -
         write_transfer(project, added)
         assert report.main([]) == 0
         md = _text(project / "reports/index.md")
-        assert "| living_room | m1 | en | fr | 0.777 [0.750, 0.800] |" in md and ("roc_auc_low" in md) == added
+        assert "| offensive | m1 | en | es | 0.777 [0.750, 0.800] |" in md and ("roc_auc_low" in md) == added
+        assert "| 0.500 [0.300, 0.900] | 0.340 [0.300, 0.950] |" in md  # hidden and TF-IDF, each with its interval
 
 
 def test_a_transfer_csv_off_contract_is_refused(project: Path) -> None:
@@ -229,7 +235,7 @@ def test_the_report_makes_paired_comparisons_from_the_predictions_and_no_seed_in
         assert f"| {comparison} " in md
     assert "| hidden last " in md and "| tfidf_truncated " in md and "recall_at_1fpr" in md
     assert "reads the first 64 tokens" in md  # extract.max_tokens of the embedded params
-    assert "living_room: labels not_bigram/bigram; en: sae_probes:66_living-room" in md
+    assert "offensive: labels not_offensive/offensive; en: sae_probes:107_hate_offensive, es: fortune:es" in md
 
 
 def test_every_sentence_about_the_paper_profile_matches_its_file(project: Path) -> None:

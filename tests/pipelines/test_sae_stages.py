@@ -254,6 +254,7 @@ def _sae_scratch(tiny, tmp_path: Path, **sae: Any) -> dict:
                              "max_tokens": 16, "batch_size": 32, "seed": 0})
     params["train_sae"] |= {"training_samples": 2048, "batch_size": 256, "loss_texts": 4}
     params["extract"]["device"] = "cpu"
+    params["transfer"]["cross_lingual"] = {}  # its fortunes live in an installed environment, not this scratch
     write_params(tmp_path, params)
     fingerprint_sources.run()
     return params

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.errors import SaefsError
 from pipelines import transfer
-from pipelines.params import parse_params
+from pipelines.params import CrossLingualTask, parse_params
 from tests.features.test_probes import WIDTH, synthetic_frame
 from tests.helpers import embedded_params
 
@@ -64,20 +65,49 @@ def test_a_class_too_rare_for_the_resamples_is_a_counted_skip_not_a_number(param
     assert row["status"].startswith("skipped: class 1 has 3 texts") and "macro_f1" not in row and rows == []
 
 
-def test_cross_lingual_cells_fill_the_language_matrix(params) -> None:
-    codes, y = synthetic_frame(160)
-    frame = pd.DataFrame({"text_id": [f"t{i}" for i in range(160)], "label": y, "lang": ["en"] * 100 + ["fr"] * 60})
-    rows, fits = transfer.cross_lingual_cells("living_room", "m", frame, codes, WIDTH, params)
+def language_frame(y: np.ndarray, langs: list[str]) -> pd.DataFrame:
+    """Prepared rows of several languages: each language's first fifth of each class is its test split; the
+    texts share no word across languages (as Spanish and Italian jokes share little with English tweets)."""
+    texts = [f"{lang}word{c} {lang}filler{i % 7}" for i, (lang, c) in enumerate(zip(langs, y, strict=True))]
+    frame = pd.DataFrame({"text_id": [f"t{i}" for i in range(len(y))], "label": y, "lang": langs, "text": texts})
+    rank = frame.groupby(["lang", "label"]).cumcount()
+    size = frame.groupby(["lang", "label"])["label"].transform("size")
+    return frame.assign(split=np.where(rank < size // 5, "test", "train"))
+
+
+def test_cross_lingual_cells_fill_the_language_matrix_with_every_probe_and_one_interval_method(params) -> None:
+    codes, y = synthetic_frame(180)
+    hidden = pd.DataFrame({"hidden": list(np.random.default_rng(0).normal(size=(180, 8)).astype(np.float32))})
+    frame = language_frame(y, ["en"] * 80 + ["es"] * 50 + ["it"] * 50)
+    rows, fits = transfer.cross_lingual_cells("offensive", "m", frame, codes, hidden, WIDTH, params)
     rows = pd.DataFrame(rows)
     assert list(zip(rows["train_lang"], rows["test_lang"], strict=True)) == [
-        ("en", "en"), ("en", "fr"), ("fr", "en"), ("fr", "fr")]
-    assert (rows["status"] == "ok").all() and (rows["macro_f1"] > 0.8).all()
+        (a, b) for a in ("en", "es", "it") for b in ("en", "es", "it")]
+    assert (rows["status"] == "ok").all() and (rows["resamples"] == 3).all()  # every cell: the same 3 splits
+    assert (rows["macro_f1"] > 0.8).all()  # the planted latents mean the same in every language
     cells = rows.set_index(["train_lang", "test_lang"])
-    assert cells.loc[("en", "fr"), ["n_train", "n_test", "resamples"]].tolist() == [100, 60, 1]
-    assert cells.loc[("en", "en"), "resamples"] == 3  # the folds of the same-language cell
-    zero_shot = pd.concat(fits).query("fit == 'living_room:m:en->fr:sae' and split == 'test'")
-    assert sorted(zero_shot["text_id"]) == sorted(frame["text_id"][100:])  # no French text trained it
-    assert cells.loc[("en", "fr"), "macro_f1_low"] < cells.loc[("en", "fr"), "macro_f1_high"]  # bootstrap
+    # TF-IDF learns words: it reads its own language and falls to chance on the others
+    assert cells.loc[("en", "en"), "tfidf_f1"] > 0.9 and cells.loc[("en", "es"), "tfidf_f1"] < 0.6
+    for probe in ("macro_f1", "hidden_f1", "tfidf_f1"):
+        assert (rows[f"{probe}_low"] <= rows[probe]).all() and (rows[probe] <= rows[f"{probe}_high"]).all()
+    predictions = pd.concat(fits)
+    assert set(predictions["fit"]) >= {f"offensive:m:en->es:{probe}" for probe in ("sae", "hidden", "tfidf",
+                                                                                    "majority")}
+    zero_shot = predictions.query("fit == 'offensive:m:en->es:sae' and resample == 0")
+    tested, trained = zero_shot.query("split == 'test'")["text_id"], zero_shot.query("split == 'val'")["text_id"]
+    test_ids = frame.query("lang == 'es' and split == 'test'")["text_id"]
+    assert sorted(tested) == sorted(test_ids) and set(trained) <= set(frame.query("lang == 'en'")["text_id"])
     nested = transfer.nested_metrics(rows.assign(task="t", model="m"), ["task", "model", "test_lang"])
-    assert set(nested["t"]["m"]) == {"en", "fr"} and {"macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc",
-                                                      "recall_at_1fpr"} <= set(nested["t"]["m"]["fr"])
+    assert set(nested["t"]["m"]) == {"en", "es", "it"} and {"macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc",
+                                                            "recall_at_1fpr"} <= set(nested["t"]["m"]["es"])
+
+
+def test_a_language_with_one_class_is_refused_with_its_counts(params, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"text": [f"tweet {i}" for i in range(30)], "label": [i % 2 for i in range(30)]}).to_csv("en.csv")
+    pd.DataFrame({"text": [f"chiste {i}" for i in range(30)], "label": [0] * 30}).to_csv("es.csv")
+    spec = CrossLingualTask(languages={"en": {"source": "file:en.csv"}, "es": {"source": "file:es.csv"}},
+                            labels=[0, 1], label_names=["not_offensive", "offensive"], max_rows=100)
+    with pytest.raises(SaefsError, match=r"cross_lingual.offensive.languages.es \(file:es.csv\): .*one class only "
+                       r"\('not_offensive'\): 30 rows of it, 0 of \['offensive'\]"):
+        transfer.language_frames("offensive", spec, params)
