@@ -115,7 +115,8 @@ def run(dataset: str) -> dict[str, Any]:
     if decision.promote and mlflow_passed:
         tracking.set_alias(name, tracking.CHAMPION, version)
     champion = tracking.get_alias_version(name, tracking.CHAMPION)
-    relied, shortcut_audit = relied_on(dataset, candidate, name, version, params)
+    service = feature_service(name, version)
+    relied, shortcut_audit = relied_on(dataset, candidate, service, params)
     report = {
         "dataset": dataset, "registered_model": name, "candidate": {"cell": candidate_name, **candidate},
         "influential_latents": relied, "shortcut_audit": shortcut_audit,
@@ -126,8 +127,8 @@ def run(dataset: str) -> dict[str, Any]:
         "decision": decision.summary(previous), "checks": [asdict(c) for c in decision.checks],
         "mlflow_validation": {"passed": mlflow_passed, "message": mlflow_message}, "skipped_cells": skipped,
     }
-    tracking.annotate_version(name, version, *version_story(report, feature_service(name, version), locked_outputs(
-        paths.DVC_LOCK, upstream_stages(dataset, candidate["model"]))))
+    data = locked_outputs(paths.DVC_LOCK, upstream_stages(dataset, candidate["model"]))
+    tracking.annotate_version(name, version, *version_story(report, service or "not recorded by its run", data))
     with tracking.start_parent(f"promote:{dataset}", tags={"stage": "promote", "dataset": dataset,
                                                           "registered_model": name}):
         tracking.log_metrics({"candidate_macro_f1": candidate["logged_macro_f1"],
@@ -148,13 +149,14 @@ def run(dataset: str) -> dict[str, Any]:
     return report
 
 
-def feature_service(name: str, version: int) -> str:
-    """The feature service the version's run recorded (train_probes tags every probe it logs)."""
+def feature_service(name: str, version: int) -> str | None:
+    """The feature service the version's run recorded (train_probes tags every probe it logs); None, warned,
+    where its run recorded none."""
     try:
         return tracking.logged_cell(name, version)["feature_service"]
     except SaefsError as err:
         log.warning("%s", err)
-        return "not recorded by its run"
+        return None
 
 
 def upstream_stages(dataset: str, model: str) -> list[str]:
@@ -163,7 +165,7 @@ def upstream_stages(dataset: str, model: str) -> list[str]:
             f"train_probes@{model}-{dataset}"]
 
 
-def relied_on(dataset: str, candidate: dict[str, Any], name: str, version: int,
+def relied_on(dataset: str, candidate: dict[str, Any], service: str | None,
               params: Params) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The candidate's INFLUENTIAL most weighted latents (features.core.probes.influential_latents), each with
     its card's label, density and top contexts, so a reviewer sees what the model relies on; and the shortcut
@@ -175,7 +177,7 @@ def relied_on(dataset: str, candidate: dict[str, Any], name: str, version: int,
                if weight]
     cards = candidate_cards(candidate)
     card_of = {latent: cards.card(latent) for latent, _ in weights} if cards else {}
-    firings, texts = training_firings(dataset, probe, name, version, params)
+    firings, texts = training_firings(dataset, probe, service, params)
     findings = {latent: audit_latent(latent, card_of.get(latent), firings, pooling=candidate["pooling"],
                                      dense_density=DENSE_DENSITY) for latent, _ in weights}
     shortcut_audit = audit(weights, findings, {latent: card["label"] for latent, card in card_of.items()}) | {
@@ -195,15 +197,16 @@ def candidate_cards(candidate: dict[str, Any]) -> CardStore | None:
         return None
 
 
-def training_firings(dataset: str, probe: Any, name: str, version: int,
+def training_firings(dataset: str, probe: Any, service: str | None,
                      params: Params) -> tuple[ClassFirings | None, int | str]:
     """Per class, the training texts each latent is on in, in the registered probe's own input (its feature
     service through Feast, then its column and binarize steps), and how many texts; or None and why not."""
     from feast.errors import FeastObjectNotFoundException
     from mlflow.exceptions import MlflowException
 
+    if service is None:
+        return None, "not read: the probe's run recorded no feature service"
     try:
-        service = tracking.logged_cell(name, version)["feature_service"]
         prepared = pd.read_parquet(paths.prepared(dataset))
         train = prepared[prepared["split"] == "train"].reset_index(drop=True)
         inputs = probe[:-1].transform(service_frame(service, train, params))
