@@ -30,7 +30,7 @@ from features.errors import SaefsError
 from features.sources.fingerprint import code_fingerprint, import_closure, source_fingerprint
 from features.stores.files import atomic_path
 from pipelines import paths, stage_main
-from pipelines.params import Params, load_params
+from pipelines.params import ItemTask, Params, load_params
 
 log = logging.getLogger("saefs.fingerprint_sources")
 
@@ -50,8 +50,9 @@ def fingerprints(params: Params) -> dict[Path, Any]:
                  for layer in sae.layers for width in sae.widths}
         out[paths.sae_fingerprint(name)] = {cell: source_fingerprint(spec) for cell, spec in specs.items()}
     out[paths.corpus_fingerprint()] = [source_fingerprint(spec) for spec in params.collect_activations.corpus]
-    for name, task in params.behaviour_labels.tasks.items():
-        out[paths.task_fingerprint(name)] = source_fingerprint(task.source)
+    for name, task in params.behaviour_labels.tasks.items():  # a judgement's texts are prepared data, a DVC dep
+        out[paths.task_fingerprint(name)] = (source_fingerprint(task.source) if isinstance(task, ItemTask)
+                                             else {"datasets": task.datasets})
     out[paths.cross_lingual_fingerprint()] = {
         name: {lang: source_fingerprint(language.source) for lang, language in task.languages.items()}
         for name, task in params.transfer.cross_lingual.items()}

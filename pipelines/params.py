@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from features.core.cards import CardSettings
 from features.core.config import Strict
@@ -190,8 +190,10 @@ class TrainProbesParams(Strict):
 
 
 class ItemTask(Strict):
-    """Multiple-choice items of one task (features.forward.behaviour parses them)."""
+    """Multiple-choice items of one task (features.sources.items parses them); the label is whether the target
+    answered right (the paper's behaviour)."""
 
+    kind: Literal["correct"] = "correct"
     source: str = Field(description="sae_probes:<name> (text formats) or hf:<id>[:<config>] (HF row formats)")
     format: str = Field(description="an item format of features.forward.behaviour.ITEM_FORMATS")
     split: str = "train"
@@ -207,13 +209,36 @@ class ItemTask(Strict):
         return v
 
 
+class JudgementTask(Strict):
+    """The target is asked a yes/no question about each text of some prepared datasets; the label is its
+    judgement (features.forward.behaviour.judgement_labels), which varies with the text."""
+
+    kind: Literal["judgement"]
+    datasets: list[Name] = Field(min_length=1, description="prepared datasets whose texts the target judges")
+    question: str = Field(min_length=1, description="asked after the text")
+    answers: tuple[str, str] = Field(description="the negative and the positive answer, e.g. [no, yes]")
+    max_items: int = Field(gt=0, description="texts judged per target (a stable pseudo-random choice)")
+    decision: Literal["answer", "median"] = Field(description="label 1 when the target gives the positive answer "
+                                                  "(`answer`), or when its positive-minus-negative log-odds is "
+                                                  "above its own median over the texts (`median`: the texts it "
+                                                  "judges the more so)")
+
+
+def _task_kind(value: Any) -> str:
+    return value.get("kind", "correct") if isinstance(value, dict) else value.kind
+
+
+BehaviourTask = Annotated[Annotated[ItemTask, Tag("correct")] | Annotated[JudgementTask, Tag("judgement")],
+                          Discriminator(_task_kind)]
+
+
 class BehaviourLabelsParams(Strict):
-    """Targets answer every task's items; the label of an item is whether the target got it right."""
+    """What targets do with a task: answer its multiple-choice items (label: answered right) or judge its texts
+    (label: the judgement)."""
 
     targets: list[Name] = Field(min_length=1, description="models (keys of `models`) whose behaviour is labelled")
-    tasks: dict[Name, ItemTask] = Field(min_length=1)
+    tasks: dict[Name, BehaviourTask] = Field(min_length=1)
     max_tokens: int = Field(ge=2, description="prompt + longest option, BOS included; longer items are skipped")
-
 
 class TransferSource(Strict):
     """The SAE cell of a source model whose features transfer (one of its `sae` layers and widths)."""
@@ -368,6 +393,9 @@ class Params(Strict):
                           "in behaviour_labels.targets")
         if transfer.pooling not in self.extract.poolings:
             errors.append(f"transfer.pooling {transfer.pooling!r} is not in extract.poolings")
+        errors += [f"behaviour_labels.tasks.{name}.datasets: {d!r} is not in datasets"
+                   for name, task in behaviour.tasks.items() if isinstance(task, JudgementTask)
+                   for d in task.datasets if d not in self.datasets]
         for model, gate in self.promote.transfer_gates.items():
             if (model not in transfer.sources or gate.target not in behaviour.targets
                     or gate.task not in behaviour.tasks):
@@ -423,23 +451,47 @@ def _model_in(annotation: Any) -> Any:
     return annotation
 
 
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    """Walk the schema along an error location (minus its last item) and list the keys allowed there."""
+def _tagged(annotation: Any) -> dict[str, Any]:
+    """The members of a tagged union (`Annotated[X, Tag("x")] | ...`) by tag; {} for anything else."""
+    members = {}
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Annotated:
+            tags = [m.tag for m in arg.__metadata__ if isinstance(m, Tag)]
+            members |= {tags[0]: typing.get_args(arg)[0]} if tags else _tagged(arg)
+        elif typing.get_origin(arg) in (typing.Union, types.UnionType):
+            members |= _tagged(arg)
+    return members
+
+
+def _walk(loc: tuple[int | str, ...]) -> tuple[list[str], Any]:
+    """An error location without the tags of tagged unions (a user never writes them), and the schema node
+    at its end."""
     node: Any = Params
-    for part in loc[:-1]:
+    path = []
+    for part in loc:
+        members = _tagged(node)
+        if str(part) in members:
+            node = members[str(part)]
+            continue
+        path.append(str(part))
         node = _model_in(node)
         if isinstance(node, type) and issubclass(node, BaseModel):
-            node = node.model_fields[str(part)].annotation
+            node = node.model_fields[str(part)].annotation if str(part) in node.model_fields else None
         elif typing.get_origin(node) is dict:
             node = typing.get_args(node)[1]
-    node = _model_in(node)
+    return path, node
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """Walk the schema along an error location (minus its last item) and list the keys allowed there."""
+    node = _model_in(_walk(loc[:-1])[1])
     return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
 
 
 def format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source} does not fit the params schema:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
+        path = ".".join(_walk(e["loc"])[0])
         if e["type"] == "extra_forbidden":
             lines.append(f"  {path}: unknown key (allowed here: {', '.join(_allowed_keys(e['loc']))})")
         elif isinstance(e.get("input"), dict):  # a check across keys: the message names them

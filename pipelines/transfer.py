@@ -38,14 +38,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.core.evidence import holm
 from features.core.naming import sae_name
-from features.core.predictions import KEYS, Resample, fit_resamples, resamples, summarize
+from features.core.predictions import KEYS, Resample, compare, fit_resamples, resample_metrics, resamples, summarize
 from features.core.prepare import PrepareConfig, prepare
 from features.core.probes import make_majority_baseline, make_probe, make_tfidf_baseline
 from features.core.transfer import (
     CROSS_LINGUAL_COLUMNS,
     CROSS_MODEL_COLUMNS,
     SCORES,
+    VERSUS,
     by_probe,
     codes_frame,
     cross_lingual_resamples,
@@ -133,6 +135,13 @@ class Cell:
         self.rows.append(rows)
         return summarize(rows, self.labels)[fit]
 
+    def versus(self, a: str, b: str) -> dict[str, float]:
+        """Probe `a` minus probe `b` in macro F1 on the same splits: `<a>_minus_<b>`, its interval and p-value."""
+        table = resample_metrics(pd.concat(self.rows, ignore_index=True), self.labels)
+        out = compare(table, f"{self.name}:{a}", f"{self.name}:{b}")
+        key = f"{a}_minus_{b}"
+        return {key: out["mean"], f"{key}_low": out["low"], f"{key}_high": out["high"], f"{key}_p": out["p_value"]}
+
 
 def _scores(summary: dict[str, Any]) -> dict[str, Any]:
     return {key: summary.get(key) for key in SCORES} | {"resamples": summary["resamples"],
@@ -140,14 +149,19 @@ def _scores(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, codes: pd.DataFrame,
-                     hidden: pd.DataFrame, width: int, params: Params) -> tuple[dict[str, Any], list[pd.DataFrame]]:
+                     hidden: pd.DataFrame, width: int, params: Params, target_hidden: pd.DataFrame | None = None
+                     ) -> tuple[dict[str, Any], list[pd.DataFrame]]:
     """One source -> target cell on `transfer.resamples` stratified splits of the target's items (resample 0
-    is its train/test split); `codes`/`hidden` rows are aligned with `labels` rows. The row, and the
-    prediction rows of its SAE, hidden-state, TF-IDF and majority fits."""
+    is its train/test split); `codes`/`hidden` (the source's) and `target_hidden` (the target's own hidden
+    states, when the target is a transfer source too) rows are aligned with `labels` rows. The row, with the
+    SAE probe's paired differences against TF-IDF and the target's own hidden-state probe (corrected
+    resampled t over the shared splits; Holm is applied over the whole matrix), and the prediction rows of
+    its SAE, hidden-state, TF-IDF, target hidden-state and majority fits."""
     t = params.transfer
     y, train = labels["label"].to_numpy(), (labels["split"] == "train").to_numpy()
     row: dict[str, Any] = {"task": task, "source": source, "target": target,
-                           "n_train": int(train.sum()), "n_test": int((~train).sum())}
+                           "n_train": int(train.sum()), "n_test": int((~train).sum()),
+                           "minority_share": round(float(min(np.mean(y == 1), np.mean(y != 1))), 4)}
     reason = skip_reason(y, train, ~train, t.cv_folds)
     if reason:
         return row | {"status": reason}, []
@@ -157,11 +171,14 @@ def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, 
         sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
         dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
         tfidf = cell.fit("tfidf", make_tfidf_baseline, labels[["text"]])
+        own = (cell.fit("target_hidden", lambda seed: _dense_probe(params, seed), target_hidden)
+               if target_hidden is not None else {})
         majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes)
     except SaefsError as err:  # a class too rare for some resample: reported and counted, never a number
         return row | {"status": f"skipped: {err}"}, []
-    return row | _scores(sae) | {"hidden_f1": dense["macro_f1"], "tfidf_f1": tfidf["macro_f1"],
-                                 "majority_f1": majority["macro_f1"], "status": "ok"}, cell.rows
+    row |= _scores(sae) | _f1("hidden_f1", dense) | _f1("tfidf_f1", tfidf) | _f1("target_hidden_f1", own)
+    row |= cell.versus("sae", "tfidf") | (cell.versus("sae", "target_hidden") if own else {})
+    return row | {"majority_f1": majority["macro_f1"], "status": "ok"}, cell.rows
 
 
 def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.DataFrame, hidden: pd.DataFrame,
@@ -218,6 +235,9 @@ def run() -> dict[str, pd.DataFrame]:
     b, t = params.behaviour_labels, params.transfer
     labels = {(task, target): pd.read_parquet(paths.behaviour_labels(target, task))
               for task in b.tasks for target in b.targets}
+    # each task's texts once (every target labels the same texts; a target may have skipped some)
+    texts = {task: pd.concat([labels[task, target][["text_id", "text"]] for target in b.targets])
+             .drop_duplicates("text_id").reset_index(drop=True) for task in b.tasks}
     languages = {task: language_frames(task, spec, params) for task, spec in t.cross_lingual.items()}
     tracking.configure(params.promote.tracking_uri)
     tracking.experiment("saefs/transfer")
@@ -227,22 +247,12 @@ def run() -> dict[str, pd.DataFrame]:
     started = time.perf_counter()
     with tracking.start_parent("transfer", tags={"stage": "transfer", "pair": "->".join(t.pair)},
                                params={"pooling": t.pooling, "binarize": t.binarize, "resamples": t.resamples}):
+        # every source's features of every task's texts first: a cell also reads its target's own hidden states
+        features: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame, int]] = {}
         for source, cell in t.sources.items():
             featurize = Featurizer(source, params)
             for task in b.tasks:
-                prompts = pd.concat([labels[task, target][["text_id", "text"]] for target in b.targets])
-                prompts = prompts.drop_duplicates("text_id").reset_index(drop=True)
-                codes, hidden, width = featurize(prompts["text"].tolist())
-                position = pd.Series(prompts.index, index=prompts["text_id"])
-                for target in b.targets:
-                    frame = labels[task, target]
-                    at = position[frame["text_id"]].to_numpy()
-                    row, rows = cross_model_cell(task, source, target, frame, codes.iloc[at].reset_index(drop=True),
-                                                 hidden.iloc[at].reset_index(drop=True), width, params)
-                    model_rows.append(row)
-                    predictions += rows
-                    _log_cell(f"{task}:{source}->{target}", row, {"layer": cell.layer, "width": cell.width})
-                    log.info("%s: %s -> %s: %s macro F1 %s", task, source, target, row["status"], row.get("macro_f1"))
+                features[source, task] = featurize(texts[task]["text"].tolist())
             for task, frame in languages.items():
                 codes, hidden, width = featurize(frame["text"].tolist())
                 rows, fits = cross_lingual_cells(task, source, frame, codes, hidden, width, params)
@@ -253,15 +263,39 @@ def run() -> dict[str, pd.DataFrame]:
                               {"layer": cell.layer, "width": cell.width})
             del featurize
             gc.collect()  # one model in memory at a time
+        for (source, task), (codes, hidden, width) in features.items():
+            position = pd.Series(texts[task].index, index=texts[task]["text_id"])
+            for target in b.targets:
+                frame = labels[task, target]
+                at = position[frame["text_id"]].to_numpy()
+                own = features.get((target, task))
+                row, rows = cross_model_cell(task, source, target, frame, codes.iloc[at].reset_index(drop=True),
+                                             hidden.iloc[at].reset_index(drop=True), width, params,
+                                             None if own is None else own[1].iloc[at].reset_index(drop=True))
+                model_rows.append(row)
+                predictions += rows
+                cell = t.sources[source]
+                _log_cell(f"{task}:{source}->{target}", row, {"layer": cell.layer, "width": cell.width})
+                log.info("%s: %s -> %s: %s macro F1 %s", task, source, target, row["status"], row.get("macro_f1"))
         cost.work(cells=len(model_rows) + len(lingual_rows),
                   fits=sum(frame.groupby(["fit", "resample"]).ngroups for frame in predictions))
-        tables = {"cross_model": pd.DataFrame(model_rows).reindex(columns=CROSS_MODEL_COLUMNS),
+        tables = {"cross_model": with_holm(pd.DataFrame(model_rows)).reindex(columns=CROSS_MODEL_COLUMNS),
                   "cross_lingual": pd.DataFrame(lingual_rows).reindex(columns=CROSS_LINGUAL_COLUMNS)}
         write_outputs(tables, predictions)
         _log_artifacts()
     log.info("transfer: %d cross-model and %d cross-lingual cells in %.0f s", len(model_rows), len(lingual_rows),
              time.perf_counter() - started)
     return tables
+
+
+def with_holm(table: pd.DataFrame) -> pd.DataFrame:
+    """Holm-adjusted p-values (`<comparison>_p_holm`) over every paired comparison the matrix reports."""
+    columns = [f"{name}_p" for name in VERSUS if f"{name}_p" in table]
+    values = table[columns].stack() if columns else pd.Series(dtype=float)
+    adjusted = pd.Series(holm(values.tolist()), index=values.index, dtype=float) if len(values) else values
+    for column in columns:
+        table[f"{column}_holm"] = adjusted.xs(column, level=1) if len(adjusted) else np.nan
+    return table
 
 
 def write_outputs(tables: dict[str, pd.DataFrame], predictions: list[pd.DataFrame]) -> None:

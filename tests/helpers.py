@@ -37,6 +37,9 @@ def follow_models(raw: dict[str, Any], keep: set[str] = frozenset()) -> dict[str
     if "behaviour_labels" not in keep:
         targets = [m for m in raw["behaviour_labels"]["targets"] if m in raw["models"]]
         raw["behaviour_labels"]["targets"] = targets or models[:1]
+        for task in raw["behaviour_labels"]["tasks"].values():  # a judgement asks about texts of known datasets
+            if task.get("kind") == "judgement" and not set(task["datasets"]) <= set(raw["datasets"]):
+                task["datasets"] = list(raw["datasets"])
     if "transfer" not in keep:
         raw["transfer"]["sources"] = {m: {"layer": cell["layers"][0], "width": cell["widths"][0]}
                                       for m, cell in sae.items()}

@@ -22,7 +22,7 @@ STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "pr
           "validate_data@beta", "collect_activations@tiny", "train_sae@tiny", "latent_cards@tiny", "extract@tiny-alpha",
           "extract@tiny-beta", "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
           "materialize", "check_stores", "train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha",
-          "promote@beta", "behaviour_labels@tiny-items", "transfer", "lodo@tiny", "report"}
+          "promote@beta", "behaviour_labels@tiny-items", "behaviour_labels@tiny-judge", "transfer", "lodo@tiny", "report"}
 # always_changed: they hash the user's files and check the MLflow store behind the receipts on every repro
 ALWAYS = {"fingerprint_sources", "check_stores"}
 TRACKING_STAGES = {"train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha", "promote@beta", "report"}
@@ -62,7 +62,11 @@ def tiny_params() -> dict:
                                "binarize": [None, 1.0, EMPTY_THRESHOLD]}
     params["behaviour_labels"] = {"targets": ["tiny"], "max_tokens": 40,
                                   "tasks": {"items": {"source": "file:items.csv", "format": "letter_lines",
-                                                      "max_items": 60}}}
+                                                      "max_items": 60},
+                                            # the tiny tokenizer knows only w<i>: its answers are two words
+                                            "judge": {"kind": "judgement", "datasets": ["alpha", "beta"],
+                                                      "question": "w5 w6", "answers": ["w1", "w2"],
+                                                      "max_items": 150, "decision": "median"}}}
     params["transfer"] |= {"sources": {"tiny": {"layer": 2, "width": "64"}}, "pair": ["tiny", "tiny"],
                            "max_tokens": 24, "C_grid": [0.1, 1.0], "cv_folds": 3, "resamples": 2,
                            "cross_lingual": {"xl": {"languages": {"en": {"source": "file:en.csv"},

@@ -27,8 +27,13 @@ SCORES = ("macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc", "roc_auc_low",
           "recall_at_5fpr")
 # The probes of every cross-lingual cell, each with the column of its macro F1 (and `<column>_low`/`_high`)
 PROBES = {"sae": "macro_f1", "hidden": "hidden_f1", "tfidf": "tfidf_f1"}
-CROSS_MODEL_COLUMNS = ["task", "source", "target", *SCORES, "hidden_f1", "tfidf_f1", "majority_f1", "n_train",
-                       "n_test", "resamples", "not_converged", "status"]
+# The cross-model cells' paired differences of the SAE probe: against TF-IDF and the target's own hidden states
+VERSUS = ("sae_minus_tfidf", "sae_minus_target_hidden")
+CROSS_MODEL_COLUMNS = ["task", "source", "target", *SCORES,
+                       *(f"{column}{end}" for column in ("hidden_f1", "tfidf_f1", "target_hidden_f1")
+                         for end in ("", "_low", "_high")), "majority_f1",
+                       *(f"{column}{end}" for column in VERSUS for end in ("", "_low", "_high", "_p", "_p_holm")),
+                       "minority_share", "n_train", "n_test", "resamples", "not_converged", "status"]
 CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *SCORES,
                          *(f"{column}{end}" for column in list(PROBES.values())[1:] for end in ("", "_low", "_high")),
                          "majority_f1", "n_train", "n_test", "resamples", "not_converged", "status"]

@@ -80,6 +80,10 @@ def _transfer_section(anchor: str, title: str, frame: pd.DataFrame | None, kind:
     named_rows = [rows] if isinstance(rows, str) else rows
     table = with_interval(frame.sort_values([*panel, *[r for r in named_rows if r in frame], columns]))
     shown = frame
+    if kind == "cross_model":
+        section.paragraphs.append(tables.cross_model_reading(frame))
+        for probe in ("hidden", "tfidf", "target_hidden"):
+            table = with_interval(table, f"{probe}_f1", f"{probe} macro F1")
     if kind == "cross_lingual":
         section.paragraphs.append(tables.cross_lingual_reading(frame))
         shown = by_probe(frame)
@@ -100,7 +104,10 @@ def _transfer_sections(inputs: RunInputs) -> list[Section]:
     return [
         _transfer_section("cross-model", "Cross-model transfer: one model's features predict another's behaviour",
                           inputs.cross_model, "cross_model", "Rows: the model whose features the probe reads "
-                          "(source); columns: the model whose right or wrong answers are the labels (target).",
+                          "(source); columns: the model whose behaviour is the label (target): its right or wrong "
+                          "answers (a multiple-choice task) or its judgement of each text (a judgement task). "
+                          "Each cell also fits a probe on the target's own hidden states, on the same splits, "
+                          "and tests the SAE probe against it and TF-IDF (paired; Holm over the matrix).",
                           ["task"], "source", "target"),
         _transfer_section("cross-lingual", "Cross-lingual transfer: train on one language, test on another",
                           inputs.cross_lingual, "cross_lingual", "Rows: the probe (SAE, hidden state, TF-IDF) and "
@@ -108,6 +115,11 @@ def _transfer_sections(inputs: RunInputs) -> list[Section]:
                           "trains on the same splits of its language and is scored on the test parts of the "
                           f"other's. The tasks: {named or 'none in this profile'}.",
                           ["task", "model"], ["probe", "train_lang"], "test_lang"),
+        Section("transfer-claims", "Transfer: which of the paper's claims hold here", [
+            "Each of the paper's transfer claims against the cells above, with their 95% intervals. A claim holds "
+            "where every cell it covers agrees, partly where some do; a difference counts only where its "
+            f"Holm-corrected p is below {comparisons.CALLED}."],
+            tables=[("Claims", tables.transfer_claims(inputs.cross_model, inputs.cross_lingual, comparisons.CALLED))]),
     ]
 
 

@@ -172,11 +172,12 @@ def compare(best: pd.DataFrame, cells: pd.DataFrame, paired: pd.DataFrame, cross
                    "textdetox set")
 
     if cross_model is not None and len(ok := cross_model[cross_model["status"] == "ok"]):
-        lose = ok[ok["macro_f1"] < ok["hidden_f1"]]
-        ours[12] = ("; ".join(f"{r.task} {r.source}→{r.target} {_f(r.macro_f1)} (hidden {_f(r.hidden_f1)})"
-                              for r in ok.itertuples()),
-                    f"hidden above SAE by mean in {len(lose)} of {len(ok)} behaviour-prediction cells (the "
-                    "transfer table holds no paired test)")
+        paired = ok.dropna(subset=["sae_minus_target_hidden_p_holm"])
+        lose = paired[(paired["sae_minus_target_hidden"] < 0) & (paired["sae_minus_target_hidden_p_holm"] < CALLED)]
+        ours[12] = ("; ".join(f"{r.task} {r.source}→{r.target} {_f(r.macro_f1)} (target's own hidden "
+                              f"{_f(r.target_hidden_f1)})" for r in ok.itertuples()),
+                    f"the target's own hidden states above the source's SAE (paired, Holm p < {CALLED}) in "
+                    f"{len(lose)} of {len(paired)} behaviour-prediction cells")
     missing = {12: ("not produced yet", "the transfer stage writes plots/transfer/cross_model.csv"),
                13: ("no counterpart in this run", "no vision model in saefs")}
 

@@ -23,9 +23,11 @@ F1 = ["macro_f1", "macro_f1_low", "macro_f1_high"]
 SAFETY = ["roc_auc", "recall_at_1fpr", "recall_at_5fpr"]  # a safety monitor's view, beside macro F1
 # What the report needs of the transfer CSVs; the stage may write more (AUROC, recall at FPR, resamples),
 # which the tables then show as well.
-CROSS_MODEL_COLUMNS = ["task", "source", "target", *F1, "hidden_f1", "tfidf_f1", "majority_f1", "n_train", "n_test",
-                       "status"]
 BASELINE_F1 = [f"{probe}_f1{end}" for probe in ("hidden", "tfidf") for end in ("", "_low", "_high")]
+CROSS_MODEL_COLUMNS = ["task", "source", "target", *F1, *BASELINE_F1, "target_hidden_f1", "target_hidden_f1_low",
+                       "target_hidden_f1_high", "majority_f1",
+                       *(f"sae_minus_{probe}{end}" for probe in ("tfidf", "target_hidden")
+                         for end in ("", "_low", "_high", "_p_holm")), "minority_share", "n_train", "n_test", "status"]
 CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *F1, *BASELINE_F1, "majority_f1", "n_train",
                          "n_test", "status"]
 
@@ -305,6 +307,85 @@ def lodo_overlap_table(lodo: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
                      **{f"own vs others, {held} held out": value
                         for held, value in overlap["own_vs_others_jaccard"].items()}})
     return pd.DataFrame(rows)
+
+
+def _span(row: Any, column: str) -> str:
+    return f"{row[column]:.2f} [{row[f'{column}_low']:.2f}, {row[f'{column}_high']:.2f}]"
+
+
+def transfer_claims(cross_model: pd.DataFrame | None, cross_lingual: pd.DataFrame | None,
+                    called: float = 0.05) -> pd.DataFrame:
+    """The paper's transfer claims (PAPER.md §5-6) against this run: claim, what the paper reports, what this
+    run measured (with 95% intervals), and whether it holds here ("holds", "does not hold", "partly",
+    "not measured"). A difference counts only where its Holm-corrected p is below `called`."""
+    rows = []
+
+    def add(claim: str, paper: str, here: str, verdict: str) -> None:
+        rows.append({"claim": claim, "paper": paper, "this run": here, "holds here": verdict})
+
+    def share(hits: int, total: int) -> str:
+        return "not measured" if not total else "holds" if hits == total else "partly" if hits else "does not hold"
+
+    if cross_model is None:
+        cross_model = pd.DataFrame(columns=CROSS_MODEL_COLUMNS)
+    if cross_lingual is None:
+        cross_lingual = pd.DataFrame(columns=CROSS_LINGUAL_COLUMNS)
+    cells = cross_model[(cross_model["status"] == "ok") & (cross_model["source"] != cross_model["target"])]
+    above = cells[cells["macro_f1_low"] > cells["majority_f1"]]
+    add("A model's SAE features predict another model's behaviour (above the majority floor)",
+        "2B features predict 9B-IT PubMedQA correctness, macro F1 0.63",
+        "; ".join(f"{r.task} {r.source}→{r.target} {_span(r._asdict(), 'macro_f1')} (floor {r.majority_f1:.2f}, "
+                  f"minority {r.minority_share:.0%})" for r in cells.itertuples()) or "no cross-model cell ran",
+        share(len(above), len(cells)))
+    own = cells.dropna(subset=["sae_minus_target_hidden_p_holm"])
+    lower = own[(own["sae_minus_target_hidden"] < 0) & (own["sae_minus_target_hidden_p_holm"] < called)]
+    add("The target's own hidden states predict its behaviour better than the source's SAE features",
+        "hidden 0.77 vs SAE 0.63 (9B-IT PubMedQA, one split)",
+        "; ".join(f"{r.task} {r.source}→{r.target} SAE minus target hidden "
+                  f"{_span(r._asdict(), 'sae_minus_target_hidden')}, Holm p {r.sae_minus_target_hidden_p_holm:.3f}"
+                  for r in own.itertuples()) or "no cell with the target's own hidden states",
+        share(len(lower), len(own)))
+    lingual = cross_lingual[cross_lingual["status"] == "ok"]
+    zero = lingual[(lingual["train_lang"] == "en") & (lingual["test_lang"] != "en")]
+    viable = zero[zero["macro_f1_low"] > zero["majority_f1"]]
+    add("A probe trained on English transfers zero-shot to other languages (above the majority floor)",
+        "\"English-transfer remains viable\" (toxicity, 9B and 9B-IT)",
+        "; ".join(f"{r.task} {r.model} en→{r.test_lang} {_span(r._asdict(), 'macro_f1')} (floor "
+                  f"{r.majority_f1:.2f})" for r in zero.itertuples()) or "no English-trained zero-shot cell ran",
+        share(len(viable), len(zero)))
+    if len(zero):
+        native = lingual[lingual["train_lang"] == lingual["test_lang"]].set_index(["task", "model", "test_lang"])
+        pairs = [(r, native.loc[(r.task, r.model, r.test_lang)]) for r in zero.itertuples()
+                 if (r.task, r.model, r.test_lang) in native.index]
+        better = [r for r, n in pairs if n["macro_f1_low"] > r.macro_f1_high]
+        add("Training in the test language beats English transfer", "\"native-language training generally superior\"",
+            "; ".join(f"{r.model} {r.test_lang}: native {_span(n, 'macro_f1')} vs from English "
+                      f"{_span(r._asdict(), 'macro_f1')}" for r, n in pairs),
+            share(len(better), len(pairs)) + " (intervals apart)")
+    return pd.DataFrame(rows)
+
+
+def cross_model_reading(frame: pd.DataFrame, called: float = 0.05) -> str:
+    """One sentence a reader can act on: in how many cross-model cells (source != target) the source's SAE probe
+    clears the majority floor with its whole interval, and how it compares with the target's own hidden states."""
+    cells = frame[(frame["status"] == "ok") & (frame["source"] != frame["target"])]
+    if cells.empty:
+        return "No cross-model cell ran (each skipped one says why in the table), so nothing here says whether one " \
+               "model's features predict another's behaviour."
+    above = int((cells["macro_f1_low"] > cells["majority_f1"]).sum())
+    own = cells.dropna(subset=["sae_minus_target_hidden_p_holm"])
+    worse = int(((own["sae_minus_target_hidden"] < 0) & (own["sae_minus_target_hidden_p_holm"] < called)).sum())
+    if not above:
+        advice = "do not use another model's features to predict this behaviour"
+    elif own.empty or worse < len(own):
+        advice = ("another model's SAE features can stand in for the target's own where their interval clears the "
+                  "floor, with the loss the paired differences show")
+    else:
+        advice = ("where the target's own activations are available, probe them instead: the other model's SAE "
+                  "features predict its behaviour, but less well")
+    return (f"The source's SAE probe clears the majority floor with its whole 95% interval in {above} of {len(cells)} "
+            f"cross-model cells and is below the target's own hidden-state probe (Holm p < {called}) in {worse} of "
+            f"{len(own)}; so {advice}.")
 
 
 def cross_lingual_reading(frame: pd.DataFrame) -> str:

@@ -105,3 +105,53 @@ def test_batched_items_of_different_lengths_score_as_each_alone(kind: str) -> No
         assert scores == pytest.approx(expected, abs=1e-4)
     one_by_one = label_items(model, tokenizer, items, max_tokens=64, progress=False, batch_tokens=1)
     np.testing.assert_allclose(one_by_one.option_logprobs, labelled.option_logprobs, atol=1e-4)
+
+
+# --- judgements ---------------------------------------------------------------------------------------
+
+def judged(margins: list[float], decision: str):
+    from features.forward.behaviour import Scored, judgement_frame
+
+    texts = pd.DataFrame({"text": [f"w{i} w{i + 1}" for i in range(len(margins))], "dataset": "d",
+                          "source_text_id": [f"d{i}" for i in range(len(margins))], "source_label": 1})
+    scored = Scored(list(range(len(margins))), [[0.0, m] for m in margins], {})
+    return judgement_frame("judge", texts, scored, decision, ("no", "yes"),
+                           prepare_config(name="judge", labels=(0, 1), test_size=0.25))
+
+
+def test_a_target_biased_to_one_answer_is_one_class_by_its_answer_and_balanced_by_its_median() -> None:
+    margins = [0.5 + 0.1 * i for i in range(40)]  # it says yes to every text, more to some than others
+    by_answer, threshold = judged(margins, "answer")
+    assert threshold == 0 and set(by_answer["label"]) == {1} and set(by_answer["split"]) == {"train"}
+    by_median, threshold = judged(margins, "median")
+    assert threshold == pytest.approx(np.median(margins)) and by_median["label"].mean() == 0.5
+    assert set(by_median["split"]) == {"train", "test"} and by_median["answered_positive"].all()
+    # the label follows the margin, the text is the judged text (what source models featurize), ids by task
+    ordered = by_median.sort_values("margin")
+    assert ordered["label"].tolist() == [0] * 20 + [1] * 20
+    assert set(by_median["text"]) == {f"w{i} w{i + 1}" for i in range(40)}
+    assert set(by_median["label_name"]) == {"no", "yes"} and set(by_median["source_text_id"]) == {
+        f"d{i}" for i in range(40)}
+
+
+def test_a_target_with_no_text_left_to_judge_is_a_clear_error() -> None:
+    from features.errors import SaefsError
+    from features.forward.behaviour import Scored, judgement_frame
+
+    texts = pd.DataFrame({"text": ["w1 " * 90], "dataset": "d", "source_text_id": "d0", "source_label": 0})
+    with pytest.raises(SaefsError, match=r"task 'judge': no text left to judge \(skipped: \{'too_long': 1\}\)"):
+        judgement_frame("judge", texts, Scored([], [], {"too_long": 1}), "median", ("no", "yes"),
+                        prepare_config(name="judge", labels=(0, 1)))
+
+
+def test_judgement_prompts_score_both_answers_after_the_text() -> None:
+    from features.forward.behaviour import judgement_prompt, score_prompts
+
+    model, tokenizer = make_model("gemma3", n_layers=2), make_tokenizer()
+    texts = ["w1 w2 w3", "w4 " * 30, "w5"]
+    prompts = [judgement_prompt("w9 w10", text, ("w1", "w2")) for text in texts]
+    assert prompts[0].startswith("Text: w1 w2 w3\n\nQuestion: w9 w10 Answer w2 or w1.")
+    scored = score_prompts(model, tokenizer, prompts, [("w1", "w2")] * 3, max_tokens=24, progress=False)
+    assert scored.kept == [0, 2] and scored.skipped == {"too_long": 1}
+    assert scored.option_logprobs[1] == pytest.approx(score_options(model, tokenizer, prompts[2], ["w1", "w2"], 24),
+                                                      abs=1e-4)

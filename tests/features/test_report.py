@@ -132,14 +132,20 @@ def test_paper_comparison_counts_binarization_and_reads_cross_model_transfer() -
     cells = report.cells_frame(probes)
     best = pd.DataFrame([{"dataset": "d", "model": "m", "macro_f1": 0.75, "hidden_f1": 0.6, "tfidf_f1": 0.5}])
     cross = pd.DataFrame([{"task": "t", "source": "a", "target": "b", "macro_f1": 0.6, "hidden_f1": 0.7,
-                           "status": "ok"}])
+                           "target_hidden_f1": 0.8, "sae_minus_target_hidden": -0.2,
+                           "sae_minus_target_hidden_p_holm": 0.01, "status": "ok"},
+                          {"task": "t", "source": "b", "target": "a", "macro_f1": 0.6, "hidden_f1": 0.7,
+                           "target_hidden_f1": 0.7, "sae_minus_target_hidden": -0.1,  # lower mean, not called
+                           "sae_minus_target_hidden_p_holm": 0.2, "status": "ok"}])
     paired = _paired([("d", "last-token hidden", 0.15, 0.001), ("d", "TF-IDF", 0.25, 0.001)])
     rows = paper.compare(best, cells, paired, cross, "tiny setup", PAPER).set_index("#")
     assert rows.loc[1, "verdict"] == "0 of 1 datasets above 0.8 (below: d)"
     assert rows.loc[3, "verdict"].startswith("SAE above both (paired, Holm p < 0.05) on 1 of 1 datasets (d)")
     assert "d vs TF-IDF +0.250 [+0.200, +0.300]" in rows.loc[3, "this run"]
     assert rows.loc[4, "verdict"] == "binarized >= continuous in 1 of 1 (dataset, model) pairs"
-    assert rows.loc[12, "verdict"].startswith("hidden above SAE by mean in 1 of 1 behaviour-prediction cells")
+    assert rows.loc[12, "verdict"] == ("the target's own hidden states above the source's SAE (paired, Holm p < "
+                                       "0.05) in 1 of 2 behaviour-prediction cells")
+    assert "t a→b 0.600 (target's own hidden 0.800)" in rows.loc[12, "this run"]
     assert rows.loc[6, "this run"] == "no counterpart in this run" and rows.loc[6, "this run setup"] == ""
     assert rows.loc[6, "verdict"] == "not in this profile; the paper profile has dataset jailbreak"
     assert rows.loc[9, "verdict"] == "neither this profile nor the paper profile has its data"
@@ -235,3 +241,28 @@ def test_an_empty_table_says_so_instead_of_rendering_an_empty_grid() -> None:
     html, markdown = render(sections, "t")
     assert html.count("<table") == 1 and html.count(EMPTY) == 1
     assert markdown.count(EMPTY) == 1 and "| x |" in markdown.replace("|   x |", "| x |")
+
+
+def test_the_transfer_claims_say_which_hold_with_their_intervals() -> None:
+    def cell(source, target, f1, low, diff, p_holm, status="ok"):
+        return {"task": "judge", "source": source, "target": target, "macro_f1": f1, "macro_f1_low": low,
+                "macro_f1_high": f1 + 0.05, "majority_f1": 0.33, "minority_share": 0.5,
+                "sae_minus_target_hidden": diff, "sae_minus_target_hidden_low": diff - 0.05,
+                "sae_minus_target_hidden_high": diff + 0.05, "sae_minus_target_hidden_p_holm": p_holm,
+                "status": status}
+
+    cross = pd.DataFrame([cell("a", "b", 0.70, 0.65, -0.10, 0.001), cell("b", "a", 0.40, 0.30, 0.01, 0.8),
+                          cell("a", "a", 0.90, 0.85, 0.0, 1.0)])  # a model's own behaviour is not transfer
+    lingual = pd.DataFrame([{"task": "off", "model": "m", "train_lang": a, "test_lang": b, "status": "ok",
+                             "majority_f1": 0.33, "macro_f1": f1, "macro_f1_low": f1 - 0.04, "macro_f1_high": f1 + 0.04}
+                            for a, b, f1 in (("en", "en", 0.9), ("en", "es", 0.6), ("es", "es", 0.8),
+                                             ("es", "en", 0.5))])
+    claims = report.transfer_claims(cross, lingual).set_index("claim")["holds here"].tolist()
+    assert claims == ["partly", "partly", "holds", "holds (intervals apart)"]
+    text = report.transfer_claims(cross, lingual)["this run"].tolist()
+    assert "judge a→b 0.70 [0.65, 0.75] (floor 0.33, minority 50%)" in text[0] and "a→a" not in text[0]
+    assert "SAE minus target hidden -0.10 [-0.15, -0.05], Holm p 0.001" in text[1]
+    assert text[2] == "off m en→es 0.60 [0.56, 0.64] (floor 0.33)"
+    empty = report.transfer_claims(None, None)["holds here"].tolist()
+    assert empty == ["not measured"] * 3
+    assert "clears the majority floor with its whole 95% interval in 1 of 2" in report.cross_model_reading(cross)

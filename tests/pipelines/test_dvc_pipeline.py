@@ -158,13 +158,23 @@ def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -
     report = json.loads((scratch / paths.behaviour_metrics("tiny", "items")).read_text())
     assert report["items"] == len(labels) == 60 and report["accuracy"] == pytest.approx(labels["label"].mean())
     assert {"text_id", "label", "split", "option_logprobs", "answer"} <= set(labels.columns)
+    judged = pd.read_parquet(scratch / paths.behaviour_labels("tiny", "judge"))
+    judgement = json.loads((scratch / paths.behaviour_metrics("tiny", "judge")).read_text())
+    # the texts of both datasets (each once), half of them above the target's median leaning: balanced
+    prepared = pd.concat([pd.read_parquet(scratch / paths.prepared(d)) for d in ("alpha", "beta")])
+    assert set(judged["text"]) <= set(prepared["text"]) and judgement["items"] == len(judged) == 150
+    assert judgement["minority_share"] == pytest.approx(0.5) and set(judged["dataset"]) == {"alpha", "beta"}
+    assert {"margin", "answered_positive", "source_text_id", "source_label"} <= set(judged.columns)
     cross_model = pd.read_csv(scratch / paths.transfer_table("cross_model"))
-    assert cross_model[["task", "source", "target"]].values.tolist() == [["items", "tiny", "tiny"]]
+    assert cross_model[["task", "source", "target"]].values.tolist() == [["items", "tiny", "tiny"],
+                                                                         ["judge", "tiny", "tiny"]]
+    assert cross_model["sae_minus_target_hidden_p_holm"].notna().all()  # the target is a source: its own probe
     lingual = pd.read_csv(scratch / paths.transfer_table("cross_lingual"))
     assert len(lingual) == 4 and set(lingual["test_lang"]) == {"en", "es"} and (lingual["resamples"] == 2).all()
     predictions = pd.read_parquet(scratch / paths.transfer_predictions())
-    assert cross_model["status"].tolist() == ["ok"] and cross_model["resamples"].tolist() == [2]
-    assert {f"items:tiny->tiny:{probe}" for probe in ("sae", "hidden", "tfidf", "majority")} <= set(predictions["fit"])
+    assert cross_model["status"].tolist() == ["ok", "ok"] and cross_model["resamples"].tolist() == [2, 2]
+    assert {f"{task}:tiny->tiny:{probe}" for task in ("items", "judge")
+            for probe in ("sae", "hidden", "tfidf", "target_hidden", "majority")} <= set(predictions["fit"])
     assert {f"xl:tiny:en->es:{probe}" for probe in ("sae", "hidden", "tfidf", "majority")} <= set(predictions["fit"])
     assert {"roc_auc", "recall_at_1fpr", "hidden_f1_low", "tfidf_f1_high"} <= set(lingual.columns)
     assert (scratch / "plots/transfer/cross_lingual.png").is_file()

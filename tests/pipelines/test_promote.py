@@ -224,17 +224,17 @@ def test_a_stale_prediction_file_is_refused_by_name(versus_champion) -> None:
 
 
 def write_transfer(macro_f1: float | None, status: str = "ok") -> None:
-    """What the transfer stage leaves: one cross-model cell per source, predicting smollm2's phys_tf answers."""
+    """What the transfer stage leaves: one cross-model cell per source, predicting smollm2's judgements."""
     path = paths.transfer_table("cross_model")
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"task": "phys_tf", "source": source, "target": "smollm2_135m_it", "macro_f1": macro_f1,
+    rows = [{"task": "offensive_judgement", "source": source, "target": "smollm2_135m_it", "macro_f1": macro_f1,
              "majority_f1": 0.4, "status": status} for source in ("gemma3_270m", "smollm2_135m_it")]
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
 def test_the_transfer_gate_blocks_a_promotion_until_the_transfer_check_passes(project) -> None:
     params, uri = project
-    gate = {"task": "phys_tf", "target": "smollm2_135m_it", "min_macro_f1": 0.6, "min_margin": 0.05}
+    gate = {"task": "offensive_judgement", "target": "smollm2_135m_it", "min_macro_f1": 0.6, "min_margin": 0.05}
     params["promote"]["transfer_gates"] = {model: gate for model in params["sae"]}
     write_params(Path.cwd(), params)
     write_results(params, uri, sae_f1=0.93, hidden_f1=0.92)  # passes every other gate

@@ -111,3 +111,64 @@ def test_a_language_with_one_class_is_refused_with_its_counts(params, tmp_path, 
     with pytest.raises(SaefsError, match=r"cross_lingual.offensive.languages.es \(file:es.csv\): .*one class only "
                        r"\('not_offensive'\): 30 rows of it, 0 of \['offensive'\]"):
         transfer.language_frames("offensive", spec, params)
+
+
+def test_a_planted_behaviour_on_a_source_visible_token_is_predicted_from_real_sae_codes(params) -> None:
+    """A target that behaves one way exactly when a text holds word w7: the source model (a tiny random Llama,
+    whose residual stream keeps its tokens) sees the word, its SAE's pooled codes carry it, and the cell predicts
+    the behaviour with macro F1 above 0.9. Continuous codes: a random SAE's activations rarely reach 1.0."""
+    from features.core.transfer import codes_frame, hidden_frame
+    from features.forward.extract import extract
+    from tests.features.tiny import HIDDEN, make_jumprelu_sae, make_model, make_texts, make_tokenizer
+
+    rng = np.random.default_rng(0)
+    texts = [text.replace("w7 ", "w8 ") for text in make_texts([6] * 240, seed=1)]
+    y = (np.arange(240) % 2).astype(int)
+    texts = [f"{t} w7" if label else t for t, label in zip(texts, y, strict=True)]
+    order = rng.permutation(240)
+    texts, y = [texts[i] for i in order], y[order]
+    model, tokenizer, sae = make_model("llama", n_layers=2), make_tokenizer(), make_jumprelu_sae(HIDDEN, 256)
+    params = params.model_copy(update={"transfer": params.transfer.model_copy(update={"binarize": None})})
+    out = extract(model, tokenizer, texts, [1], {1: {"256": sae}}, ["sum"], max_tokens=16, batch_size=32,
+                  progress=False)
+    labels = labels_of(y).assign(text=texts)
+    codes, hidden = codes_frame(out.codes[1, "256", "sum"]), hidden_frame(out.hidden[1, "last"])
+    row, _ = transfer.cross_model_cell("judge", "a", "b", labels, codes, hidden, 256, params, target_hidden=hidden)
+    assert row["status"] == "ok" and row["macro_f1"] > 0.9 and row["minority_share"] == 0.5
+    assert row["macro_f1_high"] - row["macro_f1_low"] < 0.2 and row["majority_f1"] < 0.5
+    # the paired comparisons ran on the same splits: the target's own hidden state sees the word too
+    assert row["target_hidden_f1"] > 0.9 and -1 < row["sae_minus_target_hidden"] < 1
+    assert 0 <= row["sae_minus_tfidf_p"] <= 1 and row["sae_minus_target_hidden_low"] <= row["sae_minus_target_hidden"]
+
+
+def test_holm_runs_over_every_paired_comparison_of_the_matrix() -> None:
+    table = pd.DataFrame({"sae_minus_tfidf_p": [0.01, 0.04, np.nan], "sae_minus_target_hidden_p": [0.03, np.nan,
+                                                                                                   np.nan]})
+    out = transfer.with_holm(table)
+    # three p-values in one family: 0.01 x 3, then max(0.03 x 2, 0.03), then max(0.04, 0.06)
+    assert out["sae_minus_tfidf_p_holm"].tolist()[:2] == pytest.approx([0.03, 0.06])
+    assert out["sae_minus_target_hidden_p_holm"].iloc[0] == pytest.approx(0.06)
+    assert out["sae_minus_tfidf_p_holm"].isna().iloc[2] and out["sae_minus_target_hidden_p_holm"].isna().iloc[1]
+
+
+def test_a_judgement_reads_each_text_of_its_datasets_once_in_a_stable_order(tmp_path, monkeypatch) -> None:
+    from pipelines import behaviour_labels, paths
+    from pipelines.params import JudgementTask
+
+    monkeypatch.chdir(tmp_path)
+    paths.prepared("a").parent.mkdir(parents=True)
+    pd.DataFrame({"text_id": ["a1", "a2"], "text": ["shared", "only a"], "label": [1, 0]}).to_parquet(
+        paths.prepared("a"))
+    pd.DataFrame({"text_id": ["b1", "b2"], "text": ["only b", "shared"], "label": [0, 0]}).to_parquet(
+        paths.prepared("b"))
+    spec = JudgementTask(kind="judgement", datasets=["a", "b"], question="q?", answers=("no", "yes"), max_items=10,
+                         decision="median")
+    texts = behaviour_labels.judged_texts("judge", spec)
+    assert sorted(texts["text"]) == ["only a", "only b", "shared"]
+    assert texts.set_index("text").loc["shared", "dataset"] == "a"  # the first dataset keeps a shared text
+    assert texts.equals(behaviour_labels.judged_texts("judge", spec))
+    few = behaviour_labels.judged_texts("judge", spec.model_copy(update={"max_items": 2}))
+    assert few["text"].tolist() == texts["text"].tolist()[:2]
+    with pytest.raises(SaefsError, match=r"judges the texts of data/prepared/c.parquet, which is missing: run "
+                       r"`dvc repro prepare_data`"):
+        behaviour_labels.judged_texts("judge", spec.model_copy(update={"datasets": ["a", "c"]}))
