@@ -102,7 +102,7 @@ def dataset_codes(spec: str, name: str, filters: dict[str, str], cell: Cell, par
     if "split" in filters:
         keep &= (rows["split"] == filters["split"]).to_numpy()
     if "label" in filters:
-        names = [str(v) for v in config.label_names or config.labels]
+        names = list(config.class_names)
         keys = [names, [str(v) for v in config.labels], [str(i) for i in range(len(names))]]
         position = next((key.index(filters["label"]) for key in keys if filters["label"] in key), None)
         if position is None:

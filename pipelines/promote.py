@@ -213,8 +213,7 @@ def training_firings(dataset: str, probe: Any, service: str | None,
     except (FeastObjectNotFoundException, SaefsError, MlflowException) as err:
         log.warning("%s: the shortcut audit goes without the training texts: %s", dataset, err)
         return None, f"not read: {err}"
-    config = params.dataset(dataset)
-    return class_firings(inputs, train["label"], config.label_names or [str(v) for v in config.labels]), len(train)
+    return class_firings(inputs, train["label"], list(params.dataset(dataset).class_names)), len(train)
 
 
 def gated_predictions(dataset: str, model: str, fit: str, text_ids: Any) -> pd.DataFrame:

@@ -48,6 +48,11 @@ class DatasetConfig(Strict):
             raise ValueError(f"labels {list(self.labels)} repeat a value")
         return self
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Each class's name, in label order: `label_names`, else the raw label values as text."""
+        return self.label_names or tuple(str(v) for v in self.labels)
+
 
 class SplitConfig(Strict):
     """The train/test split and the rows' event time, the same for every dataset: params.yaml's prepare_data."""
@@ -182,7 +187,7 @@ def prepare(raw: pd.DataFrame, cfg: PrepareConfig) -> tuple[pd.DataFrame, Prepar
     df = pd.DataFrame({"text": raw["text"].astype("string")})
     _check_texts(df["text"], cfg)
     df["label"] = _map_labels(raw["raw_label"], cfg)
-    names = cfg.label_names or tuple(str(v) for v in cfg.labels)
+    names = cfg.class_names
     df["label_name"] = df["label"].map(dict(enumerate(names))).astype("string")
     df["lang"] = raw["lang"].astype("string") if "lang" in raw else cfg.lang
     df["text_id"] = [text_id(cfg.name, t) for t in df["text"]]
