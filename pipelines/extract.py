@@ -108,6 +108,7 @@ def _extract(item: str, params: Params, world: distributed.World) -> None:
     """Every worker loads a model replica and extracts its turns of shard-sized blocks; the writer stores them."""
     # Imported here, not at the top: a process that only starts torchrun skips their ~8 s (sae-lens, torch).
     from features.forward.extract import extract, quality_meters
+    from features.forward.gpu import forward_batching
     from features.forward.throughput import throughput, truncated_forward_flops
     from features.sources.lm import load_prepared, resolve_device
     from features.sources.sae import SAE_INDEX, load_sae
@@ -121,6 +122,7 @@ def _extract(item: str, params: Params, world: distributed.World) -> None:
     saes = {layer: {width: load_sae(specs[sae_name(layer, width)], device) for width in cfg.widths}
             for layer in cfg.layers}
     meters = quality_meters(saes)  # on the writer: the quality over every row written so far
+    batching = forward_batching(model, cfg.layers, ex.max_tokens, ex.batch_size)  # a GPU's: a token budget
     named = {sae_name(layer, width): sae for layer, widths in saes.items() for width, sae in widths.items()}
     fingerprint = job_fingerprint(ex.model_dump() | {"sae": cfg.model_dump()},
                                   job_identities(model_name, str(model.dtype), named), df["text_id"].tolist())
@@ -146,7 +148,8 @@ def _extract(item: str, params: Params, world: distributed.World) -> None:
         if mine is not None:
             rows, block_meters = df.iloc[mine[0] : mine[1]], quality_meters(saes)
             out = extract(model, tokenizer, rows["text"].tolist(), cfg.layers, saes, ex.poolings,
-                          max_tokens=ex.max_tokens, batch_size=ex.batch_size,
+                          max_tokens=ex.max_tokens, batch_size=batching.batch_size,
+                          tokens_per_batch=batching.tokens_per_batch,
                           include_bos=ex.pools_bos, paper_compat=ex.paper_compat,
                           meters=block_meters, progress=world.size == 1)
             block = (out, rows["text_id"].tolist(), block_meters)
@@ -181,7 +184,7 @@ def _extract(item: str, params: Params, world: distributed.World) -> None:
     encoders = sum(sae.cfg.d_in * sae.cfg.d_sae for sae in named.values())
     cost.work(texts=len(df) - done, tokens=n_tokens)
     cost.forward("extract", throughput(n_tokens + len(df) - done, seconds, truncated_forward_flops(
-        model, cfg.layers, encoders)))
+        model, cfg.layers, encoders), device))
     if n_unknown:
         log.warning("%s: %d tokens were unknown to the tokenizer (characters it cannot represent)", item, n_unknown)
     if n_truncated:

@@ -76,6 +76,7 @@ def extract(
     *,
     max_tokens: int,
     batch_size: int,
+    tokens_per_batch: int | None = None,
     include_bos: bool = False,
     paper_compat: bool = False,
     max_code_elements: int = DEFAULT_MAX_CODE_ELEMENTS,
@@ -86,6 +87,8 @@ def extract(
 
     `layers` are block indices (resid_post; the block input with `paper_compat`); `saes` maps a
     subset of them to named SAEs. The model runs on its own device and dtype, each SAE on its own.
+    A batch holds at most `batch_size` texts and, with `tokens_per_batch`, at most that many padded tokens (on a
+    GPU: features.forward.gpu sizes it to the free memory).
     SAE quality (variance explained, L0, dead latents) is measured on the same tokens; pass
     `meters` (see `quality_meters`) to accumulate it over several calls, e.g. one per shard.
     """
@@ -94,7 +97,8 @@ def extract(
     meters = quality_meters(saes) if meters is None else meters
     parts, order = [], []
     for rows, _, residuals, mask in _forward_batches(
-        model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, "extract", progress
+        model, tokenizer, tokenized, layers, (batch_size, tokens_per_batch), include_bos, paper_compat, "extract",
+        progress,
     ):
         with torch.inference_mode():
             parts.append(_pool_batch(residuals, mask, saes, poolings, max_code_elements, meters))
@@ -150,6 +154,7 @@ def token_batches(
     layers: Sequence[int],
     *,
     batch_size: int,
+    tokens_per_batch: int | None = None,
     include_bos: bool = False,
     paper_compat: bool = False,
     progress: bool = True,
@@ -159,7 +164,7 @@ def token_batches(
     their activations."""
     check_layers(layers, len(decoder_layers(model)))
     for rows, input_ids, residuals, mask in _forward_batches(
-        model, tokenizer, tokenized, layers, batch_size, include_bos, paper_compat, desc, progress
+        model, tokenizer, tokenized, layers, (batch_size, tokens_per_batch), include_bos, paper_compat, desc, progress
     ):
         where = mask.nonzero().cpu().numpy()
         yield TokenBatch(rows[where[:, 0]].astype(np.int64), where[:, 1].astype(np.int64),
@@ -172,14 +177,15 @@ def _forward_batches(
     tokenizer: PreTrainedTokenizerBase,
     tokenized: Tokenized,
     layers: Sequence[int],
-    batch_size: int,
+    sizes: tuple[int, int | None],
     include_bos: bool,
     paper_compat: bool,
     desc: str,
     progress: bool,
 ) -> Iterator[tuple[np.ndarray, Tensor, dict[int, Tensor], Tensor]]:
-    """Per length-sorted batch: its input rows, token ids, the captured residuals and the counted-token mask."""
-    batches = length_sorted_batches([len(ids) for ids in tokenized.ids], batch_size)
+    """Per length-sorted batch of at most `sizes` (texts, padded tokens): its input rows, token ids, the captured
+    residuals and the counted-token mask."""
+    batches = length_sorted_batches([len(ids) for ids in tokenized.ids], *sizes)
     for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress):
         input_ids, attention_mask = right_pad([tokenized.ids[i] for i in rows], model.device)
         mask = counted_token_mask(input_ids, attention_mask, tokenizer.bos_token_id, include_bos)
@@ -237,12 +243,29 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_token
     )
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Row indices per batch, longest texts first so that an out-of-memory batch fails at once."""
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, tokens_per_batch: int | None = None
+) -> list[np.ndarray]:
+    """Row indices per batch, longest texts first so that an out-of-memory batch fails at once.
+
+    Each batch holds at most `batch_size` texts and, with `tokens_per_batch`, at most that many padded tokens (its
+    texts times its first, longest one; one text at least): a fixed text count would fill a GPU's memory with the
+    longest texts and leave it mostly idle on the short ones.
+    """
     if batch_size < 1:
         raise SaefsError(f"batch_size must be >= 1, got {batch_size}")
+    if tokens_per_batch is not None and tokens_per_batch < 1:
+        raise SaefsError(f"tokens_per_batch must be >= 1, got {tokens_per_batch}")
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if tokens_per_batch is None:
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    longest = np.asarray(lengths)[order]
+    batches, start = [], 0
+    while start < len(order):
+        stop = start + min(batch_size, max(1, tokens_per_batch // max(1, int(longest[start]))))
+        batches.append(order[start:stop])
+        start = stop
+    return batches
 
 
 def _pool_batch(

@@ -4,7 +4,8 @@ A truncated decoder forward is matmul-bound: each token costs about two FLOPs pe
 blocks it runs through (attention over at most a few hundred positions adds a few percent). Dividing
 the achieved FLOP rate by the rate of a large square matmul gives the fraction of the limit; the
 limit is measured once per machine (CPU model, threads, torch version) and cached, since a second
-of matmuls per stage would distort the stages it measures.
+of matmuls per stage would distort the stages it measures. On a GPU the limit is its bf16 matmul rate,
+the precision its forward runs in (features.sources.lm.default_dtype), cached per GPU model.
 """
 
 from __future__ import annotations
@@ -26,21 +27,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "saefs")
 
 
-def measure_matmul_gflops(n: int = 2048, repeats: int = 5, trials: int = 3) -> float:
-    """fp32 GFLOP/s of an n x n matmul on the current torch threads: the best of `trials`, since
+def measure_matmul_gflops(n: int = 2048, repeats: int = 5, trials: int = 3, device: str | torch.device = "cpu",
+                          dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of an n x n matmul (fp32 on the current torch threads by default): the best of `trials`, since
     other jobs on a shared machine can only slow a trial down."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up: thread pool and allocator
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    cuda = torch.device(device).type == "cuda"
+    a @ b  # warm-up: thread pool, allocator, GPU clocks and kernels
     best = 0.0
     for _ in range(trials):
+        if cuda:
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        if cuda:  # kernels run asynchronously: time them to their end
+            torch.cuda.synchronize(device)
         best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
     return best
 
 
-def _machine_key() -> str:
+def measure_device_matmul_gflops(device: str | torch.device) -> float:
+    """The matmul limit of `device`: fp32 on the CPU; on a GPU bf16 at 8192 (smaller products leave it idle)."""
+    if torch.device(device).type == "cuda":
+        return measure_matmul_gflops(8192, repeats=10, device=device, dtype=torch.bfloat16)
+    return measure_matmul_gflops()
+
+
+def _machine_key(device: str | torch.device = "cpu") -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} | bf16 | torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -50,16 +66,16 @@ def _machine_key() -> str:
     return f"{cpu} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
-def matmul_limit() -> float:
-    """This machine's fp32 matmul GFLOP/s at the current thread count: the best rate measured on it so far
-    (measured on first use). A measurement on a busy machine can only be low, so the best one stands."""
-    cached = _cached().get(_machine_key())
-    return cached if cached is not None else remember_matmul_rate(measure_matmul_gflops())
+def matmul_limit(device: str | torch.device = "cpu") -> float:
+    """This machine's fp32 matmul GFLOP/s at the current thread count (a GPU's bf16 rate): the best rate measured
+    on it so far (measured on first use). A measurement on a busy machine can only be low, so the best one stands."""
+    cached = _cached().get(_machine_key(device))
+    return cached if cached is not None else remember_matmul_rate(measure_device_matmul_gflops(device), device)
 
 
-def remember_matmul_rate(gflops: float) -> float:
+def remember_matmul_rate(gflops: float, device: str | torch.device = "cpu") -> float:
     """Keep `gflops` (a fresh measurement) as this machine's limit if it beats the cached one; the limit."""
-    path, key = cache_dir() / "matmul_limit.json", _machine_key()
+    path, key = cache_dir() / "matmul_limit.json", _machine_key(device)
     cached = _cached()
     cached[key] = round(max(gflops, cached.get(key, 0.0)), 2)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,13 +96,14 @@ def forward_flops_per_token(blocks: Sequence[nn.Module], extra_params: int = 0) 
     return 2 * (sum(p.numel() for block in blocks for p in block.parameters()) + extra_params)
 
 
-def throughput(tokens: int, seconds: float, flops_per_token: int) -> dict[str, float]:
-    """Tokens/s, GFLOP/s and the fraction of the matmul limit reached, with the load average beside them."""
+def throughput(tokens: int, seconds: float, flops_per_token: int,
+               device: str | torch.device = "cpu") -> dict[str, float]:
+    """Tokens/s, GFLOP/s and the fraction of the matmul limit of `device` reached, with the load average beside."""
     rate = tokens / max(seconds, 1e-9)
     gflops = rate * flops_per_token / 1e9
-    limit = matmul_limit()
+    limit = matmul_limit(device)
     if gflops > limit:  # the cached limit was measured while the machine was busy: measure it again
-        limit = remember_matmul_rate(measure_matmul_gflops())
+        limit = remember_matmul_rate(measure_device_matmul_gflops(device), device)
     return {"tokens": tokens, "tokens_per_second": round(rate, 1), "gflop_per_second": round(gflops, 2),
             "matmul_limit_gflop_per_second": limit, "fraction_of_matmul_limit": round(gflops / limit, 3),
             "load_average": round(os.getloadavg()[0], 2)}

@@ -34,7 +34,14 @@ def prepared_tokenizer(prepared_dir: str | Path) -> PreTrainedTokenizerBase:
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
-    """bf16 on CUDA (the paper's models were run in half precision), fp32 on CPU (bf16 matmuls are slow there)."""
+    """bf16 on CUDA (the paper's models were run in half precision), fp32 on CPU (bf16 matmuls are slow there).
+
+    bf16 weights rather than fp32 weights under autocast: every forward of every stage then runs at the tensor-core
+    rate with no context to enter at each call site, the weights take half the memory (room for the batch), and
+    the dtype is part of the model's identity in extract's fingerprint. The cost is a bf16 residual stream, where
+    autocast would keep the residual additions in fp32; benchmarks/gpu.py times both. SAEs meet the bf16
+    residuals under autocast (features.sources.sae.encode).
+    """
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,17 +82,31 @@ def check_sae_fits(sae: SAE[Any], d_model: int, where: str) -> None:
 
 
 def encode(sae: SAE[Any], acts: Tensor) -> Tensor:
-    """SAE codes [N, d_sae] of activations [N, d_in], computed on the SAE's device and dtype."""
-    with torch.inference_mode():
-        return sae.encode(acts.to(device=sae.device, dtype=sae.dtype))
+    """SAE codes [N, d_sae] of activations [N, d_in], computed on the SAE's device, as float32 whatever the SAE's
+    dtype (pooled sums accumulate in it)."""
+    with torch.inference_mode(), _at_input_precision(sae, acts):
+        return sae.encode(acts.to(device=sae.device, dtype=sae.dtype)).float()
+
+
+def _at_input_precision(sae: SAE[Any], acts: Tensor) -> AbstractContextManager[Any]:
+    """On a GPU, an fp32 SAE multiplies half-precision activations (a bf16 model's) under autocast at their
+    precision: an fp32 product adds no digit the input had, at about a fifteenth of the bf16 tensor-core rate,
+    which would make the SAEs cost more than the model's forward. Biases, thresholds and codes stay fp32. On the
+    CPU (fp32 activations) nothing changes."""
+    if sae.device.type == "cuda" and acts.dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast("cuda", dtype=acts.dtype)
+    return nullcontext()
 
 
 def _sparse_if_topk(sae: SAE[Any], codes: Tensor) -> Tensor:
-    """TopK codes as a sparse tensor, which sae-lens' TopK decode multiplies by the k active decoder rows only
-    (4x faster than the dense product at width 4k, equal within float rounding); other SAEs decode dense."""
+    """TopK codes on the CPU as a sparse tensor, which sae-lens' TopK decode multiplies by the k active decoder
+    rows only (4x faster than the dense product at width 4k, equal within float rounding); other SAEs, and codes
+    on a GPU, decode dense (there the dense product runs on tensor cores under autocast; torch.sparse.mm has no
+    bf16 path)."""
     from sae_lens import TopKSAE, TopKTrainingSAE
 
-    return codes.to_sparse() if isinstance(sae, TopKSAE | TopKTrainingSAE) else codes
+    sparse = codes.device.type == "cpu" and isinstance(sae, TopKSAE | TopKTrainingSAE)
+    return codes.to_sparse() if sparse else codes
 
 
 _METER_SUMS = ("squared_error", "sum_x", "sum_x2", "n_active", "fire_count")
@@ -110,17 +125,18 @@ class QualityMeter:
         self.fire_count = torch.zeros(d_sae, dtype=torch.int64)
 
     def update(self, sae: SAE[Any], acts: Tensor, codes: Tensor) -> None:
-        """Add token activations [N, d_in] and their codes [N, d_sae]."""
-        with torch.inference_mode():
-            reconstruction = sae.decode(_sparse_if_topk(sae, codes)).double().cpu()
-        target = acts.double().cpu()
+        """Add token activations [N, d_in] and their codes [N, d_sae]. The sums are reduced on the codes' device
+        and only they reach the CPU: copying [N, d_sae] masks off a GPU would take longer than the encoding."""
+        with torch.inference_mode(), _at_input_precision(sae, acts):
+            reconstruction = sae.decode(_sparse_if_topk(sae, codes)).double()
+        target = acts.to(reconstruction.device).double()
+        active = codes > 0
         self.n_tokens += len(acts)
-        self.squared_error += (target - reconstruction).square().sum()
-        self.sum_x += target.sum(dim=0)
-        self.sum_x2 += target.square().sum(dim=0)
-        active = (codes > 0).cpu()
-        self.n_active += active.sum()
-        self.fire_count += active.sum(dim=0)
+        self.squared_error += (target - reconstruction).square().sum().cpu()
+        self.sum_x += target.sum(dim=0).cpu()
+        self.sum_x2 += target.square().sum(dim=0).cpu()
+        self.n_active += active.sum().cpu()
+        self.fire_count += active.sum(dim=0).cpu()
 
     def add(self, other: QualityMeter) -> None:
         """Take in another meter's tokens (another worker's, another shard's): every sum adds."""

@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from features.core.layers import hidden_state_index
 from features.errors import SaefsError
-from features.forward.extract import Extracted, extract
+from features.forward.extract import Extracted, extract, length_sorted_batches, tokenize
 from features.sources.sae import sae_quality
 from tests.features.tiny import HIDDEN, make_jumprelu_sae, make_model, make_texts, make_tokenizer
 
@@ -109,6 +109,25 @@ def test_encoding_in_groups_of_texts_changes_nothing(saes: dict[int, Any]) -> No
     grouped = run(model, tokenizer, texts, saes, max_code_elements=4 * D_SAE)  # 4 tokens (one text at least)
     for key, matrix in whole.codes.items():
         np.testing.assert_allclose(grouped.codes[key].toarray(), matrix.toarray(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_token_budget_batches_by_padded_tokens_and_changes_no_feature(saes: dict[int, Any]) -> None:
+    lengths = [len(ids) for ids in tokenize(make_tokenizer(), make_texts(LENGTHS), MAX_TOKENS).ids]
+    batches = length_sorted_batches(lengths, batch_size=100, tokens_per_batch=20)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(LENGTHS)))
+    assert [len(rows) for rows in batches] == [2, 2, 3, 1]  # lengths 10 10 | 10 8 | 6 4 3 | 2: 20 padded at most
+    assert all(len(rows) * lengths[rows[0]] <= 20 for rows in batches)
+    assert [len(rows) for rows in length_sorted_batches(lengths, 3, tokens_per_batch=1000)] == [3, 3, 2]
+    assert [len(rows) for rows in length_sorted_batches(lengths, 3, tokens_per_batch=1)] == [1] * len(LENGTHS)
+    model, tokenizer, texts = make_model("gemma3"), make_tokenizer(), make_texts(LENGTHS)
+    fixed = run(model, tokenizer, texts, saes)
+    budgeted = run(model, tokenizer, texts, saes, batch_size=100, tokens_per_batch=20)
+    for key, matrix in fixed.codes.items():  # other batch shapes round differently, as in the naive comparison
+        np.testing.assert_allclose(budgeted.codes[key].toarray(), matrix.toarray(), rtol=1e-4, atol=1e-5)
+    for key, hidden in fixed.hidden.items():
+        np.testing.assert_allclose(budgeted.hidden[key], hidden, rtol=1e-4, atol=1e-5)
+    with pytest.raises(SaefsError, match="tokens_per_batch"):
+        length_sorted_batches(lengths, 3, tokens_per_batch=0)
 
 
 def test_include_bos_pools_one_more_token(saes: dict[int, Any]) -> None:
