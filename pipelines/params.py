@@ -278,6 +278,7 @@ class TransferParams(Strict):
     cv_folds: int = Field(ge=2, description="inner CV folds for C, and the same-language cells' folds")
     resamples: int = Field(ge=1, description="stratified splits of each cross-model target's items (the first is "
                            "its own train/test split); intervals are corrected resampled t over them")
+    n_jobs: int = Field(ge=1, description="resamples fitted at once, in worker processes of one BLAS thread each")
     cross_lingual: dict[Name, CrossLingualTask]
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from features.core.evidence import holm
 from features.core.naming import sae_name
@@ -123,15 +124,16 @@ def _dense_probe(params: Params, seed: int) -> Any:
 class Cell:
     """The fits of one transfer cell on the same resamples: each fit's summary, and every prediction row."""
 
-    def __init__(self, name: str, frame: pd.DataFrame, splits: list[Resample], cv: int) -> None:
-        self.name, self.splits, self.cv = name, splits, cv
+    def __init__(self, name: str, frame: pd.DataFrame, splits: list[Resample], cv: int, n_jobs: int = 1) -> None:
+        self.name, self.splits, self.cv, self.n_jobs = name, splits, cv, n_jobs
         self.y, self.text_ids = frame["label"].to_numpy(), frame["text_id"].to_numpy()
         self.labels = np.unique(self.y).tolist()
         self.rows: list[pd.DataFrame] = []
 
     def fit(self, probe: str, make: Any, X: Any) -> dict[str, Any]:
         fit = f"{self.name}:{probe}"
-        rows, _ = fit_resamples(make, X, self.y, self.text_ids, self.splits, fit=fit, labels=self.labels, cv=self.cv)
+        rows, _ = fit_resamples(make, X, self.y, self.text_ids, self.splits, fit=fit, labels=self.labels, cv=self.cv,
+                                n_jobs=self.n_jobs)
         self.rows.append(rows)
         return summarize(rows, self.labels)[fit]
 
@@ -167,7 +169,7 @@ def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, 
         return row | {"status": reason}, []
     try:
         cell = Cell(f"{task}:{source}->{target}", labels, resamples(y, ~train, t.resamples, params.prepare_data.seed),
-                    t.cv_folds)
+                    t.cv_folds, t.n_jobs)
         sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
         dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
         tfidf = cell.fit("tfidf", make_tfidf_baseline, labels[["text"]])
@@ -199,7 +201,7 @@ def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.Da
         if reason:
             rows.append(row | {"status": reason})
             continue
-        cell = Cell(f"{task}:{model}:{train_lang}->{test_lang}", frame, splits, t.cv_folds)
+        cell = Cell(f"{task}:{model}:{train_lang}->{test_lang}", frame, splits, t.cv_folds, t.n_jobs)
         try:
             sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
             dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
@@ -255,7 +257,8 @@ def run() -> dict[str, pd.DataFrame]:
                 features[source, task] = featurize(texts[task]["text"].tolist())
             for task, frame in languages.items():
                 codes, hidden, width = featurize(frame["text"].tolist())
-                rows, fits = cross_lingual_cells(task, source, frame, codes, hidden, width, params)
+                with threadpool_limits(limits=1):  # small lbfgs fits: one BLAS thread each, `n_jobs` at once
+                    rows, fits = cross_lingual_cells(task, source, frame, codes, hidden, width, params)
                 predictions += fits
                 for row in rows:
                     lingual_rows.append(row)
@@ -269,9 +272,10 @@ def run() -> dict[str, pd.DataFrame]:
                 frame = labels[task, target]
                 at = position[frame["text_id"]].to_numpy()
                 own = features.get((target, task))
-                row, rows = cross_model_cell(task, source, target, frame, codes.iloc[at].reset_index(drop=True),
-                                             hidden.iloc[at].reset_index(drop=True), width, params,
-                                             None if own is None else own[1].iloc[at].reset_index(drop=True))
+                with threadpool_limits(limits=1):
+                    row, rows = cross_model_cell(task, source, target, frame, codes.iloc[at].reset_index(drop=True),
+                                                 hidden.iloc[at].reset_index(drop=True), width, params,
+                                                 None if own is None else own[1].iloc[at].reset_index(drop=True))
                 model_rows.append(row)
                 predictions += rows
                 cell = t.sources[source]

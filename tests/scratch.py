@@ -22,7 +22,8 @@ STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "pr
           "validate_data@beta", "collect_activations@tiny", "train_sae@tiny", "latent_cards@tiny", "extract@tiny-alpha",
           "extract@tiny-beta", "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
           "materialize", "check_stores", "train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha",
-          "promote@beta", "behaviour_labels@tiny-items", "behaviour_labels@tiny-judge", "transfer", "lodo@tiny", "report"}
+          "promote@beta", "behaviour_labels@tiny-items", "behaviour_labels@tiny-judge", "transfer", "lodo@tiny",
+          "report"}
 # always_changed: they hash the user's files and check the MLflow store behind the receipts on every repro
 ALWAYS = {"fingerprint_sources", "check_stores"}
 TRACKING_STAGES = {"train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha", "promote@beta", "report"}
