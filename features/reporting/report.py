@@ -309,6 +309,11 @@ def lodo_overlap_table(lodo: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# A guess at the label rate scores macro F1 0.5 on any binary task (a class of share p gets F1 p, the other 1 - p),
+# so that, not the majority floor (which a probe's worst mistake already beats), is the line a transfer must clear.
+CHANCE_F1 = 0.5
+
+
 def _span(row: Any, column: str) -> str:
     return f"{row[column]:.2f} [{row[f'{column}_low']:.2f}, {row[f'{column}_high']:.2f}]"
 
@@ -331,10 +336,10 @@ def transfer_claims(cross_model: pd.DataFrame | None, cross_lingual: pd.DataFram
     if cross_lingual is None:
         cross_lingual = pd.DataFrame(columns=CROSS_LINGUAL_COLUMNS)
     cells = cross_model[(cross_model["status"] == "ok") & (cross_model["source"] != cross_model["target"])]
-    above = cells[cells["macro_f1_low"] > cells["majority_f1"]]
-    add("A model's SAE features predict another model's behaviour (above the majority floor)",
+    above = cells[cells["macro_f1_low"] > CHANCE_F1]
+    add(f"A model's SAE features predict another model's behaviour (macro F1 above chance, {CHANCE_F1})",
         "2B features predict 9B-IT PubMedQA correctness, macro F1 0.63",
-        "; ".join(f"{r.task} {r.source}→{r.target} {_span(r._asdict(), 'macro_f1')} (floor {r.majority_f1:.2f}, "
+        "; ".join(f"{r.task} {r.source}→{r.target} {_span(r._asdict(), 'macro_f1')} (majority {r.majority_f1:.2f}, "
                   f"minority {r.minority_share:.0%})" for r in cells.itertuples()) or "no cross-model cell ran",
         share(len(above), len(cells)))
     own = cells.dropna(subset=["sae_minus_target_hidden_p_holm"])
@@ -347,11 +352,11 @@ def transfer_claims(cross_model: pd.DataFrame | None, cross_lingual: pd.DataFram
         share(len(lower), len(own)))
     lingual = cross_lingual[cross_lingual["status"] == "ok"]
     zero = lingual[(lingual["train_lang"] == "en") & (lingual["test_lang"] != "en")]
-    viable = zero[zero["macro_f1_low"] > zero["majority_f1"]]
-    add("A probe trained on English transfers zero-shot to other languages (above the majority floor)",
+    viable = zero[zero["macro_f1_low"] > CHANCE_F1]
+    add(f"A probe trained on English transfers zero-shot to other languages (macro F1 above chance, {CHANCE_F1})",
         "\"English-transfer remains viable\" (toxicity, 9B and 9B-IT)",
-        "; ".join(f"{r.task} {r.model} en→{r.test_lang} {_span(r._asdict(), 'macro_f1')} (floor "
-                  f"{r.majority_f1:.2f})" for r in zero.itertuples()) or "no English-trained zero-shot cell ran",
+        "; ".join(f"{r.task} {r.model} en→{r.test_lang} {_span(r._asdict(), 'macro_f1')}"
+                  for r in zero.itertuples()) or "no English-trained zero-shot cell ran",
         share(len(viable), len(zero)))
     if len(zero):
         native = lingual[lingual["train_lang"] == lingual["test_lang"]].set_index(["task", "model", "test_lang"])
@@ -367,45 +372,45 @@ def transfer_claims(cross_model: pd.DataFrame | None, cross_lingual: pd.DataFram
 
 def cross_model_reading(frame: pd.DataFrame, called: float = 0.05) -> str:
     """One sentence a reader can act on: in how many cross-model cells (source != target) the source's SAE probe
-    clears the majority floor with its whole interval, and how it compares with the target's own hidden states."""
+    clears chance (CHANCE_F1) with its whole interval, and how it compares with the target's own hidden states."""
     cells = frame[(frame["status"] == "ok") & (frame["source"] != frame["target"])]
     if cells.empty:
         return "No cross-model cell ran (each skipped one says why in the table), so nothing here says whether one " \
                "model's features predict another's behaviour."
-    above = int((cells["macro_f1_low"] > cells["majority_f1"]).sum())
+    above = int((cells["macro_f1_low"] > CHANCE_F1).sum())
     own = cells.dropna(subset=["sae_minus_target_hidden_p_holm"])
     worse = int(((own["sae_minus_target_hidden"] < 0) & (own["sae_minus_target_hidden_p_holm"] < called)).sum())
     if not above:
         advice = "do not use another model's features to predict this behaviour"
     elif own.empty or worse < len(own):
-        advice = ("another model's SAE features can stand in for the target's own where their interval clears the "
-                  "floor, with the loss the paired differences show")
+        advice = ("another model's SAE features can stand in for the target's own where their interval clears "
+                  "chance, with the difference the paired tests show")
     else:
         advice = ("where the target's own activations are available, probe them instead: the other model's SAE "
                   "features predict its behaviour, but less well")
-    return (f"The source's SAE probe clears the majority floor with its whole 95% interval in {above} of {len(cells)} "
-            f"cross-model cells and is below the target's own hidden-state probe (Holm p < {called}) in {worse} of "
-            f"{len(own)}; so {advice}.")
+    return (f"The source's SAE probe clears chance (macro F1 {CHANCE_F1}) with its whole 95% interval in {above} of "
+            f"{len(cells)} cross-model cells and is below the target's own hidden-state probe (Holm p < {called}) in "
+            f"{worse} of {len(own)}; so {advice}.")
 
 
 def cross_lingual_reading(frame: pd.DataFrame) -> str:
     """One sentence a reader can act on: per probe, the mean zero-shot macro F1 against the mean in-language one,
-    and how many zero-shot cells clear the majority floor with their whole 95% interval."""
+    and how many zero-shot cells clear chance (CHANCE_F1) with their whole 95% interval."""
     cells = frame[frame["status"] == "ok"]
     zero_shot, own = cells[cells["train_lang"] != cells["test_lang"]], cells[cells["train_lang"] == cells["test_lang"]]
     if zero_shot.empty or own.empty:
         return "No zero-shot cell ran, so nothing here says whether a probe carries across languages."
     parts, clear = [], {}
     for probe, column in (("SAE", "macro_f1"), ("hidden-state", "hidden_f1"), ("TF-IDF", "tfidf_f1")):
-        clear[probe] = int((zero_shot[f"{column}_low"] > zero_shot["majority_f1"]).sum())
+        clear[probe] = int((zero_shot[f"{column}_low"] > CHANCE_F1).sum())
         parts.append(f"{probe} {zero_shot[column].mean():.2f} against {own[column].mean():.2f} in-language "
-                     f"({clear[probe]}/{len(zero_shot)} zero-shot cells above the majority floor)")
+                     f"({clear[probe]}/{len(zero_shot)} zero-shot cells above chance, {CHANCE_F1})")
     best = max(("SAE", "hidden-state"), key=lambda probe: clear[probe])
     if clear[best] == len(zero_shot):
         advice = f"a {best} probe trained on one language can screen the others, at the cost shown"
     elif clear[best]:
-        advice = (f"screen another language with the {best} probe only in the cells whose interval clears the "
-                  "floor, and label texts of the others")
+        advice = (f"screen another language with the {best} probe only in the cells whose interval clears chance, "
+                  "and label texts of the others")
     else:
         advice = "label texts in each language: no probe here carries across languages"
     return (f"Zero-shot macro F1, mean over cells: {'; '.join(parts)}; TF-IDF shares no vocabulary across "

@@ -260,9 +260,9 @@ def test_the_transfer_claims_say_which_hold_with_their_intervals() -> None:
     claims = report.transfer_claims(cross, lingual).set_index("claim")["holds here"].tolist()
     assert claims == ["partly", "partly", "holds", "holds (intervals apart)"]
     text = report.transfer_claims(cross, lingual)["this run"].tolist()
-    assert "judge a→b 0.70 [0.65, 0.75] (floor 0.33, minority 50%)" in text[0] and "a→a" not in text[0]
+    assert "judge a→b 0.70 [0.65, 0.75] (majority 0.33, minority 50%)" in text[0] and "a→a" not in text[0]
     assert "SAE minus target hidden -0.10 [-0.15, -0.05], Holm p 0.001" in text[1]
-    assert text[2] == "off m en→es 0.60 [0.56, 0.64] (floor 0.33)"
+    assert text[2] == "off m en→es 0.60 [0.56, 0.64]"
     empty = report.transfer_claims(None, None)["holds here"].tolist()
     assert empty == ["not measured"] * 3
-    assert "clears the majority floor with its whole 95% interval in 1 of 2" in report.cross_model_reading(cross)
+    assert "clears chance (macro F1 0.5) with its whole 95% interval in 1 of 2" in report.cross_model_reading(cross)

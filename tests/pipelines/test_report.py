@@ -169,7 +169,7 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     assert "0.777 [0.750, 0.800]" in html and "0.777 [0.750, 0.800]" in md  # a cross-lingual cell, as the CSV has it
     assert "[0.75, 0.80]" in html  # and its heatmap annotation
     # the sentence a reader acts on: zero-shot against in-language, per probe, and what to do
-    assert ("SAE 0.78 against 0.78 in-language (2/2 zero-shot cells above the majority floor); hidden-state 0.50 "
+    assert ("SAE 0.78 against 0.78 in-language (2/2 zero-shot cells above chance, 0.5); hidden-state 0.50 "
             "against 0.80 in-language (0/2" in md and "so a SAE probe trained on one language can screen" in md)
     assert "skipped: target answered every item right" in html and "skipped" in md
     assert html.count("<svg") == 9 + 1 + 1 + 1  # nine result figures, a heatmap per transfer task, cost
