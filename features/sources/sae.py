@@ -84,16 +84,17 @@ def check_sae_fits(sae: SAE[Any], d_model: int, where: str) -> None:
 def encode(sae: SAE[Any], acts: Tensor) -> Tensor:
     """SAE codes [N, d_sae] of activations [N, d_in], computed on the SAE's device, as float32 whatever the SAE's
     dtype (pooled sums accumulate in it)."""
-    with torch.inference_mode(), _at_input_precision(sae, acts):
+    with torch.inference_mode(), _at_input_precision(acts):
         return sae.encode(acts.to(device=sae.device, dtype=sae.dtype)).float()
 
 
-def _at_input_precision(sae: SAE[Any], acts: Tensor) -> AbstractContextManager[Any]:
+def _at_input_precision(acts: Tensor) -> AbstractContextManager[Any]:
     """On a GPU, an fp32 SAE multiplies half-precision activations (a bf16 model's) under autocast at their
     precision: an fp32 product adds no digit the input had, at about a fifteenth of the bf16 tensor-core rate,
     which would make the SAEs cost more than the model's forward. Biases, thresholds and codes stay fp32. On the
-    CPU (fp32 activations) nothing changes."""
-    if sae.device.type == "cuda" and acts.dtype in (torch.bfloat16, torch.float16):
+    CPU (fp32 activations) nothing changes. Read off the activations, which share the SAE's device: a stand-in
+    SAE (an identity, in the tests) need not say its device."""
+    if acts.device.type == "cuda" and acts.dtype in (torch.bfloat16, torch.float16):
         return torch.autocast("cuda", dtype=acts.dtype)
     return nullcontext()
 
@@ -127,7 +128,7 @@ class QualityMeter:
     def update(self, sae: SAE[Any], acts: Tensor, codes: Tensor) -> None:
         """Add token activations [N, d_in] and their codes [N, d_sae]. The sums are reduced on the codes' device
         and only they reach the CPU: copying [N, d_sae] masks off a GPU would take longer than the encoding."""
-        with torch.inference_mode(), _at_input_precision(sae, acts):
+        with torch.inference_mode(), _at_input_precision(acts):
             reconstruction = sae.decode(_sparse_if_topk(sae, codes)).double()
         target = acts.to(reconstruction.device).double()
         active = codes > 0
