@@ -53,6 +53,7 @@ def run(cell: str) -> None:
     spec = cfg.tasks[task]
     split = PrepareConfig(name=task, labels=(0, 1), test_size=prep.test_size, seed=prep.seed,
                           event_timestamp=prep.event_timestamp)
+    # a judgement's texts are read before the model loads: a missing prepared file fails in seconds
     texts = judged_texts(task, spec) if isinstance(spec, JudgementTask) else None
     model, tokenizer = load_prepared(paths.model_dir(target), resolve_device(params.extract.device))
     started = time.perf_counter()
@@ -111,9 +112,8 @@ def judgement(task: str, spec: JudgementTask, texts: pd.DataFrame, model: Any, t
     report = judgement_report(frame, scored.skipped, spec.decision, threshold)
     log.info("%s: %d texts, answers %r to %.1f%%, label 1 on %.1f%% (%s, threshold %.3f), AUROC of its judgement "
              "against the datasets' labels %s, skipped %s", task, report["items"], spec.answers[1],
-             100 * report["answered_positive"],
-             100 * report["positive_share"], spec.decision, threshold, report["auroc_vs_dataset_labels"],
-             scored.skipped or "none")
+             100 * report["answered_positive"], 100 * report["positive_share"], spec.decision, threshold,
+             report["auroc_vs_dataset_labels"], scored.skipped or "none")
     return frame, report, {"items": len(scored.kept), "tokens": scored.tokens,
                            "head_positions": scored.head_positions}
 

@@ -137,12 +137,16 @@ class Cell:
         self.rows.append(rows)
         return summarize(rows, self.labels)[fit]
 
-    def versus(self, a: str, b: str) -> dict[str, float]:
-        """Probe `a` minus probe `b` in macro F1 on the same splits: `<a>_minus_<b>`, its interval and p-value."""
+    def versus(self, a: str, *others: str) -> dict[str, float]:
+        """Probe `a` minus each of `others` in macro F1 on the same splits: `<a>_minus_<other>`, its interval and
+        p-value (the per-resample scores computed once for all)."""
         table = resample_metrics(pd.concat(self.rows, ignore_index=True), self.labels)
-        out = compare(table, f"{self.name}:{a}", f"{self.name}:{b}")
-        key = f"{a}_minus_{b}"
-        return {key: out["mean"], f"{key}_low": out["low"], f"{key}_high": out["high"], f"{key}_p": out["p_value"]}
+        out = {}
+        for b in others:
+            diff, key = compare(table, f"{self.name}:{a}", f"{self.name}:{b}"), f"{a}_minus_{b}"
+            out |= {key: diff["mean"], f"{key}_low": diff["low"], f"{key}_high": diff["high"],
+                    f"{key}_p": diff["p_value"]}
+        return out
 
 
 def _scores(summary: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +183,7 @@ def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, 
     except SaefsError as err:  # a class too rare for some resample: reported and counted, never a number
         return row | {"status": f"skipped: {err}"}, []
     row |= _scores(sae) | _f1("hidden_f1", dense) | _f1("tfidf_f1", tfidf) | _f1("target_hidden_f1", own)
-    row |= cell.versus("sae", "tfidf") | (cell.versus("sae", "target_hidden") if own else {})
+    row |= cell.versus("sae", "tfidf", *(["target_hidden"] if own else []))
     return row | {"majority_f1": majority["macro_f1"], "status": "ok"}, cell.rows
 
 

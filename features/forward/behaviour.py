@@ -4,9 +4,9 @@ Two kinds. Correctness (the paper's): every option of a multiple-choice item (fe
 scored by the summed log-probability of its continuation `" " + option` after the item's prompt (the
 paper's zero-shot format, no chat template, even for instruction-tuned models); the model's answer is
 the best-scoring option, the label whether it is the right one, and the prompt is what source models
-featurize. Judgement: the target is asked a yes/no question about a text ("Is this text offensive?"),
-the options `no`/`yes` scored the same way; the label is its judgement, and the text (not the question)
-is what source models featurize.
+featurize. Judgement: the target is asked a question about a text ("Is this text offensive?"), its two
+answers (`no`, `yes`) scored the same way; the label is its judgement, and the text (not the question) is
+what source models featurize.
 """
 
 from __future__ import annotations
