@@ -53,7 +53,8 @@ class ModelParams(Strict):
 
 
 class DatasetParams(DatasetConfig):
-    source: str = Field(description="sae_probes:<name>, hf:<id>[:<config>] or file:<csv|parquet|jsonl path>")
+    source: str = Field(description="sae_probes:<name>, hf:<id>[:<config>], hf_parquet:<id>[:<config>] (the hub's "
+                        "parquet conversion, for script-based sets), fortune:<lang> or file:<csv|parquet|jsonl path>")
     text_field: str | None = None  # default per source kind (sae_probes: prompt; others: text)
     label_field: str | None = None  # default per source kind (sae_probes: target; others: label)
     split: str = "train"  # the source split to load (hf:); the train/test split is ours
@@ -194,7 +195,8 @@ class ItemTask(Strict):
     answered right (the paper's behaviour)."""
 
     kind: Literal["correct"] = "correct"
-    source: str = Field(description="sae_probes:<name> (text formats) or hf:<id>[:<config>] (HF row formats)")
+    source: str = Field(description="sae_probes:<name> (text formats), hf:<id>[:<config>] or "
+                        "hf_parquet:<id>[:<config>] (HF row formats)")
     format: str = Field(description="an item format of features.forward.behaviour.ITEM_FORMATS")
     split: str = "train"
     max_items: int = Field(gt=0, description="items scored per target (a stable pseudo-random choice)")

@@ -3,8 +3,11 @@
     python -m pipelines.profile paper      # Gemma 2 + Gemma Scope + HF datasets (GPU, hub)
     python -m pipelines.profile cluster    # the embedded grid on PostgreSQL, Redis, MLflow server, torchrun
     python -m pipelines.profile embedded   # the offline CPU default
+    python -m pipelines.profile paper --check   # check its sources, writing nothing
 
-writes the merged, validated profile onto params.yaml (which DVC reads). An overlay merges into the base
+writes the merged, validated profile onto params.yaml (which DVC reads). `--check` instead reads every model,
+SAE and dataset source the profile names as its stage would (features/sources/checks.py) and lists what is
+wrong, and what it could not check without the hub; it exits 1 when something is wrong. An overlay merges into the base
 mapping by mapping; a list or a scalar replaces the base's; a mapping tagged `!replace` replaces the base's
 whole (a profile with other models or datasets than the base's). Everything that reads a profile goes
 through `load_profile`, so a key added to the base reaches every profile.
@@ -19,8 +22,9 @@ from typing import Any
 
 import yaml
 
+from features.sources import checks
 from features.stores.files import atomic_path
-from pipelines.params import PARAMS_FILE, PROFILES, Params, ParamsError, parse_params
+from pipelines.params import PARAMS_FILE, PROFILES, ItemTask, Params, ParamsError, parse_params
 
 PROFILE_DIR = Path("profiles")
 BASE = "embedded"
@@ -90,12 +94,54 @@ def use_profile(name: str, profile_dir: Path = PROFILE_DIR, target: Path = PARAM
         tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=120))
 
 
+def profile_findings(params: Params) -> list[checks.Finding]:
+    """Every source a profile names, checked as the stage that reads it would read it."""
+    findings = []
+    for name, model in params.models.items():
+        layers = [*(params.sae[name].layers if name in params.sae else []),
+                  *(cell.layer for sources in (params.transfer.sources, params.lodo.sources)
+                    for model_name, cell in sources.items() if model_name == name)]
+        findings.append(checks.check_model(f"models.{name}", model.source, max(layers, default=None)))
+    for name, sae in params.sae.items():
+        if not sae.trained:
+            specs = [sae.spec(layer, width, Path()) for layer in sae.layers for width in sae.widths]
+            findings += checks.check_pretrained_saes(f"sae.{name}", specs, params.models[name].source)
+    for name, ds in params.datasets.items():
+        findings.append(checks.check_dataset(f"datasets.{name}", ds.source, ds.labels, text_field=ds.text_field,
+                                             label_field=ds.label_field, lang_field=ds.lang_field, split=ds.split,
+                                             encoding=ds.encoding))
+    findings += [checks.check_dataset("collect_activations.corpus", source, with_labels=False)
+                 for source in params.collect_activations.corpus]
+    for name, task in params.behaviour_labels.tasks.items():
+        if isinstance(task, ItemTask):
+            findings.append(checks.check_items(f"behaviour_labels.tasks.{name}", task.source, task.format, task.split))
+    for name, task in params.transfer.cross_lingual.items():
+        findings += [checks.check_dataset(f"transfer.cross_lingual.{name}.languages.{lang}", spec.source, task.labels,
+                                          split=spec.split, text_field=spec.text_field, label_field=spec.label_field)
+                     for lang, spec in task.languages.items()]
+    return findings
+
+
+def print_findings(findings: list[checks.Finding]) -> None:
+    width = max(len(finding.subject) for finding in findings)
+    for finding in findings:
+        print(f"{finding.status:<9}  {finding.subject:<{width}}  {finding.what}: {finding.detail}")
+    counts = {status: sum(f.status == status for f in findings) for status in ("ok", "failed", "unchecked")}
+    print(f"{len(findings)} sources: {counts['ok']} ok, {counts['failed']} failed, {counts['unchecked']} not "
+          "checked (they need the hub, or a copy of them in the Hugging Face cache)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", choices=PROFILES)
-    name = parser.parse_args(argv).profile
-    use_profile(name)
-    print(f"params.yaml now holds the {name} profile; run `dvc repro`")
+    parser.add_argument("--check", action="store_true", help="check the profile's sources; write nothing")
+    args = parser.parse_args(argv)
+    if args.check:
+        findings = profile_findings(profile_params(args.profile))
+        print_findings(findings)
+        return 1 if any(finding.status == "failed" for finding in findings) else 0
+    use_profile(args.profile)
+    print(f"params.yaml now holds the {args.profile} profile; run `dvc repro`")
     return 0
 
 

@@ -98,3 +98,18 @@ def plant_fortunes(root: Path, lang: str, clean: list[str], offensive: list[str]
         if rotate and label:  # version, entries, longest, shortest, flags; then the delimiter
             (folder / "jokes.dat").write_bytes(struct.pack(">5I", 2, len(entries), 80, 1, STR_ROTATED) + b"%\0\0\0")
     return root
+
+
+def hub_parquet_export(cache: Path, repo: str, splits: dict[str, pd.DataFrame], sha: str = "a" * 40) -> Path:
+    """The hub's parquet conversion of dataset `repo` in the hub cache layout, as `hf download --revision
+    refs/convert/parquet` leaves it: `datasets--<owner>--<name>/refs/refs/convert/parquet` holding the commit, and
+    `snapshots/<commit>/<config>/<split>/0000.parquet` per `splits` key `<config>/<split>`."""
+    storage = cache / f"datasets--{repo.replace('/', '--')}"
+    ref = storage / "refs" / "refs" / "convert" / "parquet"
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(sha)
+    for folder, frame in splits.items():
+        path = storage / "snapshots" / sha / folder / "0000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+    return storage

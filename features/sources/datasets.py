@@ -23,6 +23,10 @@ class DataSourceError(SaefsError):
     """A source that cannot be read as configured; the message names the source and the fix."""
 
 
+class HubUnreachable(DataSourceError):
+    """A hub source that is neither in the local cache nor reachable: not wrong, only not here."""
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """What a loader needs besides the location (the `datasets.<name>` params, minus labels)."""
@@ -133,48 +137,122 @@ def load_sae_probes(spec: SourceSpec) -> pd.DataFrame:
 
 def load_file(spec: SourceSpec) -> pd.DataFrame:
     """A local CSV, parquet or JSONL file: how users bring their own data."""
-    path = Path(spec.location)
-    where = f"file:{spec.location}"
+    return _select(_file_rows(spec.location, encoding=spec.encoding), spec, "text", "label", f"file:{spec.location}")
+
+
+def _file_rows(location: str, split: str = "", encoding: str = "utf-8") -> pd.DataFrame:
+    """Every column of a local CSV, parquet or JSONL file (a file is one split: `split` is not read)."""
+    path = Path(location)
+    where = f"file:{location}"
     if not path.is_file():
         raise DataSourceError(f"{where}: no such file (paths are relative to the repository root)")
     suffix = "".join(path.suffixes[-1:]).lower()
     if suffix == ".parquet":
-        df = pd.read_parquet(path)
-    elif suffix in (".csv", ".jsonl", ".json"):
-        text = _decode(path.read_bytes(), spec.encoding, where)
+        return pd.read_parquet(path)
+    if suffix in (".csv", ".jsonl", ".json"):
+        text = _decode(path.read_bytes(), encoding, where)
         _refuse_nul(text, where)
-        df = _read_csv(text, where) if suffix == ".csv" else _read_jsonl(text, where)
-    else:
-        raise DataSourceError(f"{where}: unsupported file type {suffix!r}; use .csv, .parquet or .jsonl")
-    return _select(df, spec, "text", "label", where)
+        return _read_csv(text, where) if suffix == ".csv" else _read_jsonl(text, where)
+    raise DataSourceError(f"{where}: unsupported file type {suffix!r}; use .csv, .parquet or .jsonl")
 
 
 def load_hf(spec: SourceSpec) -> pd.DataFrame:
     """A Hugging Face dataset `<id>[:<config>]` (hub or local cache), or a `save_to_disk` folder."""
+    return _select(_hf_rows(spec.location, spec.split), spec, "text", "label", f"hf:{spec.location}")
+
+
+def load_hf_parquet(spec: SourceSpec) -> pd.DataFrame:
+    """The hub's parquet conversion of a dataset `<id>[:<config>]` (see `_parquet_export_rows`)."""
+    return _select(_parquet_export_rows(spec.location, spec.split), spec, "text", "label",
+                   f"hf_parquet:{spec.location}")
+
+
+def _hf_rows(location: str, split: str) -> pd.DataFrame:
+    """Every column of a split of a Hugging Face dataset `<id>[:<config>]`, or of a `save_to_disk` folder."""
     import datasets
 
-    repo, _, config = spec.location.partition(":")
-    where = f"hf:{spec.location}"
+    repo, _, config = location.partition(":")
+    where = f"hf:{location}"
     try:
         if (Path(repo) / "dataset_dict.json").exists() or (Path(repo) / "state.json").exists():
             ds = datasets.load_from_disk(repo)
         else:
-            ds = datasets.load_dataset(repo, config or None, split=spec.split)
+            ds = datasets.load_dataset(repo, config or None, split=split)
+    except RuntimeError as err:  # datasets 4 and later refuse the loading scripts older datasets ship
+        if "scripts are no longer supported" not in str(err):
+            raise
+        raise DataSourceError(
+            f"{where}: a script-based dataset, which datasets {datasets.__version__} no longer runs ({err}); load "
+            f"the hub's parquet conversion of it instead: `source: hf_parquet:{location}` (name the config, "
+            f"`hf_parquet:{repo}:<config>`, if it has several). Where the hub has none, export the split to "
+            "parquet with datasets<4 and use `file:<that file>`") from None
     except (ConnectionError, FileNotFoundError, KeyError, ValueError) as err:
-        raise hf_load_error(where, spec.split, err) from err
+        raise hf_load_error(where, split, err) from err
     if isinstance(ds, datasets.DatasetDict):  # a save_to_disk folder of several splits
-        if spec.split not in ds:
-            raise DataSourceError(f"{where}: the saved dataset has no split {spec.split!r} (it has {list(ds)}); "
+        if split not in ds:
+            raise DataSourceError(f"{where}: the saved dataset has no split {split!r} (it has {list(ds)}); "
                                   "set `split:` for this dataset in params.yaml")
-        ds = ds[spec.split]
-    return _select(ds.to_pandas(), spec, "text", "label", where)
+        ds = ds[split]
+    return ds.to_pandas()
+
+
+PARQUET_REVISION = "refs/convert/parquet"  # the hub's parquet conversion of every public dataset, scripts run
+
+
+def _parquet_export_rows(location: str, split: str) -> pd.DataFrame:
+    """Every column of a split of the hub's parquet conversion of `<id>[:<config>]`: `<config>/<split>/*.parquet`
+    (`partial-<split>` where the hub cut a large split) at the revision `refs/convert/parquet`. Read through the
+    hub cache (huggingface_hub's snapshot_download), so a cache filled on a machine with the hub serves offline."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo, _, config = location.partition(":")
+    where = f"hf_parquet:{location}"
+    folders = [f"{config or '*'}/{split}", f"{config or '*'}/partial-{split}"]
+    try:
+        snapshot = Path(snapshot_download(repo, repo_type="dataset", revision=PARQUET_REVISION,
+                                          allow_patterns=[f"{folder}/*.parquet" for folder in folders]))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise DataSourceError(f"{where}: the hub has no parquet conversion of {repo!r} ({type(err).__name__}); "
+                              "check the id") from None
+    except LocalEntryNotFoundError as err:
+        raise HubUnreachable(
+            f"{where} (split {split!r}): not in the Hugging Face cache, and the hub cannot be reached ({err}). "
+            f"Where the hub is reachable, fill the cache: `hf download {repo} --repo-type dataset --revision "
+            f"{PARQUET_REVISION}`, and copy it here (HF_HUB_CACHE)") from None
+    files = sorted(path for folder in folders for path in snapshot.glob(f"{folder}/*.parquet"))
+    configs = sorted({path.parent.parent.name for path in files})
+    if not files:
+        held = sorted({f"{path.parent.parent.name}/{path.parent.name}" for path in snapshot.glob("*/*/*.parquet")})
+        raise DataSourceError(f"{where}: the parquet conversion holds no split {split!r}"
+                              f"{f' of config {config!r}' if config else ''} (it holds {held or 'nothing'}, as "
+                              "<config>/<split>); set `split:`, or the config as `hf_parquet:<id>:<config>`")
+    if len(configs) > 1:
+        raise DataSourceError(f"{where}: the dataset has several configs {configs}; name one: "
+                              f"`hf_parquet:{repo}:<config>`")
+    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+
+
+# Sources whose rows keep every column, for readers of whole rows (multiple-choice items). `file:` is the way for a
+# set neither loads: its rows exported to parquet where an older `datasets` still runs its script.
+ROW_READERS: dict[str, Callable[[str, str], pd.DataFrame]] = {"hf": _hf_rows, "hf_parquet": _parquet_export_rows,
+                                                              "file": _file_rows}
+
+
+def source_rows(source: str, split: str) -> pd.DataFrame:
+    """Every column of a split of a source (`hf:`, `hf_parquet:` or `file:`)."""
+    kind, _, location = source.partition(":")
+    if kind not in ROW_READERS:
+        raise DataSourceError(f"{source!r}: whole rows come from a Hugging Face dataset or a file; use one of "
+                              f"{[f'{kind}:' for kind in ROW_READERS]}")
+    return ROW_READERS[kind](location, split)
 
 
 def hf_load_error(where: str, split: str, err: Exception) -> DataSourceError:
     """The error for a failed Hugging Face load: the offline advice only when the hub could not be reached
     (datasets raises ConnectionError then, OfflineModeIsEnabled under HF_HUB_OFFLINE=1); otherwise the cause."""
     if isinstance(err, ConnectionError):
-        return DataSourceError(
+        return HubUnreachable(
             f"{where} (split {split!r}) could not be loaded: {err}. The hub is unreachable offline: "
             "pre-populate the HF cache, save the dataset with save_to_disk and point hf: at that folder, "
             "or export it to a file and use file:"
@@ -215,7 +293,7 @@ def load_fortune(spec: SourceSpec) -> pd.DataFrame:
 
 
 DATASET_LOADERS: dict[str, Loader] = {"sae_probes": load_sae_probes, "file": load_file, "hf": load_hf,
-                                      "fortune": load_fortune}
+                                      "hf_parquet": load_hf_parquet, "fortune": load_fortune}
 DATASET_SOURCE_KINDS = tuple(DATASET_LOADERS)
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from features.core.prepare import text_id
 from features.errors import SaefsError
-from features.sources.datasets import DataSourceError, hf_load_error, load_source
+from features.sources.datasets import load_source, source_rows
 
 
 class ItemError(SaefsError):
@@ -113,13 +113,15 @@ def _boolq(row: Mapping[str, Any]) -> Item:
     return Item(str(row["question"]), ("no", "yes"), int(bool(row["answer"])), context=str(row["passage"]))
 
 
+def _strings(value: Any) -> list[str]:
+    """A field holding a string or a list of them (a list column reads back from parquet as an array)."""
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 def _pubmed_qa(row: Mapping[str, Any]) -> Item:
-    choices = [str(c) for c in row["choices"]]
-    answer = row["answer"][0] if isinstance(row["answer"], Sequence) and not isinstance(row["answer"], str) \
-        else row["answer"]
-    context = row["context"] if isinstance(row["context"], str) else " ".join(row["context"])
-    return Item(str(row["question"]), tuple(choices), choices.index(str(answer)) if str(answer) in choices
-                else len(choices), context=context)
+    choices, answers = _strings(row["choices"]), _strings(row["answer"])
+    answer = choices.index(answers[0]) if answers and answers[0] in choices else len(choices)  # else: out of range
+    return Item(str(row["question"]), tuple(choices), answer, context=" ".join(_strings(row["context"])))
 
 
 ITEM_FORMATS: dict[str, Callable[[Mapping[str, Any]], Item]] = {
@@ -153,19 +155,10 @@ def parse_item(fmt: str, row: Mapping[str, Any]) -> Item:
 
 
 def load_item_rows(source: str, fmt: str, split: str = "train") -> pd.DataFrame:
-    """The raw rows of an item source: sae-probes rows as `text`/`raw_label`, HF rows with all their columns."""
+    """An item source's raw rows: sae-probes rows as `text`/`raw_label`, hub or file rows with all their columns."""
     if fmt in TEXT_FORMATS:
         return load_source(source, split=split)
-    kind, _, location = source.partition(":")
-    if kind != "hf":
-        raise DataSourceError(f"{source!r}: item format {fmt!r} reads Hugging Face rows; use an hf: source")
-    import datasets
-
-    repo, _, config = location.partition(":")
-    try:
-        return datasets.load_dataset(repo, config or None, split=split).to_pandas()
-    except (ConnectionError, FileNotFoundError, ValueError) as err:
-        raise hf_load_error(source, split, err) from err
+    return source_rows(source, split)
 
 
 def parse_items(rows: pd.DataFrame, fmt: str, task: str = "items") -> tuple[list[Item], dict[str, int]]:

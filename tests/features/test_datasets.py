@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from features.sources.datasets import DataSourceError, load_source
+from tests.helpers import hub_parquet_export
 
 
 def test_sae_probes_dataset_loads_with_its_default_fields() -> None:
@@ -127,3 +128,48 @@ def test_an_unlabelled_corpus_needs_no_label_column(tmp_path: Path) -> None:
     path = tmp_path / "corpus.jsonl"
     pd.DataFrame({"text": ["a", "b"]}).to_json(path, orient="records", lines=True)
     assert load_source(f"file:{path}", with_labels=False).columns.tolist() == ["text"]
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache that huggingface_hub reads, offline (as every test runs)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def test_a_parquet_conversion_in_the_hub_cache_loads_offline(hub_cache: Path) -> None:
+    rows = pd.DataFrame({"question": ["q1", "q2", "q3"], "label": ["Harmless", "Harmful", "Harmful"]})
+    hub_parquet_export(hub_cache, "owner/set", {"default/test": rows, "default/train": rows.iloc[:1]})
+    df = load_source("hf_parquet:owner/set", text_field="question", split="test")
+    assert df.to_dict("list") == {"text": ["q1", "q2", "q3"], "raw_label": ["Harmless", "Harmful", "Harmful"]}
+    assert len(load_source("hf_parquet:owner/set:default", text_field="question")) == 1  # split train
+
+
+def test_a_parquet_conversion_names_its_configs_and_splits_when_asked_for_another(hub_cache: Path) -> None:
+    rows = pd.DataFrame({"text": ["a"], "label": [0]})
+    hub_parquet_export(hub_cache, "owner/set", {"first/train": rows, "second/train": rows})
+    with pytest.raises(DataSourceError, match=r"several configs \['first', 'second'\].*hf_parquet:owner/set:<config>"):
+        load_source("hf_parquet:owner/set")
+    with pytest.raises(DataSourceError, match=r"no split 'test' of config 'first' \(it holds \['first/train', "
+                                              r"'second/train'\].*set `split:`"):
+        load_source("hf_parquet:owner/set:first", split="test")
+
+
+def test_a_parquet_conversion_missing_from_the_cache_offline_says_how_to_fill_it(hub_cache: Path) -> None:
+    with pytest.raises(DataSourceError, match=r"hf_parquet:owner/absent \(split 'train'\): not in the Hugging Face "
+                                              r"cache.*hf download owner/absent --repo-type dataset --revision "
+                                              r"refs/convert/parquet"):
+        load_source("hf_parquet:owner/absent")
+
+
+def test_a_script_based_dataset_is_refused_by_name_with_the_parquet_way(tmp_path: Path) -> None:
+    """The pinned datasets raises a RuntimeError for a loading script (PIQA, PubMedQA): named, not a traceback."""
+    (tmp_path / "piqa").mkdir()
+    (tmp_path / "piqa" / "piqa.py").write_text("import datasets\n")
+    with pytest.raises(DataSourceError, match=r"hf:.*piqa: a script-based dataset.*no longer runs.*"
+                                              r"`source: hf_parquet:.*piqa`") as err:
+        load_source(f"hf:{tmp_path / 'piqa'}")
+    assert "offline" not in str(err.value)

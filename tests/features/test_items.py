@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from features.errors import SaefsError
-from features.sources.items import Item, ItemError, first_items, mcq_prompt, parse_item, parse_items
+from features.sources.items import Item, ItemError, first_items, load_item_rows, mcq_prompt, parse_item, parse_items
+from tests.helpers import hub_parquet_export
 
 PHYS = "how do you recite vows?\n\nA.memorize them.\nB.speak them out loud."
 SIQA = ("The following is a multiple choice question. Context: Quinn took toys away from Jesse.| Question: How "
@@ -81,3 +82,35 @@ def test_first_items_do_not_depend_on_row_order() -> None:
     items = [Item(f"q{i}", ("a", "b"), i % 2) for i in range(20)]
     assert first_items(items, "t", 5) == first_items(items[::-1], "t", 5)
     assert len(first_items(items, "t", None)) == 20
+
+
+def test_the_papers_script_based_sets_load_from_their_parquet_conversions(tmp_path, monkeypatch) -> None:
+    """PIQA and PubMedQA (bigbio QA schema) as the hub converts them, read offline from the hub cache: list columns
+    come back from parquet as arrays, which the formats must read as the lists they are."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    piqa = pd.DataFrame({"goal": ["open a jar", "dry a shirt"], "sol1": ["twist the lid", "wet it"],
+                         "sol2": ["shake it", "hang it"], "label": [0, 1]})
+    hub_parquet_export(tmp_path, "ybisk/piqa", {"plain_text/validation": piqa, "plain_text/train": piqa[:1]})
+    pubmed = pd.DataFrame({"id": ["1", "2"], "question_id": ["1", "2"], "document_id": ["d1", "d2"],
+                           "question": ["does it work?", "is it safe?"], "type": ["yesno", "yesno"],
+                           "choices": [["yes", "no", "maybe"]] * 2, "context": ["it did.", "unclear."],
+                           "answer": [["yes"], ["maybe"]]})
+    hub_parquet_export(tmp_path, "bigbio/pubmed_qa", {"pubmed_qa_labeled_fold0_bigbio_qa/test": pubmed,
+                                                      "pubmed_qa_labeled_fold0_source/test": pubmed[["id"]]})
+    items, skipped = parse_items(load_item_rows("hf_parquet:ybisk/piqa", "piqa", "validation"), "piqa")
+    assert [(item.question, item.answer) for item in items] == [("open a jar", 0), ("dry a shirt", 1)] and not skipped
+    piqa.to_parquet(tmp_path / "piqa.parquet")  # the way where the hub has no conversion: rows exported to a file
+    assert parse_items(load_item_rows(f"file:{tmp_path / 'piqa.parquet'}", "piqa"), "piqa")[0] == items
+    rows = load_item_rows("hf_parquet:bigbio/pubmed_qa:pubmed_qa_labeled_fold0_bigbio_qa", "pubmed_qa", "test")
+    items, skipped = parse_items(rows, "pubmed_qa")
+    assert [(item.options, item.answer, item.context) for item in items] == [
+        (("yes", "no", "maybe"), 0, "it did."), (("yes", "no", "maybe"), 2, "unclear.")] and not skipped
+
+
+def test_whole_rows_come_only_from_a_hub_source() -> None:
+    with pytest.raises(SaefsError, match=r"'sae_probes:44_phys_tf': whole rows come from a Hugging Face dataset or "
+                                         r"a file; use one of \['hf:', 'hf_parquet:', 'file:'\]"):
+        load_item_rows("sae_probes:44_phys_tf", "piqa")

@@ -37,7 +37,7 @@ def test_unknown_profile_lists_the_allowed_ones() -> None:
 def test_bad_dataset_source(source: str) -> None:
     raw = embedded_params()
     raw["datasets"]["spam"]["source"] = source
-    kinds = r"\['sae_probes', 'file', 'hf', 'fortune'\]"
+    kinds = r"\['sae_probes', 'file', 'hf', 'hf_parquet', 'fortune'\]"
     with pytest.raises(ParamsError, match=r"datasets\.spam\.source: .*kind one of " + kinds):
         parse_params(raw)
 
