@@ -92,7 +92,7 @@ def extract(
     SAE quality (variance explained, L0, dead latents) is measured on the same tokens; pass
     `meters` (see `quality_meters`) to accumulate it over several calls, e.g. one per shard.
     """
-    _check_request(model, layers, saes, poolings)
+    check_request(model, layers, saes, poolings)
     tokenized = tokenize(tokenizer, texts, max_tokens)
     meters = quality_meters(saes) if meters is None else meters
     parts, order = [], []
@@ -101,7 +101,7 @@ def extract(
         progress,
     ):
         with torch.inference_mode():
-            parts.append(_pool_batch(residuals, mask, saes, poolings, max_code_elements, meters))
+            parts.append(pool_batch(residuals, mask, saes, poolings, max_code_elements, meters))
         order.append(rows)
     original_order = np.argsort(np.concatenate(order))  # where each input row sits among the sorted ones
     quality = {key: meter.result() for key, meter in meters.items()}
@@ -195,13 +195,15 @@ def _forward_batches(
 
 
 @dataclass(frozen=True)
-class _BatchFeatures:
+class BatchFeatures:
+    """One batch's pooled features (`pool_batch`), rows in the batch's order."""
+
     codes: dict[CodesKey, csr_matrix]
     hidden: dict[HiddenKey, np.ndarray]
     n_tokens: np.ndarray
 
 
-def _check_request(
+def check_request(
     model: PreTrainedModel, layers: Sequence[int], saes: SaesByLayer, poolings: Sequence[str]
 ) -> None:
     """Every argument error surfaces before tokenization and the first forward pass."""
@@ -268,14 +270,16 @@ def length_sorted_batches(
     return batches
 
 
-def _pool_batch(
+def pool_batch(
     residuals: Mapping[int, Tensor],
     mask: Tensor,
     saes: SaesByLayer,
     poolings: Sequence[str],
     max_code_elements: int,
     meters: Mapping[SaeKey, QualityMeter],
-) -> _BatchFeatures:
+) -> BatchFeatures:
+    """Pool a batch's residuals [B, T, d] over the positions `mask` [B, T] selects (a text's counted tokens, an
+    image's image tokens): hidden-state poolings per layer, and each SAE's codes per pooling."""
     rows, positions = mask.nonzero(as_tuple=True)
     n_texts = mask.shape[0]
     n_tokens = torch.bincount(rows, minlength=n_texts).cpu().numpy()
@@ -288,7 +292,7 @@ def _pool_batch(
         for name, sae in saes.get(layer, {}).items():
             pooled = _encode_and_pool(sae, acts, rows, n_tokens, poolings, max_code_elements, meters[layer, name])
             codes.update({(layer, name, spec): matrix for spec, matrix in pooled.items()})
-    return _BatchFeatures(codes, hidden, n_tokens)
+    return BatchFeatures(codes, hidden, n_tokens)
 
 
 def _encode_and_pool(
@@ -326,7 +330,7 @@ def _text_groups(token_offsets: np.ndarray, max_group_tokens: int) -> Iterator[t
 
 
 def _assemble(
-    parts: Sequence[_BatchFeatures],
+    parts: Sequence[BatchFeatures],
     original_order: np.ndarray,
     tokenized: Tokenized,
     quality: dict[SaeKey, SaeQuality],

@@ -151,8 +151,10 @@ def capture_residuals(
     layers: Iterable[int],
     *,
     paper_compat: bool = False,
+    **inputs: Any,
 ) -> dict[int, Tensor]:
-    """Residual stream [B, T, d] at each requested layer from one truncated forward pass.
+    """Residual stream [B, T, d] at each requested layer from one truncated forward pass; `inputs` are further
+    model inputs (a vision-language model's image features and token types).
 
     Default: the output of block L (`blocks.L.hook_resid_post` = HF `hidden_states[L+1]` for
     every block but the last, whose HF hidden state is taken after the final norm).
@@ -169,7 +171,7 @@ def capture_residuals(
     ]
     try:
         with torch.inference_mode():
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **inputs)
     except _StopForward:
         pass
     finally:
