@@ -56,6 +56,13 @@ def fingerprints(params: Params) -> dict[Path, Any]:
     out[paths.cross_lingual_fingerprint()] = {
         name: {lang: source_fingerprint(language.source) for lang, language in task.languages.items()}
         for name, task in params.transfer.cross_lingual.items()}
+    if params.cross_modal:
+        images = {name: source_fingerprint(spec.source) for name, spec in params.cross_modal.datasets.items()}
+        for name, vlm in params.cross_modal.models.items():  # each model's stage reads every image dataset
+            out[paths.cross_modal_fingerprint(name)] = {
+                "model": source_fingerprint(vlm.source), "datasets": images,
+                "saes": {f"l{layer}__{width}": source_fingerprint(vlm.spec(layer, width))
+                         for layer in vlm.layers for width in vlm.widths}}
     return out
 
 
@@ -80,8 +87,15 @@ def stage_code(dvc_yaml: Path, root: Path) -> dict[str, set[str]]:
     return code
 
 
+# Folders the report depends on that only an optional stage fills: where the profile has no such group, no stage
+# makes them, and DVC refuses a missing dependency (an empty folder is a dependency like any other).
+OPTIONAL_OUTPUTS = (paths.CROSS_MODAL_METRICS, paths.COST / "cross_modal")
+
+
 def run() -> None:
     root = Path(__file__).resolve().parents[1]  # the checkout whose code DVC runs (its cwd, under `dvc repro`)
+    for folder in OPTIONAL_OUTPUTS:
+        folder.mkdir(parents=True, exist_ok=True)
     files = fingerprints(load_params())
     files |= {paths.code_fingerprint(stage): code_fingerprint(modules, root)
               for stage, modules in stage_code(root / "dvc.yaml", root).items()}

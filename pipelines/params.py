@@ -22,8 +22,10 @@ from features.core.sae_training import SAETrainingConfig
 from features.errors import SaefsError
 from features.forward.settings import ExtractSettings
 from features.sources.datasets import DATASET_SOURCE_KINDS
+from features.sources.images import IMAGE_SOURCE_KINDS
 from features.sources.models import MODEL_SOURCE_KINDS
 from features.sources.sae import PRETRAINED_SAE_KINDS, TRAINED
+from features.sources.vlm import VLM_SOURCE_KINDS
 from features.stores.tracking import ChampionGates
 from pipelines.feature_params import BuildFeaturesParams, CodesPooling, FeastApplyParams, HiddenPooling
 
@@ -299,6 +301,79 @@ class LodoParams(Strict):
     bootstrap: int = Field(ge=100, description="bootstrap resamples of the test texts (intervals, paired gaps)")
 
 
+class VlmParams(Strict):
+    """A vision-language model whose language model's residual stream, at the image tokens, text-trained SAEs read
+    zero-shot (PAPER.md §6.3)."""
+
+    source: str = Field(description="hf:<hub id>[@revision] or path:<local folder> (model and processor)")
+    sae: str = Field(description="the SAE of each (layer, width): sae_lens:<release>/<id> or path:<dir>, with "
+                     "{layer} and {width}")
+    layers: list[int] = Field(min_length=1, description="blocks of the language model read (blocks.L.hook_resid_post)")
+    widths: list[Width] = Field(min_length=1)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_source(v, VLM_SOURCE_KINDS)
+
+    @field_validator("sae")
+    @classmethod
+    def _sae(cls, v: str) -> str:
+        return _check_source(v, PRETRAINED_SAE_KINDS)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int]) -> list[int]:
+        if any(layer < 0 for layer in v) or len(set(v)) != len(v):
+            raise ValueError(f"layers {v} must be distinct block indices >= 0")
+        return v
+
+    def spec(self, layer: int, width: str) -> str:
+        return self.sae.format(layer=layer, width=width)
+
+
+class ImageDatasetParams(Strict):
+    """An image classification set (features.sources.images), prepared as a text dataset is."""
+
+    source: str = Field(description="sklearn:digits, hf:<id>[:<config>], hf_parquet:<id>[:<config>] or "
+                        "folder:<dir> (one subfolder per class)")
+    split: str = "train"
+    image_field: str = "image"
+    label_field: str = "label"
+    labels: list[int | str] | None = Field(None, min_length=2, description="raw label values in order (label = "
+                                           "position); null: every value the source holds, sorted")
+    label_names: list[str] | None = None
+    max_rows: int | None = Field(None, gt=0, description="images kept, stratified by class")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_source(v, IMAGE_SOURCE_KINDS)
+
+    @model_validator(mode="after")
+    def _names_match_labels(self) -> ImageDatasetParams:
+        if self.label_names is not None and len(self.label_names) != len(self.labels or self.label_names):
+            raise ValueError("label_names needs labels of the same length")
+        return self
+
+
+class CrossModalParams(Strict):
+    """Text SAEs on a VLM's image tokens, probed on image datasets against the vision tower and the residual
+    (features/core/cross_modal.py); optional: with no such group, no cross_modal stage exists."""
+
+    models: dict[Name, VlmParams] = Field(min_length=1)
+    datasets: dict[Name, ImageDatasetParams] = Field(min_length=1)
+    poolings: list[CodesPooling] = Field(min_length=1)
+    binarize: list[float | None] = Field(min_length=1, description="thresholds of the SAE probes (null: raw codes)")
+    C_grid: list[float] = Field(min_length=1)
+    cv_folds: int = Field(ge=2, description="inner CV folds choosing C")
+    resamples: int = Field(ge=2, description="stratified splits of each dataset (the first is its prepared split); "
+                           "intervals and paired tests are corrected resampled t over them")
+    batch_size: int = Field(gt=0, description="images per forward")
+    device: Literal["auto", "cpu", "cuda"]
+    n_jobs: int = Field(ge=1, description="resamples fitted at once, in worker processes of one BLAS thread each")
+
+
 class TransferGate(Strict):
     """A champion whose features come from this model must also predict `target`'s correctness on `task`."""
 
@@ -361,6 +436,7 @@ class Params(Strict):
     scale_out: ScaleOutParams
     behaviour_labels: BehaviourLabelsParams
     transfer: TransferParams
+    cross_modal: CrossModalParams | None = None
 
     @model_validator(mode="after")
     def _sae_models_exist(self) -> Params:
@@ -436,6 +512,13 @@ class Params(Strict):
         if name not in self.sae:
             raise ParamsError(f"model {name!r} has no SAEs configured; params.yaml sae: {sorted(self.sae)}")
         return self.sae[name]
+
+    def vlm(self, name: str) -> VlmParams:
+        models = self.cross_modal.models if self.cross_modal else {}
+        if name not in models:
+            raise ParamsError(f"model {name!r} has no cross-modal run; params.yaml cross_modal.models: "
+                              f"{sorted(models)}")
+        return models[name]
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:

@@ -37,6 +37,11 @@ def cross_lingual_fingerprint() -> Path:
     return SOURCES / "cross_lingual.json"
 
 
+def cross_modal_fingerprint(model: str) -> Path:
+    """fingerprint_sources: a cross-modal model's VLM, SAE and image sources (a `path:` or `folder:` hashed)."""
+    return SOURCES / "cross_modal" / f"{model}.json"
+
+
 def code_fingerprint(stage: str) -> Path:
     """The import closure of a stage's module, with each file's hash (one file for all of a grid's instances)."""
     return SOURCES / "code" / f"{stage}.json"
@@ -174,6 +179,23 @@ def lodo_metrics(model: str) -> Path:
 def lodo_table(model: str) -> Path:
     """lodo@<model>: one row per (held-out dataset, probe): in-split and held-out macro F1, their gap."""
     return Path("plots") / "lodo" / f"{model}.csv"
+
+
+def cross_modal_predictions(model: str) -> Path:
+    """cross_modal@<model>: every fit's per-image predictions, fits `<dataset>:<cell>`."""
+    return PREDICTIONS / "cross_modal" / f"{model}.parquet"
+
+
+CROSS_MODAL_METRICS = Path("metrics") / "cross_modal"
+
+
+def cross_modal_metrics(model: str) -> Path:
+    return CROSS_MODAL_METRICS / f"{model}.json"
+
+
+def cross_modal_table(model: str) -> Path:
+    """cross_modal@<model>: one row per (dataset, probe) with its scores and paired differences (DVC plots)."""
+    return Path("plots") / "cross_modal" / f"{model}.csv"
 
 
 def promotion_report(dataset: str) -> Path:

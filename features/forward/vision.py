@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.sparse import csr_matrix, vstack
 from tqdm.auto import tqdm
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import PreTrainedModel, ProcessorMixin
 
 from features.errors import SaefsError
 from features.forward.extract import (
@@ -37,11 +37,10 @@ from features.forward.extract import (
     quality_meters,
 )
 from features.sources.images import decode
-from features.sources.lm import capture_residuals, default_dtype
+from features.sources.lm import capture_residuals
 from features.sources.sae import SaeQuality
 
 log = logging.getLogger(__name__)
-VLM_SOURCE_KINDS = ("hf", "path")  # hf:<id>[@revision], path:<local folder> (what save_pretrained writes)
 
 
 @dataclass(frozen=True)
@@ -53,25 +52,6 @@ class ImageFeatures:
     vision: np.ndarray  # [n_images, d_vision]: the vision tower's output, mean over its patches
     image_tokens: np.ndarray  # int64: image-token positions pooled per image
     quality: dict[SaeKey, SaeQuality]  # each SAE on these image tokens (a text SAE applied zero-shot)
-
-
-def load_vlm(source: str, device: str) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """A vision-language model and its processor from `hf:<id>[@revision]` (hub or cache) or `path:<folder>`,
-    safetensors only, in eval mode on `device` (bf16 on a GPU, fp32 on the CPU)."""
-    kind, _, location = source.partition(":")
-    if kind not in VLM_SOURCE_KINDS or not location:
-        raise SaefsError(f"{source!r} is not a vision-language model source: expected 'hf:<id>[@revision]' or "
-                         "'path:<folder>'")
-    name, _, revision = location.partition("@") if kind == "hf" else (location, "", "")
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(name, revision=revision or None, device_map=device,
-                                                            dtype=default_dtype(device), use_safetensors=True)
-        processor = AutoProcessor.from_pretrained(name, revision=revision or None)
-    except (OSError, ValueError) as err:
-        raise SaefsError(f"{source}: cannot load an image-text-to-text model and its processor ({err}); "
-                         "check the id or folder (save_pretrained writes both) and, for the hub, HF_HUB_OFFLINE=0"
-                         ) from None
-    return model.eval(), processor
 
 
 def image_token_id(model: PreTrainedModel) -> int:

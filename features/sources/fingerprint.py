@@ -22,7 +22,7 @@ from typing import Any
 
 from features.errors import SaefsError
 
-LOCAL_KINDS = ("file", "path")  # source kinds that name a local file or folder
+LOCAL_KINDS = ("file", "path", "folder")  # source kinds that name a local file or folder
 CHUNK = 1 << 20
 
 

@@ -13,9 +13,10 @@ import torch
 from features.core.cross_modal import ProbeSettings, prepare_images, probe_dataset, sae_cell, with_holm
 from features.core.prepare import SplitConfig
 from features.errors import SaefsError
-from features.forward.vision import ImageFeatures, extract_images, load_vlm
+from features.forward.vision import ImageFeatures, extract_images
 from features.sources.images import decode, load_images
 from features.sources.sae import encode
+from features.sources.vlm import load_vlm
 from tests.features.tiny import HIDDEN, make_jumprelu_sae
 from tests.features.tiny_vlm import PATCHES, VLM_KINDS, save_vlm
 

@@ -1,0 +1,36 @@
+"""Vision-language model sources: `hf:<id>[@revision]` (hub or cache) or `path:<folder>` (model and processor as
+save_pretrained writes them), loaded through transformers' image-text-to-text auto classes (PaliGemma, LLaVA and
+their kin). transformers is imported when a model loads: params validation reads VLM_SOURCE_KINDS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from features.errors import SaefsError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, ProcessorMixin
+
+VLM_SOURCE_KINDS = ("hf", "path")
+
+
+def load_vlm(source: str, device: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A vision-language model and its processor, safetensors only, in eval mode on `device` (bf16 on a GPU, fp32
+    on the CPU, as the text models)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from features.sources.lm import default_dtype
+
+    kind, _, location = source.partition(":")
+    if kind not in VLM_SOURCE_KINDS or not location:
+        raise SaefsError(f"{source!r} is not a vision-language model source: expected 'hf:<id>[@revision]' or "
+                         "'path:<folder>'")
+    name, _, revision = location.partition("@") if kind == "hf" else (location, "", "")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name, revision=revision or None, device_map=device,
+                                                            dtype=default_dtype(device), use_safetensors=True)
+        processor = AutoProcessor.from_pretrained(name, revision=revision or None)
+    except (OSError, ValueError) as err:
+        raise SaefsError(f"{source}: cannot load an image-text-to-text model and its processor ({err}); check the "
+                         "id or folder (save_pretrained writes both) and, for the hub, HF_HUB_OFFLINE=0") from None
+    return model.eval(), processor
