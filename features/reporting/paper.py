@@ -179,7 +179,8 @@ def compare(best: pd.DataFrame, cells: pd.DataFrame, paired: pd.DataFrame, cross
                     f"the target's own hidden states above the source's SAE (paired, Holm p < {CALLED}) in "
                     f"{len(lose)} of {len(paired)} behaviour-prediction cells")
     missing = {12: ("not produced yet", "the transfer stage writes plots/transfer/cross_model.csv"),
-               13: ("no counterpart in this run", "no vision model in saefs")}
+               13: ("see the section Cross-modal", "the cross_modal stage's vision-tower probes, where the profile "
+                    "has a cross_modal group (the paper profile: a VLM needs the hub)")}
 
     def absent(p: PaperNumber) -> tuple[str, str]:
         held = held_by(p, paper_profile)

@@ -46,6 +46,7 @@ class RunInputs:
     cross_lingual: pd.DataFrame | None = None
     cost: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # "<stage>[/<item>]" -> metrics/cost JSON
     lodo: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # model -> metrics/lodo JSON
+    cross_modal: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # model -> metrics/cross_modal JSON
     # profile, models, datasets, SAEs, resamples (params); paper_profile: what profiles/paper.yaml holds
     setup: dict[str, Any] = field(default_factory=dict)
 
@@ -415,3 +416,69 @@ def cross_lingual_reading(frame: pd.DataFrame) -> str:
         advice = "label texts in each language: no probe here carries across languages"
     return (f"Zero-shot macro F1, mean over cells: {'; '.join(parts)}; TF-IDF shares no vocabulary across "
             f"languages, so its fall is expected, not evidence; so {advice}.")
+
+
+# The paper's vision-tower probes ("Vision Tower Best" macro F1, PAPER.md §4), by the image set's source
+PAPER_VISION_F1 = {"hf:nelorth/oxford-flowers": 0.98, "hf:rajistics/indian_food_images": 0.98,
+                   "hf:renumics/cifar100-enriched": 0.79}
+
+
+def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The probe with the best validation macro F1 (ties by cell name), as the report chooses everywhere."""
+    return min(rows, key=lambda row: (-(row.get("val_macro_f1") or 0.0), row["cell"]))
+
+
+def cross_modal_table(cross_modal: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per model and image set: the vision tower's probe (beside the paper's), the best residual and the best SAE
+    probe (chosen on validation), and the best SAE probe minus each baseline with its Holm-adjusted p."""
+    rows = []
+    for model, results in sorted(cross_modal.items()):
+        for name, dataset in results["datasets"].items():
+            vision, residual, sae = dataset["vision"], _best(dataset["residual"]), _best(dataset["sae"])
+            rows.append({"model": model, "dataset": name, "images": dataset["images"], "classes": dataset["classes"],
+                         "vision tower": _span(vision, "macro_f1"),
+                         "paper's vision tower": PAPER_VISION_F1.get(dataset["source"], math.nan),
+                         "best residual": f"{residual['cell']} {_span(residual, 'macro_f1')}",
+                         "best SAE": f"{sae['cell']} {_span(sae, 'macro_f1')}",
+                         "SAE minus vision tower": _span(sae, "sae_minus_vision"),
+                         "Holm p (vision)": sae["sae_minus_vision_p_holm"],
+                         "SAE minus its layer's residual": _span(sae, "sae_minus_residual"),
+                         "Holm p (residual)": sae["sae_minus_residual_p_holm"]})
+    return pd.DataFrame(rows)
+
+
+def cross_modal_cells(cross_modal: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Every probe of every model and image set: its cell, macro F1 with interval and, for SAE probes, the paired
+    differences with their Holm-adjusted p."""
+    columns = ["features", "cell", "layer", "width", "pooling", "binarize", "macro_f1", "macro_f1_low",
+               "macro_f1_high", "val_macro_f1", "sae_minus_vision", "sae_minus_vision_p_holm", "sae_minus_residual",
+               "sae_minus_residual_p_holm"]
+    rows = [{"model": model, "dataset": name, **{key: row.get(key) for key in columns}}
+            for model, results in sorted(cross_modal.items()) for name, dataset in results["datasets"].items()
+            for row in [dataset["vision"], *dataset["residual"], *dataset["sae"]]]
+    return pd.DataFrame(rows)
+
+
+def cross_modal_reading(cross_modal: Mapping[str, dict[str, Any]], called: float = 0.05) -> str:
+    """One sentence a reader can act on: on how many image sets the best SAE probe is below, above or tied with the
+    vision tower's (Holm p < `called`), and this run's vision tower beside the paper's."""
+    pairs = [(dataset, _best(dataset["sae"])) for results in cross_modal.values()
+             for dataset in results["datasets"].values()]
+    if not pairs:
+        return "No cross-modal run: nothing here says whether text-trained SAEs read image tokens."
+    below = sum(sae["sae_minus_vision"] < 0 and sae["sae_minus_vision_p_holm"] < called for _, sae in pairs)
+    above = sum(sae["sae_minus_vision"] > 0 and sae["sae_minus_vision_p_holm"] < called for _, sae in pairs)
+    towers = "; ".join(f"{d['vision']['macro_f1']:.2f} here against the paper's {PAPER_VISION_F1[d['source']]:.2f}"
+                       if d["source"] in PAPER_VISION_F1 else f"{d['vision']['macro_f1']:.2f} (not a paper set)"
+                       for d, _ in pairs)
+    if below == len(pairs):
+        advice = "to classify images, probe the vision tower: the text SAEs' codes of its tokens lose what it holds"
+    elif below:
+        advice = "the text SAEs' codes of image tokens stand in for the vision tower on some image sets only"
+    elif above == len(pairs):
+        advice = "text-trained SAEs read a VLM's image tokens better than a probe on its vision tower does"
+    else:
+        advice = "text-trained SAEs read a VLM's image tokens about as well as a probe on its vision tower"
+    return (f"The best SAE probe (chosen on validation) is below the vision tower's probe on {below} of "
+            f"{len(pairs)} image sets and above it on {above} (paired, Holm p < {called}); the vision tower's macro "
+            f"F1: {towers}; so {advice}.")

@@ -266,3 +266,35 @@ def test_the_transfer_claims_say_which_hold_with_their_intervals() -> None:
     empty = report.transfer_claims(None, None)["holds here"].tolist()
     assert empty == ["not measured"] * 3
     assert "clears chance (macro F1 0.5) with its whole 95% interval in 1 of 2" in report.cross_model_reading(cross)
+
+
+def cross_modal_results(sae_minus_vision: list[float], p_holm: list[float]) -> dict:
+    def probe(cell: str, f1: float, val: float, **more: float) -> dict:
+        return {"cell": cell, "macro_f1": f1, "macro_f1_low": f1 - 0.05, "macro_f1_high": f1 + 0.05,
+                "val_macro_f1": val, **more}
+
+    datasets = {}
+    for (name, source), diff, p in zip((("flowers", "hf:nelorth/oxford-flowers"), ("digits", "sklearn:digits")),
+                                       sae_minus_vision, p_holm, strict=True):
+        paired = {"sae_minus_vision": diff, "sae_minus_vision_low": diff - 0.02, "sae_minus_vision_high": diff + 0.02,
+                  "sae_minus_vision_p_holm": p, "sae_minus_residual": 0.0, "sae_minus_residual_low": -0.1,
+                  "sae_minus_residual_high": 0.1, "sae_minus_residual_p_holm": 1.0}
+        datasets[name] = {"source": source, "images": 100, "classes": 10, "vision": probe("vision__mean", 0.9, 0.9),
+                          "residual": [probe("l12__hidden__mean", 0.8, 0.8)],
+                          "sae": [probe("l12__sae16k__sum__raw", 0.7, 0.6, **paired),
+                                  probe("l12__sae16k__sum__bin1", 0.9 + diff, 0.7, **paired)]}
+    return {"paligemma": {"datasets": datasets}}
+
+
+def test_the_cross_modal_reading_calls_the_best_sae_probe_against_the_vision_tower_beside_the_papers() -> None:
+    below = cross_modal_results([-0.2, -0.3], [0.001, 0.01])
+    table = report.cross_modal_table(below)
+    assert table["best SAE"].tolist()[0].startswith("l12__sae16k__sum__bin1 0.70 [0.65, 0.75]")  # by validation
+    assert table["paper's vision tower"].tolist()[0] == 0.98 and np.isnan(table["paper's vision tower"].tolist()[1])
+    reading = report.cross_modal_reading(below)
+    assert "below the vision tower's probe on 2 of 2 image sets and above it on 0" in reading
+    assert "0.90 here against the paper's 0.98" in reading and "probe the vision tower" in reading
+    tied = report.cross_modal_reading(cross_modal_results([-0.2, 0.01], [0.2, 0.6]))
+    assert "on 0 of 2 image sets" in tied and "about as well as a probe on its vision tower" in tied
+    assert len(report.cross_modal_cells(below)) == 2 * 4
+    assert report.cross_modal_reading({}).startswith("No cross-modal run")

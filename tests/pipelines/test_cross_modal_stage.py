@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from features.core.cross_modal import sae_cell
+from features.reporting import report
 from pipelines import cross_modal, fingerprint_sources, paths
 from pipelines.params import ParamsError, parse_params
 from tests.features.test_images import class_folder
@@ -59,6 +60,9 @@ def test_the_stage_writes_every_configured_cell_with_baselines_paired_tests_and_
                                                                  for w in WIDTHS for p in POOLINGS
                                                                  for t in THRESHOLDS))}
     assert set(predictions["fit"]) == fits
+    shown = report.cross_modal_table({"tiny": results})  # what the report's section reads of it
+    assert shown["dataset"].tolist() == ["digits", "pets"] and shown["best SAE"].str.startswith("l").all()
+    assert "of 2 image sets" in report.cross_modal_reading({"tiny": results})
     table = pd.read_csv(paths.cross_modal_table("tiny"))
     assert len(table) == len(fits) and "sae_minus_vision_p_holm" in table
     cost = json.loads(paths.stage_cost("cross_modal", "tiny").read_text())

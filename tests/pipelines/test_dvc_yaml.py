@@ -159,3 +159,25 @@ def test_the_report_runs_after_every_stage_whose_cost_it_shows() -> None:
             continue
         grid = "foreach" in stage or "matrix" in stage
         assert str(paths.COST / name if grid else paths.stage_cost(name)) in report_deps, name
+
+
+def test_cross_modal_has_an_instance_per_model_of_its_optional_group_writing_where_paths_says(tmp_path: Path) -> None:
+    """The embedded profile has no cross_modal group, so no instance (dvc.yaml's vars default it to no model); the
+    paper profile's model gets one."""
+    from dvc.repo import Repo
+
+    from pipelines.profile import load_profile
+    from tests.helpers import write_params
+
+    for profile, models in (("embedded", []), ("paper", ["paligemma2_3b"])):
+        root = tmp_path / profile
+        root.mkdir()
+        (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+        write_params(root, load_profile(profile, REPO / "profiles"))
+        Repo.init(str(root), no_scm=True)
+        with Repo(str(root)) as repo:
+            outs = {stage.name: {out.def_path for out in stage.outs} for stage in repo.index.stages
+                    if stage.name.startswith("cross_modal")}
+        assert outs == {f"cross_modal@{m}": {str(path) for path in (
+            paths.cross_modal_predictions(m), paths.cross_modal_metrics(m), paths.cross_modal_table(m),
+            paths.stage_cost("cross_modal", m))} for m in models}, profile

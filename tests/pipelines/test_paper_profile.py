@@ -93,3 +93,21 @@ def test_the_embedded_profile_checks_clean_from_the_command_line(capsys) -> None
     assert main(["embedded", "--check"]) == 0
     out = capsys.readouterr().out
     assert "0 failed, 0 not checked" in out and "fortune:es" in out
+
+
+def test_the_cross_modal_run_is_the_papers_paligemma_with_gemma_scope_2b_saes_in_the_catalogue(paper) -> None:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    catalogue = get_pretrained_saes_directory()
+    vlm = paper.vlm("paligemma2_3b")
+    assert vlm.source == "hf:google/paligemma2-3b-pt-224" and 12 in vlm.layers and set(vlm.widths) == {"16k", "65k"}
+    for layer in vlm.layers:
+        for width in vlm.widths:
+            release, _, sae_id = vlm.spec(layer, width).removeprefix("sae_lens:").partition("/")
+            assert sae_id in catalogue[release].saes_map, f"{release}/{sae_id}"
+            assert catalogue[release].model == "gemma-2-2b"  # text-trained on PaliGemma 2's language model
+    datasets = {spec.source: spec for spec in paper.cross_modal.datasets.values()}
+    assert set(datasets) == {"hf:nelorth/oxford-flowers", "hf:rajistics/indian_food_images",
+                             "hf:renumics/cifar100-enriched"}
+    assert datasets["hf:renumics/cifar100-enriched"].label_field == "fine_label"
+    assert {spec.split for spec in datasets.values()} == {"train"}

@@ -283,3 +283,28 @@ def test_a_prediction_file_about_other_texts_is_refused_by_name(project: Path) -
     path.unlink()
     with pytest.raises(SaefsError, match=r"m2.parquet not found: stage `train_probes@m2-alpha`"):
         report.run()
+
+
+def test_the_cross_modal_section_reads_its_metrics_where_the_profile_has_a_run(project: Path) -> None:
+    import yaml
+
+    from tests.features.test_report import cross_modal_results
+
+    write_transfer(project)
+    assert report.main([]) == 0
+    assert "Not run in this profile" in _text(project / "reports/index.md").split("## Cross-modal")[1]
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["cross_modal"] = {"models": {"vlm": {"source": "path:vlm", "sae": "path:saes/{layer}", "layers": [12],
+                                             "widths": ["16k"]}},
+                          "datasets": {"flowers": {"source": "hf:nelorth/oxford-flowers"}}, "poolings": ["sum"],
+                          "binarize": [None, 1.0], "C_grid": [1.0], "cv_folds": 2, "resamples": 2, "batch_size": 4,
+                          "device": "cpu", "n_jobs": 1}
+    write_params(project, raw)
+    paths.cross_modal_metrics("vlm").parent.mkdir(parents=True, exist_ok=True)
+    results = cross_modal_results([-0.2, -0.3], [0.001, 0.01])["paligemma"]
+    paths.cross_modal_metrics("vlm").write_text(json.dumps(results))
+    assert report.main([]) == 0
+    section = _text(project / "reports/index.md").split("## Cross-modal")[1].split("## ")[0]
+    assert "below the vision tower's probe on 2 of 2 image sets" in section
+    assert "0.90 here against the paper's 0.98" in section and "l12__sae16k__sum__bin1 0.70 [0.65, 0.75]" in section
+    assert '<section id="cross-modal">' in _text(project / "reports/index.html")
