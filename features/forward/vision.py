@@ -55,10 +55,12 @@ class ImageFeatures:
 
 
 def image_token_id(model: PreTrainedModel) -> int:
+    """The id whose positions hold the image, refused for a model that does not read images as PaliGemma and LLaVA
+    do (image tokens in its inputs, features from `get_image_features`)."""
     token = getattr(model.config, "image_token_id", None)
-    if token is None:
-        raise SaefsError(f"{type(model).__name__}: its config names no image_token_id, so the image-token positions "
-                         "cannot be found; use a PaliGemma or LLaVA-style model")
+    if token is None or not callable(getattr(model, "get_image_features", None)):
+        raise SaefsError(f"{type(model).__name__}: no image_token_id in its config or no get_image_features, so its "
+                         "image-token positions cannot be found; use a PaliGemma or LLaVA-style model")
     return int(token)
 
 
@@ -79,8 +81,9 @@ def extract_images(
     """Pooled SAE codes (layers with an SAE, every pooling), pooled residuals (every layer) and the vision tower's
     mean output of encoded images, from one forward per batch; `name` labels errors and logs."""
     check_request(model, layers, saes, poolings)
-    if batch_size < 1:
-        raise SaefsError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 1 or not images:
+        raise SaefsError(f"{name or 'extract_images'}: needs images and batch_size >= 1 (got {len(images)} images, "
+                         f"batch_size {batch_size})")
     token, prompt = image_token_id(model), getattr(processor, "image_token", "<image>")
     meters = quality_meters(saes)
     parts: list[BatchFeatures] = []
@@ -113,7 +116,8 @@ def _forward(model: PreTrainedModel, inputs: Mapping[str, Any], layers: Sequence
         raise SaefsError(f"{name}: the processor's inputs hold no image token (the config's image_token_id is "
                          f"{token}; the prompt became ids {input_ids[0, :12].tolist()}...): the model's config and "
                          "its processor disagree on the image token; use the processor saved with the model")
-    image = model.get_image_features(pixel_values=inputs["pixel_values"].to(model.device, model.dtype))
+    get_image_features: Any = model.get_image_features  # checked by image_token_id
+    image = get_image_features(pixel_values=inputs["pixel_values"].to(model.device, model.dtype))
     patches = [len(features) for features in image.pooler_output]  # a [B, n, d] tensor or a list of [n, d]
     counts = mask.sum(dim=1).tolist()
     if counts != patches:
@@ -123,7 +127,8 @@ def _forward(model: PreTrainedModel, inputs: Mapping[str, Any], layers: Sequence
     # the tower's positions that become image tokens (LLaVA's CLIP drops its class position)
     tower = image.last_hidden_state[:, -patches[0]:].float().mean(dim=1).cpu().numpy()
     extra = {key: value.to(model.device) for key, value in inputs.items()
-             if key not in ("input_ids", "attention_mask", "pixel_values", "labels")}  # e.g. PaliGemma's prefix
+             if key not in ("input_ids", "attention_mask", "pixel_values", "labels")}  # PaliGemma's token types:
+    # its image-and-prompt prefix attends both ways
     residuals = capture_residuals(model, input_ids, inputs["attention_mask"].to(model.device), layers,
                                   paper_compat=paper_compat, mm_encoder_outputs={"image": image}, **extra)
     return residuals, mask, tower
