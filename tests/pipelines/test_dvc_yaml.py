@@ -134,12 +134,14 @@ def test_outputs_are_where_pipelines_paths_puts_them() -> None:
                  for m in models for d in datasets}
     expected |= {f"build_features@{m}": [paths.feast_sources_dir(m)] for m in models}
     expected |= {"fingerprint_sources": [paths.SOURCES], "check_stores": [paths.stores_checked()],
-                 "feast_apply": [paths.feast_catalog()], "materialize": [paths.feast_online_dir()]}
+                 "feast_apply": [paths.feast_catalog()], "materialize": [paths.feast_materialized()]}
     expected |= {f"train_probes@{m}-{d}": [paths.probe_metrics(d, m), paths.probe_plots(d, m),
                                           paths.probes_receipt(d, m)] for d in datasets for m in models}
     expected |= {f"promote@{d}": [paths.promotion_report(d), paths.promotion_receipt(d)] for d in datasets}
     for stage, wanted in expected.items():
         assert {str(path) for path in wanted} <= outs[stage], f"{stage} writes {sorted(outs[stage])}"
+    # the scoring service writes into the online store: as an output it would make every scored text rerun materialize
+    assert not {str(paths.feast_online_dir()), str(paths.feast_online_store())} & outs["materialize"]
     # every stage but those DVC runs on every repro records its cost where stage_main writes it (pipelines.cost)
     for stage, (cmd, always_changed) in commands.items():
         name, _, key = stage.partition("@")
