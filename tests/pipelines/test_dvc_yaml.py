@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -49,6 +51,22 @@ def test_every_stage_code_is_its_modules_closure_with_the_runner_and_feasts_repo
     assert "feature_repo/views.py" in code["feast_apply"]  # Feast imports every module of the repo it is given
     for name in stages():
         assert code[name] >= import_closure(f"pipelines.{name}", REPO, FIRST_PARTY), name
+
+
+def test_the_stages_run_on_every_repro_import_neither_torch_nor_mlflow() -> None:
+    # A repro with nothing to do starts both in a process of their own: each library takes seconds to import,
+    # which were most of its time. check_stores loads MLflow when it queries the store, not before.
+    always = sorted(f"pipelines.{fingerprint_sources.ENTRY.search(stage['cmd'])['module']}"
+                    for stage in stages().values() if stage.get("always_changed"))
+    assert {"pipelines.fingerprint_sources", "pipelines.check_stores"} <= set(always)
+    code = ("import importlib, sys\n"
+            f"for name in {['pipelines.params', *always]!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    loaded = sorted(m for m in ('torch', 'mlflow') if m in sys.modules)\n"
+            "    if loaded:\n"
+            "        sys.exit(f'{name} pulls in {loaded}')\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def _project(root: Path, modules: dict[str, str], dvc_yaml: str) -> Path:
