@@ -69,6 +69,14 @@ def test_the_stages_run_on_every_repro_import_neither_torch_nor_mlflow() -> None
     assert run.returncode == 0, run.stderr[-3000:]
 
 
+def test_dvc_parses_yaml_with_the_c_parser() -> None:
+    # without it (requirements.lock pins it) DVC reads params.yaml once per stage in pure Python
+    from ruamel.yaml import YAML
+    from ruamel.yaml.parser import Parser
+
+    assert YAML(typ="safe").Parser is not Parser
+
+
 def _project(root: Path, modules: dict[str, str], dvc_yaml: str) -> Path:
     for name, source in modules.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
