@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from features.stores import tracking
 from features.stores.files import write_json
-from pipelines import paths, stage_main
+from pipelines import exit_quickly, paths, stage_main
 from pipelines.params import load_params
 
 log = logging.getLogger("saefs.check_stores")
@@ -87,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quickly(main())

@@ -10,6 +10,7 @@ stage, rather than whole package folders, keeps an edit from rerunning stages th
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import subprocess
@@ -23,7 +24,7 @@ import yaml
 from features.errors import SaefsError
 from features.sources import fortunes
 from features.sources.fingerprint import import_closure
-from pipelines import fingerprint_sources, paths
+from pipelines import exit_quickly, fingerprint_sources, paths
 from tests.helpers import REPO, plant_fortunes
 
 FIRST_PARTY = fingerprint_sources.FIRST_PARTY
@@ -67,6 +68,15 @@ def test_the_stages_run_on_every_repro_import_neither_torch_nor_mlflow() -> None
             "        sys.exit(f'{name} pulls in {loaded}')\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_those_stages_exit_with_their_status_leaving_their_objects_to_the_os() -> None:
+    with pytest.raises(SystemExit) as exited:
+        exit_quickly(3)
+    try:
+        assert exited.value.code == 3 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_dvc_parses_yaml_with_the_c_parser() -> None:
