@@ -6,11 +6,12 @@ already set win: export HF_HUB_OFFLINE=0 to let the paper profile reach the hub.
 """
 
 import argparse
+import gc
 import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NoReturn
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -72,3 +73,11 @@ def stage_main(run: Callable[..., object], argv: list[str] | None, *, doc: str, 
             run(*([item] if arg else []))
 
     return run_cli(parser, argv, action)
+
+
+def exit_quickly(code: int) -> NoReturn:
+    """`sys.exit(code)` minus the collector's passes over every object the process made, which run as the
+    interpreter exits: 0.6 s once MLflow is imported. For the stages DVC starts on every repro; the OS frees
+    the memory, and atexit handlers (logging's flush) still run."""
+    gc.freeze()
+    sys.exit(code)

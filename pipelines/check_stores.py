@@ -6,7 +6,9 @@ is no DVC output: a fresh clone, a deleted `mlflow.db` or `mlruns/`, or another 
 dvc.lock satisfied and the registry empty. So each of those stages writes a receipt under
 data/tracking/ (a DVC output) saying what it left where, and this stage, which DVC runs on every
 `dvc repro` (`always_changed`) before them, deletes every receipt the store no longer honours:
-DVC then reruns exactly those stages. Its own output names the store it checked.
+DVC then reruns exactly those stages. Its own output names the store it checked. The same holds for
+`materialize`, whose SQLite online store is no DVC output either (the scoring service writes into it):
+its receipt goes when the store file has gone.
 
     python -m pipelines.check_stores
 """
@@ -15,13 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from features.stores import tracking
 from features.stores.files import write_json
-from pipelines import paths, stage_main
+from pipelines import exit_quickly, paths, stage_main
 from pipelines.params import load_params
 
 log = logging.getLogger("saefs.check_stores")
@@ -46,8 +47,17 @@ def stale(receipt: dict, store: str, check: Callable[[dict, str], str | None]) -
     return check(receipt, store)
 
 
+def stale_online_store(receipt: dict) -> str | None:
+    """Why a materialize receipt no longer holds: its SQLite online store has gone (a Redis store is not
+    checked here)."""
+    online = receipt.get("online_store", {})
+    if online.get("type") == "sqlite" and not Path(online["address"]).is_file():
+        return f"its online store {online['address']} is gone"
+    return None
+
+
 def run() -> list[Path]:
-    """Delete the receipts the tracking store no longer honours; return them."""
+    """Delete the receipts the tracking store or the online store no longer honours; return them."""
     params = load_params()
     store = tracking.store_address(tracking.configure(params.promote.tracking_uri))
     dropped = []
@@ -60,6 +70,11 @@ def run() -> list[Path]:
                 receipt.unlink()
                 dropped.append(receipt)
                 log.warning("%s will rerun: %s", stage, why)
+    materialized = paths.feast_materialized()
+    if materialized.is_file() and (why := stale_online_store(json.loads(materialized.read_text()))):
+        materialized.unlink()
+        dropped.append(materialized)
+        log.warning("materialize will rerun: %s", why)
     write_json(paths.stores_checked(), {"tracking_store": store})
     log.info("tracking store %s: %s", store,
              f"{len(dropped)} receipts dropped" if dropped else "holds every recorded probe and promotion")
@@ -71,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quickly(main())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import yaml
 from features.errors import SaefsError
 from features.sources.fingerprint import code_fingerprint, import_closure, source_fingerprint
 from features.stores.files import atomic_path
-from pipelines import paths, stage_main
+from pipelines import exit_quickly, paths, stage_main
 from pipelines.params import ItemTask, Params, load_params
 
 log = logging.getLogger("saefs.fingerprint_sources")
@@ -112,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quickly(main())

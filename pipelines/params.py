@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from features.core.binarize import BinarizeOp
 from features.core.cards import CardSettings
 from features.core.config import Strict
 from features.core.prepare import DatasetConfig, SplitConfig
@@ -30,7 +31,7 @@ from features.stores.tracking import ChampionGates
 from pipelines.feature_params import BuildFeaturesParams, CodesPooling, FeastApplyParams, HiddenPooling
 
 PARAMS_FILE = Path("params.yaml")
-PROFILES = ("embedded", "paper", "cluster")  # profiles/<name>.yaml, merged by pipelines.profile
+PROFILES = ("embedded", "paper", "paper_exact", "cluster")  # profiles/<name>.yaml, merged by pipelines.profile
 
 
 def _check_source(value: str, kinds: tuple[str, ...]) -> str:
@@ -267,6 +268,8 @@ class CrossLingualTask(Strict):
     max_rows: int = Field(gt=0, description="rows per language (stratified, as prepare_data samples)")
     balance: bool = Field(False, description="the same number of rows of each class in every language, so a "
                           "language's base rate does not move the threshold across languages")
+    binarize_op: BinarizeOp = Field(">", description="the SAE probe's binarization: '>' as the paper's classifiers, "
+                                    "'>=' as its cross-lingual scripts")
 
 
 class TransferParams(Strict):

@@ -133,8 +133,9 @@ def feast_applied() -> Path:
 
 
 def feast_online_dir() -> Path:
-    """materialize: materialized.json, the rows it wrote per view and where, beside the online store when it is
-    SQLite (online_store.db, as feature_repo/feature_store.yaml says); Redis leaves only the receipt here."""
+    """materialize: materialized.json (its DVC output), the rows it wrote per view and where, beside the online
+    store when it is SQLite (online_store.db, as feature_repo/feature_store.yaml says; no DVC output, as the
+    scoring service writes into it); Redis leaves only the receipt here."""
     return FEAST / "online"
 
 

@@ -1,16 +1,18 @@
 """Profiles: profiles/embedded.yaml is the base, and each other profile an overlay holding only what differs.
 
     python -m pipelines.profile paper      # Gemma 2 + Gemma Scope + HF datasets (GPU, hub)
+    python -m pipelines.profile paper_exact   # the same with the paper code's choices, to compare with it
     python -m pipelines.profile cluster    # the embedded grid on PostgreSQL, Redis, MLflow server, torchrun
     python -m pipelines.profile embedded   # the offline CPU default
     python -m pipelines.profile paper --check   # check its sources, writing nothing
 
-writes the merged, validated profile onto params.yaml (which DVC reads). `--check` instead reads every model,
-SAE and dataset source the profile names as its stage would (features/sources/checks.py) and lists what is
-wrong, and what it could not check without the hub; it exits 1 when something is wrong. An overlay merges into the base
-mapping by mapping; a list or a scalar replaces the base's; a mapping tagged `!replace` replaces the base's
-whole (a profile with other models or datasets than the base's). Everything that reads a profile goes
-through `load_profile`, so a key added to the base reaches every profile.
+writes the merged, validated profile onto params.yaml (which DVC reads). An overlay merges into the base
+mapping by mapping (an overlay of an overlay, `PARENTS`, into its parent merged); a list or a scalar replaces
+the base's; a mapping tagged `!replace` replaces the base's whole (a profile with other models or datasets than
+the base's). Everything that reads a profile goes through `load_profile`, so a key added to the base reaches
+every profile. `--check` instead reads every model, SAE and dataset source the profile names as its stage
+would (features/sources/checks.py) and lists what is wrong, and what it could not check without the hub; it
+exits 1 when something is wrong.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pipelines.params import PARAMS_FILE, PROFILES, ItemTask, Params, ParamsErro
 
 PROFILE_DIR = Path("profiles")
 BASE = "embedded"
+PARENTS = {"paper_exact": "paper"}  # an overlay on another overlay; every other profile overlays the base
 
 
 class Replace(dict):
@@ -67,7 +70,10 @@ def profile_files(name: str, profile_dir: Path = PROFILE_DIR) -> list[Path]:
     """The files a profile is merged from, base first."""
     if name not in PROFILES:
         raise ParamsError(f"unknown profile {name!r}: expected one of {list(PROFILES)}")
-    return [profile_dir / f"{profile}.yaml" for profile in dict.fromkeys((BASE, name))]
+    chain = [name]
+    while chain[-1] in PARENTS:
+        chain.append(PARENTS[chain[-1]])
+    return [profile_dir / f"{profile}.yaml" for profile in dict.fromkeys((BASE, *reversed(chain)))]
 
 
 def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:

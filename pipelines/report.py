@@ -123,7 +123,10 @@ def run() -> None:
     params = load_params()
     inputs = gather(params)
     sections = report_page.build_sections(inputs)
-    html, markdown = render(sections, f"saefs report: {params.profile} profile")
+    title = f"saefs report: {params.profile} profile"
+    if params.extract.paper_compat:
+        title += " (the paper code's choices: SAEs read one block early, BOS pooled; not the corrected default)"
+    html, markdown = render(sections, title)
     for name, text in (("index.html", html), ("index.md", markdown)):
         with atomic_path(paths.REPORT_DIR / name) as tmp:
             tmp.write_text(text)

@@ -110,9 +110,10 @@ class Featurizer:
                 int(self.sae.cfg.d_sae))
 
 
-def _sae_probe(params: Params, width: int, seed: int) -> Any:
+def _sae_probe(params: Params, width: int, seed: int, op: str | None = None) -> Any:
+    """The SAE probe of a cell, binarizing with `op` (a cross-lingual task's), else build_features' operator."""
     t = params.transfer
-    return make_probe("logreg", width=width, binarize=t.binarize, op=params.build_features.binarize_op,
+    return make_probe("logreg", width=width, binarize=t.binarize, op=op or params.build_features.binarize_op,
                       C_grid=t.C_grid, cv=t.cv_folds, seed=seed)
 
 
@@ -195,6 +196,7 @@ def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.Da
     resampled-t interval. `codes`/`hidden` rows are aligned with `frame` (prepared rows of every language).
     The rows, and the prediction rows of their fits."""
     t, y = params.transfer, frame["label"].to_numpy()
+    op = t.cross_lingual[task].binarize_op
     rows, predictions = [], []
     for train_lang, test_lang, splits in cross_lingual_resamples(frame["lang"], y, frame["split"] == "test",
                                                                  t.resamples, params.prepare_data.seed):
@@ -207,7 +209,7 @@ def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.Da
             continue
         cell = Cell(f"{task}:{model}:{train_lang}->{test_lang}", frame, splits, t.cv_folds, t.n_jobs)
         try:
-            sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
+            sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed, op), codes)
             dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
             tfidf = cell.fit("tfidf", make_tfidf_baseline, frame[["text"]])  # no shared vocabulary across languages
             majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes)

@@ -19,16 +19,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy.sparse import csr_matrix
-from torch import Tensor
 
 from features.errors import SaefsError
 
+# torch loads inside the functions that use it: params validation (every stage, and the two that run on every
+# repro) reads the registry, and torch takes seconds to import.
+if TYPE_CHECKING:
+    from torch import Tensor
+
 # (values [N, F], rows [N], n_texts) -> pooled [n_texts, F]
-Reducer = Callable[[Tensor, Tensor, int], Tensor]
+Reducer = Callable[["Tensor", "Tensor", int], "Tensor"]
 TOP_N = "top"  # the top<n> family's prefix: 'top20' counts each token's 20 largest positive latents
 _TOP_N = re.compile(rf"{TOP_N}([1-9]\d*)")
 
@@ -77,6 +81,8 @@ def counted_token_mask(
     input_ids: Tensor, attention_mask: Tensor, bos_token_id: int | None, include_bos: bool
 ) -> Tensor:
     """Bool [B, T]: True where a token counts for pooling (not padding; not a leading BOS unless asked)."""
+    import torch
+
     leading_bos = torch.zeros_like(input_ids, dtype=torch.bool)
     if not include_bos and bos_token_id is not None:
         leading_bos[:, 0] = input_ids[:, 0] == bos_token_id
@@ -104,6 +110,8 @@ def _sum(values: Tensor, rows: Tensor, n_texts: int) -> Tensor:
 
 
 def _mean(values: Tensor, rows: Tensor, n_texts: int) -> Tensor:
+    import torch
+
     counts = torch.bincount(rows, minlength=n_texts).clamp(min=1)
     return _sum(values, rows, n_texts) / counts.unsqueeze(1).to(values.dtype)
 
@@ -115,6 +123,8 @@ def _max(values: Tensor, rows: Tensor, n_texts: int) -> Tensor:
 
 
 def _last(values: Tensor, rows: Tensor, n_texts: int) -> Tensor:
+    import torch
+
     counts = torch.bincount(rows, minlength=n_texts)
     present = counts > 0
     last_token = counts.cumsum(0) - 1
@@ -134,6 +144,8 @@ def _top_n_count(values: Tensor, rows: Tensor, n_texts: int, *, n: int) -> Tenso
 
 def _to_csr(pooled: Tensor) -> csr_matrix:
     """Dense [n, F] -> scipy CSR, sparsified on the tensor's device (1M-wide rows stay on the GPU until then)."""
+    import torch
+
     rows, latents = pooled.nonzero(as_tuple=True)  # row-major, as CSR stores them
     indptr = torch.cat([rows.new_zeros(1), torch.bincount(rows, minlength=pooled.shape[0]).cumsum(0)])
     return csr_matrix(

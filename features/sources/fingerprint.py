@@ -69,17 +69,19 @@ def _parsed_imports(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
     """Every module name `path` imports, lazy imports inside functions included (they run when the function
     does); imports under `if TYPE_CHECKING:` never run and are left out. `from a import b` yields `a` and
     `a.b` (b may be a submodule)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    type_only = {id(node) for branch in ast.walk(tree) if isinstance(branch, ast.If)
-                 and "TYPE_CHECKING" in ast.unparse(branch.test) for stmt in branch.body for node in ast.walk(stmt)}
     names = []
-    for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
+    todo: list[ast.AST] = [ast.parse(path.read_text(), filename=str(path))]
+    while todo:  # statements only: an import is one, and expressions (most of the tree) hold none
+        node = todo.pop()
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo += node.orelse
+        else:
+            todo += [child for child in ast.iter_child_nodes(node)
+                     if isinstance(child, ast.stmt | ast.excepthandler | ast.match_case)]
     return tuple(names)
 
 
@@ -92,11 +94,14 @@ def import_closure(module: str, root: Path, packages: tuple[str, ...]) -> set[st
         return next((c for c in (base / "__init__.py", base.with_suffix(".py")) if c.is_file()), None)
 
     seen: set[Path] = set()
+    named: set[str] = set()  # most names recur across modules: resolve each once
     todo = [module]
     while todo:
-        parts = todo.pop().split(".")
-        if parts[0] not in packages:
+        name = todo.pop()
+        parts = name.split(".")
+        if parts[0] not in packages or name in named:
             continue
+        named.add(name)
         for depth in range(1, len(parts) + 1):
             found = module_file(".".join(parts[:depth]))
             if found and found not in seen:

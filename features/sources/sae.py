@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from features.errors import SaefsError
 
-if TYPE_CHECKING:  # sae-lens loads with an SAE: params validation reads SAE_LOADERS, and sae-lens is slow to import
+# torch and sae-lens load inside the functions that use them: params validation (every stage, and the two that
+# run on every repro) reads SAE_LOADERS, and they take seconds to import.
+if TYPE_CHECKING:
     from sae_lens import SAE, JumpReLUSAE
+    from torch import Tensor
 
 SaeLoader = Callable[[str, str], "SAE[Any]"]  # (spec argument, device) -> SAE
 TRAINED = "train"  # the spec of an SAE that the train_sae stage trains (a bare word: no argument)
@@ -65,6 +66,8 @@ def load_sae(spec: str, device: str = "cpu") -> SAE[Any]:
 
 def sae_identity(sae: SAE[Any]) -> str:
     """SHA-256 of an SAE's configuration (device aside) and weights: what its codes depend on, whatever its source."""
+    import torch
+
     settings = {key: value for key, value in sae.cfg.to_dict().items() if key != "device"}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(sae.state_dict().items()):
@@ -84,6 +87,8 @@ def check_sae_fits(sae: SAE[Any], d_model: int, where: str) -> None:
 def encode(sae: SAE[Any], acts: Tensor) -> Tensor:
     """SAE codes [N, d_sae] of activations [N, d_in], computed on the SAE's device, as float32 whatever the SAE's
     dtype (pooled sums accumulate in it)."""
+    import torch
+
     with torch.inference_mode(), _at_input_precision(acts):
         return sae.encode(acts.to(device=sae.device, dtype=sae.dtype)).float()
 
@@ -94,6 +99,8 @@ def _at_input_precision(acts: Tensor) -> AbstractContextManager[Any]:
     which would make the SAEs cost more than the model's forward. Biases, thresholds and codes stay fp32. On the
     CPU (fp32 activations) nothing changes. Read off the activations, which share the SAE's device: a stand-in
     SAE (an identity, in the tests) need not say its device."""
+    import torch
+
     if acts.device.type == "cuda" and acts.dtype in (torch.bfloat16, torch.float16):
         return torch.autocast("cuda", dtype=acts.dtype)
     return nullcontext()
@@ -118,6 +125,8 @@ class QualityMeter:
     """Streams reconstruction and sparsity sums over chunks of tokens (float64, on the CPU)."""
 
     def __init__(self, d_in: int, d_sae: int) -> None:
+        import torch
+
         self.n_tokens = 0
         self.squared_error = torch.zeros((), dtype=torch.float64)
         self.sum_x = torch.zeros(d_in, dtype=torch.float64)
@@ -128,6 +137,8 @@ class QualityMeter:
     def update(self, sae: SAE[Any], acts: Tensor, codes: Tensor) -> None:
         """Add token activations [N, d_in] and their codes [N, d_sae]. The sums are reduced on the codes' device
         and only they reach the CPU: copying [N, d_sae] masks off a GPU would take longer than the encoding."""
+        import torch
+
         with torch.inference_mode(), _at_input_precision(acts):
             reconstruction = sae.decode(_sparse_if_topk(sae, codes)).double()
         target = acts.to(reconstruction.device).double()
@@ -154,6 +165,8 @@ class QualityMeter:
             name: getattr(self, name).numpy() for name in _METER_SUMS}
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        import torch
+
         missing = sorted({"n_tokens", *_METER_SUMS} - set(state))
         if missing:
             raise SaefsError(f"SAE quality state lacks {missing}: it was not written by QualityMeter.state")
@@ -211,6 +224,7 @@ def _load_folder(argument: str, device: str) -> SAE[Any]:
 
 def _load_gemma_scope(params_path: Path, device: str) -> JumpReLUSAE:
     """Gemma Scope's params.npz as a sae-lens JumpReLU SAE (Gemma Scope does not subtract b_dec on input)."""
+    import torch
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
     with np.load(params_path) as params:

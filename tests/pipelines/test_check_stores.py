@@ -54,3 +54,15 @@ def test_a_lost_champion_alias_or_version_drops_the_promotion_receipt(store) -> 
 def test_another_tracking_store_drops_every_receipt(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")
     assert sorted(check_stores.run()) == sorted([paths.probes_receipt("spam", MODEL), paths.promotion_receipt("spam")])
+
+
+def test_a_gone_online_store_drops_the_materialize_receipt(store, tmp_path: Path) -> None:
+    """The SQLite online store is no DVC output (the scoring service writes into it): its receipt stands for it."""
+    online = tmp_path / "online_store.db"
+    online.write_bytes(b"")
+    write_json(paths.feast_materialized(), {"online_store": {"type": "sqlite", "address": str(online)}, "rows": {}})
+    assert check_stores.run() == [] and paths.feast_materialized().is_file()
+    online.unlink()
+    assert check_stores.run() == [paths.feast_materialized()] and not paths.feast_materialized().exists()
+    write_json(paths.feast_materialized(), {"online_store": {"type": "redis", "address": "localhost:6379/0"}})
+    assert check_stores.run() == []  # a Redis store is not checked here

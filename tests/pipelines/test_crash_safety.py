@@ -225,6 +225,7 @@ def test_rows_the_service_pushed_survive_a_rebuild(scratch: dict) -> None:
     store = open_store(repo / "feature_repo")
     codes = csr_matrix(np.array([[0, 1.5, 0, 2.5] + [0] * 60], dtype=np.float32))
     push_codes(store, [view], "sparse", ["alpha-scored-later"], codes, datetime.now(UTC))
+    assert MATERIALIZE not in json.loads(dvc(repo, "status", "--json", MATERIALIZE))  # a push changes no DVC output
     dvc(repo, "repro", "-f", "-s", MATERIALIZE)
     fresh = open_store(repo / "feature_repo")  # a new connection: the old one holds the replaced file
     frame = online_frame(fresh, fresh.get_feature_service(view), "sparse", ["alpha-scored-later"])

@@ -10,8 +10,11 @@ stage, rather than whole package folders, keeps an edit from rerunning stages th
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import yaml
 from features.errors import SaefsError
 from features.sources import fortunes
 from features.sources.fingerprint import import_closure
-from pipelines import fingerprint_sources, paths
+from pipelines import exit_quickly, fingerprint_sources, paths
 from tests.helpers import REPO, plant_fortunes
 
 FIRST_PARTY = fingerprint_sources.FIRST_PARTY
@@ -49,6 +52,39 @@ def test_every_stage_code_is_its_modules_closure_with_the_runner_and_feasts_repo
     assert "feature_repo/views.py" in code["feast_apply"]  # Feast imports every module of the repo it is given
     for name in stages():
         assert code[name] >= import_closure(f"pipelines.{name}", REPO, FIRST_PARTY), name
+
+
+def test_the_stages_run_on_every_repro_import_neither_torch_nor_mlflow() -> None:
+    # A repro with nothing to do starts both in a process of their own: each library takes seconds to import,
+    # which were most of its time. check_stores loads MLflow when it queries the store, not before.
+    always = sorted(f"pipelines.{fingerprint_sources.ENTRY.search(stage['cmd'])['module']}"
+                    for stage in stages().values() if stage.get("always_changed"))
+    assert {"pipelines.fingerprint_sources", "pipelines.check_stores"} <= set(always)
+    code = ("import importlib, sys\n"
+            f"for name in {['pipelines.params', *always]!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    loaded = sorted(m for m in ('torch', 'mlflow') if m in sys.modules)\n"
+            "    if loaded:\n"
+            "        sys.exit(f'{name} pulls in {loaded}')\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_those_stages_exit_with_their_status_leaving_their_objects_to_the_os() -> None:
+    with pytest.raises(SystemExit) as exited:
+        exit_quickly(3)
+    try:
+        assert exited.value.code == 3 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_dvc_parses_yaml_with_the_c_parser() -> None:
+    # without it (requirements.lock pins it) DVC reads params.yaml once per stage in pure Python
+    from ruamel.yaml import YAML
+    from ruamel.yaml.parser import Parser
+
+    assert YAML(typ="safe").Parser is not Parser
 
 
 def _project(root: Path, modules: dict[str, str], dvc_yaml: str) -> Path:
@@ -134,12 +170,14 @@ def test_outputs_are_where_pipelines_paths_puts_them() -> None:
                  for m in models for d in datasets}
     expected |= {f"build_features@{m}": [paths.feast_sources_dir(m)] for m in models}
     expected |= {"fingerprint_sources": [paths.SOURCES], "check_stores": [paths.stores_checked()],
-                 "feast_apply": [paths.feast_catalog()], "materialize": [paths.feast_online_dir()]}
+                 "feast_apply": [paths.feast_catalog()], "materialize": [paths.feast_materialized()]}
     expected |= {f"train_probes@{m}-{d}": [paths.probe_metrics(d, m), paths.probe_plots(d, m),
                                           paths.probes_receipt(d, m)] for d in datasets for m in models}
     expected |= {f"promote@{d}": [paths.promotion_report(d), paths.promotion_receipt(d)] for d in datasets}
     for stage, wanted in expected.items():
         assert {str(path) for path in wanted} <= outs[stage], f"{stage} writes {sorted(outs[stage])}"
+    # the scoring service writes into the online store: as an output it would make every scored text rerun materialize
+    assert not {str(paths.feast_online_dir()), str(paths.feast_online_store())} & outs["materialize"]
     # every stage but those DVC runs on every repro records its cost where stage_main writes it (pipelines.cost)
     for stage, (cmd, always_changed) in commands.items():
         name, _, key = stage.partition("@")

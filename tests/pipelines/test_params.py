@@ -29,7 +29,7 @@ def test_wrong_type_names_the_key_and_the_value() -> None:
 
 
 def test_unknown_profile_lists_the_allowed_ones() -> None:
-    with pytest.raises(ParamsError, match=r"profile: Input should be 'embedded', 'paper' or 'cluster'"):
+    with pytest.raises(ParamsError, match=r"profile: Input should be 'embedded', 'paper', 'paper_exact' or 'cluster'"):
         parse_params(embedded_params(profile="laptop"))
 
 

@@ -9,7 +9,16 @@ import pytest
 import yaml
 
 from pipelines.params import PROFILES, ParamsError, load_params
-from pipelines.profile import BASE, Replace, load_profile, merge, profile_params, read_profile_file, use_profile
+from pipelines.profile import (
+    BASE,
+    PARENTS,
+    Replace,
+    load_profile,
+    merge,
+    profile_params,
+    read_profile_file,
+    use_profile,
+)
 from tests.helpers import REPO
 
 PROFILE_DIR = REPO / "profiles"
@@ -41,10 +50,17 @@ def _repeats(overlay: dict[str, Any], base: dict[str, Any], path: str = "") -> l
 
 
 @pytest.mark.parametrize("name", [name for name in PROFILES if name != BASE])
-def test_an_overlay_holds_only_what_differs_from_the_base(name: str) -> None:
-    base = read_profile_file(PROFILE_DIR / f"{BASE}.yaml")
-    repeats = _repeats(read_profile_file(PROFILE_DIR / f"{name}.yaml"), base)
-    assert not repeats, f"profiles/{name}.yaml repeats the base at {repeats}: delete those keys"
+def test_an_overlay_holds_only_what_differs_from_what_it_overlays(name: str) -> None:
+    below = load_profile(PARENTS.get(name, BASE), PROFILE_DIR)
+    repeats = _repeats(read_profile_file(PROFILE_DIR / f"{name}.yaml"), below)
+    assert not repeats, f"profiles/{name}.yaml repeats what it overlays at {repeats}: delete those keys"
+
+
+def test_paper_exact_is_the_paper_profile_with_the_paper_codes_choices() -> None:
+    exact, paper = load_profile("paper_exact", PROFILE_DIR), load_profile("paper", PROFILE_DIR)
+    assert profile_params("paper_exact", PROFILE_DIR).extract.pools_bos
+    assert {key for key in paper if paper[key] != exact[key]} == {"profile", "extract"}
+    assert {key for key in paper["extract"] if paper["extract"][key] != exact["extract"][key]} == {"paper_compat"}
 
 
 def test_mappings_merge_lists_and_scalars_replace_and_replace_swaps_a_mapping() -> None:

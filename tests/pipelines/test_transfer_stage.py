@@ -172,3 +172,20 @@ def test_a_judgement_reads_each_text_of_its_datasets_once_in_a_stable_order(tmp_
     with pytest.raises(SaefsError, match=r"judges the texts of data/prepared/c.parquet, which is missing: run "
                        r"`dvc repro prepare_data`"):
         behaviour_labels.judged_texts("judge", spec.model_copy(update={"datasets": ["a", "c"]}))
+
+
+def test_a_cross_lingual_task_binarizes_with_its_own_operator(params) -> None:
+    """The paper's cross-lingual scripts keep a latent at exactly the threshold (>=), its classifiers do not (>):
+    codes whose informative latents sit at 1.0 carry the class only under the task's '>='."""
+    codes, y = synthetic_frame(180)
+    codes["latent_values"] = [[1.0 if i < 3 else 0.5 for i in ids] for ids in codes["latent_ids"]]
+    hidden = pd.DataFrame({"hidden": list(np.zeros((180, 2), dtype=np.float32))})
+    frame = language_frame(y, ["en"] * 90 + ["es"] * 90)
+    f1 = {}
+    for op in (">", ">="):
+        task = params.transfer.cross_lingual["offensive"].model_copy(update={"binarize_op": op})
+        lingual = params.model_copy(update={"transfer": params.transfer.model_copy(
+            update={"cross_lingual": {"offensive": task}})})
+        rows = pd.DataFrame(transfer.cross_lingual_cells("offensive", "m", frame, codes, hidden, WIDTH, lingual)[0])
+        f1[op] = rows.set_index(["train_lang", "test_lang"]).loc[("en", "es"), "macro_f1"]
+    assert f1[">="] > 0.8 and f1[">"] < 0.6
