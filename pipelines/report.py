@@ -61,11 +61,12 @@ def read_predictions(dataset: str, model: str, prepared: pd.DataFrame) -> pd.Dat
 
 
 def holdings(params: Params) -> Profile:
-    """What a profile holds: its models' SAE layers and widths, its datasets, behaviour tasks and cross-lingual
-    tasks with their languages (the paper comparison's sentences about the paper profile cite them)."""
+    """What a profile holds: its models' SAE layers and widths, its datasets, behaviour tasks, cross-lingual
+    tasks with their languages and image sets (the paper comparison's sentences about the paper profile cite them)."""
+    images = {"image set": list(params.cross_modal.datasets)} if params.cross_modal else {}
     return Profile(path=str(PROFILE_DIR / f"{params.profile}.yaml"),
                    names={"dataset": list(params.datasets), "behaviour task": list(params.behaviour_labels.tasks),
-                          "cross-lingual task": list(params.transfer.cross_lingual)},
+                          "cross-lingual task": list(params.transfer.cross_lingual), **images},
                    saes={model: (sae.layers, sae.widths) for model, sae in params.sae.items()},
                    languages={task: list(spec.languages) for task, spec in params.transfer.cross_lingual.items()})
 

@@ -202,7 +202,7 @@ def build_sections(inputs: RunInputs) -> list[Section]:
                                          comparisons.detection_gaps(cells, inputs.predictions, inputs.labels))
     paper_profile = inputs.setup["paper_profile"]
     comparison = paper.compare(best, cells, paired, inputs.cross_model, inputs.setup.get("summary", ""),
-                               paper_profile)
+                               paper_profile, inputs.cross_modal)
     layers, pooling, widths = tables.layer_table(cells), tables.pooling_table(cells), tables.width_table(cells)
     curve = tables.curve_table(inputs.probes)
     quality = tables.sae_quality_table(inputs.sae_quality, inputs.sae_training)

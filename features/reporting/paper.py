@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from features.reporting.comparisons import CALLED
-from features.reporting.report import best_by
+from features.reporting.report import best_by, cross_modal_calls
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Profile:
     """What a profile file holds, for every sentence the report says about it."""
 
     path: str
-    names: Mapping[str, Sequence[str]]  # kind (dataset, behaviour task, cross-lingual task) -> names
+    names: Mapping[str, Sequence[str]]  # kind (dataset, behaviour task, cross-lingual task, image set) -> names
     saes: Mapping[str, tuple[Sequence[int], Sequence[str]]]  # model -> its SAEs' (layers, widths)
     languages: Mapping[str, Sequence[str]]  # cross-lingual task -> its languages
 
@@ -126,12 +127,13 @@ def _beats_baselines(paired: pd.DataFrame) -> tuple[str, str]:
 
 
 def compare(best: pd.DataFrame, cells: pd.DataFrame, paired: pd.DataFrame, cross_model: pd.DataFrame | None,
-            run_setup: str, paper_profile: Profile) -> pd.DataFrame:
+            run_setup: str, paper_profile: Profile,
+            cross_modal: Mapping[str, dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per paper number: this run's value, its models and data, and a verdict.
 
     `best` is report.best_config_table, `cells` report.cells_frame, `paired` comparisons.paired_table with
     `p_holm`; `run_setup` names this run's models, SAEs and data in a few words; `paper_profile` what
-    profiles/paper.yaml holds.
+    profiles/paper.yaml holds; `cross_modal` the cross_modal stage's metrics per model, where it ran.
     """
     best = best.dropna(subset=["macro_f1"])  # a dataset with no SAE probe has no number to set beside the paper's
     n = len(best)
@@ -178,9 +180,13 @@ def compare(best: pd.DataFrame, cells: pd.DataFrame, paired: pd.DataFrame, cross
                               f"{_f(r.target_hidden_f1)})" for r in ok.itertuples()),
                     f"the target's own hidden states above the source's SAE (paired, Holm p < {CALLED}) in "
                     f"{len(lose)} of {len(paired)} behaviour-prediction cells")
-    missing = {12: ("not produced yet", "the transfer stage writes plots/transfer/cross_model.csv"),
-               13: ("see the section Cross-modal", "the cross_modal stage's vision-tower probes, where the profile "
-                    "has a cross_modal group (the paper profile: a VLM needs the hub)")}
+    image_sets, below, above = cross_modal_calls(cross_modal or {}, CALLED)
+    if image_sets:
+        ours[13] = ("; ".join(f"{name} {_f(d['vision']['macro_f1'])} (best SAE {_f(sae['macro_f1'])})"
+                              for name, d, sae in image_sets),
+                    f"the best SAE probe below the vision tower (paired, Holm p < {CALLED}) on {below} of "
+                    f"{len(image_sets)} image sets, above on {above}")
+    missing = {12: ("not produced yet", "the transfer stage writes plots/transfer/cross_model.csv")}
 
     def absent(p: PaperNumber) -> tuple[str, str]:
         held = held_by(p, paper_profile)

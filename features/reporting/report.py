@@ -459,26 +459,34 @@ def cross_modal_cells(cross_modal: Mapping[str, dict[str, Any]]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def cross_modal_calls(cross_modal: Mapping[str, dict[str, Any]],
+                      called: float = 0.05) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], int, int]:
+    """(image set, its metrics, its best SAE probe by validation) of every model and set, and on how many the best
+    SAE probe is below and above the vision tower's (paired, Holm p < `called`)."""
+    best = [(name, dataset, _best(dataset["sae"])) for results in cross_modal.values()
+            for name, dataset in results["datasets"].items()]
+    below = sum(sae["sae_minus_vision"] < 0 and sae["sae_minus_vision_p_holm"] < called for *_, sae in best)
+    above = sum(sae["sae_minus_vision"] > 0 and sae["sae_minus_vision_p_holm"] < called for *_, sae in best)
+    return best, below, above
+
+
 def cross_modal_reading(cross_modal: Mapping[str, dict[str, Any]], called: float = 0.05) -> str:
     """One sentence a reader can act on: on how many image sets the best SAE probe is below, above or tied with the
     vision tower's (Holm p < `called`), and this run's vision tower beside the paper's."""
-    pairs = [(dataset, _best(dataset["sae"])) for results in cross_modal.values()
-             for dataset in results["datasets"].values()]
-    if not pairs:
+    best, below, above = cross_modal_calls(cross_modal, called)
+    if not best:
         return "No cross-modal run: nothing here says whether text-trained SAEs read image tokens."
-    below = sum(sae["sae_minus_vision"] < 0 and sae["sae_minus_vision_p_holm"] < called for _, sae in pairs)
-    above = sum(sae["sae_minus_vision"] > 0 and sae["sae_minus_vision_p_holm"] < called for _, sae in pairs)
     towers = "; ".join(f"{d['vision']['macro_f1']:.2f} here against the paper's {PAPER_VISION_F1[d['source']]:.2f}"
                        if d["source"] in PAPER_VISION_F1 else f"{d['vision']['macro_f1']:.2f} (not a paper set)"
-                       for d, _ in pairs)
-    if below == len(pairs):
+                       for _, d, _ in best)
+    if below == len(best):
         advice = "to classify images, probe the vision tower: the text SAEs' codes of its tokens lose what it holds"
     elif below:
         advice = "the text SAEs' codes of image tokens stand in for the vision tower on some image sets only"
-    elif above == len(pairs):
+    elif above == len(best):
         advice = "text-trained SAEs read a VLM's image tokens better than a probe on its vision tower does"
     else:
         advice = "text-trained SAEs read a VLM's image tokens about as well as a probe on its vision tower"
     return (f"The best SAE probe (chosen on validation) is below the vision tower's probe on {below} of "
-            f"{len(pairs)} image sets and above it on {above} (paired, Holm p < {called}); the vision tower's macro "
+            f"{len(best)} image sets and above it on {above} (paired, Holm p < {called}); the vision tower's macro "
             f"F1: {towers}; so {advice}.")

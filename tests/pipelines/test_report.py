@@ -247,15 +247,17 @@ def test_every_sentence_about_the_paper_profile_matches_its_file(project: Path) 
     assert report.main([]) == 0
     md = _text(project / "reports/index.md")
     paper = load_profile("paper")  # the file itself, not what the report code believes
-    names = {*paper["datasets"], *paper["behaviour_labels"]["tasks"], *paper["transfer"]["cross_lingual"]}
+    images = list(paper.get("cross_modal", {}).get("datasets", {}))
+    names = {*paper["datasets"], *paper["behaviour_labels"]["tasks"], *paper["transfer"]["cross_lingual"], *images}
     models = ", ".join(f"{m} (SAE layers {', '.join(map(str, s['layers']))}; widths {', '.join(s['widths'])})"
                        for m, s in paper["sae"].items())
     lingual = ", ".join(f"{task} ({', '.join(spec['languages'])})"
                         for task, spec in paper["transfer"]["cross_lingual"].items())
+    sets = f"; image sets {', '.join(images)}" if images else ""
     assert (f"profiles/paper.yaml holds models {models}; datasets {', '.join(paper['datasets'])}; behaviour tasks "
-            f"{', '.join(paper['behaviour_labels']['tasks'])}; cross-lingual tasks {lingual}.") in md
-    claimed = re.findall(r"the paper profile has ((?:(?:dataset|behaviour task|cross-lingual task) [\w-]+(?:, )?)+)",
-                         md)
+            f"{', '.join(paper['behaviour_labels']['tasks'])}; cross-lingual tasks {lingual}{sets}.") in md
+    claimed = re.findall(r"the paper profile has ((?:(?:dataset|behaviour task|cross-lingual task|image set) [\w-]+"
+                         r"(?:, )?)+)", md)
     held = {item.split(" ")[-1] for sentence in claimed for item in sentence.split(", ")}
     assert held and held <= names
     for number in PAPER_NUMBERS:  # a claim whose data the file lacks says so
@@ -308,3 +310,5 @@ def test_the_cross_modal_section_reads_its_metrics_where_the_profile_has_a_run(p
     assert "below the vision tower's probe on 2 of 2 image sets" in section
     assert "0.90 here against the paper's 0.98" in section and "l12__sae16k__sum__bin1 0.70 [0.65, 0.75]" in section
     assert '<section id="cross-modal">' in _text(project / "reports/index.html")
+    paper_row = _text(project / "reports/index.md").split("| 13 ")[1].split("| 14 ")[0]
+    assert "flowers 0.900 (best SAE 0.700)" in paper_row and "below the vision tower" in paper_row
