@@ -121,6 +121,16 @@ def profile_findings(params: Params) -> list[checks.Finding]:
     for name, task in params.behaviour_labels.tasks.items():
         if isinstance(task, ItemTask):
             findings.append(checks.check_items(f"behaviour_labels.tasks.{name}", task.source, task.format, task.split))
+    if params.cross_modal:
+        from features.sources.images import load_images
+
+        for name, vlm in params.cross_modal.models.items():
+            findings.append(checks.check_model(f"cross_modal.models.{name}", vlm.source, max(vlm.layers)))
+            specs = [vlm.spec(layer, width) for layer in vlm.layers for width in vlm.widths]
+            findings += checks.check_pretrained_saes(f"cross_modal.models.{name}.sae", specs, None)
+        findings += [checks.check_dataset(f"cross_modal.datasets.{name}", ds.source, ds.labels, load=load_images,
+                                          split=ds.split, image_field=ds.image_field, label_field=ds.label_field)
+                     for name, ds in params.cross_modal.datasets.items()]
     for name, task in params.transfer.cross_lingual.items():
         findings += [checks.check_dataset(f"transfer.cross_lingual.{name}.languages.{lang}", spec.source, task.labels,
                                           split=spec.split, text_field=spec.text_field, label_field=spec.label_field)

@@ -8,10 +8,12 @@ through the same loader a stage would, so what it passes is what the stage will 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import pandas as pd
 
 from features.errors import SaefsError
 from features.sources.datasets import HubUnreachable, load_source
@@ -84,8 +86,9 @@ def _layers_finding(subject: str, source: str, config: dict[str, Any], deepest_l
     return Finding(subject, source, "ok", f"{config.get('model_type', '?')}, {depth} blocks")
 
 
-def check_pretrained_saes(subject: str, specs: Sequence[str], model_source: str) -> list[Finding]:
-    """Each `sae_lens:<release>/<id>` is in sae-lens' packaged catalogue, and its release is for this model."""
+def check_pretrained_saes(subject: str, specs: Sequence[str], model_source: str | None) -> list[Finding]:
+    """Each `sae_lens:<release>/<id>` is in sae-lens' packaged catalogue, and its release is for this model (None:
+    the SAEs are read zero-shot by another model, a VLM's language model, so that is not compared)."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     catalogue = get_pretrained_saes_directory()
@@ -105,6 +108,9 @@ def check_pretrained_saes(subject: str, specs: Sequence[str], model_source: str)
         elif sae_id not in catalogue[release].saes_map:
             findings.append(Finding(subject, spec, "failed", f"release {release!r} has no SAE {sae_id!r}: check "
                                     "the layer and width (see sae_lens' pretrained_saes.yaml)"))
+        elif model_source is None:
+            findings.append(Finding(subject, spec, "ok", f"in the catalogue, for {catalogue[release].model} (read "
+                                    "zero-shot by another model)"))
         else:
             findings.append(_release_model_finding(subject, spec, catalogue[release].model, model_source))
     return findings
@@ -125,10 +131,12 @@ def _release_model_finding(subject: str, spec: str, release_model: str, model_so
     return Finding(subject, spec, "ok", f"in the catalogue, for {official}")
 
 
-def check_dataset(subject: str, source: str, labels: Iterable[Any] | None = None, **fields: Any) -> Finding:
-    """A dataset source loads through its loader with these fields, and holds every configured label."""
+def check_dataset(subject: str, source: str, labels: Iterable[Any] | None = None,
+                  load: Callable[..., pd.DataFrame] = load_source, **fields: Any) -> Finding:
+    """A dataset source loads through its loader (`load`: text sources', or `features.sources.images.load_images`)
+    with these fields, and holds every configured label."""
     try:
-        rows = load_source(source, **fields)
+        rows = load(source, **fields)
     except HubUnreachable:
         return Finding(subject, source, "unchecked", UNREACHABLE)
     except SaefsError as err:

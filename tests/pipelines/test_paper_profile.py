@@ -52,7 +52,10 @@ def test_the_paper_profile_checks_offline_and_names_what_needs_the_hub(paper, ca
     assert by_subject["models.gemma2_2b", "hf:google/gemma-2-2b"].detail.startswith("Gemma2ForCausalLM, 26 blocks")
     unchecked = {f.subject for f in findings if f.status == "unchecked"}
     assert {"datasets.jailbreak", "behaviour_labels.tasks.piqa", "behaviour_labels.tasks.pubmed_qa",
-            "collect_activations.corpus"} <= unchecked
+            "collect_activations.corpus", "cross_modal.datasets.cifar100"} <= unchecked
+    # Gemma Scope read zero-shot by PaliGemma 2's language model: in the catalogue, not compared with the VLM
+    read_by_vlm = [f for f in findings if f.subject == "cross_modal.models.paligemma2_3b.sae"]
+    assert read_by_vlm and all(f.status == "ok" and "zero-shot" in f.detail for f in read_by_vlm)
     print_findings(findings)
     assert f"0 failed, {len(unchecked)} not checked" in capsys.readouterr().out
 
@@ -111,3 +114,13 @@ def test_the_cross_modal_run_is_the_papers_paligemma_with_gemma_scope_2b_saes_in
                              "hf:renumics/cifar100-enriched"}
     assert datasets["hf:renumics/cifar100-enriched"].label_field == "fine_label"
     assert {spec.split for spec in datasets.values()} == {"train"}
+
+
+def test_an_image_set_is_checked_through_the_image_loader(paper) -> None:
+    from features.sources import checks
+    from features.sources.images import load_images
+
+    found = checks.check_dataset("cross_modal.datasets.digits", "sklearn:digits", list(range(10)), load=load_images)
+    assert found.status == "ok" and found.detail.startswith("1797 rows")
+    wrong = checks.check_dataset("cross_modal.datasets.digits", "sklearn:digits", [0, 10], load=load_images)
+    assert wrong.status == "failed" and "labels [10] never occur" in wrong.detail
