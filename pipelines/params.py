@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from features.core.binarize import BinarizeOp
 from features.core.cards import CardSettings
@@ -43,6 +52,15 @@ def _check_source(value: str, kinds: tuple[str, ...]) -> str:
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]*$")]
 Width = Annotated[str, Field(pattern=r"^\d+[km]?$", description="'4k', '16k', '1m', or a plain number")]
+
+
+def _distinct_layers(v: list[int]) -> list[int]:
+    if any(layer < 0 for layer in v) or len(set(v)) != len(v):
+        raise ValueError(f"layers {v} must be distinct block indices >= 0")
+    return v
+
+
+Layers = Annotated[list[int], AfterValidator(_distinct_layers), Field(min_length=1)]
 
 
 class ModelParams(Strict):
@@ -80,17 +98,10 @@ class ValidateDataParams(Strict):
 class SaeParams(Strict):
     """The SAEs of one model: one per (layer, width)."""
 
-    layers: list[int] = Field(min_length=1, description="blocks whose resid_post is encoded (blocks.L.hook_resid_post)")
+    layers: Layers = Field(description="blocks whose resid_post is encoded (blocks.L.hook_resid_post)")
     widths: list[Width] = Field(min_length=1)
     source: str = Field(TRAINED, description="train, sae_lens:<release>/<id>, or path:<dir>; ids and dirs may "
                         "use {layer} and {width}")
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: list[int]) -> list[int]:
-        if any(layer < 0 for layer in v) or len(set(v)) != len(v):
-            raise ValueError(f"layers {v} must be distinct block indices >= 0")
-        return v
 
     @field_validator("source")
     @classmethod
@@ -311,7 +322,7 @@ class VlmParams(Strict):
     source: str = Field(description="hf:<hub id>[@revision] or path:<local folder> (model and processor)")
     sae: str = Field(description="the SAE of each (layer, width): sae_lens:<release>/<id> or path:<dir>, with "
                      "{layer} and {width}")
-    layers: list[int] = Field(min_length=1, description="blocks of the language model read (blocks.L.hook_resid_post)")
+    layers: Layers = Field(description="blocks of the language model read (blocks.L.hook_resid_post)")
     widths: list[Width] = Field(min_length=1)
 
     @field_validator("source")
@@ -323,13 +334,6 @@ class VlmParams(Strict):
     @classmethod
     def _sae(cls, v: str) -> str:
         return _check_source(v, PRETRAINED_SAE_KINDS)
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: list[int]) -> list[int]:
-        if any(layer < 0 for layer in v) or len(set(v)) != len(v):
-            raise ValueError(f"layers {v} must be distinct block indices >= 0")
-        return v
 
     def spec(self, layer: int, width: str) -> str:
         return self.sae.format(layer=layer, width=width)
