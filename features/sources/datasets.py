@@ -237,6 +237,7 @@ def _parquet_export_rows(location: str, split: str) -> pd.DataFrame:
 # set neither loads: its rows exported to parquet where an older `datasets` still runs its script.
 ROW_READERS: dict[str, Callable[[str, str], pd.DataFrame]] = {"hf": _hf_rows, "hf_parquet": _parquet_export_rows,
                                                               "file": _file_rows}
+HUB_KINDS = ("hf", "hf_parquet")  # the kinds read from the Hugging Face hub (or its cache)
 
 
 def source_rows(source: str, split: str) -> pd.DataFrame:

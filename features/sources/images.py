@@ -19,6 +19,7 @@ import hashlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import SaefsError
-from features.sources.datasets import source_rows
+from features.sources.datasets import HUB_KINDS, source_rows
 
 DIGITS_SIDE = 64  # 8x8 digits upscaled without smoothing, so the image processor's resize does not blur 8 pixels
 SHOWN = 5  # unreadable images listed by name in an error (all are counted)
@@ -147,9 +148,8 @@ def load_folder(spec: ImageSpec) -> pd.DataFrame:
                  "convert them to an image format (PNG, JPEG) or remove them from the class folders")
 
 
-IMAGE_LOADERS: dict[str, ImageLoader] = {"sklearn": load_sklearn, "hf": load_hf,
-                                         "hf_parquet": lambda spec: load_hf(spec, "hf_parquet"),
-                                         "folder": load_folder}
+IMAGE_LOADERS: dict[str, ImageLoader] = {"sklearn": load_sklearn, "folder": load_folder,
+                                         **{kind: partial(load_hf, kind=kind) for kind in HUB_KINDS}}
 IMAGE_SOURCE_KINDS = tuple(IMAGE_LOADERS)
 
 

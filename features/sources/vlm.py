@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from features.errors import SaefsError
+from features.sources.models import MODEL_SOURCE_KINDS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, ProcessorMixin
 
-VLM_SOURCE_KINDS = ("hf", "path")
+# A VLM source is a model source (hub id or local folder) but for the packaged GGUF text models
+VLM_SOURCE_KINDS = tuple(kind for kind in MODEL_SOURCE_KINDS if kind != "pypi")
 
 
 def load_vlm(source: str, device: str) -> tuple[PreTrainedModel, ProcessorMixin]:
