@@ -5,6 +5,7 @@ cost and its MLflow run; the params group is optional and checked by name."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -34,9 +35,24 @@ def cross_modal_group(root: Path) -> dict:
             "batch_size": 16, "device": "cpu", "n_jobs": 1}
 
 
+@pytest.fixture
+def tracked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An MLflow store of this test's own, by absolute URI (MLflow caches stores by URI across tests: a relative
+    one would be another test's file), and the process's tracking URI put back afterwards."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    yield f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
 def test_the_stage_writes_every_configured_cell_with_baselines_paired_tests_and_predictions(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_params(tmp_path, embedded_params(cross_modal=cross_modal_group(tmp_path)))
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracked: str) -> None:
+    params = embedded_params(cross_modal=cross_modal_group(tmp_path))
+    params["promote"]["tracking_uri"] = tracked
+    write_params(tmp_path, params)
     monkeypatch.chdir(tmp_path)
     assert cross_modal.main(["tiny"]) == 0
     results = json.loads(paths.cross_modal_metrics("tiny").read_text())
@@ -71,8 +87,8 @@ def test_the_stage_writes_every_configured_cell_with_baselines_paired_tests_and_
 
     import mlflow
 
-    mlflow.set_tracking_uri("sqlite:///mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["saefs/cross_modal"])
+    runs = mlflow.search_runs(experiment_names=["saefs/cross_modal"])  # the stage left its store as MLflow's
+    assert mlflow.get_tracking_uri() == tracked
     assert "cross_modal:tiny" in set(runs["tags.mlflow.runName"]) and len(runs) == 1 + len(fits)
 
 
