@@ -21,7 +21,6 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
@@ -99,8 +98,7 @@ def run(model: str) -> dict[str, Any]:
         for row in rows:
             with tracking.child_run(f"{row['dataset']}:{row['cell']}", params={"features": row["features"]},
                                     tags={"stage": "cross_modal"}):
-                tracking.log_metrics({k: float(v) for k, v in row.items()
-                                      if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)})
+                tracking.log_metrics(tracking.row_metrics(row))
         results = metrics(model, vlm, xm, frames, features, rows)
         write_parquet(paths.cross_modal_predictions(model), pd.concat(predictions, ignore_index=True))
         write_csv(paths.cross_modal_table(model), pd.DataFrame(rows).round(4))

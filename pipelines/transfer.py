@@ -39,9 +39,17 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from features.core.evidence import holm
+from features.core.evidence import with_holm_fields
 from features.core.naming import sae_name
-from features.core.predictions import KEYS, Resample, compare, fit_resamples, resample_metrics, resamples, summarize
+from features.core.predictions import (
+    KEYS,
+    Resample,
+    fit_resamples,
+    paired_fields,
+    resample_metrics,
+    resamples,
+    summarize,
+)
 from features.core.prepare import PrepareConfig, prepare
 from features.core.probes import make_majority_baseline, make_probe, make_tfidf_baseline
 from features.core.transfer import (
@@ -144,9 +152,7 @@ class Cell:
         table = resample_metrics(pd.concat(self.rows, ignore_index=True), self.labels)
         out = {}
         for b in others:
-            diff, key = compare(table, f"{self.name}:{a}", f"{self.name}:{b}"), f"{a}_minus_{b}"
-            out |= {key: diff["mean"], f"{key}_low": diff["low"], f"{key}_high": diff["high"],
-                    f"{key}_p": diff["p_value"]}
+            out |= paired_fields(table, f"{self.name}:{a}", f"{self.name}:{b}", f"{a}_minus_{b}")
         return out
 
 
@@ -300,12 +306,7 @@ def run() -> dict[str, pd.DataFrame]:
 
 def with_holm(table: pd.DataFrame) -> pd.DataFrame:
     """Holm-adjusted p-values (`<comparison>_p_holm`) over every paired comparison the matrix reports."""
-    columns = [f"{name}_p" for name in VERSUS if f"{name}_p" in table]
-    values = table[columns].stack() if columns else pd.Series(dtype=float)
-    adjusted = pd.Series(holm(values.tolist()), index=values.index, dtype=float) if len(values) else values
-    for column in columns:
-        table[f"{column}_holm"] = adjusted.xs(column, level=1) if len(adjusted) else np.nan
-    return table
+    return pd.DataFrame(with_holm_fields(table.to_dict("records"), VERSUS), index=table.index)
 
 
 def write_outputs(tables: dict[str, pd.DataFrame], predictions: list[pd.DataFrame]) -> None:
@@ -329,8 +330,7 @@ def write_outputs(tables: dict[str, pd.DataFrame], predictions: list[pd.DataFram
 def _log_cell(name: str, row: dict[str, Any], cell: dict[str, Any]) -> None:
     params = {k: v for k, v in row.items() if isinstance(v, str)} | cell
     with tracking.child_run(name, params=params, tags={"stage": "transfer", "status": row["status"]}):
-        tracking.log_metrics({k: float(v) for k, v in row.items()
-                              if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)})
+        tracking.log_metrics(tracking.row_metrics(row))
 
 
 def _log_artifacts() -> None:

@@ -23,9 +23,9 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 
 from features.core.binarize import BinarizeOp, threshold_tag
-from features.core.evidence import holm
+from features.core.evidence import with_holm_fields
 from features.core.naming import codes_name, hidden_name
-from features.core.predictions import compare, fit_resamples, resample_metrics, resamples, summarize
+from features.core.predictions import fit_resamples, paired_fields, resample_metrics, resamples, summarize
 from features.core.prepare import PrepareConfig, PrepareError, SplitConfig, prepare
 from features.core.probes import make_probe
 from features.core.transfer import codes_frame, hidden_frame
@@ -114,18 +114,10 @@ def probe_dataset(dataset: str, frame: pd.DataFrame, codes: Mapping[tuple[int, s
         if row["features"] != "sae":
             continue
         for baseline, cell in zip(VERSUS, (VISION, hidden_name(row["layer"], RESIDUAL)), strict=True):
-            diff, key = compare(table, f"{dataset}:{row['cell']}", f"{dataset}:{cell}"), f"sae_minus_{baseline}"
-            row |= {key: diff["mean"], f"{key}_low": diff["low"], f"{key}_high": diff["high"],
-                    f"{key}_p": diff["p_value"]}
+            row |= paired_fields(table, f"{dataset}:{row['cell']}", f"{dataset}:{cell}", f"sae_minus_{baseline}")
     return rows, predictions
 
 
 def with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`sae_minus_<baseline>_p_holm`: Holm over every paired comparison the rows report (a model's whole grid)."""
-    keys = [(i, f"sae_minus_{baseline}_p") for i, row in enumerate(rows) for baseline in VERSUS
-            if f"sae_minus_{baseline}_p" in row]
-    adjusted = holm([rows[i][key] for i, key in keys]) if keys else []
-    out = [dict(row) for row in rows]
-    for (i, key), value in zip(keys, adjusted, strict=True):
-        out[i][f"{key}_holm"] = value
-    return out
+    return with_holm_fields(rows, [f"sae_minus_{baseline}" for baseline in VERSUS])

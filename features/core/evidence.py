@@ -9,7 +9,7 @@ configurations on the same texts, use a (paired) bootstrap over texts; Holm adju
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -177,6 +177,17 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     out = np.empty_like(p)
     out[order] = adjusted
     return out.tolist()
+
+
+def with_holm_fields(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[str]) -> list[dict[str, Any]]:
+    """Copies of `rows` with `<c>_p_holm` beside each `<c>_p` (of `comparisons`) a row holds: Holm over every such
+    p-value of all the rows, one family (a missing or NaN p-value is no test, and gets no adjusted one)."""
+    tested = [(i, f"{c}_p") for i, row in enumerate(rows) for c in comparisons
+              if row.get(f"{c}_p") is not None and not np.isnan(row[f"{c}_p"])]
+    out = [dict(row) for row in rows]
+    for (i, key), value in zip(tested, holm([rows[i][key] for i, key in tested]) if tested else [], strict=True):
+        out[i][f"{key}_holm"] = value
+    return out
 
 
 def non_inferior(difference: dict[str, Any], margin: float) -> bool:

@@ -239,6 +239,13 @@ def compare(table: pd.DataFrame, a: str, b: str, metric: str = "macro_f1") -> di
         int(sizes["n_test"].mean()))}
 
 
+def paired_fields(table: pd.DataFrame, a: str, b: str, key: str) -> dict[str, float]:
+    """`compare(table, a, b)` as a result row reports it: `<key>` (a minus b in macro F1), `<key>_low`, `<key>_high`
+    and `<key>_p`."""
+    diff = compare(table, a, b)
+    return {key: diff["mean"], f"{key}_low": diff["low"], f"{key}_high": diff["high"], f"{key}_p": diff["p_value"]}
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[Any]) -> float:
     """Macro F1 over `labels` (a missed class scores 0): scikit-learn's value at numpy speed, for bootstraps."""
     scores = []

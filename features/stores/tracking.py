@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,12 @@ def log_metrics(metrics: Mapping[str, float | None], step: int | None = None) ->
     import mlflow
 
     mlflow.log_metrics({key: float(value) for key, value in metrics.items() if value is not None}, step=step)
+
+
+def row_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+    """A result row's finite numbers, what MLflow can log of it as metrics (texts, flags and NaN left out)."""
+    return {key: float(value) for key, value in row.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
 
 
 def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
