@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from features.core.binarize import BinarizeOp
+from features.core.binarize import BinarizeOp, check_threshold, quantile_of
 from features.core.cards import CardSettings
 from features.core.config import Strict
 from features.core.prepare import DatasetConfig, SplitConfig
@@ -40,7 +40,7 @@ from features.stores.tracking import ChampionGates
 from pipelines.feature_params import BuildFeaturesParams, CodesPooling, FeastApplyParams, HiddenPooling
 
 PARAMS_FILE = Path("params.yaml")
-PROFILES = ("embedded", "paper", "paper_exact", "cluster")  # profiles/<name>.yaml, merged by pipelines.profile
+PROFILES = ("embedded", "study", "paper", "paper_exact", "cluster")  # profiles/<name>.yaml, merged by pipelines.profile
 
 
 def _check_source(value: str, kinds: tuple[str, ...]) -> str:
@@ -181,11 +181,30 @@ class CheckSaeParams(Strict):
     max_l0: float | None = Field(None, gt=0)
 
 
+# A probe's threshold: a built binary view's number, or `q<NN>`, a quantile of the nonzero codes of the raw view
+# the probe is fitted on (set per fit from its training texts, features.core.binarize).
+ProbeThreshold = float | Annotated[str, AfterValidator(check_threshold)] | None
+
+
+class ProbeCenter(Strict):
+    """The configuration a marginal design sweeps each axis around (the layer: each model's middle SAE layer)."""
+
+    width: Width
+    pooling: CodesPooling
+    binarize: ProbeThreshold
+
+
 class TrainProbesParams(Strict):
-    """The probe grid per (dataset, model): every SAE cell and hidden-state baseline listed here."""
+    """The probe grid per (dataset, model): the SAE cells and hidden-state baselines listed here, either every
+    combination (`design: grid`) or one axis at a time around `center` (`design: marginal`)."""
 
     poolings: list[CodesPooling] = Field(min_length=1, description="SAE poolings probed (a subset of extract.poolings)")
-    binarize: list[float | None] = Field(min_length=1, description="subset of build_features.binarize")
+    binarize: list[ProbeThreshold] = Field(min_length=1, description="numbers: a subset of build_features.binarize; "
+                                           "q<NN>: a quantile of the nonzero codes, on the raw view")
+    design: Literal["grid", "marginal"] = Field(
+        "grid", description="grid: every layer x width x pooling x threshold; marginal: each axis's values with "
+        "the other axes at `center` (paired along each axis, without the cross product)")
+    center: ProbeCenter | None = None
     hidden: list[HiddenPooling] = Field(description="hidden-state baselines (build_features.hidden)")
     C_grid: list[float] = Field(min_length=1, description="logistic regression C, chosen by CV on train")
     cv_folds: int = Field(ge=2)
@@ -202,6 +221,17 @@ class TrainProbesParams(Strict):
         if not all(0 < f <= 1 for f in v):
             raise ValueError(f"train_fractions {v} must lie in (0, 1]")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _center(self) -> TrainProbesParams:
+        if self.design == "marginal" and self.center is None:
+            raise ValueError("design: marginal sweeps each axis around `center`: give center {width, pooling, "
+                             "binarize}")
+        if self.center is not None:
+            if self.center.pooling not in self.poolings or self.center.binarize not in self.binarize:
+                raise ValueError(f"center {self.center.model_dump()}: its pooling and binarize must be among "
+                                 f"poolings {self.poolings} and binarize {self.binarize}")
+        return self
 
 
 class ItemTask(Strict):
@@ -456,12 +486,18 @@ class Params(Strict):
     def _probes_use_published_views(self) -> Params:
         probes, build = self.train_probes, self.build_features
         missing = {"poolings": sorted(set(probes.poolings) - set(self.extract.poolings)),
-                   "binarize": [b for b in probes.binarize if b not in build.binarize],
+                   "binarize": [b for b in probes.binarize
+                                if (None if quantile_of(b) is not None else b) not in build.binarize],
                    "hidden": sorted(set(probes.hidden) - set(build.hidden))}
         missing = {key: value for key, value in missing.items() if value}
         if missing:
             raise ValueError(f"train_probes asks for views that are not built: {missing}; add them to "
-                             "extract.poolings / build_features")
+                             "extract.poolings / build_features (a q<NN> threshold reads the raw view: null)")
+        center = probes.center
+        lacking = sorted(model for model, sae in self.sae.items() if center and center.width not in sae.widths)
+        if lacking:
+            raise ValueError(f"train_probes.center.width {center.width!r} is not among the widths of sae.{lacking[0]} "
+                             f"({self.sae[lacking[0]].widths}): the marginal design needs it at every model")
         return self
 
     @model_validator(mode="after")

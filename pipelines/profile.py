@@ -1,5 +1,6 @@
 """Profiles: profiles/embedded.yaml is the base, and each other profile an overlay holding only what differs.
 
+    python -m pipelines.profile study      # the paper's three analyses on a CPU: layers, widths, pooling x threshold
     python -m pipelines.profile paper      # Gemma 2 + Gemma Scope + HF datasets (GPU, hub)
     python -m pipelines.profile paper_exact   # the same with the paper code's choices, to compare with it
     python -m pipelines.profile cluster    # the embedded grid on PostgreSQL, Redis, MLflow server, torchrun

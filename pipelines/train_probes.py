@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from features.core.binarize import Threshold, quantile_of
+from features.core.design import Config, center_config, sweep
 from features.core.metrics import training_curve_fractions
 from features.core.predictions import INTERVALS, Resample, fit_resamples, resamples, summarize
 from features.core.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
@@ -47,24 +49,38 @@ log = logging.getLogger("saefs.train_probes")
 
 @dataclass(frozen=True)
 class Cell:
-    """One probed feature set: a Feast feature service and what it holds."""
+    """One probed feature set: a Feast feature service, what it holds, and the threshold the probe itself
+    applies (a `q<NN>` quantile, fitted per probe on the raw view; numbers are binary views already)."""
 
+    name: str
     service: str
     input: str  # "sparse" (SAE codes, raw or binarized) or "dense" (hidden states)
     params: dict[str, Any]
+    binarize: Threshold | None = None
 
     def record(self, model: str) -> dict[str, Any]:
         """The cell as its probes' runs record it (`tracking.cell_tag`), for whoever serves them."""
         return {"feature_service": self.service, "model": model} | self.params
 
 
+def center(params: Params, model: str) -> Config | None:
+    """The configuration `model`'s marginal sweeps share (None for a full grid)."""
+    sae, probes = params.sae_of(model), params.train_probes
+    if probes.design != "marginal" or probes.center is None:
+        return None
+    return center_config(sae.layers, probes.center.width, probes.center.pooling, probes.center.binarize)
+
+
 def cells(params: Params, model: str) -> list[Cell]:
     sae, probes, op = params.sae_of(model), params.train_probes, params.build_features.binarize_op
-    out = [Cell(view_name(model, layer, width, pooling, threshold, op), "sparse",
-                {"layer": layer, "width": width, "pooling": pooling, "binarize": threshold, "op": op})
-           for layer in sae.layers for width in sae.widths for pooling in probes.poolings
-           for threshold in probes.binarize]
-    out += [Cell(hidden_view_name(model, layer, pooling), "dense",
+    out = []
+    for config in sweep(sae.layers, sae.widths, probes.poolings, probes.binarize, probes.design,
+                        center(params, model)):
+        fitted = quantile_of(config.binarize) is not None  # read the raw view, the probe binarizes
+        view = view_name(model, config.layer, config.width, config.pooling, None if fitted else config.binarize, op)
+        out.append(Cell(view_name(model, config.layer, config.width, config.pooling, config.binarize, op), view,
+                        "sparse", config.as_dict() | {"op": op}, config.binarize if fitted else None))
+    out += [Cell(hidden_view_name(model, layer, pooling), hidden_view_name(model, layer, pooling), "dense",
                  {"layer": layer, "width": "hidden", "pooling": pooling, "binarize": None})
             for layer in sae.layers for pooling in probes.hidden]
     return out
@@ -123,9 +139,9 @@ class Fits:
     def probe(self, cell: Cell, X: pd.DataFrame, width: int, name: str | None = None, kind: str = "logreg",
               select_k: int | None = None) -> tuple[dict[str, Any], Any]:
         p = self.p
-        summary, first = self.fit(name or cell.service, lambda seed: make_probe(
+        summary, first = self.fit(name or cell.name, lambda seed: make_probe(
             kind, width=width if cell.input == "sparse" else None, input=cell.input, select_k=select_k,
-            C_grid=p.C_grid, cv=p.cv_folds, seed=seed), X)
+            binarize=cell.binarize, op=cell.params.get("op", ">"), C_grid=p.C_grid, cv=p.cv_folds, seed=seed), X)
         return summary | {"chosen": chosen_params(first)}, first
 
 
@@ -165,7 +181,9 @@ def run(item: str) -> None:
     store = feature_store(params.feast_apply)  # after the cheap checks: importing feast costs ~16 s
     tracking_uri = tracking.configure(params.promote.tracking_uri)
     tracking.experiment(f"saefs/{dataset}")
+    middle = center(params, model)
     results: dict[str, Any] = {"dataset": dataset, "model": model, "resamples": p.resamples, "intervals": INTERVALS,
+                               "design": {"design": p.design, "center": None if middle is None else middle.as_dict()},
                                "cells": {}, "skipped": {}, "baselines": {}}
     started = time.perf_counter()
     tags = {"dataset": dataset, "model": model, "stage": "train_probes",
@@ -175,10 +193,13 @@ def run(item: str) -> None:
     with threadpool_limits(limits=1), tracking.start_parent(
             f"train_probes:{model}", tags=tags, params={"resamples": p.resamples, "cv_folds": p.cv_folds}):
         frames: dict[str, tuple[pd.DataFrame, int, Cell]] = {}
+        views: dict[str, tuple[pd.DataFrame, int]] = {}  # a raw view serves its quantile cells too: read once
         for cell in cells(params, model):
-            with timings("retrieval"):
-                X, width = historical_frame(store, cell.service, entity_df)
-            frames[cell.service] = X, width, cell
+            if cell.service not in views:
+                with timings("retrieval"):
+                    views[cell.service] = historical_frame(store, cell.service, entity_df)
+            X, width = views[cell.service]
+            frames[cell.name] = X, width, cell
             tags = {"feature_service": cell.service, "dataset": dataset, "model": model, "probe": "logreg",
                     **tracking.cell_tag(cell.record(model))}
             if reason := empty_reason(cell, X, train):
@@ -186,10 +207,11 @@ def run(item: str) -> None:
                 continue
             summary, probe = fits.probe(cell, X, width)
             with timings("logging"):
-                uri = _log_cell(cell.service, cell.params | {"model": model, "probe": "logreg"}, summary, probe,
+                uri = _log_cell(cell.name, cell.params | {"model": model, "probe": "logreg"}, summary, probe,
                                 X, tags)
-            results["cells"][cell.service] = cell.params | summary | {"model_uri": uri, "input": cell.input}
-            log.info("%s: %s macro F1 %.3f [%.3f, %.3f] (val %.3f)", item, cell.service, summary["macro_f1"],
+            results["cells"][cell.name] = cell.params | summary | {"model_uri": uri, "input": cell.input,
+                                                                  "feature_service": cell.service}
+            log.info("%s: %s macro F1 %.3f [%.3f, %.3f] (val %.3f)", item, cell.name, summary["macro_f1"],
                      summary.get("macro_f1_low", np.nan), summary.get("macro_f1_high", np.nan),
                      summary.get("val_macro_f1", np.nan))
         _extras(item, fits, results, frames)
@@ -216,9 +238,9 @@ def read_by_model(model: str, texts: list[str], params: Params) -> list[str]:
 
 def _skip(item: str, cell: Cell, reason: str, tags: dict, results: dict) -> None:
     """Record a cell that cannot be probed: in the metrics, the log and MLflow (where promote and a person look)."""
-    log.warning("%s: %s skipped: %s", item, cell.service, reason)
-    results["skipped"][cell.service] = cell.params | {"input": cell.input, "reason": reason}
-    with tracking.child_run(cell.service, params=cell.params, tags=tags | {"status": "skipped", "reason": reason}):
+    log.warning("%s: %s skipped: %s", item, cell.name, reason)
+    results["skipped"][cell.name] = cell.params | {"input": cell.input, "reason": reason}
+    with tracking.child_run(cell.name, params=cell.params, tags=tags | {"status": "skipped", "reason": reason}):
         pass
 
 
@@ -232,7 +254,7 @@ def _extras(item: str, fits: Fits, results: dict, frames: dict) -> None:
     best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1))
     X, width, cell = frames[best]
     shown = {k: cell.params[k] for k in ("layer", "width", "pooling", "binarize")}  # the variants' params and rows
-    tags = {"feature_service": best, **tracking.cell_tag(cell.record(results["model"]))}
+    tags = {"feature_service": cell.service, **tracking.cell_tag(cell.record(results["model"]))}
     p = fits.p
     for variant, kind, select_k in (("tree", "tree", None), ("select", "logreg", p.select_k)):
         name = f"{best}__{variant}{select_k or ''}"
@@ -253,7 +275,8 @@ def _extras(item: str, fits: Fits, results: dict, frames: dict) -> None:
             return mask
 
         summary, _ = fits.fit(f"{best}__curve{fraction:g}", lambda seed: make_probe(
-            "logreg", width=width, C_grid=p.C_grid, cv=p.cv_folds, seed=seed), X, subset)
+            "logreg", width=width, binarize=cell.binarize, op=cell.params.get("op", ">"), C_grid=p.C_grid,
+            cv=p.cv_folds, seed=seed), X, subset)
         curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
     results["best_cell"], results["training_curve"] = best, curve
     log.info("%s: best cell by validation %s", item, best)

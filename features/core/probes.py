@@ -12,7 +12,8 @@ where the search (`FoldSearchCV`: GridSearchCV's folds, scores and choice, each 
 scaling fit once for the whole grid) uses stratified k-fold on the data `fit` gets (the train
 split; nothing here ever sees the test split). Every supervised or fitted step sits inside the
 search, so feature selection and scaling are refit per fold and the inner validation folds stay
-unseen by them; the stateless steps (columns, binarize) run once, before it.
+unseen by them; the label-free steps (columns, binarize: a quantile threshold is set on the whole
+training part, without its labels) run once, before it.
 
 Estimators follow scikit-learn's contract, so the fitted pipeline logs with `mlflow.sklearn`
 (skops format) and serves the same frame it was trained on. What a fitted probe chose is read
@@ -42,7 +43,7 @@ from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from features.core.binarize import BinarizeOp, binarize_codes, check_op, passes
+from features.core.binarize import BinarizeOp, Threshold, binarize_codes, check_op, passes, quantile_of
 from features.errors import SaefsError
 from features.stores.feast.columns import HIDDEN, IDS, VALUES, to_csr
 
@@ -136,28 +137,40 @@ def _require_columns(X: Any, columns: Sequence[str], who: str) -> None:
 class Binarize(TransformerMixin, BaseEstimator):
     """x -> 1 where x > threshold (or >= with op=">="), else 0, as float32; CSR stays CSR.
 
-    The paper's classifiers used `>`, its cross-lingual scripts `>=`. On sparse input the implicit
-    zeros must stay 0, so a threshold that would switch them on (< 0, or 0 with `>=`) is refused.
+    The paper's classifiers used `>`, its cross-lingual scripts `>=`. `threshold` is a number, or `q<NN>`:
+    that quantile of the nonzero values `fit` sees (`threshold_`), so that the cut means the same on SAEs of
+    other activation scales and is set from training texts only. On sparse input the implicit zeros must
+    stay 0, so a threshold that would switch them on (< 0, or 0 with `>=`) is refused.
     """
 
-    def __init__(self, threshold: float = 1.0, op: BinarizeOp = ">") -> None:
+    def __init__(self, threshold: Threshold = 1.0, op: BinarizeOp = ">") -> None:
         self.threshold = threshold
         self.op = op
 
     def fit(self, X: Any, y: Any = None) -> Binarize:
         check_op(self.op)
-        validate_data(self, X, accept_sparse="csr", reset=True)
+        X = validate_data(self, X, accept_sparse="csr", reset=True)
+        quantile = quantile_of(self.threshold)
+        if quantile is None:
+            self.threshold_ = float(self.threshold)
+            return self
+        values = X.data if sparse.issparse(X) else np.asarray(X).ravel()
+        values = values[values != 0]
+        if values.size == 0:
+            raise SaefsError(f"Binarize(threshold={self.threshold!r}): the training codes are all zero, so they "
+                             "have no quantile; check the SAE (check_sae) or use a number")
+        self.threshold_ = float(np.quantile(values, quantile))
         return self
 
     def transform(self, X: Any) -> Any:
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse="csr", reset=False)
         if not sparse.issparse(X):
-            return passes(X, self.threshold, self.op).astype(np.float32)
-        if passes(np.float32(0), self.threshold, self.op):
-            raise SaefsError(f"Binarize(threshold={self.threshold}, op={self.op!r}) would turn every implicit zero of "
-                             "a sparse matrix on: use a threshold above 0 (or > 0 with '>=')")
-        return binarize_codes(X, float(self.threshold), self.op)
+            return passes(X, self.threshold_, self.op).astype(np.float32)
+        if passes(np.float32(0), self.threshold_, self.op):
+            raise SaefsError(f"Binarize(threshold={self.threshold_}, op={self.op!r}) would turn every implicit zero "
+                             "of a sparse matrix on: use a threshold above 0 (or > 0 with '>=')")
+        return binarize_codes(X, self.threshold_, self.op)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self)
@@ -292,7 +305,7 @@ def make_probe(
     kind: ProbeKind,
     *,
     width: int | None = None,
-    binarize: float | None = None,
+    binarize: Threshold | None = None,
     op: BinarizeOp = ">",
     select_k: int | None = None,
     C_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0),

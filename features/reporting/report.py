@@ -72,12 +72,19 @@ def cells_frame(probes: Mapping[tuple[str, str], dict[str, Any]]) -> pd.DataFram
             rows.append({"dataset": dataset, "model": model, "cell": name, "fit": name,
                          "features": "hidden" if cell["input"] == "dense" else "sae",
                          "layer": int(cell["layer"]), "width": str(cell["width"]), "pooling": cell["pooling"],
-                         "binarize": "none" if cell["binarize"] is None else str(float(cell["binarize"])),
+                         "binarize": threshold_label(cell["binarize"]),
                          "variant": cell.get("variant", "logreg"), "val_macro_f1": cell.get("val_macro_f1", math.nan),
                          **_scores(cell)})
     if not rows:
         raise SaefsError("no probe cells in the train_probes metrics: run `dvc repro train_probes`")
     return pd.DataFrame(rows)
+
+
+def threshold_label(threshold: float | str | None) -> str:
+    """How tables name a cell's threshold: `none` (continuous codes), `1.0`, or a quantile as named (`q50`)."""
+    if threshold is None:
+        return "none"
+    return threshold if isinstance(threshold, str) else str(float(threshold))
 
 
 def ranked(cells: pd.DataFrame) -> pd.DataFrame:

@@ -156,6 +156,20 @@ def _file_rows(location: str, split: str = "", encoding: str = "utf-8") -> pd.Da
     raise DataSourceError(f"{where}: unsupported file type {suffix!r}; use .csv, .parquet or .jsonl")
 
 
+def load_package(spec: SourceSpec) -> pd.DataFrame:
+    """A CSV, parquet or JSONL file shipped in an installed package, `<package>/<path>`: pinned data that installs
+    offline from PyPI (bastioncorpus' prompt injections: `package:bastioncorpus/corpus/injections.jsonl`)."""
+    package, _, inner = spec.location.partition("/")
+    where = f"package:{spec.location}"
+    if not package or not inner:
+        raise DataSourceError(f"{where}: name a file inside an installed package, package:<package>/<path>")
+    path = _package_dir(package) / inner
+    if not path.is_file():
+        raise DataSourceError(f"{where}: the installed package {package!r} has no file {inner!r}; check the path "
+                              "against the version pinned in requirements.txt")
+    return _select(_file_rows(str(path), encoding=spec.encoding), spec, "text", "label", where)
+
+
 def load_hf(spec: SourceSpec) -> pd.DataFrame:
     """A Hugging Face dataset `<id>[:<config>]` (hub or local cache), or a `save_to_disk` folder."""
     return _select(_hf_rows(spec.location, spec.split), spec, "text", "label", f"hf:{spec.location}")
@@ -294,7 +308,7 @@ def load_fortune(spec: SourceSpec) -> pd.DataFrame:
 
 
 DATASET_LOADERS: dict[str, Loader] = {"sae_probes": load_sae_probes, "file": load_file, "hf": load_hf,
-                                      "hf_parquet": load_hf_parquet, "fortune": load_fortune}
+                                      "hf_parquet": load_hf_parquet, "fortune": load_fortune, "package": load_package}
 DATASET_SOURCE_KINDS = tuple(DATASET_LOADERS)
 
 

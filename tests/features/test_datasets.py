@@ -173,3 +173,15 @@ def test_a_script_based_dataset_is_refused_by_name_with_the_parquet_way(tmp_path
                                               r"`source: hf_parquet:.*piqa`") as err:
         load_source(f"hf:{tmp_path / 'piqa'}")
     assert "offline" not in str(err.value)
+
+
+def test_package_source_reads_a_data_file_an_installed_package_ships() -> None:
+    frame = load_source("package:bastioncorpus/corpus/injections.jsonl", lang_field="lang")
+    assert len(frame) == 181 and set(frame["raw_label"]) == {"benign", "malicious"}
+    assert set(frame["lang"]) == {"en", "it", "de", "fr", "es"}
+    with pytest.raises(DataSourceError, match="has no file 'corpus/missing.jsonl'"):
+        load_source("package:bastioncorpus/corpus/missing.jsonl")
+    with pytest.raises(DataSourceError, match="package 'no_such_pkg' is not installed"):
+        load_source("package:no_such_pkg/data.csv")
+    with pytest.raises(DataSourceError, match=r"name a file inside an installed package, package:<package>/<path>"):
+        load_source("package:bastioncorpus")

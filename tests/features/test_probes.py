@@ -108,6 +108,19 @@ def test_binarize_strict_and_inclusive_at_the_threshold() -> None:
     np.testing.assert_array_equal(Binarize(op=">=").fit_transform(codes.toarray()), inclusive.toarray())
 
 
+def test_a_quantile_threshold_is_set_from_the_nonzero_codes_fit_sees_and_kept_for_new_texts() -> None:
+    train = sparse.csr_matrix(np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 4.0], [0.0, 0.0, 5.0]], dtype=np.float32))
+    step = Binarize(threshold="q50").fit(train)
+    assert step.threshold_ == 3.0  # the median of 1..5: the zeros are not codes
+    assert step.transform(train).toarray().tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 1]]
+    new = sparse.csr_matrix(np.array([[9.0, 3.0, 0.5]], dtype=np.float32))
+    assert step.transform(new).toarray().tolist() == [[1, 0, 0]]  # the training median, not the new text's
+    dense = Binarize(threshold="q50").fit_transform(train.toarray())
+    np.testing.assert_array_equal(dense, step.transform(train).toarray())
+    with pytest.raises(SaefsError, match="the training codes are all zero"):
+        Binarize(threshold="q50").fit(sparse.csr_matrix((2, 3), dtype=np.float32))
+
+
 def test_binarize_refuses_what_would_densify_or_is_unknown() -> None:
     codes = sparse.csr_matrix(np.eye(2))
     with pytest.raises(SaefsError, match="every implicit zero"):

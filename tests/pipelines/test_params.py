@@ -29,7 +29,8 @@ def test_wrong_type_names_the_key_and_the_value() -> None:
 
 
 def test_unknown_profile_lists_the_allowed_ones() -> None:
-    with pytest.raises(ParamsError, match=r"profile: Input should be 'embedded', 'paper', 'paper_exact' or 'cluster'"):
+    allowed = "'embedded', 'study', 'paper', 'paper_exact' or 'cluster'"
+    with pytest.raises(ParamsError, match=rf"profile: Input should be {allowed}"):
         parse_params(embedded_params(profile="laptop"))
 
 
@@ -37,7 +38,7 @@ def test_unknown_profile_lists_the_allowed_ones() -> None:
 def test_bad_dataset_source(source: str) -> None:
     raw = embedded_params()
     raw["datasets"]["spam"]["source"] = source
-    kinds = r"\['sae_probes', 'file', 'hf', 'hf_parquet', 'fortune'\]"
+    kinds = r"\['sae_probes', 'file', 'hf', 'hf_parquet', 'fortune', 'package'\]"
     with pytest.raises(ParamsError, match=r"datasets\.spam\.source: .*kind one of " + kinds):
         parse_params(raw)
 
@@ -81,3 +82,29 @@ def test_probes_must_use_views_that_are_built() -> None:
         parse_params(raw)
     assert "(top level): Value error, train_probes asks for views that are not built: " in str(err.value)
     assert "'poolings': ['top50'], 'binarize': [2.0]" in str(err.value) and "got" not in str(err.value)
+
+
+def test_a_marginal_design_needs_a_center_among_the_axes_and_at_every_model() -> None:
+    raw = embedded_params()
+    raw["train_probes"]["design"] = "marginal"
+    with pytest.raises(ParamsError, match=r"design: marginal sweeps each axis around `center`"):
+        parse_params(raw)
+    raw["train_probes"]["center"] = {"width": "4k", "pooling": "mean", "binarize": None}
+    with pytest.raises(ParamsError, match=r"its pooling and binarize must be among poolings \['sum', 'top20'\]"):
+        parse_params(raw)
+    raw["train_probes"]["center"] = {"width": "16k", "pooling": "sum", "binarize": None}
+    with pytest.raises(ParamsError, match=r"center.width '16k' is not among the widths of sae.gemma3_270m"):
+        parse_params(raw)
+
+
+def test_a_quantile_threshold_needs_the_raw_view_and_its_form() -> None:
+    raw = embedded_params()
+    raw["train_probes"]["binarize"] = [None, "q50"]
+    assert parse_params(raw).train_probes.binarize == [None, "q50"]
+    raw["build_features"]["binarize"] = [1.0]
+    raw["train_probes"]["binarize"] = [1.0, "q50"]
+    with pytest.raises(ParamsError, match=r"'binarize': \['q50'\].*a q<NN> threshold reads the raw view"):
+        parse_params(raw)
+    raw["train_probes"]["binarize"] = ["median"]
+    with pytest.raises(ParamsError, match=r"train_probes.binarize.0.*q<NN> with NN in 1..99"):
+        parse_params(raw)
