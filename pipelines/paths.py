@@ -241,6 +241,7 @@ def transfer_metrics(matrix: str) -> Path:
 
 REPORT_DIR = Path("reports")
 REPORT_PLOTS = Path("plots") / "report"
+STUDY_METRICS = Path("metrics") / "report" / "study.json"  # the study's answers: best value per model and axis
 
 
 def report_plot(name: str) -> Path:

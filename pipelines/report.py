@@ -22,10 +22,11 @@ import pandas as pd
 from features.core.predictions import check_texts
 from features.errors import SaefsError
 from features.reporting import page as report_page
-from features.reporting import report
+from features.reporting import report, study
 from features.reporting.paper import Profile
 from features.reporting.sections import render
-from features.stores.files import atomic_path
+from features.sources.models import read_manifest
+from features.stores.files import atomic_path, write_json
 from pipelines import paths, stage_main
 from pipelines.params import Params, load_params
 from pipelines.profile import PROFILE_DIR, profile_params
@@ -90,7 +91,8 @@ def describe(params: Params) -> dict[str, Any]:
             "cross_lingual": {task: f"labels {'/'.join(map(str, spec.label_names or spec.labels))}; " + ", ".join(
                 f"{lang}: {source.source}" for lang, source in spec.languages.items())
                 for task, spec in params.transfer.cross_lingual.items()},
-            "paper_profile": holdings(profile_params("paper"))}
+            "paper_profile": holdings(profile_params("paper")),
+            "depth": {model: read_manifest(paths.model_dir(model)).n_layers for model in params.sae}}
 
 
 def gather(params: Params) -> report.RunInputs:
@@ -123,7 +125,9 @@ def read_costs() -> dict[str, dict]:
 def run() -> None:
     params = load_params()
     inputs = gather(params)
-    sections = report_page.build_sections(inputs)
+    sweeps = study.study_table(report.cells_frame(inputs.probes), inputs.probes, inputs.predictions, inputs.labels)
+    write_json(paths.STUDY_METRICS, {"design": params.train_probes.design, **study.best_values(sweeps)})
+    sections = report_page.build_sections(inputs, sweeps)
     title = f"saefs report: {params.profile} profile"
     if params.extract.paper_compat:
         title += " (the paper code's choices: SAEs read one block early, BOS pooled; not the corrected default)"

@@ -6,7 +6,7 @@ import pandas as pd
 
 from features.core.predictions import INTERVALS
 from features.core.transfer import by_probe
-from features.reporting import comparisons, figures, paper
+from features.reporting import comparisons, figures, paper, study
 from features.reporting import report as tables
 from features.reporting.report import RunInputs
 from features.reporting.sections import Section
@@ -173,6 +173,60 @@ def _comparisons_section(paired: pd.DataFrame, gaps: pd.DataFrame) -> Section:
     return section
 
 
+def _study_sections(inputs: RunInputs, cells: pd.DataFrame, sweeps: pd.DataFrame, gaps: pd.DataFrame) -> list[Section]:
+    """The paper's three questions, each opened by its answer per model, when train_probes swept the axes around a
+    center (design: marginal); a full grid's answers are the layer, pooling and width sections below."""
+    if sweeps.empty:
+        return []
+    depth = inputs.setup.get("depth", {})
+    models = sorted(sweeps["model"].unique())
+    center = "; ".join(f"{model}: {c}" for model, c in study.centers(inputs.probes).items())
+    how = (f"Each axis is swept with the others at the center ({center}); "
+           "the best value is the one with the highest validation macro F1 over the datasets, and the "
+           "differences are best minus each other value, paired over the same splits (per dataset) and over "
+           f"datasets (each split's differences averaged over them), {INTERVALS['resamples']}; Holm over every test "
+           f"of these three sections, called where p_holm < {study.CALLED}.")
+
+    def rows(axes: list[str]) -> pd.DataFrame:
+        return sweeps[sweeps["axis"].isin(axes)].dropna(axis=1, how="all")
+
+    def differences(axes: list[str], title: str) -> tuple[str, str]:
+        part = sweeps[sweeps["axis"].isin(axes) & (sweeps["scope"] == "dataset")]
+        return (f"Best value minus each other one per dataset (paired, same texts): whiskers at the 95% interval; "
+                f"filled where p_holm < {study.CALLED}.",
+                figures.differences(part, ["model", "axis", "value"], title, "best minus this value (macro F1)",
+                                    study.CALLED))
+
+    by_depth = study.depth_table(cells, inputs.probes, depth)
+    layer_gaps = gaps.dropna(axis=1, how="all")
+    sections = [
+        Section("study-layers", "Which layer?",
+                [study.answer(sweeps, m, "layer", depth) for m in models] + [
+                    how, "The SAE probes of the layer sweep (solid) beside the best hidden-state probe of each layer "
+                    "(dashed), against relative depth; the detection gap per layer is the best dense probe minus "
+                    "the best SAE probe there (positive: the SAE loses what the hidden state holds)."],
+                tables=[("Layer sweep", rows(["layer"])), ("Detection gap per layer", layer_gaps)]),
+        Section("study-width-pooling", "Which SAE width and pooling?",
+                [study.answer(sweeps, m, axis) for m in models for axis in ("width", "pooling")] + [how],
+                tables=[("Width and pooling sweeps", rows(["width", "pooling"]))]),
+        Section("study-binarize", "Binarize, and at which threshold?",
+                [study.answer(sweeps, m, "binarize") for m in models]
+                + [study.binarization_answer(sweeps, m) for m in models] + [
+                    how, "Thresholds: 0 switches on every latent active anywhere in the text; 1.0 is the paper's "
+                    "(set for Gemma Scope's activation scale); q<NN> is that quantile of the nonzero pooled codes "
+                    "of each probe's training texts, so it means the same on every SAE."],
+                tables=[("Threshold sweep", rows(["binarize"]))]),
+    ]
+    if not by_depth.empty:
+        sections[0].figures.append((
+            f"Test macro F1 against relative depth (block / the model's blocks): mean over splits, whiskers at the "
+            f"{INTERVALS['resamples']}.", figures.lines(by_depth, "depth", ["model", "features"],
+                                                         "relative depth", "Macro F1 by relative depth")))
+    sections[1].figures.append(differences(["width", "pooling"], "Width and pooling"))
+    sections[2].figures.append(differences(["binarize"], "Binarization threshold"))
+    return sections
+
+
 def _cost_section(inputs: RunInputs) -> Section:
     """Where the run's time went: per stage and per stage instance (metrics/cost)."""
     section = Section("cost", "Cost of this run", [
@@ -193,7 +247,8 @@ def _cost_section(inputs: RunInputs) -> Section:
     return section
 
 
-def build_sections(inputs: RunInputs) -> list[Section]:
+def build_sections(inputs: RunInputs, sweeps: pd.DataFrame) -> list[Section]:
+    """Every section of the report; `sweeps` is `study.study_table` of the run (empty for a full grid)."""
     cells = tables.cells_frame(inputs.probes)
     note = _note(cells)
     best = tables.best_config_table(inputs.promotion)
@@ -214,6 +269,7 @@ def build_sections(inputs: RunInputs) -> list[Section]:
 
     sections = [
         _setup_section(inputs),
+        *_study_sections(inputs, cells, sweeps, gaps),
         Section("best", "Best configuration per dataset",
                 ["The probe `promote` registered as challenger (best validation macro F1 over every model and SAE "
                  "cell), its test scores, and what it was compared with; champion is the registered version that "

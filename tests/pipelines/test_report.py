@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 from features.errors import SaefsError
+from features.sources.models import MANIFEST, ModelManifest
 from features.reporting.paper import PAPER_NUMBERS
 from pipelines import paths, report
 from pipelines.profile import load_profile
@@ -96,6 +98,10 @@ def write_transfer(root: Path, added: bool = True) -> None:
 
 def write_metrics_tree(root: Path) -> None:
     y = np.arange(160) % 2
+    for model in MODELS:  # what prepare_model writes: the report reads each model's depth
+        manifest = ModelManifest(f"path:{model}", "path", ".", None, "Gemma3ForCausalLM", 18, 64, 100)
+        paths.model_dir(model).mkdir(parents=True, exist_ok=True)
+        (paths.model_dir(model) / MANIFEST).write_text(json.dumps(asdict(manifest)))
     for i, dataset in enumerate(DATASETS):
         results = {m: probe_results(dataset, m, 0.2 * i + 0.03 * j) for j, m in enumerate(MODELS)}
         paths.prepared(dataset).parent.mkdir(parents=True, exist_ok=True)
