@@ -157,8 +157,11 @@ def _sample(df: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
         quota = pd.Series(per_class, index=counts.index)
     elif cfg.max_rows is None or len(df) <= cfg.max_rows:
         return df
-    else:
-        quota = np.maximum(1, np.floor(counts / len(df) * cfg.max_rows)).astype(int)
+    else:  # each class its share, the rows flooring leaves over to the largest remainders: max_rows in all
+        share = counts / len(df) * cfg.max_rows
+        quota = np.floor(share).astype(int)
+        quota[(share - quota).sort_values(ascending=False, kind="stable").index[:cfg.max_rows - quota.sum()]] += 1
+        quota = np.maximum(1, quota)
     rank = pd.Series(_rank(df["text_id"], cfg.seed, "sample"), index=df.index)
     keep = [rank[df["label"] == lab].sort_values().index[:q] for lab, q in quota.items()]
     return df.loc[np.concatenate(keep)]

@@ -159,3 +159,10 @@ def test_balance_samples_the_same_number_of_each_class() -> None:
     assert df["label"].value_counts().to_dict() == {0: 15, 1: 15}
     df, _ = prepare(raw, cfg(max_rows=1000, balance=True))  # as many as the rarest class holds
     assert df["label"].value_counts().to_dict() == {0: 20, 1: 20}
+
+
+def test_max_rows_keeps_exactly_that_many_when_the_class_shares_do_not_divide_it() -> None:
+    raw = raw_rows(1000, pos_share=0.457)  # 45.7% and 54.3%: flooring each class's share of 999 lost a row
+    for max_rows in (999, 500, 101):
+        df, _ = prepare(raw, cfg(max_rows=max_rows))
+        assert len(df) == max_rows
