@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from features.errors import SaefsError
-from features.sources.models import MANIFEST, ModelManifest
 from features.reporting.paper import PAPER_NUMBERS
+from features.sources.models import MANIFEST, ModelManifest
 from pipelines import paths, report
 from pipelines.profile import load_profile
 from tests.helpers import REPO, embedded_params, planted_predictions, write_params
