@@ -155,6 +155,37 @@ def test_report_and_its_dvc_plots(scratch: Path) -> None:
                for name in ("layer", "pooling_binarize", "width", "baselines", "training_curve"))
 
 
+def test_a_marginal_design_sweeps_every_axis_value_and_the_report_answers_the_three_questions(scratch: Path) -> None:
+    dvc(scratch, "repro")
+    original = (scratch / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train_probes"] |= {"poolings": ["sum", "top2"], "binarize": [None, 1.0, "q50"], "design": "marginal",
+                               "center": {"width": "64", "pooling": "sum", "binarize": None}}
+    write_params(scratch, params)
+    try:
+        assert "train_probes@tiny-alpha" in ran(dvc(scratch, "repro"))
+        results = json.loads((scratch / paths.probe_metrics("alpha", "tiny")).read_text())
+        assert results["design"] == {"design": "marginal",
+                                     "center": {"layer": 1, "width": "64", "pooling": "sum", "binarize": None}}
+        sae = [cell for cell in results["cells"].values() if cell["input"] == "sparse" and "variant" not in cell]
+        # layers 1 and 2, then top2 pooling, then thresholds 1.0 and q50, each around the center: 5, not 2 x 2 x 3
+        assert len(sae) == 5
+        for axis, values in (("layer", {1, 2}), ("width", {"64"}), ("pooling", {"sum", "top2"}),
+                             ("binarize", {None, 1.0, "q50"})):
+            assert {cell[axis] for cell in sae} == values
+        quantile = results["cells"]["tiny__l1__sae64__sum__binq50"]
+        assert quantile["feature_service"] == "tiny__l1__sae64__sum__raw"
+        answers = json.loads((scratch / paths.STUDY_METRICS).read_text())
+        assert answers["design"] == "marginal"
+        assert set(answers["tiny"]) == {"layer", "width", "pooling", "binarize"}
+        assert set(answers["tiny"]["layer"]["per_dataset"]) == {"alpha", "beta"}
+        html = (scratch / "reports/index.html").read_text()
+        assert all(title in html for title in ("Which layer?", "Which SAE width and pooling?",
+                                               "Binarize, and at which threshold?"))
+    finally:
+        (scratch / "params.yaml").write_text(original)
+
+
 def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -> None:
     dvc(scratch, "repro")
     labels = pd.read_parquet(scratch / paths.behaviour_labels("tiny", "items"))
