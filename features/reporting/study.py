@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from features.core.design import AXES
-from features.core.evidence import holm
+from features.core.evidence import corrected_resampled_t, holm
 from features.core.predictions import compare, resample_metrics
 from features.errors import SaefsError
 from features.reporting.report import ranked, threshold_label
@@ -102,8 +102,18 @@ def axis_rows(cells: pd.DataFrame, predictions: Mapping[tuple[str, str], pd.Data
         diff = {} if value == best else _difference(pooled, best, value)
         rows.append({"scope": POOLED, "dataset": POOLED, "model": model, "axis": axis, "value": value,
                      "best": value == best, "macro_f1": means.loc[value, "macro_f1"],
-                     "val_macro_f1": means.loc[value, "val_macro_f1"], **diff})
+                     "val_macro_f1": means.loc[value, "val_macro_f1"], **_interval(pooled, value), **diff})
     return rows
+
+
+def _interval(pooled: pd.DataFrame, value: str) -> dict[str, float]:
+    """The over-datasets mean test macro F1's interval: the corrected resampled t over the splits' means."""
+    runs = pooled[pooled["fit"] == value]
+    if len(runs) < 2:
+        return {}
+    result = corrected_resampled_t(runs["macro_f1"].to_numpy(), int(runs["n_train"].mean()),
+                                   int(runs["n_test"].mean()))
+    return {"macro_f1_low": result["low"], "macro_f1_high": result["high"]}
 
 
 def study_table(cells: pd.DataFrame, probes: Mapping[tuple[str, str], dict[str, Any]],
@@ -199,6 +209,7 @@ def best_values(table: pd.DataFrame) -> dict[str, Any]:
         per_dataset = rows[rows["scope"] == "dataset"].sort_values("val_macro_f1", ascending=False)
         out.setdefault(model, {})[axis] = {
             "best": pooled["value"].iloc[0], "macro_f1": float(pooled["macro_f1"].iloc[0]),
+            "low": float(pooled["macro_f1_low"].iloc[0]), "high": float(pooled["macro_f1_high"].iloc[0]),
             "beats_called": int(((rows["scope"] == POOLED) & (rows["p_holm"] < CALLED)).sum()),
             "per_dataset": {dataset: {"best": part["value"].iloc[0], "macro_f1": float(part["macro_f1"].iloc[0]),
                                       "low": float(part["macro_f1_low"].iloc[0]),
