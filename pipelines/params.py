@@ -291,6 +291,13 @@ class TransferSource(Strict):
 
     layer: int = Field(ge=0)
     width: Width
+    cross_lingual_layers: list[int] | None = Field(
+        None, description="blocks the cross-lingual matrices are drawn at, each with its SAE of `width` (the paper: "
+        "every layer with an SAE); default: `layer` only")
+
+    @property
+    def lingual_layers(self) -> list[int]:
+        return self.cross_lingual_layers or [self.layer]
 
 
 class LanguageSource(Strict):
@@ -507,9 +514,10 @@ class Params(Strict):
                   for t in behaviour.targets if t not in self.models]
         for name, cell in transfer.sources.items():
             sae = self.sae.get(name)
-            if sae is None or cell.layer not in sae.layers or cell.width not in sae.widths:
-                errors.append(f"transfer.sources.{name}: layer {cell.layer} / width {cell.width} is not an SAE of "
-                              f"sae.{name} ({sae.layers if sae else 'none'} / {sae.widths if sae else 'none'})")
+            for layer in dict.fromkeys([cell.layer, *cell.lingual_layers]):
+                if sae is None or layer not in sae.layers or cell.width not in sae.widths:
+                    errors.append(f"transfer.sources.{name}: layer {layer} / width {cell.width} is not an SAE of "
+                                  f"sae.{name} ({sae.layers if sae else 'none'} / {sae.widths if sae else 'none'})")
         if transfer.pair[0] not in transfer.sources or transfer.pair[1] not in behaviour.targets:
             errors.append(f"transfer.pair {list(transfer.pair)}: the source must be in transfer.sources, the target "
                           "in behaviour_labels.targets")

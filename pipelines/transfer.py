@@ -13,7 +13,8 @@ Cross-lingual: every `transfer.cross_lingual` task in its languages (embedded: o
 English, Debian's offensive and other fortunes in Spanish and Italian), same features, trained on one
 language and tested on each (zero-shot off the diagonal), on `transfer.resamples` splits of every
 language: SAE, hidden-state, TF-IDF and majority probes on every cell, each with the same corrected
-resampled-t interval (features.core.transfer).
+resampled-t interval (features.core.transfer); one matrix per layer of `cross_lingual_layers` (the paper drew
+its heatmaps per layer), every layer from one forward.
 
 Why not the extract/build_features grid: item prompts and the cross-lingual sets are not
 `datasets` (they would enter every train_probes and promote cell); this stage calls the same
@@ -97,25 +98,28 @@ def language_frames(task: str, spec: CrossLingualTask, params: Params) -> pd.Dat
 
 
 class Featurizer:
-    """One source model and its transfer SAE cell: texts -> (codes frame, hidden frame, SAE width)."""
+    """One source model and its transfer SAE cells (`layer`, and each cross-lingual layer, at `width`): texts ->
+    per layer (codes frame, hidden frame), and the SAE width; one forward for every layer asked."""
 
     def __init__(self, source: str, params: Params) -> None:
         self.cell, self.params = params.transfer.sources[source], params
         device = resolve_device(params.extract.device)
         self.model, self.tokenizer = load_prepared(paths.model_dir(source), device)
         specs = json.loads((paths.sae_dir(source) / SAE_INDEX).read_text())
-        self.sae = load_sae(specs[sae_name(self.cell.layer, self.cell.width)], device)
+        self.saes = {layer: load_sae(specs[sae_name(layer, self.cell.width)], device)
+                     for layer in dict.fromkeys([self.cell.layer, *self.cell.lingual_layers])}
+        self.width = int(self.saes[self.cell.layer].cfg.d_sae)
 
-    def __call__(self, texts: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-        t, ex, layer, width = self.params.transfer, self.params.extract, self.cell.layer, self.cell.width
-        out = extract(self.model, self.tokenizer, texts, [layer], {layer: {width: self.sae}}, [t.pooling],
-                      max_tokens=t.max_tokens, batch_size=ex.batch_size, include_bos=ex.pools_bos,
+    def __call__(self, texts: list[str], layers: list[int]) -> dict[int, tuple[pd.DataFrame, pd.DataFrame]]:
+        t, ex, width = self.params.transfer, self.params.extract, self.cell.width
+        out = extract(self.model, self.tokenizer, texts, layers, {layer: {width: self.saes[layer]} for layer in layers},
+                      [t.pooling], max_tokens=t.max_tokens, batch_size=ex.batch_size, include_bos=ex.pools_bos,
                       paper_compat=ex.paper_compat)
         cost.work(texts=len(texts), tokens=int(out.n_tokens.sum()))
         if out.n_truncated:
             log.warning("%d of %d texts cut at transfer.max_tokens=%d", out.n_truncated, len(texts), t.max_tokens)
-        return (codes_frame(out.codes[layer, width, t.pooling]), hidden_frame(out.hidden[layer, t.hidden]),
-                int(self.sae.cfg.d_sae))
+        return {layer: (codes_frame(out.codes[layer, width, t.pooling]), hidden_frame(out.hidden[layer, t.hidden]))
+                for layer in layers}
 
 
 def _sae_probe(params: Params, width: int, seed: int, op: str | None = None) -> Any:
@@ -194,8 +198,9 @@ def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, 
     return row | {"majority_f1": majority["macro_f1"], "status": "ok"}, cell.rows
 
 
-def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.DataFrame, hidden: pd.DataFrame,
-                        width: int, params: Params) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+def cross_lingual_cells(task: str, model: str, layer: int, frame: pd.DataFrame, codes: pd.DataFrame,
+                        hidden: pd.DataFrame, width: int,
+                        params: Params) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
     """Every (train language, test language) cell on `transfer.resamples` splits of each language (split r
     trains on the train language's training part, tests on the test language's test part; see
     features.core.transfer): the SAE, hidden-state, TF-IDF and majority fits, each with the corrected
@@ -207,13 +212,13 @@ def cross_lingual_cells(task: str, model: str, frame: pd.DataFrame, codes: pd.Da
     for train_lang, test_lang, splits in cross_lingual_resamples(frame["lang"], y, frame["split"] == "test",
                                                                  t.resamples, params.prepare_data.seed):
         train, test = splits[0].train, splits[0].test
-        row = {"task": task, "model": model, "train_lang": train_lang, "test_lang": test_lang,
+        row = {"task": task, "model": model, "layer": layer, "train_lang": train_lang, "test_lang": test_lang,
                "n_train": int(train.sum()), "n_test": int(test.sum())}
         reason = skip_reason(y, train, test, t.cv_folds)
         if reason:
             rows.append(row | {"status": reason})
             continue
-        cell = Cell(f"{task}:{model}:{train_lang}->{test_lang}", frame, splits, t.cv_folds, t.n_jobs)
+        cell = Cell(f"{task}:{model}:L{layer}:{train_lang}->{test_lang}", frame, splits, t.cv_folds, t.n_jobs)
         try:
             sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed, op), codes)
             dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
@@ -266,16 +271,18 @@ def run() -> dict[str, pd.DataFrame]:
         for source, cell in t.sources.items():
             featurize = Featurizer(source, params)
             for task in b.tasks:
-                features[source, task] = featurize(texts[task]["text"].tolist())
+                codes, hidden = featurize(texts[task]["text"].tolist(), [cell.layer])[cell.layer]
+                features[source, task] = codes, hidden, featurize.width
             for task, frame in languages.items():
-                codes, hidden, width = featurize(frame["text"].tolist())
-                with threadpool_limits(limits=1):  # small lbfgs fits: one BLAS thread each, `n_jobs` at once
-                    rows, fits = cross_lingual_cells(task, source, frame, codes, hidden, width, params)
-                predictions += fits
-                for row in rows:
-                    lingual_rows.append(row)
-                    _log_cell(f"{task}:{source}:{row['train_lang']}->{row['test_lang']}", row,
-                              {"layer": cell.layer, "width": cell.width})
+                for layer, (codes, hidden) in featurize(frame["text"].tolist(), cell.lingual_layers).items():
+                    with threadpool_limits(limits=1):  # small lbfgs fits: one BLAS thread each, `n_jobs` at once
+                        rows, fits = cross_lingual_cells(task, source, layer, frame, codes, hidden, featurize.width,
+                                                         params)
+                    predictions += fits
+                    for row in rows:
+                        lingual_rows.append(row)
+                        _log_cell(f"{task}:{source}:L{layer}:{row['train_lang']}->{row['test_lang']}", row,
+                                  {"layer": layer, "width": cell.width})
             del featurize
             gc.collect()  # one model in memory at a time
         for (source, task), (codes, hidden, width) in features.items():
@@ -312,17 +319,17 @@ def with_holm(table: pd.DataFrame) -> pd.DataFrame:
 def write_outputs(tables: dict[str, pd.DataFrame], predictions: list[pd.DataFrame]) -> None:
     write_parquet(paths.transfer_predictions(),
                   pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame(columns=KEYS))
-    levels = {"cross_model": ["task", "source", "target"], "cross_lingual": ["task", "model", "test_lang"]}
+    levels = {"cross_model": ["task", "source", "target"], "cross_lingual": ["task", "model", "layer", "test_lang"]}
     for matrix, table in tables.items():
         write_csv(paths.transfer_table(matrix), table)
         ran = table
         if matrix == "cross_lingual":  # the JSON holds the zero-shot row of each task's first language
-            first = table.groupby(["task", "model"])["train_lang"].transform("first")
+            first = table.groupby(["task", "model", "layer"])["train_lang"].transform("first")
             ran = table[table["train_lang"] == first]
         write_json(paths.transfer_metrics(matrix), nested_metrics(ran, levels[matrix]))
     heatmap(tables["cross_model"], ["task", "source"], "target", "SAE probe: source features -> target correctness",
             paths.transfer_table("cross_model").with_suffix(".png"))
-    heatmap(by_probe(tables["cross_lingual"]), ["task", "model", "probe", "train_lang"], "test_lang",
+    heatmap(by_probe(tables["cross_lingual"]), ["task", "model", "layer", "probe", "train_lang"], "test_lang",
             "SAE, hidden-state and TF-IDF probes: train language -> test language",
             paths.transfer_table("cross_lingual").with_suffix(".png"))
 

@@ -34,7 +34,7 @@ CROSS_MODEL_COLUMNS = ["task", "source", "target", *SCORES,
                          for end in ("", "_low", "_high")), "majority_f1",
                        *(f"{column}{end}" for column in VERSUS for end in ("", "_low", "_high", "_p", "_p_holm")),
                        "minority_share", "n_train", "n_test", "resamples", "not_converged", "status"]
-CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *SCORES,
+CROSS_LINGUAL_COLUMNS = ["task", "model", "layer", "train_lang", "test_lang", *SCORES,
                          *(f"{column}{end}" for column in list(PROBES.values())[1:] for end in ("", "_low", "_high")),
                          "majority_f1", "n_train", "n_test", "resamples", "not_converged", "status"]
 
@@ -75,7 +75,7 @@ def cross_lingual_resamples(langs: Sequence[str], y: Sequence[int], is_test: Seq
 def by_probe(table: pd.DataFrame) -> pd.DataFrame:
     """The cross-lingual table with one row per probe (sae, hidden, tfidf) and cell, each probe's macro F1 and
     interval under `macro_f1`, `macro_f1_low` and `macro_f1_high`: the frame the heatmaps take."""
-    keys = ["task", "model", "train_lang", "test_lang", "status"]
+    keys = ["task", "model", "layer", "train_lang", "test_lang", "status"]
     return pd.concat([table[keys].assign(probe=probe, macro_f1=table[column], macro_f1_low=table[f"{column}_low"],
                                          macro_f1_high=table[f"{column}_high"])
                       for probe, column in PROBES.items()], ignore_index=True)

@@ -114,7 +114,7 @@ def _transfer_sections(inputs: RunInputs) -> list[Section]:
                           "its training language; columns: test language (zero-shot off the diagonal). Every cell "
                           "trains on the same splits of its language and is scored on the test parts of the "
                           f"other's. The tasks: {named or 'none in this profile'}.",
-                          ["task", "model"], ["probe", "train_lang"], "test_lang"),
+                          ["task", "model", "layer"], ["probe", "train_lang"], "test_lang"),
         Section("transfer-claims", "Transfer: which of the paper's claims hold here", [
             "Each of the paper's transfer claims against the cells above, with their 95% intervals. A claim holds "
             "where every cell it covers agrees, partly where some do; a difference counts only where its "

@@ -28,8 +28,8 @@ CROSS_MODEL_COLUMNS = ["task", "source", "target", *F1, *BASELINE_F1, "target_hi
                        "target_hidden_f1_high", "majority_f1",
                        *(f"sae_minus_{probe}{end}" for probe in ("tfidf", "target_hidden")
                          for end in ("", "_low", "_high", "_p_holm")), "minority_share", "n_train", "n_test", "status"]
-CROSS_LINGUAL_COLUMNS = ["task", "model", "train_lang", "test_lang", *F1, *BASELINE_F1, "majority_f1", "n_train",
-                         "n_test", "status"]
+CROSS_LINGUAL_COLUMNS = ["task", "model", "layer", "train_lang", "test_lang", *F1, *BASELINE_F1, "majority_f1",
+                         "n_train", "n_test", "status"]
 
 
 @dataclass(frozen=True)
@@ -363,16 +363,17 @@ def transfer_claims(cross_model: pd.DataFrame | None, cross_lingual: pd.DataFram
     viable = zero[zero["macro_f1_low"] > CHANCE_F1]
     add(f"A probe trained on English transfers zero-shot to other languages (macro F1 above chance, {CHANCE_F1})",
         "\"English-transfer remains viable\" (toxicity, 9B and 9B-IT)",
-        "; ".join(f"{r.task} {r.model} en→{r.test_lang} {_span(r._asdict(), 'macro_f1')}"
+        "; ".join(f"{r.task} {r.model} L{r.layer} en→{r.test_lang} {_span(r._asdict(), 'macro_f1')}"
                   for r in zero.itertuples()) or "no English-trained zero-shot cell ran",
         share(len(viable), len(zero)))
     if len(zero):
-        native = lingual[lingual["train_lang"] == lingual["test_lang"]].set_index(["task", "model", "test_lang"])
-        pairs = [(r, native.loc[(r.task, r.model, r.test_lang)]) for r in zero.itertuples()
-                 if (r.task, r.model, r.test_lang) in native.index]
+        key = ["task", "model", "layer", "test_lang"]
+        native = lingual[lingual["train_lang"] == lingual["test_lang"]].set_index(key)
+        pairs = [(r, native.loc[(r.task, r.model, r.layer, r.test_lang)]) for r in zero.itertuples()
+                 if (r.task, r.model, r.layer, r.test_lang) in native.index]
         better = [r for r, n in pairs if n["macro_f1_low"] > r.macro_f1_high]
         add("Training in the test language beats English transfer", "\"native-language training generally superior\"",
-            "; ".join(f"{r.model} {r.test_lang}: native {_span(n, 'macro_f1')} vs from English "
+            "; ".join(f"{r.model} L{r.layer} {r.test_lang}: native {_span(n, 'macro_f1')} vs from English "
                       f"{_span(r._asdict(), 'macro_f1')}" for r, n in pairs),
             share(len(better), len(pairs)) + " (intervals apart)")
     return pd.DataFrame(rows)

@@ -253,7 +253,7 @@ def test_the_transfer_claims_say_which_hold_with_their_intervals() -> None:
 
     cross = pd.DataFrame([cell("a", "b", 0.70, 0.65, -0.10, 0.001), cell("b", "a", 0.40, 0.30, 0.01, 0.8),
                           cell("a", "a", 0.90, 0.85, 0.0, 1.0)])  # a model's own behaviour is not transfer
-    lingual = pd.DataFrame([{"task": "off", "model": "m", "train_lang": a, "test_lang": b, "status": "ok",
+    lingual = pd.DataFrame([{"task": "off", "model": "m", "layer": 9, "train_lang": a, "test_lang": b, "status": "ok",
                              "majority_f1": 0.33, "macro_f1": f1, "macro_f1_low": f1 - 0.04, "macro_f1_high": f1 + 0.04}
                             for a, b, f1 in (("en", "en", 0.9), ("en", "es", 0.6), ("es", "es", 0.8),
                                              ("es", "en", 0.5))])
@@ -262,7 +262,7 @@ def test_the_transfer_claims_say_which_hold_with_their_intervals() -> None:
     text = report.transfer_claims(cross, lingual)["this run"].tolist()
     assert "judge a→b 0.70 [0.65, 0.75] (majority 0.33, minority 50%)" in text[0] and "a→a" not in text[0]
     assert "SAE minus target hidden -0.10 [-0.15, -0.05], Holm p 0.001" in text[1]
-    assert text[2] == "off m en→es 0.60 [0.56, 0.64]"
+    assert text[2] == "off m L9 en→es 0.60 [0.56, 0.64]"
     empty = report.transfer_claims(None, None)["holds here"].tolist()
     assert empty == ["not measured"] * 3
     assert "clears chance (macro F1 0.5) with its whole 95% interval in 1 of 2" in report.cross_model_reading(cross)

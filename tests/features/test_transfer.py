@@ -60,7 +60,8 @@ def test_a_language_with_one_class_is_a_counted_error() -> None:
 
 
 def test_by_probe_puts_every_probe_under_the_heatmaps_columns() -> None:
-    table = pd.DataFrame({"task": ["t"], "model": ["m"], "train_lang": ["en"], "test_lang": ["es"], "status": ["ok"],
+    table = pd.DataFrame({"task": ["t"], "model": ["m"], "layer": [9], "train_lang": ["en"], "test_lang": ["es"],
+                          "status": ["ok"],
                           **{f"{c}{end}": [v] for c, v in (("macro_f1", 0.7), ("hidden_f1", 0.8), ("tfidf_f1", 0.4))
                              for end in ("", "_low", "_high")}})
     long = by_probe(table)

@@ -209,7 +209,7 @@ def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -
     assert cross_model["status"].tolist() == ["ok", "ok"] and cross_model["resamples"].tolist() == [2, 2]
     assert {f"{task}:tiny->tiny:{probe}" for task in ("items", "judge")
             for probe in ("sae", "hidden", "tfidf", "target_hidden", "majority")} <= set(predictions["fit"])
-    assert {f"xl:tiny:en->es:{probe}" for probe in ("sae", "hidden", "tfidf", "majority")} <= set(predictions["fit"])
+    assert {f"xl:tiny:L2:en->es:{probe}" for probe in ("sae", "hidden", "tfidf", "majority")} <= set(predictions["fit"])
     assert {"roc_auc", "recall_at_1fpr", "hidden_f1_low", "tfidf_f1_high"} <= set(lingual.columns)
     assert (scratch / "plots/transfer/cross_lingual.png").is_file()
     shown = dvc(scratch, "metrics", "show")

@@ -69,6 +69,7 @@ def test_a_check_fails_what_is_wrong_and_reads_what_the_cache_holds(tmp_path, mo
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     raw = load_profile("paper", REPO / "profiles")
     raw["sae"]["gemma2_2b"]["layers"] = [12, 26]
+    raw["transfer"]["sources"]["gemma2_2b"]["cross_lingual_layers"] = [12]
     raw["sae"]["gemma2_9b"]["source"] = raw["sae"]["gemma2_9b_it"]["source"]
     hub_parquet_export(tmp_path / "hub", "ybisk/piqa", {"plain_text/validation": pd.DataFrame(
         {"goal": ["open a jar"], "sol1": ["twist"], "label": [0]})})

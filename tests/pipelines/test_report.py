@@ -85,7 +85,7 @@ def write_transfer(root: Path, added: bool = True) -> None:
               "status": "ok", **more} for s in MODELS for t in MODELS]
     cross[-1] |= {"macro_f1": None, "macro_f1_low": None, "macro_f1_high": None,
                   "status": "skipped: target answered every item right"}
-    lingual = [{"task": "offensive", "model": "m1", "train_lang": a, "test_lang": b, "macro_f1": 0.777,
+    lingual = [{"task": "offensive", "model": "m1", "layer": 1, "train_lang": a, "test_lang": b, "macro_f1": 0.777,
                 "macro_f1_low": 0.75, "macro_f1_high": 0.8, "hidden_f1": 0.8 if a == b else 0.5, "hidden_f1_low": 0.3,
                 "hidden_f1_high": 0.9, "tfidf_f1": 0.9 if a == b else 0.34, "tfidf_f1_low": 0.3, "tfidf_f1_high": 0.95,
                 "majority_f1": 0.33, "n_train": 100, "n_test": 30, "status": "ok", **more}
@@ -222,7 +222,7 @@ def test_transfer_csvs_with_or_without_the_added_columns_render(project: Path) -
         write_transfer(project, added)
         assert report.main([]) == 0
         md = _text(project / "reports/index.md")
-        assert "| offensive | m1 | en | es | 0.777 [0.750, 0.800] |" in md and ("roc_auc_low" in md) == added
+        assert "| offensive | m1 | 1 | en | es | 0.777 [0.750, 0.800] |" in md and ("roc_auc_low" in md) == added
         assert "| 0.500 [0.300, 0.900] | 0.340 [0.300, 0.950] |" in md  # hidden and TF-IDF, each with its interval
 
 

@@ -79,7 +79,7 @@ def test_cross_lingual_cells_fill_the_language_matrix_with_every_probe_and_one_i
     codes, y = synthetic_frame(180)
     hidden = pd.DataFrame({"hidden": list(np.random.default_rng(0).normal(size=(180, 8)).astype(np.float32))})
     frame = language_frame(y, ["en"] * 80 + ["es"] * 50 + ["it"] * 50)
-    rows, fits = transfer.cross_lingual_cells("offensive", "m", frame, codes, hidden, WIDTH, params)
+    rows, fits = transfer.cross_lingual_cells("offensive", "m", 3, frame, codes, hidden, WIDTH, params)
     rows = pd.DataFrame(rows)
     assert list(zip(rows["train_lang"], rows["test_lang"], strict=True)) == [
         (a, b) for a in ("en", "es", "it") for b in ("en", "es", "it")]
@@ -91,15 +91,16 @@ def test_cross_lingual_cells_fill_the_language_matrix_with_every_probe_and_one_i
     for probe in ("macro_f1", "hidden_f1", "tfidf_f1"):
         assert (rows[f"{probe}_low"] <= rows[probe]).all() and (rows[probe] <= rows[f"{probe}_high"]).all()
     predictions = pd.concat(fits)
-    assert set(predictions["fit"]) >= {f"offensive:m:en->es:{probe}" for probe in ("sae", "hidden", "tfidf",
-                                                                                    "majority")}
-    zero_shot = predictions.query("fit == 'offensive:m:en->es:sae' and resample == 0")
+    assert set(predictions["fit"]) >= {f"offensive:m:L3:en->es:{probe}" for probe in ("sae", "hidden", "tfidf",
+                                                                                       "majority")}
+    assert (rows["layer"] == 3).all()
+    zero_shot = predictions.query("fit == 'offensive:m:L3:en->es:sae' and resample == 0")
     tested, trained = zero_shot.query("split == 'test'")["text_id"], zero_shot.query("split == 'val'")["text_id"]
     test_ids = frame.query("lang == 'es' and split == 'test'")["text_id"]
     assert sorted(tested) == sorted(test_ids) and set(trained) <= set(frame.query("lang == 'en'")["text_id"])
-    nested = transfer.nested_metrics(rows.assign(task="t", model="m"), ["task", "model", "test_lang"])
-    assert set(nested["t"]["m"]) == {"en", "es", "it"} and {"macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc",
-                                                            "recall_at_1fpr"} <= set(nested["t"]["m"]["es"])
+    nested = transfer.nested_metrics(rows.assign(task="t", model="m"), ["task", "model", "layer", "test_lang"])
+    assert set(nested["t"]["m"]["3"]) == {"en", "es", "it"} and {
+        "macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc", "recall_at_1fpr"} <= set(nested["t"]["m"]["3"]["es"])
 
 
 def test_a_language_with_one_class_is_refused_with_its_counts(params, tmp_path, monkeypatch) -> None:
@@ -186,6 +187,43 @@ def test_a_cross_lingual_task_binarizes_with_its_own_operator(params) -> None:
         task = params.transfer.cross_lingual["offensive"].model_copy(update={"binarize_op": op})
         lingual = params.model_copy(update={"transfer": params.transfer.model_copy(
             update={"cross_lingual": {"offensive": task}})})
-        rows = pd.DataFrame(transfer.cross_lingual_cells("offensive", "m", frame, codes, hidden, WIDTH, lingual)[0])
+        rows = pd.DataFrame(transfer.cross_lingual_cells("offensive", "m", 3, frame, codes, hidden, WIDTH, lingual)[0])
         f1[op] = rows.set_index(["train_lang", "test_lang"]).loc[("en", "es"), "macro_f1"]
     assert f1[">="] > 0.8 and f1[">"] < 0.6
+
+
+def test_the_cross_lingual_matrix_is_drawn_at_each_configured_layer_from_one_forward(tmp_path, monkeypatch) -> None:
+    """A source with cross_lingual_layers [1, 2] gets one frame per layer from one extract call, each encoded by
+    its own SAE; a layer without an SAE of the cell's width is refused by name."""
+    import json
+
+    from features.sources.sae import SAE_INDEX
+    from pipelines import paths
+    from tests.features.tiny import HIDDEN, make_jumprelu_sae, make_model, make_texts, make_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    raw = embedded_params()
+    raw["sae"]["gemma3_270m"]["layers"] = [1, 2]
+    raw["transfer"]["sources"] = {"gemma3_270m": {"layer": 1, "width": "4k", "cross_lingual_layers": [1, 2]}}
+    raw["transfer"]["pair"] = ["gemma3_270m", "gemma3_270m"]
+    raw["lodo"]["sources"] = {}
+    params = parse_params(raw)
+    specs = {}
+    for layer in (1, 2):
+        folder = paths.sae_dir("gemma3_270m") / f"l{layer}"
+        make_jumprelu_sae(HIDDEN, 64, seed=layer).save_model(folder)
+        specs[f"l{layer}__sae4k"] = f"path:{folder}"
+    (paths.sae_dir("gemma3_270m") / SAE_INDEX).write_text(json.dumps(specs))
+    calls = []
+    monkeypatch.setattr(transfer, "load_prepared", lambda *a: (make_model("llama", n_layers=3), make_tokenizer()))
+    real = transfer.extract
+    monkeypatch.setattr(transfer, "extract", lambda *a, **k: calls.append(a[3]) or real(*a, **k, progress=False))
+    featurize = transfer.Featurizer("gemma3_270m", params)
+    by_layer = featurize(make_texts([5] * 6, seed=0), [1, 2])
+    assert calls == [[1, 2]] and set(by_layer) == {1, 2} and featurize.width == 64
+    (codes1, hidden1), (codes2, hidden2) = by_layer[1], by_layer[2]
+    assert len(codes1) == len(codes2) == 6
+    assert not np.allclose(np.stack(hidden1["hidden"]), np.stack(hidden2["hidden"]))
+    raw["transfer"]["sources"]["gemma3_270m"]["cross_lingual_layers"] = [1, 5]
+    with pytest.raises(Exception, match=r"transfer.sources.gemma3_270m: layer 5 / width 4k is not an SAE of"):
+        parse_params(raw)
