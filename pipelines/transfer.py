@@ -23,7 +23,7 @@ extraction code directly on them, with `transfer.max_tokens` (item prompts outgr
 Writes plots/transfer/{cross_model,cross_lingual}.csv (+ PNG heatmaps), metrics/transfer/*.json
 (task -> source/model -> target/test language, for the rows trained on the first language), every
 fit's per-text predictions (data/predictions/transfer.parquet, fits named
-`{task}:{source}->{target}:{probe}` and `{task}:{model}:{train}->{test}:{probe}`), and one MLflow run in
+`{task}:{source}->{target}:{probe}` and `{task}:{model}:L{layer}:{train}->{test}:{probe}`), and one MLflow run in
 `saefs/transfer` with a child run per cell, the heatmaps and the predictions as artifacts.
 """
 
