@@ -1,7 +1,8 @@
 """Stage train_probes: the paper's probe grid for one (model, dataset), read through Feast, tracked in MLflow.
 
-For every SAE cell (layer x SAE x pooling x binarization) and hidden-state baseline in
-`train_probes`, a logistic-regression probe is fitted on each of `resamples` stratified
+For every SAE cell of `train_probes.design` (the grid of layer x SAE x pooling x binarization, or each axis
+swept around `center`: features.core.design) and every hidden-state baseline, a logistic-regression probe
+(binarizing a raw view itself where its threshold is a `q<NN>` quantile) is fitted on each of `resamples` stratified
 train/test splits of the prepared texts (resample 0 is the prepared split; C is chosen by CV on
 each training part alone) and scores that split's test texts. The best cell (by validation macro
 F1, out of fold on the training parts) also gets a decision tree, top-k latent selection and a
