@@ -173,7 +173,7 @@ def _comparisons_section(paired: pd.DataFrame, gaps: pd.DataFrame) -> Section:
     return section
 
 
-def _study_sections(inputs: RunInputs, cells: pd.DataFrame, sweeps: pd.DataFrame, gaps: pd.DataFrame) -> list[Section]:
+def study_sections(inputs: RunInputs, cells: pd.DataFrame, sweeps: pd.DataFrame, gaps: pd.DataFrame) -> list[Section]:
     """The paper's three questions, each opened by its answer per model, when train_probes swept the axes around a
     center (design: marginal); a full grid's answers are the layer, pooling and width sections below."""
     if sweeps.empty:
@@ -269,7 +269,7 @@ def build_sections(inputs: RunInputs, sweeps: pd.DataFrame) -> list[Section]:
 
     sections = [
         _setup_section(inputs),
-        *_study_sections(inputs, cells, sweeps, gaps),
+        *study_sections(inputs, cells, sweeps, gaps),
         Section("best", "Best configuration per dataset",
                 ["The probe `promote` registered as challenger (best validation macro F1 over every model and SAE "
                  "cell), its test scores, and what it was compared with; champion is the registered version that "

@@ -10,7 +10,7 @@ from features.core.design import Config, center_config, sweep
 from features.reporting import report, study
 from tests.helpers import planted_predictions
 
-Y = np.arange(800) % 2
+Y = np.arange(400) % 2
 CENTER = center_config([3, 5, 9, 12], "4k", "sum", None)  # block 5
 
 
@@ -86,13 +86,13 @@ def test_a_full_grid_run_has_no_sweeps_and_a_center_that_differs_between_dataset
 
 
 def test_the_three_sections_open_with_their_answers_and_draw_their_figures() -> None:
-    from features.reporting.page import _study_sections
+    from features.reporting.page import study_sections
     from features.reporting.report import RunInputs
 
     probes, predictions, labels = _run({Config(9, "4k", "sum", None): 0.85})
     inputs = RunInputs(probes, predictions, labels, {}, {}, {}, setup={"depth": {"m": 18}})
     cells = report.cells_frame(probes)
-    sections = _study_sections(inputs, cells, study.study_table(cells, probes, predictions, labels),
+    sections = study_sections(inputs, cells, study.study_table(cells, probes, predictions, labels),
                                pd.DataFrame(columns=["gap"]))
     assert [s.title for s in sections] == ["Which layer?", "Which SAE width and pooling?",
                                            "Binarize, and at which threshold?"]
