@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from features.core.binarize import BinarizeOp, check_threshold, quantile_of
+from features.core.binarize import BinarizeOp, check_threshold, view_threshold
 from features.core.cards import CardSettings
 from features.core.config import Strict
 from features.core.prepare import DatasetConfig, SplitConfig
@@ -299,6 +299,11 @@ class TransferSource(Strict):
     def lingual_layers(self) -> list[int]:
         return self.cross_lingual_layers or [self.layer]
 
+    @property
+    def layers(self) -> list[int]:
+        """Every layer this source reads: its transfer layer, then the cross-lingual ones."""
+        return list(dict.fromkeys([self.layer, *self.lingual_layers]))
+
 
 class LanguageSource(Strict):
     source: str
@@ -493,8 +498,7 @@ class Params(Strict):
     def _probes_use_published_views(self) -> Params:
         probes, build = self.train_probes, self.build_features
         missing = {"poolings": sorted(set(probes.poolings) - set(self.extract.poolings)),
-                   "binarize": [b for b in probes.binarize
-                                if (None if quantile_of(b) is not None else b) not in build.binarize],
+                   "binarize": [b for b in probes.binarize if view_threshold(b) not in build.binarize],
                    "hidden": sorted(set(probes.hidden) - set(build.hidden))}
         missing = {key: value for key, value in missing.items() if value}
         if missing:
@@ -514,7 +518,7 @@ class Params(Strict):
                   for t in behaviour.targets if t not in self.models]
         for name, cell in transfer.sources.items():
             sae = self.sae.get(name)
-            for layer in dict.fromkeys([cell.layer, *cell.lingual_layers]):
+            for layer in cell.layers:
                 if sae is None or layer not in sae.layers or cell.width not in sae.widths:
                     errors.append(f"transfer.sources.{name}: layer {layer} / width {cell.width} is not an SAE of "
                                   f"sae.{name} ({sae.layers if sae else 'none'} / {sae.widths if sae else 'none'})")

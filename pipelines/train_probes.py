@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from features.core.binarize import Threshold, quantile_of
+from features.core.binarize import Threshold, view_threshold
 from features.core.design import Config, center_config, sweep
 from features.core.metrics import training_curve_fractions
 from features.core.predictions import INTERVALS, Resample, fit_resamples, resamples, summarize
@@ -57,7 +57,13 @@ class Cell:
     service: str
     input: str  # "sparse" (SAE codes, raw or binarized) or "dense" (hidden states)
     params: dict[str, Any]
-    binarize: Threshold | None = None
+
+    @property
+    def binarize(self) -> Threshold | None:
+        """The threshold the probe applies itself: a quantile's (its view is raw); None where the view holds the
+        codes as probed (continuous, or binarized at a number)."""
+        threshold = self.params.get("binarize")
+        return threshold if view_threshold(threshold) is None else None
 
     def record(self, model: str) -> dict[str, Any]:
         """The cell as its probes' runs record it (`tracking.cell_tag`), for whoever serves them."""
@@ -77,10 +83,10 @@ def cells(params: Params, model: str) -> list[Cell]:
     out = []
     for config in sweep(sae.layers, sae.widths, probes.poolings, probes.binarize, probes.design,
                         center(params, model)):
-        fitted = quantile_of(config.binarize) is not None  # read the raw view, the probe binarizes
-        view = view_name(model, config.layer, config.width, config.pooling, None if fitted else config.binarize, op)
-        out.append(Cell(view_name(model, config.layer, config.width, config.pooling, config.binarize, op), view,
-                        "sparse", config.as_dict() | {"op": op}, config.binarize if fitted else None))
+        out.append(Cell(view_name(model, config.layer, config.width, config.pooling, config.binarize, op),
+                        view_name(model, config.layer, config.width, config.pooling,
+                                  view_threshold(config.binarize), op),
+                        "sparse", config.as_dict() | {"op": op}))
     out += [Cell(hidden_view_name(model, layer, pooling), hidden_view_name(model, layer, pooling), "dense",
                  {"layer": layer, "width": "hidden", "pooling": pooling, "binarize": None})
             for layer in sae.layers for pooling in probes.hidden]
@@ -137,12 +143,16 @@ class Fits:
             log.warning("%s: %d of %d resamples did not converge", name, summary["not_converged"], len(self.splits))
         return summary, first
 
+    def make(self, cell: Cell, width: int, kind: str = "logreg", select_k: int | None = None) -> Callable[[int], Any]:
+        """The probe of `cell` for a resample's seed (the threshold it applies itself, if any, included)."""
+        p = self.p
+        return lambda seed: make_probe(
+            kind, width=width if cell.input == "sparse" else None, input=cell.input, select_k=select_k,
+            binarize=cell.binarize, op=cell.params.get("op", ">"), C_grid=p.C_grid, cv=p.cv_folds, seed=seed)
+
     def probe(self, cell: Cell, X: pd.DataFrame, width: int, name: str | None = None, kind: str = "logreg",
               select_k: int | None = None) -> tuple[dict[str, Any], Any]:
-        p = self.p
-        summary, first = self.fit(name or cell.name, lambda seed: make_probe(
-            kind, width=width if cell.input == "sparse" else None, input=cell.input, select_k=select_k,
-            binarize=cell.binarize, op=cell.params.get("op", ">"), C_grid=p.C_grid, cv=p.cv_folds, seed=seed), X)
+        summary, first = self.fit(name or cell.name, self.make(cell, width, kind, select_k), X)
         return summary | {"chosen": chosen_params(first)}, first
 
 
@@ -275,9 +285,7 @@ def _extras(item: str, fits: Fits, results: dict, frames: dict) -> None:
             mask[rows[chosen]] = True
             return mask
 
-        summary, _ = fits.fit(f"{best}__curve{fraction:g}", lambda seed: make_probe(
-            "logreg", width=width, binarize=cell.binarize, op=cell.params.get("op", ">"), C_grid=p.C_grid,
-            cv=p.cv_folds, seed=seed), X, subset)
+        summary, _ = fits.fit(f"{best}__curve{fraction:g}", fits.make(cell, width), X, subset)
         curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
     results["best_cell"], results["training_curve"] = best, curve
     log.info("%s: best cell by validation %s", item, best)

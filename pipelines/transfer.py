@@ -107,7 +107,7 @@ class Featurizer:
         self.model, self.tokenizer = load_prepared(paths.model_dir(source), device)
         specs = json.loads((paths.sae_dir(source) / SAE_INDEX).read_text())
         self.saes = {layer: load_sae(specs[sae_name(layer, self.cell.width)], device)
-                     for layer in dict.fromkeys([self.cell.layer, *self.cell.lingual_layers])}
+                     for layer in self.cell.layers}
         self.width = int(self.saes[self.cell.layer].cfg.d_sae)
 
     def __call__(self, texts: list[str], layers: list[int]) -> dict[int, tuple[pd.DataFrame, pd.DataFrame]]:

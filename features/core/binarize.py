@@ -42,6 +42,12 @@ def check_threshold(threshold: Threshold) -> Threshold:
     return threshold
 
 
+def view_threshold(threshold: Threshold | None) -> float | None:
+    """The threshold of the Feast view a probe at `threshold` reads: a quantile reads the raw view (None) and
+    binarizes in the probe; a number reads its binary view."""
+    return None if quantile_of(threshold) is not None else threshold  # type: ignore[return-value]
+
+
 def passes(values: np.ndarray, threshold: float, op: BinarizeOp = ">") -> np.ndarray:
     """Where `values` pass `threshold` under `op`, as booleans."""
     check_op(op)
