@@ -1,8 +1,9 @@
 """Stage feast_apply: register every view of the run in the Feast registry (a file, or PostgreSQL).
 
-Merges the catalogs of each model's `build_features` into data/feast/catalog.json, turns it into
-Feast objects (feature_repo/) and applies them in this process (as `feast apply` would, deleting
-views the catalog no longer lists), in the store that `feast_apply.feature_store_yaml` configures.
+Merges the catalogs of each model's `build_features` (and each cross-modal model's `extract_images`) into
+data/feast/catalog.json, turns it into Feast objects (feature_repo/) and applies them in this process (as
+`feast apply` would, deleting views the catalog no longer lists), in the store that
+`feast_apply.feature_store_yaml` configures.
 Its receipt, data/feast/registry/applied.json, says what was registered and where: DVC's output
 whether the registry is a file beside it or a PostgreSQL database.
 """
@@ -26,7 +27,8 @@ log = logging.getLogger("saefs.feast_apply")
 
 def run(repo: str) -> None:
     params = load_params()
-    views = [view for model in params.sae for view in read_catalog(paths.feast_sources_dir(model) / CATALOG_FILE)]
+    views = [view for model in params.feature_models
+             for view in read_catalog(paths.feast_sources_dir(model) / CATALOG_FILE)]
     absent = [view.path for view in views if not Path(view.path).is_file()]
     if absent:
         raise SaefsError(f"catalogued sources {absent[:3]} are missing: run `dvc repro build_features` again")

@@ -88,7 +88,7 @@ def stage_code(dvc_yaml: Path, root: Path) -> dict[str, set[str]]:
 
 # Folders the report depends on that only an optional stage fills: where the profile has no such group, no stage
 # makes them, and DVC refuses a missing dependency (an empty folder is a dependency like any other).
-OPTIONAL_OUTPUTS = (paths.CROSS_MODAL_METRICS, paths.COST / "cross_modal")
+OPTIONAL_OUTPUTS = (paths.CROSS_MODAL_METRICS, paths.COST / "cross_modal", paths.COST / "extract_images")
 
 
 def run() -> None:

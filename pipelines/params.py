@@ -495,6 +495,15 @@ class Params(Strict):
         return self
 
     @model_validator(mode="after")
+    def _vlms_have_own_names(self) -> Params:
+        # a cross-modal model's features and views lie where a text model's would (data/features/<model>, ...)
+        shared = sorted(set(self.cross_modal.models if self.cross_modal else {}) & set(self.models))
+        if shared:
+            raise ValueError(f"cross_modal.models {shared} are also keys of models: a cross-modal model writes its "
+                             "features and Feast views under its key, so give it a name of its own")
+        return self
+
+    @model_validator(mode="after")
     def _probes_use_published_views(self) -> Params:
         probes, build = self.train_probes, self.build_features
         missing = {"poolings": sorted(set(probes.poolings) - set(self.extract.poolings)),
@@ -567,6 +576,12 @@ class Params(Strict):
         if name not in self.sae:
             raise ParamsError(f"model {name!r} has no SAEs configured; params.yaml sae: {sorted(self.sae)}")
         return self.sae[name]
+
+    @property
+    def feature_models(self) -> list[str]:
+        """Every model whose features become Feast views: each text model with SAEs (build_features), then each
+        cross-modal model (extract_images)."""
+        return [*self.sae, *(self.cross_modal.models if self.cross_modal else {})]
 
     def vlm(self, name: str) -> VlmParams:
         models = self.cross_modal.models if self.cross_modal else {}

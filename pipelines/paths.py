@@ -182,6 +182,20 @@ def lodo_table(model: str) -> Path:
     return Path("plots") / "lodo" / f"{model}.csv"
 
 
+def image_rows(model: str, dataset: str) -> Path:
+    """extract_images@<model>: an image dataset's prepared rows (text_id: the image's id, label, split, event time)
+    without the images; its features lie in features_dir(model, dataset), its views in feast_sources_dir(model)."""
+    return DATA / "images" / model / f"{dataset}.parquet"
+
+
+EXTRACT_IMAGES_METRICS = Path("metrics") / "extract_images"
+
+
+def extract_images_metrics(model: str) -> Path:
+    """extract_images@<model>: per image dataset its images, classes, image tokens and the SAEs' figures on them."""
+    return EXTRACT_IMAGES_METRICS / f"{model}.json"
+
+
 def cross_modal_predictions(model: str) -> Path:
     """cross_modal@<model>: every fit's per-image predictions, fits `<dataset>:<cell>`."""
     return PREDICTIONS / "cross_modal" / f"{model}.parquet"

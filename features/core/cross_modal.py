@@ -6,8 +6,9 @@ label mapping, deduplication (an identical image twice, or under two labels), st
 seeded train/test split, and the same refusal of a dataset with one class.
 
 Every probe of a dataset fits on the same resampled splits (`features.core.predictions.resamples`: the prepared
-split first): the SAE probe of each (layer, width, pooling, threshold), the vision tower's features and the
-language model's residual at each layer (mean over the image tokens). Scores are means over the splits with
+split first), each on the Feast view extract_images wrote for it: the SAE probe of each (layer, width, pooling,
+threshold), the vision tower's features and the language model's residual at each layer (mean over the image
+tokens). Scores are means over the splits with
 the corrected resampled-t interval; each SAE probe is paired against the vision tower and the residual of its
 layer on the same splits, and Holm adjusts the p-values over every comparison a model reports.
 """
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import csr_matrix
 
 from features.core.binarize import BinarizeOp, threshold_tag
 from features.core.evidence import with_holm_fields
@@ -28,7 +28,6 @@ from features.core.naming import codes_name, hidden_name
 from features.core.predictions import fit_resamples, paired_fields, resample_metrics, resamples, summarize
 from features.core.prepare import PrepareConfig, PrepareError, SplitConfig, prepare
 from features.core.probes import make_probe
-from features.core.transfer import codes_frame, hidden_frame
 
 VISION = "vision__mean"  # the vision tower's output, mean over its patches
 RESIDUAL = "mean"  # the residual baseline's pooling over the image tokens (hidden_name(layer, RESIDUAL))
@@ -72,13 +71,17 @@ def sae_cell(layer: int, width: str, pooling: str, threshold: float | None, op: 
     return f"{codes_name(layer, width, pooling)}__{threshold_tag(threshold, op)}"
 
 
-def probe_dataset(dataset: str, frame: pd.DataFrame, codes: Mapping[tuple[int, str, str], csr_matrix],
-                  residual: Mapping[int, np.ndarray], vision: np.ndarray, thresholds: Sequence[float | None],
+SaeCell = tuple[int, str, str, float | None]  # (layer, width, pooling, threshold): one SAE probe
+
+
+def probe_dataset(dataset: str, frame: pd.DataFrame, codes: Mapping[SaeCell, tuple[pd.DataFrame, int]],
+                  residual: Mapping[int, pd.DataFrame], vision: pd.DataFrame,
                   settings: ProbeSettings) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """Every probe of one dataset on the same splits (`frame`: prepared rows; `codes`: (layer, width, pooling) ->
-    pooled codes, `residual`: layer -> mean residual, `vision`: the tower's features, all aligned with `frame`):
-    one row per probe with its scores (SCORES) and, for SAE probes, `sae_minus_<baseline>` with its interval and
-    p-value (paired corrected resampled t); and every fit's prediction rows, fits named `<dataset>:<cell>`."""
+    """Every probe of one dataset on the same splits, each on its Feast view's columns aligned with `frame` (the
+    prepared rows): `codes` (layer, width, pooling, threshold) -> the codes as probed (binarized at the threshold
+    already) and the SAE's width, `residual` layer -> the mean residual, `vision` the tower's features. One row
+    per probe with its scores (SCORES) and, for SAE probes, `sae_minus_<baseline>` with its interval and p-value
+    (paired corrected resampled t); and every fit's prediction rows, fits named `<dataset>:<cell>`."""
     y, ids = frame["label"].to_numpy(), frame["text_id"].to_numpy()
     labels = np.unique(y).tolist()
     splits = resamples(y, (frame["split"] == "test").to_numpy(), settings.resamples, settings.seed)
@@ -95,19 +98,15 @@ def probe_dataset(dataset: str, frame: pd.DataFrame, codes: Mapping[tuple[int, s
     def dense(seed: int) -> Any:
         return make_probe("logreg", input="dense", C_grid=settings.C_grid, cv=settings.cv_folds, seed=seed)
 
-    rows = [fit(VISION, dense, hidden_frame(vision)) | {"features": "vision"}]
-    rows += [fit(hidden_name(layer, RESIDUAL), dense, hidden_frame(values)) | {"features": "residual", "layer": layer}
-             for layer, values in residual.items()]
-    for (layer, width, pooling), matrix in codes.items():
-        X = codes_frame(matrix)
-        for threshold in thresholds:
-            def sparse(seed: int, t: float | None = threshold, d_sae: int = matrix.shape[1]) -> Any:
-                return make_probe("logreg", width=d_sae, binarize=t, op=settings.binarize_op, C_grid=settings.C_grid,
-                                  cv=settings.cv_folds, seed=seed)
+    rows = [fit(VISION, dense, vision) | {"features": "vision"}]
+    rows += [fit(hidden_name(layer, RESIDUAL), dense, X) | {"features": "residual", "layer": layer}
+             for layer, X in residual.items()]
+    for (layer, width, pooling, threshold), (X, d_sae) in codes.items():
+        def sparse(seed: int, d_sae: int = d_sae) -> Any:
+            return make_probe("logreg", width=d_sae, C_grid=settings.C_grid, cv=settings.cv_folds, seed=seed)
 
-            rows.append(fit(sae_cell(layer, width, pooling, threshold, settings.binarize_op), sparse, X)
-                        | {"features": "sae", "layer": layer, "width": width, "pooling": pooling,
-                           "binarize": threshold})
+        rows.append(fit(sae_cell(layer, width, pooling, threshold, settings.binarize_op), sparse, X)
+                    | {"features": "sae", "layer": layer, "width": width, "pooling": pooling, "binarize": threshold})
     predictions = pd.concat(parts, ignore_index=True)
     table = resample_metrics(predictions, labels)
     for row in rows:

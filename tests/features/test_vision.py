@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from features.core.binarize import binarize_codes
 from features.core.cross_modal import ProbeSettings, prepare_images, probe_dataset, sae_cell, with_holm
 from features.core.prepare import SplitConfig
+from features.core.transfer import codes_frame, hidden_frame
 from features.errors import SaefsError
 from features.forward.vision import ImageFeatures, extract_images
 from features.sources.images import decode, load_images
@@ -93,10 +95,12 @@ def test_a_source_that_is_no_vlm_is_named(tmp_path: Path) -> None:
 def test_digits_through_a_tiny_paligemma_into_probes_with_every_cell_and_paired_tests(tmp_path: Path,
                                                                                        digits) -> None:
     *_, out = run_vlm(save_vlm("paligemma", tmp_path / "vlm"), digits["image"].tolist())
-    codes = {(layer, width, pooling): matrix for (layer, width, pooling), matrix in out.codes.items()}
-    residual = {layer: out.hidden[layer, "mean"] for layer in LAYERS}
+    # the columns of the Feast views extract_images writes (binary views: the codes binarized already)
+    codes = {(layer, width, pooling, t): (codes_frame(m if t is None else binarize_codes(m, t)), m.shape[1])
+             for (layer, width, pooling), m in out.codes.items() for t in (None, 1.0)}
+    residual = {layer: hidden_frame(out.hidden[layer, "mean"]) for layer in LAYERS}
     settings = ProbeSettings(C_grid=[0.1, 1.0], cv_folds=2, resamples=2, seed=42)
-    rows, predictions = probe_dataset("digits", digits, codes, residual, out.vision, [None, 1.0], settings)
+    rows, predictions = probe_dataset("digits", digits, codes, residual, hidden_frame(out.vision), settings)
     cells = {row["cell"]: row for row in with_holm(rows)}
     sae = [sae_cell(1, "64", pooling, t) for pooling in ("sum", "top2") for t in (None, 1.0)]
     assert set(cells) == {"vision__mean", "l0__hidden__mean", "l1__hidden__mean", *sae}

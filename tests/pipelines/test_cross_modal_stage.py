@@ -1,6 +1,7 @@
-"""The cross_modal stage on a tiny PaliGemma read from a folder, path: SAEs and two image sets (sklearn digits and a
-user's class folders): every configured cell in its metrics, the baselines and paired tests, the predictions, its
-cost and its MLflow run; the params group is optional and checked by name."""
+"""extract_images -> feast_apply -> cross_modal on a tiny PaliGemma read from a folder, path: SAEs and two image
+sets (sklearn digits and a user's class folders): the image features registered as Feast views beside the text
+models', every configured cell probed from them with the baselines and paired tests, the predictions, the costs and
+the MLflow run; the params group is optional and checked by name."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.core.cross_modal import sae_cell
+from features.core.cross_modal import VISION, sae_cell
 from features.reporting import report
-from pipelines import cross_modal, fingerprint_sources, paths
+from features.stores.feast.catalog import CATALOG_FILE, read_catalog, write_catalog
+from features.stores.feast.names import dense_view_name, view_name
+from features.stores.shards import read_csr
+from pipelines import cross_modal, extract_images, feast_apply, fingerprint_sources, paths
 from pipelines.params import ParamsError, parse_params
 from tests.features.test_images import class_folder
 from tests.features.tiny import HIDDEN, make_jumprelu_sae
 from tests.features.tiny_vlm import PATCHES, save_vlm
 from tests.helpers import embedded_params, write_params
+from tests.pipelines.test_feature_stages import copy_repo
 
 LAYERS, WIDTHS, POOLINGS, THRESHOLDS = [0, 1], ["64", "96"], ["sum", "top2"], [None, 1.0]
 
@@ -48,12 +53,24 @@ def tracked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     mlflow.set_registry_uri(None)
 
 
-def test_the_stage_writes_every_configured_cell_with_baselines_paired_tests_and_predictions(
+def test_image_features_go_through_feast_views_into_every_configured_probe_with_baselines_and_paired_tests(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracked: str) -> None:
     params = embedded_params(cross_modal=cross_modal_group(tmp_path))
     params["promote"]["tracking_uri"] = tracked
     write_params(tmp_path, params)
     monkeypatch.chdir(tmp_path)
+    copy_repo(tmp_path)
+    assert extract_images.main(["tiny"]) == 0
+    for model in params["sae"]:  # the text models' build_features, with no views: the store holds the images'
+        write_catalog(paths.feast_sources_dir(model) / CATALOG_FILE, [])
+    views = read_catalog(paths.feast_sources_dir("tiny") / CATALOG_FILE)
+    assert len(views) == len(LAYERS) * len(WIDTHS) * len(POOLINGS) * len(THRESHOLDS) + len(LAYERS) + 1
+    codes, ids = read_csr(paths.features_dir("tiny", "pets"), "l1__sae96__top2")
+    assert codes.shape == (30, 96) and set(ids) == set(pd.read_parquet(paths.image_rows("tiny", "pets"))["text_id"])
+    feast_apply.run("feature_repo")
+    applied = json.loads(paths.feast_applied().read_text())["feature_views"]
+    assert {view.name for view in views} == set(applied)
+    assert {view_name("tiny", 0, "64", "sum", 1.0), dense_view_name("tiny", VISION)} <= set(applied)
     assert cross_modal.main(["tiny"]) == 0
     results = json.loads(paths.cross_modal_metrics("tiny").read_text())
     assert set(results["datasets"]) == {"digits", "pets"}
@@ -81,15 +98,19 @@ def test_the_stage_writes_every_configured_cell_with_baselines_paired_tests_and_
     assert "of 2 image sets" in report.cross_modal_reading({"tiny": results})
     table = pd.read_csv(paths.cross_modal_table("tiny"))
     assert len(table) == len(fits) and "sae_minus_vision_p_holm" in table
-    cost = json.loads(paths.stage_cost("cross_modal", "tiny").read_text())
+    cost = json.loads(paths.stage_cost("extract_images", "tiny").read_text())
     images = sum(dataset["images"] for dataset in results["datasets"].values())
     assert cost["work"]["images"] == images and cost["work"]["tokens"] == PATCHES * images
+    assert json.loads(paths.stage_cost("cross_modal", "tiny").read_text())["work"]["fits"] == 2 * len(fits)
 
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["saefs/cross_modal"])  # the stage left its store as MLflow's
     assert mlflow.get_tracking_uri() == tracked
     assert "cross_modal:tiny" in set(runs["tags.mlflow.runName"]) and len(runs) == 1 + len(fits)
+    served = runs.set_index("tags.mlflow.runName")["tags.feature_service"]
+    assert served["pets:" + sae_cell(1, "96", "top2", 1.0)] == view_name("tiny", 1, "96", "top2", 1.0)
+    assert served[f"digits:{VISION}"] == dense_view_name("tiny", VISION)
 
 
 def test_a_cross_modal_typo_is_named_and_no_group_is_no_run() -> None:
@@ -115,6 +136,10 @@ def test_a_cross_modal_typo_is_named_and_no_group_is_no_run() -> None:
     message = str(caught.value)
     assert "cross_modal.models.tiny.source" in message and "['hf', 'path']" in message
     assert "cross_modal.models.tiny.sae" in message and "cross_modal.datasets.d.source" in message
+    group |= {"models": {"gemma3_270m": {"source": "path:x", "sae": "path:s/{layer}", "layers": [1], "widths": ["64"]}},
+              "datasets": {"d": {"source": "sklearn:digits"}}}
+    with pytest.raises(ParamsError, match=r"cross_modal.models \['gemma3_270m'\] are also keys of models"):
+        parse_params(embedded_params(cross_modal=group))
 
 
 def test_fingerprints_hash_the_vlm_sae_and_image_folders(tmp_path: Path) -> None:

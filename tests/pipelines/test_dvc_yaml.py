@@ -199,9 +199,9 @@ def test_the_report_runs_after_every_stage_whose_cost_it_shows() -> None:
         assert str(paths.COST / name if grid else paths.stage_cost(name)) in report_deps, name
 
 
-def test_cross_modal_has_an_instance_per_model_of_its_optional_group_writing_where_paths_says(tmp_path: Path) -> None:
+def test_cross_modal_has_instances_per_model_of_its_optional_group_writing_where_paths_says(tmp_path: Path) -> None:
     """The embedded profile has no cross_modal group, so no instance (dvc.yaml's vars default it to no model); the
-    paper profile's model gets one."""
+    paper profile's model gets an extract_images and a cross_modal instance."""
     from dvc.repo import Repo
 
     from pipelines.profile import load_profile
@@ -215,7 +215,11 @@ def test_cross_modal_has_an_instance_per_model_of_its_optional_group_writing_whe
         Repo.init(str(root), no_scm=True)
         with Repo(str(root)) as repo:
             outs = {stage.name: {out.def_path for out in stage.outs} for stage in repo.index.stages
-                    if stage.name.startswith("cross_modal")}
-        assert outs == {f"cross_modal@{m}": {str(path) for path in (
-            paths.cross_modal_predictions(m), paths.cross_modal_metrics(m), paths.cross_modal_table(m),
-            paths.stage_cost("cross_modal", m))} for m in models}, profile
+                    if stage.name.startswith(("extract_images", "cross_modal"))}
+        expected = {f"cross_modal@{m}": {paths.cross_modal_predictions(m), paths.cross_modal_metrics(m),
+                                         paths.cross_modal_table(m), paths.stage_cost("cross_modal", m)}
+                    for m in models}
+        expected |= {f"extract_images@{m}": {paths.image_rows(m, "x").parent, paths.features_dir(m, "x").parent,
+                                             paths.feast_sources_dir(m), paths.extract_images_metrics(m),
+                                             paths.stage_cost("extract_images", m)} for m in models}
+        assert outs == {stage: {str(path) for path in out} for stage, out in expected.items()}, profile

@@ -58,7 +58,7 @@ def read_catalog(path: str | os.PathLike[str]) -> list[ViewSpec]:
     path = Path(path)
     if not path.is_file():
         raise SaefsError(f"{path} not found: run `dvc repro build_features` first (it writes the Feast "
-                         "sources and their catalogs)")
+                         "sources and their catalogs; `extract_images` for a cross-modal model)")
     raw = json.loads(path.read_text())
     if raw.get("format") != CATALOG_FORMAT:
         raise SaefsError(f"{path} has format {raw.get('format')!r}; this code reads {CATALOG_FORMAT!r}: rebuild it")

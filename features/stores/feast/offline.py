@@ -20,7 +20,7 @@ from features.core.naming import codes_name, hidden_name, parse_width
 from features.errors import SaefsError
 from features.stores.feast.catalog import CATALOG_FILE, ViewSpec, write_catalog
 from features.stores.feast.columns import CREATED, EVENT_TIME, HIDDEN, IDS, JOIN_KEY, VALUES, ViewKind, sparse_columns
-from features.stores.feast.names import hidden_view_name, view_name
+from features.stores.feast.names import dense_view_name, hidden_view_name, view_name
 from features.stores.files import atomic_path
 from features.stores.shards import read_csr, read_dense
 
@@ -37,7 +37,8 @@ _SCHEMAS = {  # feature columns of each view kind written by write_view
 
 @dataclass(frozen=True)
 class FeatureGrid:
-    """The cells of one model to publish: SAE codes per (layer, width, pooling), hidden states per (layer, pooling)."""
+    """The cells of one model to publish: SAE codes per (layer, width, pooling), hidden states per (layer, pooling),
+    and dense arrays outside the layer grid by their shard name (a vision tower's output)."""
 
     layers: Sequence[int]
     widths: Sequence[str]
@@ -45,6 +46,7 @@ class FeatureGrid:
     hidden_poolings: Sequence[str] = ()
     thresholds: Sequence[float | None] = (None,)  # None: the continuous (raw) view
     op: BinarizeOp = ">"
+    dense: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,10 @@ def _grid_views(model: str, grid: FeatureGrid, feature_dirs: Mapping[str, str | 
         spec = ViewSpec(hidden_view_name(model, layer, pooling), "dense", "", int(hidden.shape[1]),
                         len(rows.text_ids), model, layer, None, pooling)
         yield spec, rows, hidden
-
+    for array in grid.dense:
+        values, rows = _read_all(read_dense, feature_dirs, array, times)
+        yield ViewSpec(dense_view_name(model, array), "dense", "", int(values.shape[1]), len(rows.text_ids),
+                       model), rows, values
 
 
 def _event_times(path: Path, dataset: str) -> pd.Series:
