@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from features.core.cross_modal import VISION, sae_cell
+from features.errors import SaefsError
 from features.reporting import report
 from features.stores.feast.catalog import CATALOG_FILE, read_catalog, write_catalog
 from features.stores.feast.names import dense_view_name, view_name
@@ -152,3 +153,12 @@ def test_fingerprints_hash_the_vlm_sae_and_image_folders(tmp_path: Path) -> None
     after = fingerprint_sources.fingerprints(params)[paths.cross_modal_fingerprint("tiny")]
     assert after["datasets"]["pets"]["sha256"] != before["datasets"]["pets"]["sha256"]
     assert after["model"] == before["model"] and after["saes"] == before["saes"]
+
+
+def test_probing_before_the_images_are_extracted_names_the_stage_to_run(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    write_params(tmp_path, embedded_params(cross_modal=cross_modal_group(tmp_path)))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SaefsError, match=r"metrics/extract_images/tiny\.json not found: run `dvc repro "
+                                         r"extract_images@tiny` first"):
+        cross_modal.run("tiny")
