@@ -147,20 +147,30 @@ def answer(table: pd.DataFrame, model: str, axis: str, depth: Mapping[str, int] 
     if others.empty:
         return f"{model}: one {axis} only ({_name(axis, best['value'], depth, model)}), so nothing to compare."
     won = others[others["p_holm"] < CALLED]
-    silent = others[~(others["p_holm"] < CALLED)]
+    # ahead with an uncorrected interval clear of zero, but not called once Holm counts every test printed
+    uncorrected = others[~(others["p_holm"] < CALLED) & (others["p"] < CALLED)]
+    silent = others[~(others["p"] < CALLED)]
     n = int(table[(table["model"] == model) & (table["axis"] == axis) & (table["scope"] == "dataset")]
             ["dataset"].nunique())
+    def name(r: Mapping[str, Any]) -> str:
+        return _name(axis, r["value"], depth, model)
+
+    def gap(r: Mapping[str, Any]) -> str:
+        return f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
+
     text = (f"{model}: {_name(axis, best['value'], depth, model)} is best on validation over {n} datasets "
             f"(mean test macro F1 {best['macro_f1']:.3f})")
     if not won.empty:
-        text += "; it beats " + ", ".join(
-            f"{_name(axis, r['value'], depth, model)} by {r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
-            for r in won.to_dict("records"))
+        text += "; it beats " + ", ".join(f"{name(r)} by {gap(r)}" for r in won.to_dict("records"))
+    if not uncorrected.empty:
+        ahead = ", ".join(f"{name(r)} by {gap(r)} (p {r['p']:.2g})" for r in uncorrected.to_dict("records"))
+        text += (f"; it is ahead of {ahead} uncorrected, which does not survive Holm's correction over the "
+                 f"{int(table['p'].notna().sum())} tests of these sections")
     if not silent.empty:
-        text += ("; no difference detectable from " if won.empty else "; and no difference is detectable from ")
-        text += ", ".join(f"{_name(axis, r['value'], depth, model)} ({r['difference']:+.3f} "
-                          f"[{r['low']:+.3f}, {r['high']:+.3f}])" if pd.notna(r["difference"])
-                          else _name(axis, r["value"], depth, model) for r in silent.to_dict("records"))
+        text += ("; no difference detectable from " if won.empty and uncorrected.empty
+                 else "; and no difference is detectable from ")
+        text += ", ".join(f"{name(r)} ({gap(r)})" if pd.notna(r["difference"]) else name(r)
+                          for r in silent.to_dict("records"))
     return text + " (paired over splits, Holm-corrected)."
 
 

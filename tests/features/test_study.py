@@ -99,3 +99,23 @@ def test_the_three_sections_open_with_their_answers_and_draw_their_figures() -> 
     assert sections[0].paragraphs[0].startswith("m: block 9 (depth 0.50) is best")
     assert sections[2].paragraphs[1].startswith("m: the best binarized codes")
     assert all(s.figures and s.figures[0][1].startswith("<svg") for s in sections)
+
+
+def test_a_difference_clear_of_zero_only_before_holm_is_said_to_be_uncorrected() -> None:
+    """An interval that excludes zero but a Holm p above the call: the sentence must not read 'no difference
+    detectable' beside that interval (the study run's pooling answer did, before this test)."""
+    row = {"model": "m", "axis": "pooling", "scope": study.POOLED, "dataset": "over datasets", "macro_f1": 0.75}
+    table = pd.DataFrame([
+        row | {"value": "max", "best": True, "difference": np.nan, "low": np.nan, "high": np.nan, "p": np.nan,
+               "p_holm": np.nan},
+        row | {"value": "last", "best": False, "difference": 0.052, "low": 0.026, "high": 0.078, "p": 0.005,
+               "p_holm": 0.4},
+        row | {"value": "sum", "best": False, "difference": 0.005, "low": -0.02, "high": 0.03, "p": 0.6,
+               "p_holm": 1.0},
+        row | {"scope": "dataset", "dataset": "d1", "value": "last", "best": False, "difference": 0.05,
+               "low": -0.01, "high": 0.11, "p": 0.1, "p_holm": 1.0}])
+    sentence = study.answer(table, "m", "pooling")
+    assert ("it is ahead of last pooling by +0.052 [+0.026, +0.078] (p 0.005) uncorrected, which does not survive "
+            "Holm's correction over the 3 tests of these sections") in sentence
+    assert "; and no difference is detectable from sum pooling (+0.005 [-0.020, +0.030])" in sentence
+    assert "no difference detectable from last" not in sentence
