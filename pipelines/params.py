@@ -497,7 +497,7 @@ class Params(Strict):
     @model_validator(mode="after")
     def _vlms_have_own_names(self) -> Params:
         # a cross-modal model's features and views lie where a text model's would (data/features/<model>, ...)
-        shared = sorted(set(self.cross_modal.models if self.cross_modal else {}) & set(self.models))
+        shared = sorted(set(self.vlms) & set(self.models))
         if shared:
             raise ValueError(f"cross_modal.models {shared} are also keys of models: a cross-modal model writes its "
                              "features and Feast views under its key, so give it a name of its own")
@@ -578,17 +578,21 @@ class Params(Strict):
         return self.sae[name]
 
     @property
+    def vlms(self) -> dict[str, VlmParams]:
+        """The cross-modal models ({} where the profile has no cross_modal group)."""
+        return self.cross_modal.models if self.cross_modal else {}
+
+    @property
     def feature_models(self) -> list[str]:
         """Every model whose features become Feast views: each text model with SAEs (build_features), then each
         cross-modal model (extract_images)."""
-        return [*self.sae, *(self.cross_modal.models if self.cross_modal else {})]
+        return [*self.sae, *self.vlms]
 
     def vlm(self, name: str) -> VlmParams:
-        models = self.cross_modal.models if self.cross_modal else {}
-        if name not in models:
+        if name not in self.vlms:
             raise ParamsError(f"model {name!r} has no cross-modal run; params.yaml cross_modal.models: "
-                              f"{sorted(models)}")
-        return models[name]
+                              f"{sorted(self.vlms)}")
+        return self.vlms[name]
 
     def dataset(self, name: str) -> DatasetParams:
         if name not in self.datasets:

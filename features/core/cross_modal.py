@@ -8,9 +8,9 @@ seeded train/test split, and the same refusal of a dataset with one class.
 Every probe of a dataset fits on the same resampled splits (`features.core.predictions.resamples`: the prepared
 split first), each on the Feast view extract_images wrote for it: the SAE probe of each (layer, width, pooling,
 threshold), the vision tower's features and the language model's residual at each layer (mean over the image
-tokens). Scores are means over the splits with
-the corrected resampled-t interval; each SAE probe is paired against the vision tower and the residual of its
-layer on the same splits, and Holm adjusts the p-values over every comparison a model reports.
+tokens). Scores are means over the splits with the corrected resampled-t interval; each SAE probe is paired
+against the vision tower and the residual of its layer on the same splits, and Holm adjusts the p-values over
+every comparison a model reports.
 """
 
 from __future__ import annotations
