@@ -333,7 +333,8 @@ class TransferParams(Strict):
     pooling: CodesPooling
     binarize: float | None = Field(description="the paper's cross-lingual features are binarized at 1.0")
     hidden: HiddenPooling = Field(description="the hidden-state baseline's pooling")
-    max_tokens: int = Field(ge=2, description="tokens per text featurized (item prompts are longer than extract's)")
+    max_tokens: int = Field(ge=2, description="tokens per item prompt or cross-lingual text featurized (item prompts "
+                            "are longer than extract's); a judgement task's texts keep extract's features")
     C_grid: list[float] = Field(min_length=1)
     cv_folds: int = Field(ge=2, description="inner CV folds for C, and the same-language cells' folds")
     resamples: int = Field(ge=1, description="stratified splits of each cross-model target's items (the first is "
@@ -536,9 +537,14 @@ class Params(Strict):
                           "in behaviour_labels.targets")
         if transfer.pooling not in self.extract.poolings:
             errors.append(f"transfer.pooling {transfer.pooling!r} is not in extract.poolings")
+        judged = [name for name, task in behaviour.tasks.items() if isinstance(task, JudgementTask)]
         errors += [f"behaviour_labels.tasks.{name}.datasets: {d!r} is not in datasets"
-                   for name, task in behaviour.tasks.items() if isinstance(task, JudgementTask)
-                   for d in task.datasets if d not in self.datasets]
+                   for name in judged for d in behaviour.tasks[name].datasets if d not in self.datasets]
+        build = self.build_features
+        if judged and (None not in build.binarize or transfer.hidden not in build.hidden):
+            errors.append(f"behaviour_labels.tasks.{judged[0]}: transfer reads a judged text's features from the "
+                          f"feature store, so build_features.binarize needs null (has {build.binarize}) and "
+                          f"build_features.hidden needs transfer.hidden {transfer.hidden!r} (has {build.hidden})")
         for model, gate in self.promote.transfer_gates.items():
             if (model not in transfer.sources or gate.target not in behaviour.targets
                     or gate.task not in behaviour.tasks):

@@ -1,7 +1,9 @@
 """Stage transfer: source models' SAE features predict target models' correctness, and across languages.
 
 Cross-model: for every source model (its `transfer.sources` SAE cell), the item prompts of every
-behaviour task are featurized with the same `extract()` as the extract stage, and per target a
+behaviour task are featurized with the same `extract()` as the extract stage (a judgement task's texts are
+datasets' prepared texts, which extract has featurized already: their codes and hidden states are read from
+the feature store, so no text runs twice through a model), and per target a
 probe on the (binarized, pooled) codes predicts whether the target answered right, on
 `transfer.resamples` stratified splits of the target's items (the first is the target's own
 train/test split): a source x target matrix of macro F1 (mean over resamples, corrected resampled-t
@@ -16,9 +18,10 @@ language: SAE, hidden-state, TF-IDF and majority probes on every cell, each with
 resampled-t interval (features.core.transfer); one matrix per layer of `cross_lingual_layers` (the paper drew
 its heatmaps per layer), every layer from one forward.
 
-Why not the extract/build_features grid: item prompts and the cross-lingual sets are not
+Why not the extract/build_features grid for item prompts and the cross-lingual sets: they are not
 `datasets` (they would enter every train_probes and promote cell); this stage calls the same
-extraction code directly on them, with `transfer.max_tokens` (item prompts outgrow extract's).
+extraction code directly on them, with `transfer.max_tokens` (item prompts outgrow extract's), and
+records each source's forward rate in metrics/cost/transfer.json.
 
 Writes plots/transfer/{cross_model,cross_lingual}.csv (+ PNG heatmaps), metrics/transfer/*.json
 (task -> source/model -> target/test language, for the rows trained on the first language), every
@@ -34,7 +37,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -67,13 +70,20 @@ from features.core.transfer import (
 )
 from features.errors import SaefsError
 from features.forward.extract import extract
+from features.forward.throughput import throughput, truncated_forward_flops
 from features.sources.datasets import load_source
 from features.sources.lm import load_prepared, resolve_device
 from features.sources.sae import SAE_INDEX, load_sae
 from features.stores import tracking
+from features.stores.feast.names import hidden_view_name, view_name
+from features.stores.feast.retrieval import historical_frame
 from features.stores.files import write_csv, write_json, write_parquet
 from pipelines import cost, paths, stage_main
-from pipelines.params import CrossLingualTask, Params, load_params
+from pipelines.params import CrossLingualTask, JudgementTask, Params, load_params
+from pipelines.stores import feature_store
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 log = logging.getLogger("saefs.transfer")
 
@@ -99,27 +109,60 @@ def language_frames(task: str, spec: CrossLingualTask, params: Params) -> pd.Dat
 
 class Featurizer:
     """One source model and its transfer SAE cells (`layer`, and each cross-lingual layer, at `width`): texts ->
-    per layer (codes frame, hidden frame), and the SAE width; one forward for every layer asked."""
+    per layer (codes frame, hidden frame), and the SAE width; one forward for every layer asked. `record()` writes
+    the forward's rate over every call to the stage's cost record."""
 
     def __init__(self, source: str, params: Params) -> None:
-        self.cell, self.params = params.transfer.sources[source], params
+        self.source, self.cell, self.params = source, params.transfer.sources[source], params
         device = resolve_device(params.extract.device)
         self.model, self.tokenizer = load_prepared(paths.model_dir(source), device)
         specs = json.loads((paths.sae_dir(source) / SAE_INDEX).read_text())
         self.saes = {layer: load_sae(specs[sae_name(layer, self.cell.width)], device)
                      for layer in self.cell.layers}
         self.width = int(self.saes[self.cell.layer].cfg.d_sae)
+        self.tokens, self.flops, self.seconds = 0, 0.0, 0.0
 
     def __call__(self, texts: list[str], layers: list[int]) -> dict[int, tuple[pd.DataFrame, pd.DataFrame]]:
         t, ex, width = self.params.transfer, self.params.extract, self.cell.width
+        started = time.perf_counter()
         out = extract(self.model, self.tokenizer, texts, layers, {layer: {width: self.saes[layer]} for layer in layers},
                       [t.pooling], max_tokens=t.max_tokens, batch_size=ex.batch_size, include_bos=ex.pools_bos,
                       paper_compat=ex.paper_compat)
+        self.seconds += time.perf_counter() - started
+        tokens = int(out.n_tokens.sum()) + len(texts)  # every text runs its BOS through the model too
+        encoders = sum(self.saes[layer].cfg.d_in * self.saes[layer].cfg.d_sae for layer in layers)
+        self.tokens += tokens
+        self.flops += tokens * truncated_forward_flops(self.model, layers, encoders)
         cost.work(texts=len(texts), tokens=int(out.n_tokens.sum()))
         if out.n_truncated:
             log.warning("%d of %d texts cut at transfer.max_tokens=%d", out.n_truncated, len(texts), t.max_tokens)
         return {layer: (codes_frame(out.codes[layer, width, t.pooling]), hidden_frame(out.hidden[layer, t.hidden]))
                 for layer in layers}
+
+    def record(self) -> None:
+        if self.tokens:
+            cost.forward(self.source, throughput(self.tokens, self.seconds, round(self.flops / self.tokens),
+                                                 self.model.device))
+
+
+def stored_features(store: FeatureStore, source: str, texts: pd.DataFrame,
+                    params: Params) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """A judgement task's texts (`source_text_id`, `event_timestamp`) are prepared texts of the profile's datasets,
+    which extract featurized already: the source's transfer cell (continuous codes, binarized by the probe as a
+    forward's) and hidden state, read from its Feast views. The codes, the hidden states and the SAE width."""
+    t, cell = params.transfer, params.transfer.sources[source]
+    entity_df = texts[["source_text_id", "event_timestamp"]].rename(columns={"source_text_id": "text_id"})
+    read = {}
+    for view in (view_name(source, cell.layer, cell.width, t.pooling, None, params.build_features.binarize_op),
+                 hidden_view_name(source, cell.layer, t.hidden)):
+        read[view] = frame, width = historical_frame(store, view, entity_df)
+        missing = frame.iloc[:, 0].isna().to_numpy()
+        if missing.any():
+            raise SaefsError(f"{int(missing.sum())} judged texts have no row in the feature view {view} (e.g. "
+                             f"{entity_df['text_id'].iloc[int(np.argmax(missing))]}): rerun `dvc repro "
+                             f"build_features@{source}` so that its views hold every prepared dataset")
+    (codes, width), (hidden, _) = read.values()
+    return codes, hidden, width
 
 
 def _sae_probe(params: Params, width: int, seed: int, op: str | None = None) -> Any:
@@ -254,8 +297,9 @@ def run() -> dict[str, pd.DataFrame]:
     b, t = params.behaviour_labels, params.transfer
     labels = {(task, target): pd.read_parquet(paths.behaviour_labels(target, task))
               for task in b.tasks for target in b.targets}
+    judged = {task for task, spec in b.tasks.items() if isinstance(spec, JudgementTask)}
     # each task's texts once (every target labels the same texts; a target may have skipped some)
-    texts = {task: pd.concat([labels[task, target][["text_id", "text"]] for target in b.targets])
+    texts = {task: pd.concat([labels[task, target][_text_columns(task in judged)] for target in b.targets])
              .drop_duplicates("text_id").reset_index(drop=True) for task in b.tasks}
     languages = {task: language_frames(task, spec, params) for task, spec in t.cross_lingual.items()}
     tracking.configure(params.promote.tracking_uri)
@@ -268,11 +312,15 @@ def run() -> dict[str, pd.DataFrame]:
                                params={"pooling": t.pooling, "binarize": t.binarize, "resamples": t.resamples}):
         # every source's features of every task's texts first: a cell also reads its target's own hidden states
         features: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame, int]] = {}
+        store = feature_store(params.feast_apply) if judged else None
         for source, cell in t.sources.items():
-            featurize = Featurizer(source, params)
+            featurize = Featurizer(source, params) if set(b.tasks) - judged or languages else None
             for task in b.tasks:
-                codes, hidden = featurize(texts[task]["text"].tolist(), [cell.layer])[cell.layer]
-                features[source, task] = codes, hidden, featurize.width
+                if task in judged:
+                    features[source, task] = stored_features(store, source, texts[task], params)
+                else:
+                    codes, hidden = featurize(texts[task]["text"].tolist(), [cell.layer])[cell.layer]
+                    features[source, task] = codes, hidden, featurize.width
             for task, frame in languages.items():
                 for layer, (codes, hidden) in featurize(frame["text"].tolist(), cell.lingual_layers).items():
                     with threadpool_limits(limits=1):  # small lbfgs fits: one BLAS thread each, `n_jobs` at once
@@ -283,6 +331,8 @@ def run() -> dict[str, pd.DataFrame]:
                         lingual_rows.append(row)
                         _log_cell(f"{task}:{source}:L{layer}:{row['train_lang']}->{row['test_lang']}", row,
                                   {"layer": layer, "width": cell.width})
+            if featurize is not None:
+                featurize.record()
             del featurize
             gc.collect()  # one model in memory at a time
         for (source, task), (codes, hidden, width) in features.items():
@@ -309,6 +359,11 @@ def run() -> dict[str, pd.DataFrame]:
     log.info("transfer: %d cross-model and %d cross-lingual cells in %.0f s", len(model_rows), len(lingual_rows),
              time.perf_counter() - started)
     return tables
+
+
+def _text_columns(judgement: bool) -> list[str]:
+    """A task's columns the stage reads: a judged text also names its prepared row (where its features are)."""
+    return ["text_id", "text", *(["source_text_id", "event_timestamp"] if judgement else [])]
 
 
 def with_holm(table: pd.DataFrame) -> pd.DataFrame:

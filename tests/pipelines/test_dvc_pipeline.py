@@ -212,6 +212,12 @@ def test_transfer_stages_label_behaviour_and_fill_both_matrices(scratch: Path) -
     assert {f"xl:tiny:L2:en->es:{probe}" for probe in ("sae", "hidden", "tfidf", "majority")} <= set(predictions["fit"])
     assert {"roc_auc", "recall_at_1fpr", "hidden_f1_low", "tfidf_f1_high"} <= set(lingual.columns)
     assert (scratch / "plots/transfer/cross_lingual.png").is_file()
+    # the judged texts are prepared texts that extract featurized: read from the store, never a second forward
+    cost = json.loads((scratch / "metrics/cost/transfer.json").read_text())
+    diagonal = lingual[lingual["train_lang"] == lingual["test_lang"]]
+    assert cost["work"]["texts"] == len(labels) + int((diagonal["n_train"] + diagonal["n_test"]).sum())
+    forward = cost["forward"]["tiny"]  # the items' and languages' forward, its rate recorded
+    assert forward["tokens"] > cost["work"]["tokens"] and forward["tokens_per_second"] > 0
     shown = dvc(scratch, "metrics", "show")
     assert "metrics/transfer/cross_lingual.json" in shown and "metrics/behaviour_labels/tiny/items.json" in shown
 

@@ -84,6 +84,22 @@ def test_probes_must_use_views_that_are_built() -> None:
     assert "'poolings': ['top50'], 'binarize': [2.0]" in str(err.value) and "got" not in str(err.value)
 
 
+def test_a_judgement_task_needs_the_views_transfer_reads_its_texts_from() -> None:
+    raw = embedded_params()
+    raw["build_features"]["binarize"] = [1.0]
+    raw["train_probes"]["binarize"] = [1.0]
+    with pytest.raises(ParamsError, match=r"behaviour_labels.tasks.offensive_judgement: transfer reads a judged "
+                       r"text's features from the feature store, so build_features.binarize needs null "
+                       r"\(has \[1.0\]\)"):
+        parse_params(raw)
+    raw = embedded_params()
+    raw["build_features"]["hidden"] = ["mean"]
+    raw["train_probes"]["hidden"] = ["mean"]
+    raw["lodo"]["hidden"] = "mean"
+    with pytest.raises(ParamsError, match=r"build_features.hidden needs transfer.hidden 'last' \(has \['mean'\]\)"):
+        parse_params(raw)
+
+
 def test_a_marginal_design_needs_a_center_among_the_axes_and_at_every_model() -> None:
     raw = embedded_params()
     raw["train_probes"]["design"] = "marginal"
