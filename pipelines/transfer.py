@@ -47,6 +47,7 @@ from features.core.evidence import with_holm_fields
 from features.core.naming import sae_name
 from features.core.predictions import (
     KEYS,
+    VAL,
     Resample,
     fit_resamples,
     paired_fields,
@@ -67,6 +68,7 @@ from features.core.transfer import (
     heatmap,
     hidden_frame,
     skip_reason,
+    train_language_rows,
 )
 from features.errors import SaefsError
 from features.forward.extract import extract
@@ -187,11 +189,13 @@ class Cell:
         self.rows: list[pd.DataFrame] = []
 
     def fit(self, probe: str, make: Any, X: Any) -> dict[str, Any]:
+        return self.add(probe, fitted(make, X, self, probe))
+
+    def add(self, probe: str, rows: pd.DataFrame) -> dict[str, Any]:
+        """Keep a fit's prediction rows on this cell's splits (named `<cell>:<probe>`); its summary."""
         fit = f"{self.name}:{probe}"
-        rows, _ = fit_resamples(make, X, self.y, self.text_ids, self.splits, fit=fit, labels=self.labels, cv=self.cv,
-                                n_jobs=self.n_jobs)
-        self.rows.append(rows)
-        return summarize(rows, self.labels)[fit]
+        self.rows.append(rows.assign(fit=fit))
+        return summarize(self.rows[-1], self.labels)[fit]
 
     def versus(self, a: str, *others: str) -> dict[str, float]:
         """Probe `a` minus each of `others` in macro F1 on the same splits: `<a>_minus_<other>`, its interval and
@@ -201,6 +205,15 @@ class Cell:
         for b in others:
             out |= paired_fields(table, f"{self.name}:{a}", f"{self.name}:{b}", f"{a}_minus_{b}")
         return out
+
+
+def fitted(make: Any, X: Any, cell: Cell, probe: str) -> pd.DataFrame:
+    """A probe fitted on each of `cell`'s splits with its labels, folds and jobs (counted in the cost record): its
+    prediction rows, named `<cell>:<probe>`."""
+    rows, _ = fit_resamples(make, X, cell.y, cell.text_ids, cell.splits, fit=f"{cell.name}:{probe}",
+                            labels=cell.labels, cv=cell.cv, n_jobs=cell.n_jobs)
+    cost.work(fits=len(cell.splits))
+    return rows
 
 
 def _scores(summary: dict[str, Any]) -> dict[str, Any]:
@@ -248,31 +261,44 @@ def cross_lingual_cells(task: str, model: str, layer: int, frame: pd.DataFrame, 
     trains on the train language's training part, tests on the test language's test part; see
     features.core.transfer): the SAE, hidden-state, TF-IDF and majority fits, each with the corrected
     resampled-t interval. `codes`/`hidden` rows are aligned with `frame` (prepared rows of every language).
-    The rows, and the prediction rows of their fits."""
+    The cells of a train language train on the same texts in each split, so each probe is fitted once per split
+    for the whole row and tested on every language's test part. The rows, and the prediction rows of their fits."""
     t, y = params.transfer, frame["label"].to_numpy()
     op = t.cross_lingual[task].binarize_op
+    probes = {"sae": (lambda seed: _sae_probe(params, width, seed, op), codes),
+              "hidden": (lambda seed: _dense_probe(params, seed), hidden),
+              "tfidf": (make_tfidf_baseline, frame[["text"]]),  # no shared vocabulary across languages
+              "majority": (lambda seed: make_majority_baseline(), codes)}
+    is_test, lang = frame["split"] == "test", pd.Series(frame["lang"].to_numpy(), index=frame["text_id"])
     rows, predictions = [], []
-    for train_lang, test_lang, splits in cross_lingual_resamples(frame["lang"], y, frame["split"] == "test",
-                                                                 t.resamples, params.prepare_data.seed):
-        train, test = splits[0].train, splits[0].test
-        row = {"task": task, "model": model, "layer": layer, "train_lang": train_lang, "test_lang": test_lang,
-               "n_train": int(train.sum()), "n_test": int(test.sum())}
-        reason = skip_reason(y, train, test, t.cv_folds)
-        if reason:
-            rows.append(row | {"status": reason})
-            continue
-        cell = Cell(f"{task}:{model}:L{layer}:{train_lang}->{test_lang}", frame, splits, t.cv_folds, t.n_jobs)
-        try:
-            sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed, op), codes)
-            dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
-            tfidf = cell.fit("tfidf", make_tfidf_baseline, frame[["text"]])  # no shared vocabulary across languages
-            majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes)
-        except SaefsError as err:
-            rows.append(row | {"status": f"skipped: {err}"})
-            continue
-        rows.append(row | _scores(sae) | _f1("hidden_f1", dense) | _f1("tfidf_f1", tfidf)
-                    | {"majority_f1": majority["macro_f1"], "status": "ok"})
-        predictions += cell.rows
+    matrix = cross_lingual_resamples(frame["lang"], y, is_test, t.resamples, params.prepare_data.seed)
+    for train_lang, shared, cells in train_language_rows(matrix):
+        reasons = {test_lang: skip_reason(y, splits[0].train, splits[0].test, t.cv_folds)
+                   for test_lang, splits in cells.items()}
+        row_fits: dict[str, pd.DataFrame] = {}
+        failed = None
+        if any(reason is None for reason in reasons.values()):
+            whole_row = Cell(f"{task}:{model}:L{layer}:{train_lang}->*", frame, shared, t.cv_folds, t.n_jobs)
+            try:
+                row_fits = {probe: fitted(make, X, whole_row, probe) for probe, (make, X) in probes.items()}
+            except SaefsError as err:
+                failed = f"skipped: {err}"
+        for test_lang, splits in cells.items():
+            train, test = splits[0].train, splits[0].test
+            row = {"task": task, "model": model, "layer": layer, "train_lang": train_lang, "test_lang": test_lang,
+                   "n_train": int(train.sum()), "n_test": int(test.sum())}
+            if reasons[test_lang] or failed:
+                rows.append(row | {"status": reasons[test_lang] or failed})
+                continue
+            cell = Cell(f"{task}:{model}:L{layer}:{train_lang}->{test_lang}", frame, splits, t.cv_folds, t.n_jobs)
+            summary = {}
+            for probe, fits in row_fits.items():  # this cell's test rows, and the fit's validation rows
+                keep = (fits["split"] == VAL) | (fits["text_id"].map(lang) == test_lang)
+                summary[probe] = cell.add(probe, fits[keep].reset_index(drop=True))
+            rows.append(row | _scores(summary["sae"]) | _f1("hidden_f1", summary["hidden"])
+                        | _f1("tfidf_f1", summary["tfidf"]) | {"majority_f1": summary["majority"]["macro_f1"],
+                                                              "status": "ok"})
+            predictions += cell.rows
     return rows, predictions
 
 
@@ -350,8 +376,7 @@ def run() -> dict[str, pd.DataFrame]:
                 cell = t.sources[source]
                 _log_cell(f"{task}:{source}->{target}", row, {"layer": cell.layer, "width": cell.width})
                 log.info("%s: %s -> %s: %s macro F1 %s", task, source, target, row["status"], row.get("macro_f1"))
-        cost.work(cells=len(model_rows) + len(lingual_rows),
-                  fits=sum(frame.groupby(["fit", "resample"]).ngroups for frame in predictions))
+        cost.work(cells=len(model_rows) + len(lingual_rows))
         tables = {"cross_model": with_holm(pd.DataFrame(model_rows)).reindex(columns=CROSS_MODEL_COLUMNS),
                   "cross_lingual": pd.DataFrame(lingual_rows).reindex(columns=CROSS_LINGUAL_COLUMNS)}
         write_outputs(tables, predictions)

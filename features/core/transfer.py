@@ -9,7 +9,7 @@ method, the corrected resampled t over the splits; no row of the test language e
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,20 @@ def cross_lingual_resamples(langs: Sequence[str], y: Sequence[int], is_test: Seq
                 train[train_rows], test[test_rows] = True, True
                 splits.append(Resample(index, train, test))
             yield train_lang, test_lang, splits
+
+
+def train_language_rows(cells: Iterable[tuple[str, str, list[Resample]]]
+                        ) -> Iterator[tuple[str, list[Resample], dict[str, list[Resample]]]]:
+    """The cells of `cross_lingual_resamples` by train language: (train language, its resamples tested on every
+    language's test part at once, its cells by test language). A row's cells train on the same texts in each
+    resample, so one fit per resample serves the whole row; each cell keeps its own test part's predictions."""
+    rows: dict[str, dict[str, list[Resample]]] = {}
+    for train_lang, test_lang, splits in cells:
+        rows.setdefault(train_lang, {})[test_lang] = splits
+    for train_lang, row in rows.items():
+        shared = [Resample(first.index, first.train, np.logical_or.reduce([splits[i].test for splits in row.values()]))
+                  for i, first in enumerate(next(iter(row.values())))]
+        yield train_lang, shared, row
 
 
 def by_probe(table: pd.DataFrame) -> pd.DataFrame:

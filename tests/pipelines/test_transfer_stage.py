@@ -103,6 +103,32 @@ def test_cross_lingual_cells_fill_the_language_matrix_with_every_probe_and_one_i
         "macro_f1", "macro_f1_low", "macro_f1_high", "roc_auc", "recall_at_1fpr"} <= set(nested["t"]["m"]["3"]["es"])
 
 
+def test_a_train_language_is_fitted_once_per_split_for_its_whole_row(params, monkeypatch) -> None:
+    """The cells of a train language train on the same texts in each split: one fit per (train language, probe,
+    split) serves the row, and every cell's predictions and scores equal those of fitting the cell on its own."""
+    codes, y = synthetic_frame(180)
+    hidden = pd.DataFrame({"hidden": list(np.random.default_rng(0).normal(size=(180, 8)).astype(np.float32))})
+    frame = language_frame(y, ["en"] * 80 + ["es"] * 50 + ["it"] * 50)
+    calls = []
+    real = transfer.fit_resamples
+    monkeypatch.setattr(transfer, "fit_resamples", lambda *a, **k: calls.append(k["fit"]) or real(*a, **k))
+    rows, fits = transfer.cross_lingual_cells("offensive", "m", 3, frame, codes, hidden, WIDTH, params)
+    assert len(calls) == 3 * 4  # train languages x probes, each on the 3 resamples at once
+    t = params.transfer
+    for row in rows:  # each cell fitted on its own splits, as one cell's fits are
+        cell = transfer.Cell(f"offensive:m:L3:{row['train_lang']}->{row['test_lang']}", frame, next(
+            splits for a, b, splits in transfer.cross_lingual_resamples(frame["lang"], y, frame["split"] == "test", 3,
+                                                                      params.prepare_data.seed)
+            if (a, b) == (row["train_lang"], row["test_lang"])), t.cv_folds)
+        sae = cell.fit("sae", lambda seed: transfer._sae_probe(params, WIDTH, seed, ">"), codes)
+        cell.fit("hidden", lambda seed: transfer._dense_probe(params, seed), hidden)
+        tfidf = cell.fit("tfidf", transfer.make_tfidf_baseline, frame[["text"]])
+        assert row["macro_f1"] == sae["macro_f1"] and row["tfidf_f1_low"] == tfidf["macro_f1_low"]
+        mine = pd.concat([f for f in fits if f["fit"].iloc[0].startswith(cell.name + ":")], ignore_index=True)
+        alone = pd.concat(cell.rows, ignore_index=True)
+        pd.testing.assert_frame_equal(mine[mine["fit"] != f"{cell.name}:majority"].reset_index(drop=True), alone)
+
+
 def test_a_language_with_one_class_is_refused_with_its_counts(params, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     pd.DataFrame({"text": [f"tweet {i}" for i in range(30)], "label": [i % 2 for i in range(30)]}).to_csv("en.csv")
