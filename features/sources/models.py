@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from features.errors import SaefsError
 from features.sources.fingerprint import content_hash
@@ -73,24 +74,27 @@ def packaged_gguf(name: str, workdir: Path) -> Path:
     return Path(spec.submodule_search_locations[0]) / pkg.filename
 
 
-def load_gguf_tokenizer(gguf: Path):
+def load_gguf_tokenizer(gguf: Path, config: Any = None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config)
 
 
 def _gguf_to_hf(gguf: Path, out_dir: Path, save_dtype: str) -> None:
     """Dequantise a GGUF checkpoint into a plain safetensors folder.
 
     `save_pretrained` refuses a GGUF-loaded model, so the weights are copied into a fresh model
-    built from the same config.
+    built from the same config. Every read of a GGUF parses all its metadata (Gemma 3's 262k-word
+    vocabulary: about 11 s here), so the config is read once and handed to the tokenizer and the model.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     log.info("loading %s (dequantising GGUF: minutes on a CPU)", gguf.name)
-    tokenizer = load_gguf_tokenizer(gguf)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = load_gguf_tokenizer(gguf, config)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,
+                                                     dtype=torch.float32)
     config = quantised.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
