@@ -188,8 +188,15 @@ class Cell:
         self.labels = np.unique(self.y).tolist()
         self.rows: list[pd.DataFrame] = []
 
-    def fit(self, probe: str, make: Any, X: Any) -> dict[str, Any]:
-        return self.add(probe, fitted(make, X, self, probe))
+    def fit(self, probe: str, make: Any, X: Any, shared: dict[Any, pd.DataFrame] | None = None,
+            key: Any = None) -> dict[str, Any]:
+        """Fit `probe` on the cell's splits, or, when `shared` holds `key` (a fit of the same probe on the same
+        texts, labels and splits in another cell), keep that fit's rows; a new fit is stored there under `key`."""
+        if shared is None or key is None:
+            return self.add(probe, fitted(make, X, self, probe))
+        if key not in shared:
+            shared[key] = fitted(make, X, self, probe)
+        return self.add(probe, shared[key])
 
     def add(self, probe: str, rows: pd.DataFrame) -> dict[str, Any]:
         """Keep a fit's prediction rows on this cell's splits (named `<cell>:<probe>`); its summary."""
@@ -222,14 +229,16 @@ def _scores(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, codes: pd.DataFrame,
-                     hidden: pd.DataFrame, width: int, params: Params, target_hidden: pd.DataFrame | None = None
-                     ) -> tuple[dict[str, Any], list[pd.DataFrame]]:
+                     hidden: pd.DataFrame, width: int, params: Params, target_hidden: pd.DataFrame | None = None,
+                     shared: dict[Any, pd.DataFrame] | None = None) -> tuple[dict[str, Any], list[pd.DataFrame]]:
     """One source -> target cell on `transfer.resamples` stratified splits of the target's items (resample 0
     is its train/test split); `codes`/`hidden` (the source's) and `target_hidden` (the target's own hidden
     states, when the target is a transfer source too) rows are aligned with `labels` rows. The row, with the
     SAE probe's paired differences against TF-IDF and the target's own hidden-state probe (corrected
     resampled t over the shared splits; Holm is applied over the whole matrix), and the prediction rows of
-    its SAE, hidden-state, TF-IDF, target hidden-state and majority fits."""
+    its SAE, hidden-state, TF-IDF, target hidden-state and majority fits. The fits that do not depend on the
+    source (TF-IDF, majority, the target's hidden states, which are also the source's own when source is target)
+    are made once per (task, target) when the cells share `shared`."""
     t = params.transfer
     y, train = labels["label"].to_numpy(), (labels["split"] == "train").to_numpy()
     row: dict[str, Any] = {"task": task, "source": source, "target": target,
@@ -242,11 +251,13 @@ def cross_model_cell(task: str, source: str, target: str, labels: pd.DataFrame, 
         cell = Cell(f"{task}:{source}->{target}", labels, resamples(y, ~train, t.resamples, params.prepare_data.seed),
                     t.cv_folds, t.n_jobs)
         sae = cell.fit("sae", lambda seed: _sae_probe(params, width, seed), codes)
-        dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden)
-        tfidf = cell.fit("tfidf", make_tfidf_baseline, labels[["text"]])
-        own = (cell.fit("target_hidden", lambda seed: _dense_probe(params, seed), target_hidden)
-               if target_hidden is not None else {})
-        majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes)
+        dense = cell.fit("hidden", lambda seed: _dense_probe(params, seed), hidden, shared,
+                         ("hidden", task, target, source))
+        tfidf = cell.fit("tfidf", make_tfidf_baseline, labels[["text"]], shared, ("tfidf", task, target))
+        own = (cell.fit("target_hidden", lambda seed: _dense_probe(params, seed), target_hidden, shared,
+                        ("hidden", task, target, target)) if target_hidden is not None else {})
+        majority = cell.fit("majority", lambda seed: make_majority_baseline(), codes, shared,
+                            ("majority", task, target))
     except SaefsError as err:  # a class too rare for some resample: reported and counted, never a number
         return row | {"status": f"skipped: {err}"}, []
     row |= _scores(sae) | _f1("hidden_f1", dense) | _f1("tfidf_f1", tfidf) | _f1("target_hidden_f1", own)
@@ -361,6 +372,7 @@ def run() -> dict[str, pd.DataFrame]:
                 featurize.record()
             del featurize
             gc.collect()  # one model in memory at a time
+        shared: dict[Any, pd.DataFrame] = {}  # the fits cells of one (task, target) share
         for (source, task), (codes, hidden, width) in features.items():
             position = pd.Series(texts[task].index, index=texts[task]["text_id"])
             for target in b.targets:
@@ -370,7 +382,8 @@ def run() -> dict[str, pd.DataFrame]:
                 with threadpool_limits(limits=1):
                     row, rows = cross_model_cell(task, source, target, frame, codes.iloc[at].reset_index(drop=True),
                                                  hidden.iloc[at].reset_index(drop=True), width, params,
-                                                 None if own is None else own[1].iloc[at].reset_index(drop=True))
+                                                 None if own is None else own[1].iloc[at].reset_index(drop=True),
+                                                 shared)
                 model_rows.append(row)
                 predictions += rows
                 cell = t.sources[source]

@@ -57,6 +57,29 @@ def test_a_planted_signal_transfers_above_every_floor(params) -> None:
     assert sorted(predictions["resample"].unique()) == [0, 1, 2]
 
 
+def test_the_cells_of_one_target_share_the_fits_that_do_not_depend_on_the_source(params, monkeypatch) -> None:
+    """Sources a and b -> target b: TF-IDF, majority and b's own hidden states (b's hidden-state probe in the cell
+    b -> b) are fitted once for both cells, and each cell's row and prediction rows equal those it gets alone."""
+    codes, y = synthetic_frame(120)
+    rng = np.random.default_rng(1)
+    hidden = {s: pd.DataFrame({"hidden": list(rng.normal(size=(120, 8)).astype(np.float32))}) for s in "ab"}
+    labels = labels_of(y)
+    alone = {s: transfer.cross_model_cell("judge", s, "b", labels, codes, hidden[s], WIDTH, params,
+                                          target_hidden=hidden["b"]) for s in "ab"}
+    calls = []
+    real = transfer.fit_resamples
+    monkeypatch.setattr(transfer, "fit_resamples", lambda *a, **k: calls.append(k["fit"]) or real(*a, **k))
+    shared = {}
+    together = {s: transfer.cross_model_cell("judge", s, "b", labels, codes, hidden[s], WIDTH, params,
+                                             target_hidden=hidden["b"], shared=shared) for s in "ab"}
+    assert calls == [f"judge:a->b:{p}" for p in ("sae", "hidden", "tfidf", "target_hidden", "majority")] + [
+        "judge:b->b:sae"]
+    for s in "ab":
+        pd.testing.assert_series_equal(pd.Series(together[s][0]), pd.Series(alone[s][0]))
+        pd.testing.assert_frame_equal(pd.concat(together[s][1], ignore_index=True),
+                                      pd.concat(alone[s][1], ignore_index=True))
+
+
 def test_a_class_too_rare_for_the_resamples_is_a_counted_skip_not_a_number(params) -> None:
     codes, _ = synthetic_frame(40)
     y = np.zeros(40, dtype=int)
