@@ -283,13 +283,13 @@ def cross_lingual_cells(task: str, model: str, layer: int, frame: pd.DataFrame, 
     is_test, lang = frame["split"] == "test", pd.Series(frame["lang"].to_numpy(), index=frame["text_id"])
     rows, predictions = [], []
     matrix = cross_lingual_resamples(frame["lang"], y, is_test, t.resamples, params.prepare_data.seed)
-    for train_lang, shared, cells in train_language_rows(matrix):
+    for train_lang, row_splits, cells in train_language_rows(matrix):
         reasons = {test_lang: skip_reason(y, splits[0].train, splits[0].test, t.cv_folds)
                    for test_lang, splits in cells.items()}
         row_fits: dict[str, pd.DataFrame] = {}
         failed = None
         if any(reason is None for reason in reasons.values()):
-            whole_row = Cell(f"{task}:{model}:L{layer}:{train_lang}->*", frame, shared, t.cv_folds, t.n_jobs)
+            whole_row = Cell(f"{task}:{model}:L{layer}:{train_lang}->*", frame, row_splits, t.cv_folds, t.n_jobs)
             try:
                 row_fits = {probe: fitted(make, X, whole_row, probe) for probe, (make, X) in probes.items()}
             except SaefsError as err:
