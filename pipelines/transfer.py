@@ -131,11 +131,11 @@ class Featurizer:
                       [t.pooling], max_tokens=t.max_tokens, batch_size=ex.batch_size, include_bos=ex.pools_bos,
                       paper_compat=ex.paper_compat)
         self.seconds += time.perf_counter() - started
-        tokens = int(out.n_tokens.sum()) + len(texts)  # every text runs its BOS through the model too
+        pooled = int(out.n_tokens.sum())
         encoders = sum(self.saes[layer].cfg.d_in * self.saes[layer].cfg.d_sae for layer in layers)
-        self.tokens += tokens
-        self.flops += tokens * truncated_forward_flops(self.model, layers, encoders)
-        cost.work(texts=len(texts), tokens=int(out.n_tokens.sum()))
+        self.tokens += pooled + len(texts)  # every text runs its BOS through the model too
+        self.flops += (pooled + len(texts)) * truncated_forward_flops(self.model, layers, encoders)
+        cost.work(texts=len(texts), tokens=pooled)
         if out.n_truncated:
             log.warning("%d of %d texts cut at transfer.max_tokens=%d", out.n_truncated, len(texts), t.max_tokens)
         return {layer: (codes_frame(out.codes[layer, width, t.pooling]), hidden_frame(out.hidden[layer, t.hidden]))
@@ -154,16 +154,16 @@ def stored_features(store: FeatureStore, source: str, texts: pd.DataFrame,
     forward's) and hidden state, read from its Feast views. The codes, the hidden states and the SAE width."""
     t, cell = params.transfer, params.transfer.sources[source]
     entity_df = texts[["source_text_id", "event_timestamp"]].rename(columns={"source_text_id": "text_id"})
-    read = {}
-    for view in (view_name(source, cell.layer, cell.width, t.pooling, None, params.build_features.binarize_op),
-                 hidden_view_name(source, cell.layer, t.hidden)):
-        read[view] = frame, width = historical_frame(store, view, entity_df)
+    views = (view_name(source, cell.layer, cell.width, t.pooling, None, params.build_features.binarize_op),
+             hidden_view_name(source, cell.layer, t.hidden))
+    read = [historical_frame(store, view, entity_df) for view in views]
+    for view, (frame, _) in zip(views, read, strict=True):
         missing = frame.iloc[:, 0].isna().to_numpy()
         if missing.any():
             raise SaefsError(f"{int(missing.sum())} judged texts have no row in the feature view {view} (e.g. "
                              f"{entity_df['text_id'].iloc[int(np.argmax(missing))]}): rerun `dvc repro "
                              f"build_features@{source}` so that its views hold every prepared dataset")
-    (codes, width), (hidden, _) = read.values()
+    (codes, width), (hidden, _) = read
     return codes, hidden, width
 
 
