@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
 import logging
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -80,21 +81,48 @@ def load_gguf_tokenizer(gguf: Path, config: Any = None):
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config)
 
 
+@contextlib.contextmanager
+def _one_reader() -> Iterator[None]:
+    """Within the block, every `gguf.GGUFReader(path)` of one path is the same parsed reader.
+
+    transformers parses the file anew for the config, the tokenizer and the weights, through that
+    name (imported inside its loader). A parse builds a field object per vocabulary entry: about 14 s
+    for Gemma 3's 262k words here, three times over. The reader only maps the file, so sharing it
+    reads the same bytes.
+    """
+    import gguf
+
+    parse, readers = gguf.GGUFReader, {}
+
+    def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = parse(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = parse
+
+
 def _gguf_to_hf(gguf: Path, out_dir: Path, save_dtype: str) -> None:
     """Dequantise a GGUF checkpoint into a plain safetensors folder.
 
     `save_pretrained` refuses a GGUF-loaded model, so the weights are copied into a fresh model
-    built from the same config. Every read of a GGUF parses all its metadata (Gemma 3's 262k-word
-    vocabulary: about 11 s here), so the config is read once and handed to the tokenizer and the model.
+    built from the same config. The file is parsed once (`_one_reader`), and the config read once and
+    handed to the tokenizer and the model.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     log.info("loading %s (dequantising GGUF: minutes on a CPU)", gguf.name)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer = load_gguf_tokenizer(gguf, config)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,
-                                                     dtype=torch.float32)
+    with _one_reader():
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = load_gguf_tokenizer(gguf, config)
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,
+                                                         dtype=torch.float32)
     config = quantised.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")

