@@ -1,11 +1,12 @@
-"""Stage check_stores: before DVC skips a stage whose result lives in a service, check that it is still there.
+"""Stage preflight, second command: before DVC skips a stage whose result lives in a service, check that it is
+still there.
 
 DVC reruns a stage when one of its outputs is missing, but the results of `train_probes` (logged
 probes) and `promote` (registered versions and the `champion` alias) live in the MLflow store, which
 is no DVC output: a fresh clone, a deleted `mlflow.db` or `mlruns/`, or another tracking URI leaves
 dvc.lock satisfied and the registry empty. So each of those stages writes a receipt under
-data/tracking/ (a DVC output) saying what it left where, and this stage, which DVC runs on every
-`dvc repro` (`always_changed`) before them, deletes every receipt the store no longer honours:
+data/tracking/ (a DVC output) saying what it left where, and this command of `preflight`, which DVC runs on
+every `dvc repro` (`always_changed`) before them, deletes every receipt the store no longer honours:
 DVC then reruns exactly those stages. Its own output names the store it checked. The same holds for
 `materialize`, whose SQLite online store is no DVC output either (the scoring service writes into it):
 its receipt goes when the store file has gone.

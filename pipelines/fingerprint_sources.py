@@ -1,13 +1,14 @@
-"""Stage fingerprint_sources: every local file or folder params point at, and each stage's code, as files DVC can see.
+"""Stage preflight, first command: every local file or folder params point at, and each stage's code, as files DVC
+can see.
 
 A `file:` dataset or corpus, a `path:` model or SAE folder is named inside a params value, so dvc.yaml
 cannot list it as a dependency and editing it would rerun nothing (`dvc add` does not help: the stage
-reading it does not depend on the .dvc file). This stage, which DVC runs on every `dvc repro`
+reading it does not depend on the .dvc file). `preflight`, which DVC runs on every `dvc repro`
 (`always_changed`), writes one small JSON per consumer under data/sources/ with each source's spec
 and the SHA-256 of its bytes; each stage depends on its JSON, so it reruns exactly when its inputs do.
 
 Code too: data/sources/code/<stage>.json lists every module of features/, feature_repo/ and pipelines/
-that the stage's entry module imports (lazy imports included; `features.sources.fingerprint.import_closure`)
+that the modules of the stage's commands import (lazy imports included; `features.sources.fingerprint.import_closure`)
 with its SHA-256, and for stages run through `python -m pipelines <stage>` the warm runner's modules; an
 edit reruns exactly the stages that import the edited module. `dvc status` names the stage's code file;
 `git diff` names the module.
@@ -66,23 +67,25 @@ def fingerprints(params: Params) -> dict[Path, Any]:
 
 
 def stage_code(dvc_yaml: Path, root: Path) -> dict[str, set[str]]:
-    """Each dvc.yaml stage's code: the import closure of the pipelines module its cmd runs (and the warm
-    runner's, for `python -m pipelines <stage>`)."""
+    """Each dvc.yaml stage's code: the import closure of the pipelines module each of its commands runs (and the
+    warm runner's, for `python -m pipelines <stage>`)."""
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     runner = import_closure("pipelines.__main__", root, FIRST_PARTY)
-    code = {}
+    code: dict[str, set[str]] = {}
     for name, stage in stages.items():
-        cmd = stage.get("do", stage)["cmd"]
-        entry = ENTRY.search(cmd)
-        if entry is None:
-            raise SaefsError(f"dvc.yaml stage {name}: cmd {cmd!r} runs no pipelines module; every stage runs "
-                             "`python -m pipelines <stage>` (or `python -m pipelines.<stage>`)")
-        code[name] = import_closure(f"pipelines.{entry['module']}", root, FIRST_PARTY)
-        if entry["runner"] == " ":
-            code[name] |= runner
-        for folder in set(cmd[entry.end():].split()) & set(FIRST_PARTY):  # Feast imports every module of its repo
-            for module in (root / folder).glob("*.py"):
-                code[name] |= import_closure(f"{folder}.{module.stem}", root, FIRST_PARTY)
+        cmds = stage.get("do", stage)["cmd"]
+        code[name] = set()
+        for cmd in [cmds] if isinstance(cmds, str) else cmds:
+            entry = ENTRY.search(cmd)
+            if entry is None:
+                raise SaefsError(f"dvc.yaml stage {name}: cmd {cmd!r} runs no pipelines module; every stage runs "
+                                 "`python -m pipelines <stage>` (or `python -m pipelines.<module>`)")
+            code[name] |= import_closure(f"pipelines.{entry['module']}", root, FIRST_PARTY)
+            if entry["runner"] == " ":
+                code[name] |= runner
+            for folder in set(cmd[entry.end():].split()) & set(FIRST_PARTY):  # Feast imports its whole repo
+                for module in (root / folder).glob("*.py"):
+                    code[name] |= import_closure(f"{folder}.{module.stem}", root, FIRST_PARTY)
     return code
 
 

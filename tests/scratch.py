@@ -18,14 +18,14 @@ from pipelines import paths
 from tests.features.tiny import make_model, make_texts, make_tokenizer
 from tests.helpers import REPO, embedded_params, plant_fortunes, write_params
 
-STAGES = {"fingerprint_sources", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
+STAGES = {"preflight", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "collect_activations@tiny", "train_sae@tiny", "latent_cards@tiny", "extract@tiny-alpha",
           "extract@tiny-beta", "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
-          "materialize", "check_stores", "train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha",
+          "materialize", "train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha",
           "promote@beta", "behaviour_labels@tiny-items", "behaviour_labels@tiny-judge", "transfer", "lodo@tiny",
           "report"}
-# always_changed: they hash the user's files and check the MLflow store behind the receipts on every repro
-ALWAYS = {"fingerprint_sources", "check_stores"}
+# always_changed: it hashes the user's files and checks the MLflow store behind the receipts on every repro
+ALWAYS = {"preflight"}
 TRACKING_STAGES = {"train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha", "promote@beta", "report"}
 EMPTY_THRESHOLD = 100000.0
 FEAST_STAGES = {"build_features@tiny", "feast_apply", "materialize"}

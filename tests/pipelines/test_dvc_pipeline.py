@@ -91,14 +91,14 @@ def test_editing_a_users_file_or_model_folder_reruns_what_reads_it(scratch: Path
         data.write_text(data.read_text().replace("w1 ", "w2 ", 1))  # one edited text
         assert data.read_bytes() != before[data]
         weights.write_bytes(before[weights][:-1] + bytes([before[weights][-1] ^ 1]))  # one flipped bit
-        dvc(scratch, "repro", "fingerprint_sources")
+        dvc(scratch, "repro", "preflight")
         changed = set(json.loads(dvc(scratch, "status", "--json"))) - ALWAYS
         assert {"prepare_data@alpha", "prepare_model@tiny"} <= changed
         assert "prepare_data@beta" not in changed
     finally:
         for path, content in before.items():
             path.write_bytes(content)
-        dvc(scratch, "repro", "fingerprint_sources")
+        dvc(scratch, "repro", "preflight")
     assert set(json.loads(dvc(scratch, "status", "--json"))) == ALWAYS
 
 
@@ -108,12 +108,12 @@ def test_editing_a_module_reruns_exactly_the_stages_that_import_it(scratch: Path
     before = module.read_bytes()
     try:
         module.write_bytes(before + b"\n# an edit\n")
-        dvc(scratch, "repro", "fingerprint_sources")
+        dvc(scratch, "repro", "preflight")
         changed = {stage.partition("@")[0] for stage in json.loads(dvc(scratch, "status", "--json"))} - ALWAYS
         assert changed == {"report", "transfer"}
     finally:
         module.write_bytes(before)
-        dvc(scratch, "repro", "fingerprint_sources")
+        dvc(scratch, "repro", "preflight")
     assert set(json.loads(dvc(scratch, "status", "--json"))) == ALWAYS
 
 

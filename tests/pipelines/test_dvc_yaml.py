@@ -35,7 +35,7 @@ def stages() -> dict[str, dict]:
     return {name: stage.get("do", stage) for name, stage in raw.items()}
 
 
-@pytest.mark.parametrize("name", sorted(set(stages()) - {"fingerprint_sources"}))
+@pytest.mark.parametrize("name", sorted(set(stages()) - {"preflight"}))  # it runs on every repro: no deps
 def test_each_stage_depends_on_its_code_and_lists_no_module_itself(name: str) -> None:
     deps = stages()[name]["deps"]
     assert str(paths.code_fingerprint(name)) in deps, f"dvc.yaml stage {name}: add {paths.code_fingerprint(name)}"
@@ -47,19 +47,20 @@ def test_every_stage_code_is_its_modules_closure_with_the_runner_and_feasts_repo
     assert set(code) == set(stages())
     assert "features/sources/sae.py" in code["extract"]  # imported inside run()
     assert {"pipelines/__main__.py", "pipelines/warm.py"} <= code["extract"]  # `python -m pipelines extract`
-    assert "pipelines/warm.py" not in code["fingerprint_sources"]  # `python -m pipelines.fingerprint_sources`
+    assert "pipelines/warm.py" not in code["preflight"]  # `python -m pipelines.fingerprint_sources`, ...check_stores
+    assert {"pipelines/fingerprint_sources.py", "pipelines/check_stores.py"} <= code["preflight"]
     assert "features/stores/feast/store.py" not in code["prepare_model"]
     assert "feature_repo/views.py" in code["feast_apply"]  # Feast imports every module of the repo it is given
-    for name in stages():
+    for name in set(stages()) - {"preflight"}:
         assert code[name] >= import_closure(f"pipelines.{name}", REPO, FIRST_PARTY), name
 
 
 def test_the_stages_run_on_every_repro_import_neither_torch_nor_mlflow() -> None:
-    # A repro with nothing to do starts both in a process of their own: each library takes seconds to import,
-    # which were most of its time. check_stores loads MLflow when it queries the store, not before.
-    always = sorted(f"pipelines.{fingerprint_sources.ENTRY.search(stage['cmd'])['module']}"
-                    for stage in stages().values() if stage.get("always_changed"))
-    assert {"pipelines.fingerprint_sources", "pipelines.check_stores"} <= set(always)
+    # A repro with nothing to do starts their commands in processes of their own: each library takes seconds to
+    # import, which were most of its time. check_stores loads MLflow when it queries the store, not before.
+    always = sorted(f"pipelines.{fingerprint_sources.ENTRY.search(cmd)['module']}"
+                    for stage in stages().values() if stage.get("always_changed") for cmd in stage["cmd"])
+    assert always == ["pipelines.check_stores", "pipelines.fingerprint_sources"]
     code = ("import importlib, sys\n"
             f"for name in {['pipelines.params', *always]!r}:\n"
             "    importlib.import_module(name)\n"
@@ -120,12 +121,17 @@ def test_the_closure_follows_lazy_imports_skips_type_only_ones_and_stops_at_othe
             foreach: [x, y]
             do:
               cmd: python -m pipelines.b ${item}
+          both:
+            cmd:
+              - python -m pipelines.b
+              - python -m pipelines a
         """)
     code = fingerprint_sources.stage_code(root / "dvc.yaml", root)
     assert code["a"] == {"pipelines/__init__.py", "pipelines/a.py", "features/__init__.py", "features/core/__init__.py",
                          "features/core/lazy.py", "features/core/deep.py", "pipelines/__main__.py", "pipelines/warm.py"}
     assert code["b"] == {"pipelines/__init__.py", "pipelines/b.py", "features/__init__.py", "features/core/__init__.py",
                          "features/core/other.py"}
+    assert code["both"] == code["a"] | code["b"]  # a stage of several commands: each one's closure
 
 
 def test_a_stage_whose_cmd_runs_no_pipelines_module_is_named(tmp_path: Path) -> None:
@@ -169,7 +175,7 @@ def test_outputs_are_where_pipelines_paths_puts_them() -> None:
     expected |= {f"extract@{m}-{d}": [paths.features_dir(m, d), paths.extract_metrics(m, d)]
                  for m in models for d in datasets}
     expected |= {f"build_features@{m}": [paths.feast_sources_dir(m)] for m in models}
-    expected |= {"fingerprint_sources": [paths.SOURCES], "check_stores": [paths.stores_checked()],
+    expected |= {"preflight": [paths.SOURCES, paths.stores_checked()],
                  "feast_apply": [paths.feast_catalog()], "materialize": [paths.feast_materialized()]}
     expected |= {f"train_probes@{m}-{d}": [paths.probe_metrics(d, m), paths.probe_plots(d, m),
                                           paths.probes_receipt(d, m)] for d in datasets for m in models}
