@@ -82,7 +82,7 @@ def load_gguf_tokenizer(gguf: Path, config: Any = None):
 
 
 @contextlib.contextmanager
-def _one_reader() -> Iterator[None]:
+def one_gguf_reader() -> Iterator[None]:
     """Within the block, every `gguf.GGUFReader(path)` of one path is the same parsed reader.
 
     transformers parses the file anew for the config, the tokenizer and the weights, through that
@@ -111,14 +111,14 @@ def _gguf_to_hf(gguf: Path, out_dir: Path, save_dtype: str) -> None:
     """Dequantise a GGUF checkpoint into a plain safetensors folder.
 
     `save_pretrained` refuses a GGUF-loaded model, so the weights are copied into a fresh model
-    built from the same config. The file is parsed once (`_one_reader`), and the config read once and
+    built from the same config. The file is parsed once (`one_gguf_reader`), and the config read once and
     handed to the tokenizer and the model.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     log.info("loading %s (dequantising GGUF: minutes on a CPU)", gguf.name)
-    with _one_reader():
+    with one_gguf_reader():
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = load_gguf_tokenizer(gguf, config)
         quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,

@@ -120,10 +120,10 @@ def write_gguf(path: Path) -> Path:
 def test_a_gguf_file_is_parsed_once_within_one_reader(tmp_path: Path) -> None:
     import gguf
 
-    from features.sources.models import _one_reader
+    from features.sources.models import one_gguf_reader
 
     first, second = write_gguf(tmp_path / "a.gguf"), write_gguf(tmp_path / "b.gguf")
-    with _one_reader():
+    with one_gguf_reader():
         reader = gguf.GGUFReader(first)
         assert gguf.GGUFReader(str(first)) is reader  # as transformers passes it: a str
         assert gguf.GGUFReader(second) is not reader
