@@ -55,9 +55,10 @@ def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, sched
     for _, batch in tqdm(zip(range(steps), batches, strict=False), total=steps, desc="training SAE", unit="step"):
         dead = since_fired > schedule.dead_window_steps
         norms = sae.W_dec.norm(dim=-1)
-        # (batch - b_dec) @ W_enc, with b_dec's share as one vector product: the batch needs no gradient, so
-        # autograd skips a third matmul of the step (the gradient with respect to the encoder's input)
-        hidden_pre = (batch @ sae.W_enc - sae.b_dec @ sae.W_enc + sae.b_enc) * norms
+        # (batch - b_dec) @ W_enc + b_enc, with b_dec's share as one vector product added by the matmul itself:
+        # the batch needs no gradient, so autograd skips a third matmul of the step (the gradient with respect to
+        # the encoder's input), and no [batch, width] pass adds the biases
+        hidden_pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, batch, sae.W_enc) * norms
         values, latents = hidden_pre.topk(k, dim=-1, sorted=False)
         values = values.relu()
         out = decode(sae.W_dec, norms, latents, values) + sae.b_dec
@@ -82,12 +83,15 @@ def decode(W_dec: torch.Tensor, norms: torch.Tensor, latents: torch.Tensor, valu
 def auxk_loss(sae: Any, norms: torch.Tensor, batch: torch.Tensor, out: torch.Tensor, hidden_pre: torch.Tensor,
                dead: torch.Tensor) -> torch.Tensor:
     """sae-lens' TopK auxiliary loss: the top d_in/2 dead latents reconstruct what the live ones left."""
-    n_dead = int(dead.sum())
+    dead_latents = dead.nonzero().squeeze(-1)
+    n_dead = len(dead_latents)
     if n_dead == 0:
         return out.new_zeros(())
     k_aux = min(batch.shape[-1] // 2, n_dead)
     scale = min(n_dead / (batch.shape[-1] // 2), 1.0)
-    values, latents = torch.where(dead[None], hidden_pre, -torch.inf).topk(k_aux, dim=-1, sorted=False)
+    # the top among the dead columns only: a [batch, n_dead] slice, not a masked copy of the whole [batch, width]
+    values, picked = hidden_pre[:, dead_latents].topk(k_aux, dim=-1, sorted=False)
+    latents = dead_latents[picked]
     residual = (batch - out).detach()
     reconstruction = decode(sae.W_dec, norms, latents, values)
     return sae.cfg.aux_loss_coefficient * scale * (reconstruction - residual).square().sum(dim=-1).mean()
