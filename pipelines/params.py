@@ -162,6 +162,13 @@ class TrainSaeParams(SAETrainingConfig):
                                          "wider than train_tokens / this fails before training")
     loss_texts: int = Field(gt=0, description="held-out corpus texts the LM's loss with each SAE spliced in is "
                             "measured on (a full forward per SAE and layer: the costly figure)")
+    samples_by_width: dict[Width, Annotated[int, Field(gt=0)]] = Field(
+        default_factory=dict, description="training_samples for the widths named here: a narrow SAE needs more "
+        "passes to reach the variance explained a wide one reaches, and a wide one costs more per token")
+
+    def for_width(self, width: str) -> TrainSaeParams:
+        """These settings with the training samples of `width`."""
+        return self.model_copy(update={"training_samples": self.samples_by_width.get(width, self.training_samples)})
 
 
 class ExtractParams(ExtractSettings):
@@ -493,6 +500,15 @@ class Params(Strict):
         unknown = sorted(set(self.sae) - set(self.models))
         if unknown:
             raise ValueError(f"sae has entries for models {unknown} that are not in models: {sorted(self.models)}")
+        return self
+
+    @model_validator(mode="after")
+    def _sample_widths_exist(self) -> Params:
+        widths = {width for sae in self.sae.values() for width in sae.widths}
+        unknown = sorted(set(self.train_sae.samples_by_width) - widths)
+        if unknown:
+            raise ValueError(f"train_sae.samples_by_width: {unknown} is no width of any model's SAEs "
+                             f"(sae.<model>.widths: {sorted(widths)})")
         return self
 
     @model_validator(mode="after")

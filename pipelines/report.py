@@ -28,7 +28,7 @@ from features.reporting.sections import render
 from features.sources.models import read_manifest
 from features.stores.files import atomic_path, write_json
 from pipelines import paths, stage_main
-from pipelines.params import Params, load_params
+from pipelines.params import Params, TrainSaeParams, load_params
 from pipelines.profile import PROFILE_DIR, profile_params
 
 log = logging.getLogger("saefs.report")
@@ -72,12 +72,20 @@ def holdings(params: Params) -> Profile:
                    languages={task: list(spec.languages) for task, spec in params.transfer.cross_lingual.items()})
 
 
+def _samples(trained: TrainSaeParams, widths: list[str]) -> int | str:
+    """The training samples of an SAE, or of each width where they differ."""
+    per_width = {width: trained.for_width(width).training_samples for width in widths}
+    if len(set(per_width.values())) == 1:
+        return next(iter(per_width.values()))
+    return ", ".join(f"{width}: {samples:,}" for width, samples in per_width.items())
+
+
 def describe(params: Params) -> dict[str, Any]:
     """The models, SAEs, data and resamples behind the numbers, for the report's setup section."""
     trained = params.train_sae
     saes = {model: {"layers": " ".join(map(str, s.layers)), "widths": " ".join(s.widths), "source": s.source,
                     **({"architecture": trained.architecture, "k": trained.k,
-                        "training_samples": trained.training_samples} if s.source == "train" else {})}
+                        "training_samples": _samples(trained, s.widths)} if s.source == "train" else {})}
             for model, s in params.sae.items()}
     datasets = {name: {"source": d.source, "max_rows": d.max_rows, "lang": d.lang}
                 for name, d in params.datasets.items()}

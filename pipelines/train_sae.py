@@ -51,13 +51,14 @@ def _train(name: str, params: Params, cache: ActivationCache, out: Path, device:
     for layer in cfg.layers:
         acts = cache.layer(TRAIN, layer)
         for width in cfg.widths:
+            settings = t.for_width(width)
             started = time.perf_counter()
-            sae = train_sae(acts, t, parse_width(width), device=device)
+            sae = train_sae(acts, settings, parse_width(width), device=device)
             sae.save_inference_model(out / sae_name(layer, width))
             seconds = time.perf_counter() - started
             report[sae_name(layer, width)] = {"seconds": round(seconds, 1), "training_tokens": tokens,
-                                              "tokens_per_second": round(t.training_samples / seconds, 1)}
-            cost.work(training_tokens=t.training_samples)
+                                              "tokens_per_second": round(settings.training_samples / seconds, 1)}
+            cost.work(training_tokens=settings.training_samples)
 
 
 def _measure(name: str, params: Params, cache: ActivationCache, saes: dict[int, dict[str, Any]], device: str,

@@ -124,3 +124,21 @@ def test_a_quantile_threshold_needs_the_raw_view_and_its_form() -> None:
     raw["train_probes"]["binarize"] = ["median"]
     with pytest.raises(ParamsError, match=r"train_probes.binarize.0.*q<NN> with NN in 1..99"):
         parse_params(raw)
+
+
+def test_samples_by_width_names_a_width_no_model_has() -> None:
+    raw = embedded_params()
+    raw["train_sae"]["samples_by_width"] = {"16k": 600_000}
+    with pytest.raises(ParamsError, match=r"train_sae.samples_by_width: \['16k'\] is no width of any model's SAEs "
+                       r"\(sae.<model>.widths: \['4k'\]\)"):
+        parse_params(raw)
+
+
+def test_samples_by_width_sets_the_training_samples_of_its_widths_only() -> None:
+    raw = embedded_params()
+    raw["train_sae"] |= {"training_samples": 200_000, "samples_by_width": {"4k": 1_000_000}}
+    raw["sae"]["gemma3_270m"]["widths"] = ["4k", "16k"]
+    trained = parse_params(raw).train_sae
+    assert trained.for_width("4k").training_samples == 1_000_000
+    assert trained.for_width("16k").training_samples == 200_000
+    assert trained.for_width("4k").k == trained.k
