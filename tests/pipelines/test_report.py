@@ -318,3 +318,21 @@ def test_the_cross_modal_section_reads_its_metrics_where_the_profile_has_a_run(p
     assert '<section id="cross-modal">' in _text(project / "reports/index.html")
     paper_row = _text(project / "reports/index.md").split("| 13 ")[1].split("| 14 ")[0]
     assert "flowers 0.900 (best SAE 0.700)" in paper_row and "below the vision tower" in paper_row
+
+
+def test_the_setup_names_each_widths_training_samples_where_they_differ(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.params import parse_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "profiles").symlink_to(REPO / "profiles")  # the setup compares with the paper profile
+    for model in ("gemma3_270m", "smollm2_135m_it"):  # and reads each model's depth
+        paths.model_dir(model).mkdir(parents=True)
+        manifest = ModelManifest(f"path:{model}", "path", ".", None, "Gemma3ForCausalLM", 18, 64, 100)
+        (paths.model_dir(model) / MANIFEST).write_text(json.dumps(asdict(manifest)))
+    raw = embedded_params()
+    raw["sae"]["gemma3_270m"]["widths"] = ["4k", "16k"]
+    raw["train_sae"] |= {"training_samples": 600_000, "samples_by_width": {"4k": 1_000_000}}
+    saes = report.describe(parse_params(raw))["saes"]
+    assert saes["gemma3_270m"]["training_samples"] == "4k: 1,000,000, 16k: 600,000"
+    assert saes["smollm2_135m_it"]["training_samples"] == 1_000_000  # its one width, 4k
