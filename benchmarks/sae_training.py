@@ -42,14 +42,14 @@ def main() -> None:
     parser.add_argument("--model", default="gemma3_270m")
     parser.add_argument("--layer", type=int, default=9)
     parser.add_argument("--width", default="4k")
-    parser.add_argument("--samples", type=int, help="training tokens (default: train_sae.training_samples)")
+    parser.add_argument("--samples", type=int, help="training tokens (default: train_sae's for --width)")
     parser.add_argument("--variant", action="append", help="NAME:key=value,... over train_sae (repeatable)")
     args = parser.parse_args()
     params = load_params()
     cache = ActivationCache.open(paths.activations_dir(args.model), fingerprint(args.model, params),
                                  fix=f"run `dvc repro collect_activations@{args.model}`")
     train, held_out = cache.layer(TRAIN, args.layer), torch.from_numpy(cache.layer(HELDOUT, args.layer).copy())
-    samples = args.samples or params.train_sae.training_samples
+    samples = args.samples or params.train_sae.for_width(args.width).training_samples
     print(f"{args.model} layer {args.layer}: {len(train):,} cached training and {len(held_out):,} held-out tokens; "
           f"width {args.width}, k {params.train_sae.k}, {samples:,} training tokens")
     for name, settings in map(parse_variant, args.variant or DEFAULT_VARIANTS):

@@ -96,12 +96,16 @@ def write_transfer(root: Path, added: bool = True) -> None:
         pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def write_metrics_tree(root: Path) -> None:
-    y = np.arange(160) % 2
-    for model in MODELS:  # what prepare_model writes: the report reads each model's depth
+def write_model_manifests(models: tuple[str, ...]) -> None:
+    for model in models:  # what prepare_model writes: the report reads each model's depth
         manifest = ModelManifest(f"path:{model}", "path", ".", None, "Gemma3ForCausalLM", 18, 64, 100)
         paths.model_dir(model).mkdir(parents=True, exist_ok=True)
         (paths.model_dir(model) / MANIFEST).write_text(json.dumps(asdict(manifest)))
+
+
+def write_metrics_tree(root: Path) -> None:
+    y = np.arange(160) % 2
+    write_model_manifests(MODELS)
     for i, dataset in enumerate(DATASETS):
         results = {m: probe_results(dataset, m, 0.2 * i + 0.03 * j) for j, m in enumerate(MODELS)}
         paths.prepared(dataset).parent.mkdir(parents=True, exist_ok=True)
@@ -326,10 +330,7 @@ def test_the_setup_names_each_widths_training_samples_where_they_differ(tmp_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "profiles").symlink_to(REPO / "profiles")  # the setup compares with the paper profile
-    for model in ("gemma3_270m", "smollm2_135m_it"):  # and reads each model's depth
-        paths.model_dir(model).mkdir(parents=True)
-        manifest = ModelManifest(f"path:{model}", "path", ".", None, "Gemma3ForCausalLM", 18, 64, 100)
-        (paths.model_dir(model) / MANIFEST).write_text(json.dumps(asdict(manifest)))
+    write_model_manifests(("gemma3_270m", "smollm2_135m_it"))
     raw = embedded_params()
     raw["sae"]["gemma3_270m"]["widths"] = ["4k", "16k"]
     raw["train_sae"] |= {"training_samples": 600_000, "samples_by_width": {"4k": 1_000_000}}
