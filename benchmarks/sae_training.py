@@ -4,10 +4,11 @@
                                       [--variant NAME:key=value,key=value ...]
 
 Needs `dvc repro collect_activations@<model>` (the cache). Trains one SAE per variant on the same cached
-training split (memory-mapped, as train_sae reads it), each a set of train_sae params over params.yaml's:
-by default sae-lens' SAETrainer and the lean loop at params.yaml's settings, and the lean loop at sae-lens'
-defaults (constant learning rate, a dead-latent window of 1,000 steps of 1,024 tokens). Prints tokens/s and,
-on the held-out split, variance explained, L0, dead and dense latent fractions, with the load average.
+training split (memory-mapped, as train_sae reads it), each a set of train_sae params over params.yaml's for
+the width (by_width included): by default sae-lens' SAETrainer and the lean loop at those settings, and the lean
+loop at sae-lens' defaults (constant learning rate, a dead-latent window of 1,000 steps of 1,024 tokens).
+Prints tokens/s and, on the held-out split, variance explained, L0, dead and dense latent fractions, with the
+load average.
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ def main() -> None:
     cache = ActivationCache.open(paths.activations_dir(args.model), fingerprint(args.model, params),
                                  fix=f"run `dvc repro collect_activations@{args.model}`")
     train, held_out = cache.layer(TRAIN, args.layer), torch.from_numpy(cache.layer(HELDOUT, args.layer).copy())
-    samples = args.samples or params.train_sae.for_width(args.width).training_samples
+    trained = params.train_sae.for_width(args.width)  # by_width's settings for --width, as train_sae trains it
+    samples = args.samples or trained.training_samples
     print(f"{args.model} layer {args.layer}: {len(train):,} cached training and {len(held_out):,} held-out tokens; "
           f"width {args.width}, k {params.train_sae.k}, {samples:,} training tokens")
     for name, settings in map(parse_variant, args.variant or DEFAULT_VARIANTS):
-        base = params.train_sae.model_dump()
-        cfg = type(params.train_sae)(**base | {key: type(base[key])(value) if base[key] is not None else value
+        base = trained.model_dump()
+        cfg = type(trained)(**base | {key: type(base[key])(value) if base[key] is not None else value
                                                for key, value in settings.items()} | {"training_samples": samples})
         started = time.perf_counter()
         sae = train_sae(train, cfg, parse_width(args.width))

@@ -157,18 +157,27 @@ class LatentCardsParams(Strict):
         return CardSettings(**self.model_dump(include={field.name for field in fields(CardSettings)}))
 
 
+class WidthTraining(Strict):
+    """The training settings one width may set apart from the others (train_sae.by_width)."""
+
+    training_samples: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0)
+
+
 class TrainSaeParams(SAETrainingConfig):
     min_tokens_per_latent: float = Field(gt=0, description="training tokens each latent needs at least: a width "
                                          "wider than train_tokens / this fails before training")
     loss_texts: int = Field(gt=0, description="held-out corpus texts the LM's loss with each SAE spliced in is "
                             "measured on (a full forward per SAE and layer: the costly figure)")
-    samples_by_width: dict[Width, Annotated[int, Field(gt=0)]] = Field(
-        default_factory=dict, description="training_samples for the widths named here: a narrow SAE needs more "
-        "passes to reach the variance explained a wide one reaches, and a wide one costs more per token")
+    by_width: dict[Width, WidthTraining] = Field(
+        default_factory=dict, description="settings of the widths named here over the ones above: a narrow SAE "
+        "needs more passes to reach the variance explained a wide one reaches, a wide one costs more per token")
 
     def for_width(self, width: str) -> TrainSaeParams:
-        """These settings with the training samples of `width`."""
-        return self.model_copy(update={"training_samples": self.samples_by_width.get(width, self.training_samples)})
+        """These settings with those `by_width` gives `width`."""
+        overrides = self.by_width.get(width)
+        return self.model_copy(update=overrides.model_dump(exclude_none=True) if overrides else {})
 
 
 class ExtractParams(ExtractSettings):
@@ -503,11 +512,11 @@ class Params(Strict):
         return self
 
     @model_validator(mode="after")
-    def _sample_widths_exist(self) -> Params:
+    def _train_widths_exist(self) -> Params:
         widths = {width for sae in self.sae.values() for width in sae.widths}
-        unknown = sorted(set(self.train_sae.samples_by_width) - widths)
+        unknown = sorted(set(self.train_sae.by_width) - widths)
         if unknown:
-            raise ValueError(f"train_sae.samples_by_width: {unknown} is no width of any model's SAEs "
+            raise ValueError(f"train_sae.by_width: {unknown} is no width of any model's SAEs "
                              f"(sae.<model>.widths: {sorted(widths)})")
         return self
 

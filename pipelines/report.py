@@ -72,12 +72,12 @@ def holdings(params: Params) -> Profile:
                    languages={task: list(spec.languages) for task, spec in params.transfer.cross_lingual.items()})
 
 
-def _samples(trained: TrainSaeParams, widths: list[str]) -> int | str:
-    """The training samples of an SAE, or of each width where they differ."""
-    per_width = {width: trained.for_width(width).training_samples for width in widths}
+def _by_width(trained: TrainSaeParams, widths: list[str], setting: str) -> Any:
+    """A training setting of an SAE, or its value for each width where train_sae.by_width makes them differ."""
+    per_width = {width: getattr(trained.for_width(width), setting) for width in widths}
     if len(set(per_width.values())) == 1:
         return next(iter(per_width.values()))
-    return ", ".join(f"{width}: {samples:,}" for width, samples in per_width.items())
+    return ", ".join(f"{width}: {value:,}" for width, value in per_width.items())
 
 
 def describe(params: Params) -> dict[str, Any]:
@@ -85,7 +85,8 @@ def describe(params: Params) -> dict[str, Any]:
     trained = params.train_sae
     saes = {model: {"layers": " ".join(map(str, s.layers)), "widths": " ".join(s.widths), "source": s.source,
                     **({"architecture": trained.architecture, "k": trained.k,
-                        "training_samples": _samples(trained, s.widths)} if s.source == "train" else {})}
+                        **{setting: _by_width(trained, s.widths, setting)
+                           for setting in ("training_samples", "batch_size", "lr")}} if s.source == "train" else {})}
             for model, s in params.sae.items()}
     datasets = {name: {"source": d.source, "max_rows": d.max_rows, "lang": d.lang}
                 for name, d in params.datasets.items()}

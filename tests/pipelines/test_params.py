@@ -126,19 +126,28 @@ def test_a_quantile_threshold_needs_the_raw_view_and_its_form() -> None:
         parse_params(raw)
 
 
-def test_samples_by_width_names_a_width_no_model_has() -> None:
+def test_by_width_names_a_width_no_model_has() -> None:
     raw = embedded_params()
-    raw["train_sae"]["samples_by_width"] = {"16k": 600_000}
-    with pytest.raises(ParamsError, match=r"train_sae.samples_by_width: \['16k'\] is no width of any model's SAEs "
+    raw["train_sae"]["by_width"] = {"16k": {"training_samples": 600_000}}
+    with pytest.raises(ParamsError, match=r"train_sae.by_width: \['16k'\] is no width of any model's SAEs "
                        r"\(sae.<model>.widths: \['4k'\]\)"):
         parse_params(raw)
 
 
-def test_samples_by_width_sets_the_training_samples_of_its_widths_only() -> None:
+def test_by_width_sets_its_widths_settings_only() -> None:
     raw = embedded_params()
-    raw["train_sae"] |= {"training_samples": 200_000, "samples_by_width": {"4k": 1_000_000}}
+    raw["train_sae"] |= {"training_samples": 200_000, "batch_size": 1024,
+                         "by_width": {"4k": {"training_samples": 1_000_000}, "16k": {"batch_size": 256}}}
     raw["sae"]["gemma3_270m"]["widths"] = ["4k", "16k"]
     trained = parse_params(raw).train_sae
-    assert trained.for_width("4k").training_samples == 1_000_000
-    assert trained.for_width("16k").training_samples == 200_000
+    assert (trained.for_width("4k").training_samples, trained.for_width("4k").batch_size) == (1_000_000, 1024)
+    assert (trained.for_width("16k").training_samples, trained.for_width("16k").batch_size) == (200_000, 256)
     assert trained.for_width("4k").k == trained.k
+
+
+def test_by_width_refuses_a_setting_a_width_cannot_set() -> None:
+    raw = embedded_params()
+    raw["train_sae"]["by_width"] = {"4k": {"k": 16}}
+    allowed = r"\(allowed here: training_samples, batch_size, lr\)"
+    with pytest.raises(ParamsError, match=r"train_sae.by_width.4k.k: unknown key " + allowed):
+        parse_params(raw)

@@ -324,7 +324,7 @@ def test_the_cross_modal_section_reads_its_metrics_where_the_profile_has_a_run(p
     assert "flowers 0.900 (best SAE 0.700)" in paper_row and "below the vision tower" in paper_row
 
 
-def test_the_setup_names_each_widths_training_samples_where_they_differ(tmp_path: Path,
+def test_the_setup_names_each_widths_training_settings_where_they_differ(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from pipelines.params import parse_params
 
@@ -333,7 +333,10 @@ def test_the_setup_names_each_widths_training_samples_where_they_differ(tmp_path
     write_model_manifests(("gemma3_270m", "smollm2_135m_it"))
     raw = embedded_params()
     raw["sae"]["gemma3_270m"]["widths"] = ["4k", "16k"]
-    raw["train_sae"] |= {"training_samples": 600_000, "samples_by_width": {"4k": 1_000_000}}
+    raw["train_sae"] |= {"training_samples": 600_000, "batch_size": 1024,
+                         "by_width": {"4k": {"training_samples": 1_000_000}, "16k": {"batch_size": 256}}}
     saes = report.describe(parse_params(raw))["saes"]
     assert saes["gemma3_270m"]["training_samples"] == "4k: 1,000,000, 16k: 600,000"
+    assert saes["gemma3_270m"]["batch_size"] == "4k: 1,024, 16k: 256"
     assert saes["smollm2_135m_it"]["training_samples"] == 1_000_000  # its one width, 4k
+    assert saes["smollm2_135m_it"]["batch_size"] == 1024
