@@ -481,7 +481,8 @@ class Scorer:
 
     def _registered(self, dataset: str) -> str:
         if dataset not in self.registered_models:
-            raise SaefsError(f"dataset {dataset!r} is not served; serve.datasets: {sorted(self.registered_models)}")
+            raise SaefsError(f"dataset {dataset!r} is not served: serve.datasets in params.yaml lists "
+                             f"{sorted(self.registered_models)}; add it there to score with its champion")
         return self.registered_models[dataset]
 
 

@@ -613,7 +613,7 @@ def test_slow_stalled_and_huge_bodies_get_a_4xx_and_block_no_one(project) -> Non
             sock.close()
 
 
-def test_cli_scores_a_text(project) -> None:
+def test_cli_scores_a_text(project, caplog: pytest.LogCaptureFixture) -> None:
     from typer.testing import CliRunner
 
     result = CliRunner().invoke(serve.cli, ["score", "w1 w2 w3", "--dataset", DATASET])
@@ -622,6 +622,8 @@ def test_cli_scores_a_text(project) -> None:
     assert scored["text_id"] == text_id(DATASET, "w1 w2 w3") and scored["model_version"] == 1
     unknown = CliRunner().invoke(serve.cli, ["score", "w1", "--dataset", "nowhere"])
     assert unknown.exit_code == 2
+    assert (f"dataset 'nowhere' is not served: serve.datasets in params.yaml lists ['{DATASET}']; add it there"
+            in caplog.text)
 
 
 def test_serve_params_name_the_bad_key_and_unknown_datasets_stop_the_service() -> None:
