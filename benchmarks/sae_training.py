@@ -5,8 +5,9 @@
 
 Needs `dvc repro collect_activations@<model>` (the cache). Trains one SAE per variant on the same cached
 training split (memory-mapped, as train_sae reads it), each a set of train_sae params over params.yaml's for
-the width (by_width included): by default sae-lens' SAETrainer and the lean loop at those settings, and the lean
-loop at sae-lens' defaults (constant learning rate, a dead-latent window of 1,000 steps of 1,024 tokens).
+that SAE (by_width and sae.<model>.training included): by default sae-lens' SAETrainer and the lean loop at
+those settings, and the lean loop at sae-lens' defaults (constant learning rate, a dead-latent window of 1,000
+steps of 1,024 tokens).
 Prints tokens/s and, on the held-out split, variance explained, L0, dead and dense latent fractions, with the
 load average.
 """
@@ -50,7 +51,7 @@ def main() -> None:
     cache = ActivationCache.open(paths.activations_dir(args.model), fingerprint(args.model, params),
                                  fix=f"run `dvc repro collect_activations@{args.model}`")
     train, held_out = cache.layer(TRAIN, args.layer), torch.from_numpy(cache.layer(HELDOUT, args.layer).copy())
-    trained = params.train_sae.for_width(args.width)  # by_width's settings for --width, as train_sae trains it
+    trained = params.sae_training(args.model, args.layer, args.width)  # as train_sae trains that SAE
     samples = args.samples or trained.training_samples
     print(f"{args.model} layer {args.layer}: {len(train):,} cached training and {len(held_out):,} held-out tokens; "
           f"width {args.width}, k {params.train_sae.k}, {samples:,} training tokens")

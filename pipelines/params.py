@@ -27,6 +27,7 @@ from pydantic import (
 from features.core.binarize import BinarizeOp, check_threshold, view_threshold
 from features.core.cards import CardSettings
 from features.core.config import Strict
+from features.core.naming import sae_name
 from features.core.prepare import DatasetConfig, SplitConfig
 from features.core.sae_training import SAETrainingConfig
 from features.errors import SaefsError
@@ -95,6 +96,14 @@ class ValidateDataParams(Strict):
     max_chars: int = Field(ge=1)
 
 
+class TrainingOverrides(Strict):
+    """The training settings a width (train_sae.by_width) or one SAE (sae.<model>.training) may set apart."""
+
+    training_samples: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0)
+
+
 class SaeParams(Strict):
     """The SAEs of one model: one per (layer, width)."""
 
@@ -102,6 +111,20 @@ class SaeParams(Strict):
     widths: list[Width] = Field(min_length=1)
     source: str = Field(TRAINED, description="train, sae_lens:<release>/<id>, or path:<dir>; ids and dirs may "
                         "use {layer} and {width}")
+    training: dict[str, TrainingOverrides] = Field(
+        default_factory=dict, description="settings of the trained SAEs named here (l<layer>__sae<width>) over "
+        "train_sae's and its by_width's: one learning rate does not serve every block of a model")
+
+    @model_validator(mode="after")
+    def _trained_saes_named(self) -> SaeParams:
+        names = {sae_name(layer, width) for layer in self.layers for width in self.widths}
+        unknown = sorted(set(self.training) - names)
+        if unknown:
+            raise ValueError(f"training: {unknown} names no SAE of these layers and widths: {sorted(names)}")
+        if self.training and not self.trained:
+            raise ValueError(f"training sets SAEs of source {self.source!r}, which are loaded, not trained: "
+                             "remove it or set source: train")
+        return self
 
     @field_validator("source")
     @classmethod
@@ -157,27 +180,21 @@ class LatentCardsParams(Strict):
         return CardSettings(**self.model_dump(include={field.name for field in fields(CardSettings)}))
 
 
-class WidthTraining(Strict):
-    """The training settings one width may set apart from the others (train_sae.by_width)."""
-
-    training_samples: int | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, gt=0)
-    lr: float | None = Field(None, gt=0)
-
-
 class TrainSaeParams(SAETrainingConfig):
     min_tokens_per_latent: float = Field(gt=0, description="training tokens each latent needs at least: a width "
                                          "wider than train_tokens / this fails before training")
     loss_texts: int = Field(gt=0, description="held-out corpus texts the LM's loss with each SAE spliced in is "
                             "measured on (a full forward per SAE and layer: the costly figure)")
-    by_width: dict[Width, WidthTraining] = Field(
+    by_width: dict[Width, TrainingOverrides] = Field(
         default_factory=dict, description="settings of the widths named here over the ones above: a narrow SAE "
         "needs more passes to reach the variance explained a wide one reaches, a wide one costs more per token")
 
-    def for_width(self, width: str) -> TrainSaeParams:
-        """These settings with those `by_width` gives `width`."""
-        overrides = self.by_width.get(width)
-        return self.model_copy(update=overrides.model_dump(exclude_none=True) if overrides else {})
+    def for_sae(self, width: str, own: TrainingOverrides | None = None) -> TrainSaeParams:
+        """These settings with those `by_width` gives `width`, then the SAE's `own` (sae.<model>.training)."""
+        update: dict[str, Any] = {}
+        for overrides in (self.by_width.get(width), own):
+            update |= overrides.model_dump(exclude_none=True) if overrides else {}
+        return self.model_copy(update=update)
 
 
 class ExtractParams(ExtractSettings):
@@ -607,6 +624,10 @@ class Params(Strict):
         if name not in self.sae:
             raise ParamsError(f"model {name!r} has no SAEs configured; params.yaml sae: {sorted(self.sae)}")
         return self.sae[name]
+
+    def sae_training(self, model: str, layer: int, width: str) -> TrainSaeParams:
+        """How the SAE of `model` at `layer` and `width` is trained: train_sae, its by_width, the SAE's own."""
+        return self.train_sae.for_sae(width, self.sae_of(model).training.get(sae_name(layer, width)))
 
     @property
     def vlms(self) -> dict[str, VlmParams]:

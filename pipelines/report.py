@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.core.naming import sae_name
 from features.core.predictions import check_texts
 from features.errors import SaefsError
 from features.reporting import page as report_page
@@ -28,7 +29,7 @@ from features.reporting.sections import render
 from features.sources.models import read_manifest
 from features.stores.files import atomic_path, write_json
 from pipelines import paths, stage_main
-from pipelines.params import Params, TrainSaeParams, load_params
+from pipelines.params import Params, load_params
 from pipelines.profile import PROFILE_DIR, profile_params
 
 log = logging.getLogger("saefs.report")
@@ -72,12 +73,22 @@ def holdings(params: Params) -> Profile:
                    languages={task: list(spec.languages) for task, spec in params.transfer.cross_lingual.items()})
 
 
-def _by_width(trained: TrainSaeParams, widths: list[str], setting: str) -> Any:
-    """A training setting of an SAE, or its value for each width where train_sae.by_width makes them differ."""
-    per_width = {width: getattr(trained.for_width(width), setting) for width in widths}
+def _per_sae(params: Params, model: str, setting: str) -> Any:
+    """A training setting of a model's SAEs: one value, or each width's where train_sae.by_width makes them
+    differ, then the SAEs that sae.<model>.training sets apart, by name."""
+    cfg = params.sae_of(model)
+    values = {(layer, width): getattr(params.sae_training(model, layer, width), setting)
+              for layer in cfg.layers for width in cfg.widths}
+    per_width = {width: getattr(params.train_sae.for_sae(width), setting) for width in cfg.widths}
+    apart = [f"{sae_name(layer, width)}: {value:,}" for (layer, width), value in values.items()
+             if value != per_width[width]]
     if len(set(per_width.values())) == 1:
-        return next(iter(per_width.values()))
-    return ", ".join(f"{width}: {value:,}" for width, value in per_width.items())
+        if not apart:
+            return next(iter(per_width.values()))
+        head = f"{next(iter(per_width.values())):,}"
+    else:
+        head = ", ".join(f"{width}: {value:,}" for width, value in per_width.items())
+    return f"{head} ({', '.join(apart)})" if apart else head
 
 
 def describe(params: Params) -> dict[str, Any]:
@@ -85,7 +96,7 @@ def describe(params: Params) -> dict[str, Any]:
     trained = params.train_sae
     saes = {model: {"layers": " ".join(map(str, s.layers)), "widths": " ".join(s.widths), "source": s.source,
                     **({"architecture": trained.architecture, "k": trained.k,
-                        **{setting: _by_width(trained, s.widths, setting)
+                        **{setting: _per_sae(params, model, setting)
                            for setting in ("training_samples", "batch_size", "lr")}} if s.source == "train" else {})}
             for model, s in params.sae.items()}
     datasets = {name: {"source": d.source, "max_rows": d.max_rows, "lang": d.lang}

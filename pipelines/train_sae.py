@@ -51,7 +51,7 @@ def _train(name: str, params: Params, cache: ActivationCache, out: Path, device:
     for layer in cfg.layers:
         acts = cache.layer(TRAIN, layer)
         for width in cfg.widths:
-            settings = t.for_width(width)
+            settings = params.sae_training(name, layer, width)
             started = time.perf_counter()
             sae = train_sae(acts, settings, parse_width(width), device=device)
             sae.save_inference_model(out / sae_name(layer, width))

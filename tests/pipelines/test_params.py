@@ -140,9 +140,33 @@ def test_by_width_sets_its_widths_settings_only() -> None:
                          "by_width": {"4k": {"training_samples": 1_000_000}, "16k": {"batch_size": 256}}}
     raw["sae"]["gemma3_270m"]["widths"] = ["4k", "16k"]
     trained = parse_params(raw).train_sae
-    assert (trained.for_width("4k").training_samples, trained.for_width("4k").batch_size) == (1_000_000, 1024)
-    assert (trained.for_width("16k").training_samples, trained.for_width("16k").batch_size) == (200_000, 256)
-    assert trained.for_width("4k").k == trained.k
+    assert (trained.for_sae("4k").training_samples, trained.for_sae("4k").batch_size) == (1_000_000, 1024)
+    assert (trained.for_sae("16k").training_samples, trained.for_sae("16k").batch_size) == (200_000, 256)
+    assert trained.for_sae("4k").k == trained.k
+
+
+def test_an_saes_own_training_settings_apply_to_it_alone_over_its_widths() -> None:
+    raw = embedded_params()
+    raw["train_sae"] |= {"lr": 0.002, "batch_size": 1024, "by_width": {"16k": {"batch_size": 256}}}
+    raw["sae"]["gemma3_270m"] |= {"layers": [5, 9], "widths": ["4k", "16k"],
+                                  "training": {"l5__sae16k": {"lr": 0.004}}}
+    params = parse_params(raw)
+    own = params.sae_training("gemma3_270m", 5, "16k")
+    assert (own.lr, own.batch_size) == (0.004, 256)  # its own learning rate, its width's batch
+    assert [params.sae_training("gemma3_270m", layer, width).lr
+            for layer, width in [(5, "4k"), (9, "16k"), (9, "4k")]] == [0.002] * 3
+    assert params.sae_training("smollm2_135m_it", 12, "4k").lr == 0.002
+
+
+def test_an_saes_own_training_settings_name_one_of_its_saes_and_a_trained_one() -> None:
+    raw = embedded_params()
+    raw["sae"]["gemma3_270m"]["training"] = {"l4__sae4k": {"lr": 0.004}}
+    with pytest.raises(ParamsError, match=r"sae.gemma3_270m: .*training: \['l4__sae4k'\] names no SAE of these "
+                       r"layers and widths: \['l5__sae4k', 'l9__sae4k'\]"):
+        parse_params(raw)
+    raw["sae"]["gemma3_270m"] |= {"training": {"l5__sae4k": {"lr": 0.004}}, "source": "path:saes/{layer}"}
+    with pytest.raises(ParamsError, match=r"training sets SAEs of source 'path:saes/\{layer\}', which are loaded"):
+        parse_params(raw)
 
 
 def test_by_width_refuses_a_setting_a_width_cannot_set() -> None:

@@ -278,19 +278,21 @@ def test_train_sae_trains_from_the_cache_and_measures_each_sae(tiny, tmp_path: P
 
 def test_each_width_trains_with_its_own_settings(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    params = _sae_scratch(tiny, tmp_path, layers=[1], widths=["32", "64"])
+    params = _sae_scratch(tiny, tmp_path, layers=[0, 1], widths=["32", "64"],
+                          training={"l1__sae32": {"lr": 0.01}})
     params["train_sae"]["by_width"] = {"64": {"training_samples": 4096, "batch_size": 128}}
     write_params(tmp_path, params)
     collect_stage.run("tiny")
     seen = []
 
     def recording(acts, cfg, width, device="cpu"):
-        seen.append((width, cfg.training_samples, cfg.batch_size))
+        seen.append((width, cfg.training_samples, cfg.batch_size, cfg.lr))
         return train_sae(acts, cfg, width, device)
 
     monkeypatch.setattr(train_sae_stage, "train_sae", recording)
     train_sae_stage.run("tiny")
-    assert seen == [(32, 2048, params["train_sae"]["batch_size"]), (64, 4096, 128)]
+    batch, lr = params["train_sae"]["batch_size"], params["train_sae"]["lr"]
+    assert seen == [(32, 2048, batch, lr), (64, 4096, 128, lr), (32, 2048, batch, 0.01), (64, 4096, 128, lr)]
 
 
 def test_a_cache_of_other_layers_is_refused_naming_what_differs(tiny, tmp_path: Path,
