@@ -225,6 +225,12 @@ def stores_checked() -> Path:
     return TRACKING / "stores.json"
 
 
+def stores_stamp() -> Path:
+    """check_stores: what its last full check read, as file metadata (no DVC output: it changes with every run
+    that writes to the store, and train_probes and promote must not rerun for that)."""
+    return TRACKING / "stores.stamp.json"
+
+
 def probes_receipt(dataset: str, model: str) -> Path:
     """train_probes@<model>-<dataset>: the tracking store and the logged probes the stage left there."""
     return TRACKING / "train_probes" / dataset / f"{model}.json"

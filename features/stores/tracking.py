@@ -25,9 +25,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as installed_version
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
 
@@ -55,6 +55,12 @@ TRUSTED_MODULES = ("features.", "sklearn.")  # skops types a probe may hold: our
 
 # --- tracking ------------------------------------------------------------------------------------
 
+def store_uris(tracking_uri_default: str) -> tuple[str, str]:
+    """The tracking and registry URIs `configure` points MLflow at (without importing it)."""
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri_default
+    return tracking_uri, os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+
+
 def configure(tracking_uri_default: str) -> str:
     """Point MLflow at `MLFLOW_TRACKING_URI` if set, else at the caller's default (e.g. `sqlite:////abs/mlflow.db`).
 
@@ -63,10 +69,10 @@ def configure(tracking_uri_default: str) -> str:
     import mlflow
 
     exported = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    tracking_uri = exported["MLFLOW_TRACKING_URI"] or tracking_uri_default
+    tracking_uri, registry_uri = store_uris(tracking_uri_default)
     check_mlflow(tracking_uri)  # a server or database that is down fails here, before any run starts
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(exported["MLFLOW_REGISTRY_URI"] or tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
     # MLflow also exports both URIs to os.environ; undo that, or the next configure() in this
     # process would take this default for the user's choice.
     for key, value in exported.items():
@@ -347,13 +353,18 @@ def store_address(tracking_uri: str) -> str:
     return f"{scheme.split('+', 1)[0]}://{display_address(tracking_uri)}"
 
 
-def missing_models(model_uris: Sequence[str]) -> list[str]:
-    """The logged models (`models:/m-...`) of `model_uris` that the store no longer holds: no record, or no
-    MLmodel file in its artifacts (the database kept, the artifact folder deleted)."""
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store URI; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def logged_model_files(model_uris: Sequence[str]) -> dict[str, str | None]:
+    """Each logged model's (`models:/m-...`) MLmodel file, a local path or its artifact URI; None for a model the
+    store no longer holds: no record, or no MLmodel file in its artifacts (the database kept, the folder deleted)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client, missing = mlflow.MlflowClient(), []
+    client, files = mlflow.MlflowClient(), {}
     for uri in model_uris:
         try:
             location = client.get_logged_model(uri.removeprefix("models:/")).artifact_location
@@ -364,8 +375,12 @@ def missing_models(model_uris: Sequence[str]) -> list[str]:
                 raise
             present = False
         if not present:
-            missing.append(uri)
-    return missing
+            files[uri] = None
+            continue
+        parts = urlsplit(location)
+        files[uri] = (str(Path(unquote(parts.path)) / "MLmodel") if parts.scheme in ("", "file")
+                      else f"{location.rstrip('/')}/MLmodel")
+    return files
 
 
 def missing_registration(name: str, version: int | None, champion: int | None) -> str | None:

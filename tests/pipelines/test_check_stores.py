@@ -43,6 +43,38 @@ def test_a_logged_probe_whose_artifacts_are_gone_drops_the_probes_receipt(store)
     assert paths.promotion_receipt("spam").is_file()
 
 
+def unasked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any question to the MLflow store."""
+    def asked(*_args, **_kwargs):
+        raise AssertionError("the store was asked")
+
+    for name in ("configure", "logged_model_files", "missing_registration"):
+        monkeypatch.setattr(tracking, name, asked)
+
+
+def test_a_second_check_with_nothing_changed_does_not_ask_the_store(store, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check_stores.run() == []
+    stamped = json.loads(paths.stores_stamp().read_text())
+    assert list(stamped["model_files"].values()) == [True] and stamped["receipts"]
+    with monkeypatch.context() as patch:
+        unasked(patch)
+        assert check_stores.run() == []
+    mlflow.MlflowClient().set_registered_model_tag("saefs-spam", "note", "a write to the store")
+    with monkeypatch.context() as patch:
+        unasked(patch)
+        with pytest.raises(AssertionError, match="the store was asked"):  # the database changed: checked in full
+            check_stores.run()
+    assert check_stores.run() == []
+
+
+def test_a_probe_deleted_after_a_check_drops_its_receipt_at_the_next(store) -> None:
+    _, model_uri = store
+    assert check_stores.run() == []
+    location = mlflow.MlflowClient().get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+    shutil.rmtree(location)  # the database unchanged: the stamp's MLmodel file tells
+    assert check_stores.run() == [paths.probes_receipt("spam", MODEL)]
+
+
 def test_a_lost_champion_alias_or_version_drops_the_promotion_receipt(store) -> None:
     mlflow.MlflowClient().delete_registered_model_alias("saefs-spam", tracking.CHAMPION)
     assert check_stores.run() == [paths.promotion_receipt("spam")]
