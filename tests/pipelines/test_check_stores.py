@@ -75,6 +75,15 @@ def test_a_probe_deleted_after_a_check_drops_its_receipt_at_the_next(store) -> N
     assert check_stores.run() == [paths.probes_receipt("spam", MODEL)]
 
 
+def test_only_a_local_sqlite_store_with_local_artifacts_is_stamped(tmp_path: Path) -> None:
+    local = (f"sqlite:///{tmp_path}/mlflow.db",) * 2
+    assert check_stores.stamp(("postgresql://db:5432/mlflow",) * 2, {}, []) is None
+    assert check_stores.stamp((local[0], "http://registry:5000"), {}, []) is None
+    assert check_stores.stamp(local, {}, ["s3://bucket/m-1/artifacts/MLmodel"]) is None
+    assert check_stores.stamp(local, {}, [])["databases"] == {f"{tmp_path}/mlflow.db{end}": None
+                                                             for end in ("", "-journal", "-wal")}
+
+
 def test_a_lost_champion_alias_or_version_drops_the_promotion_receipt(store) -> None:
     mlflow.MlflowClient().delete_registered_model_alias("saefs-spam", tracking.CHAMPION)
     assert check_stores.run() == [paths.promotion_receipt("spam")]
