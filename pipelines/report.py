@@ -82,12 +82,10 @@ def _per_sae(params: Params, model: str, setting: str) -> Any:
     per_width = {width: getattr(params.train_sae.for_sae(width), setting) for width in cfg.widths}
     apart = [f"{sae_name(layer, width)}: {value:,}" for (layer, width), value in values.items()
              if value != per_width[width]]
-    if len(set(per_width.values())) == 1:
-        if not apart:
-            return next(iter(per_width.values()))
-        head = f"{next(iter(per_width.values())):,}"
-    else:
-        head = ", ".join(f"{width}: {value:,}" for width, value in per_width.items())
+    one = len(set(per_width.values())) == 1
+    if one and not apart:
+        return next(iter(per_width.values()))
+    head = f"{next(iter(per_width.values())):,}" if one else ", ".join(f"{w}: {v:,}" for w, v in per_width.items())
     return f"{head} ({', '.join(apart)})" if apart else head
 
 
