@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from features.core.layers import hook_name
 from features.core.naming import parse_width, sae_name
@@ -64,10 +65,12 @@ def _train(name: str, params: Params, cache: ActivationCache, out: Path, device:
 def _measure(name: str, params: Params, cache: ActivationCache, saes: dict[int, dict[str, Any]], device: str,
              report: dict[str, Any]) -> None:
     """Each SAE's figures on the held-out corpus tokens: activations from the cache, losses from the model."""
-    for layer, named in saes.items():
-        acts = torch.from_numpy(cache.layer(HELDOUT, layer).copy())
-        for name_, sae in named.items():
-            report[name_]["heldout"] = vars(sae_quality(sae, acts)) | {"tokens": len(acts)}
+    with tqdm(total=sum(map(len, saes.values())), desc="held-out quality", unit="SAE") as bar:
+        for layer, named in saes.items():
+            acts = torch.from_numpy(cache.layer(HELDOUT, layer).copy())
+            for name_, sae in named.items():
+                report[name_]["heldout"] = vars(sae_quality(sae, acts)) | {"tokens": len(acts)}
+                bar.update()
     texts = json.loads((cache.folder / HELDOUT_TEXTS).read_text())[: params.train_sae.loss_texts]
     model, tokenizer = load_prepared(paths.model_dir(name), device)
     ex, c = params.extract, params.collect_activations

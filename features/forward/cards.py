@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 from scipy.sparse import csr_matrix
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from features.core.cards import CardBuilder, CardSettings, CardText, logit_lens
@@ -32,6 +33,8 @@ def build_cards(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes
     card_texts = [CardText(text_id, source, tokenized.ids[i]) for i, (text_id, source, _) in enumerate(texts)]
     decode = lru_cache(maxsize=None)(lambda token: tokenizer.decode([token]))
     unembed = model.get_output_embeddings().weight.detach().cpu()
+    # Building the cards (contexts, densities, logit lens) takes longer than the forward: a bar of its own.
     return {cell: (builders[cell].cards(card_texts, decode,
                                         logit_lens(sae.W_dec.detach().cpu(), unembed, settings.logit_tokens)),
-                   builders[cell].n_tokens) for cell, sae in saes.items()}
+                   builders[cell].n_tokens)
+            for cell, sae in tqdm(saes.items(), desc="card contents", unit="SAE", disable=not progress)}
