@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from features.core.layers import hook_name
+from features.core.lean_topk import DeadHistory, Schedule
 from features.core.naming import parse_width, sae_name
 from features.core.sae_training import train_sae
 from features.errors import SaefsError
@@ -36,6 +37,7 @@ from pipelines.collect_activations import fingerprint
 from pipelines.params import Params, load_params
 
 log = logging.getLogger("saefs.train_sae")
+HISTORY_POINTS = 200  # the dead-latent history keeps about this many steps of each SAE's training
 
 
 def _train(name: str, params: Params, cache: ActivationCache, out: Path, device: str,
@@ -53,13 +55,26 @@ def _train(name: str, params: Params, cache: ActivationCache, out: Path, device:
         acts = cache.layer(TRAIN, layer)
         for width in cfg.widths:
             settings = params.sae_training(name, layer, width)
+            schedule = settings.schedule()
+            history = DeadHistory(every=max(1, schedule.steps // HISTORY_POINTS))
             started = time.perf_counter()
-            sae = train_sae(acts, settings, parse_width(width), device=device)
+            sae = train_sae(acts, settings, parse_width(width), device=device, history=history)
             sae.save_inference_model(out / sae_name(layer, width))
             seconds = time.perf_counter() - started
             report[sae_name(layer, width)] = {"seconds": round(seconds, 1), "training_tokens": tokens,
-                                              "tokens_per_second": round(settings.training_samples / seconds, 1)}
+                                              "tokens_per_second": round(settings.training_samples / seconds, 1),
+                                              "training": training_record(history, schedule, parse_width(width))}
             cost.work(training_tokens=settings.training_samples)
+
+
+def training_record(history: DeadHistory, schedule: Schedule, width: int) -> dict[str, Any]:
+    """The trainer's dead-latent window over training, for the metrics and the report's figure: its count at
+    the last step and at its peak (as fractions of the width), where the learning-rate decay starts, and the
+    history itself. A held-out dead fraction far above the last count means latents died unseen in the decay."""
+    return {"dead_window_steps": schedule.dead_window_steps, "steps": schedule.steps,
+            "lr_decay_from_step": schedule.steps - schedule.decay_steps,
+            "dead_fraction_at_end": round(history.dead[-1] / width, 5),
+            "dead_fraction_peak": round(max(history.dead) / width, 5), "dead_history": history.as_dict()}
 
 
 def _measure(name: str, params: Params, cache: ActivationCache, saes: dict[int, dict[str, Any]], device: str,

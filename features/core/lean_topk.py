@@ -8,7 +8,7 @@ TopKTrainingSAE (features.core.sae_training builds it and saves it as sae-lens d
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,30 @@ class Schedule:
     dead_window_steps: int  # steps without firing before a latent counts as dead (and joins AuxK)
 
 
+@dataclass
+class DeadHistory:
+    """The training window's dead-latent count over training: how many latents had not fired for more than
+    `dead_window_steps` steps, every `every` steps and at the last one.
+
+    The count a trainer acts on (AuxK reads those latents), not a held-out figure: it shows latents dying in
+    waves and being revived, and whether the last window still counts the latents that die late in the
+    learning-rate decay (held-out dead fraction far above the last count means they died unseen).
+    """
+
+    every: int = 1
+    steps: list[int] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+
+    def record(self, step: int, last: int, dead: int) -> None:
+        """Keep step `step`'s count (0-based) if it falls on the grid or is the `last` step."""
+        if step % self.every == 0 or step == last:
+            self.steps.append(step)
+            self.dead.append(dead)
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"step": self.steps, "dead": self.dead}
+
+
 def shuffled_batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Endless shuffled passes over the rows of `acts` (an array or a read-only memory map), seeded, so
     training is repeatable and reads the same rows whether they come from memory or from disk."""
@@ -38,13 +62,15 @@ def shuffled_batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[t
             yield torch.from_numpy(np.asarray(acts[order[start : start + batch_size]], dtype=np.float32))
 
 
-def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, schedule: Schedule) -> None:
+def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, schedule: Schedule,
+             history: DeadHistory | None = None) -> None:
     """sae-lens' TopK training step (MSE plus AuxK on dead latents, Adam, gradient norm clipped at 1, sae-lens'
     learning-rate schedule), each token decoded from its k active latents only.
 
     As sae-lens' TopKTrainingSAE with rescale_acts_by_decoder_norm: pre-activations are scaled by the decoder
     row norms, the k kept values divided by them before decoding, so the decoder acts as unit-norm rows
-    whatever their stored norm (saving folds the norms in). `batches` are already normalised.
+    whatever their stored norm (saving folds the norms in). `batches` are already normalised. `history`, if
+    given, records the window's dead count as each step starts.
     """
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=True)
     scheduler = get_lr_scheduler("constant", optimizer, training_steps=schedule.steps, lr=lr,
@@ -52,8 +78,10 @@ def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, sched
                                  num_cycles=1)
     since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=sae.W_dec.device)
     steps = schedule.steps
-    for _, batch in tqdm(zip(range(steps), batches, strict=False), total=steps, desc="training SAE", unit="step"):
+    for step, batch in tqdm(zip(range(steps), batches, strict=False), total=steps, desc="training SAE", unit="step"):
         dead = since_fired > schedule.dead_window_steps
+        if history is not None:
+            history.record(step, steps - 1, int(dead.sum()))
         norms = sae.W_dec.norm(dim=-1)
         # (batch - b_dec) @ W_enc + b_enc, with b_dec's share as one vector product added by the matmul itself:
         # the batch needs no gradient, so autograd skips a third matmul of the step (the gradient with respect to

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from features.core.lean_topk import Schedule
+    from features.core.lean_topk import DeadHistory, Schedule
 
 
 def check_architecture(name: str) -> str:
@@ -82,10 +82,12 @@ def _jumprelu_sae(k: int, common: dict[str, Any]) -> Any:
 ARCHITECTURES: dict[str, Callable[[int, dict[str, Any]], Any]] = {"topk": _topk_sae, "jumprelu": _jumprelu_sae}
 
 
-def train_sae(acts: np.ndarray | torch.Tensor, cfg: SAETrainingConfig, width: int, device: str = "cpu"):
+def train_sae(acts: np.ndarray | torch.Tensor, cfg: SAETrainingConfig, width: int, device: str = "cpu",
+              history: DeadHistory | None = None):
     """Train a `width`-latent SAE on `acts` [N, d_in] (in memory or memory-mapped) and return it (sae-lens,
     raw-activation scale). The rows are read in the same seeded order either way: an SAE trained on a cache
-    equals one trained on the same activations in memory.
+    equals one trained on the same activations in memory. `history` records the trainer's dead-latent count
+    over training, with either trainer.
 
     sae-lens rescales inputs to an average norm of sqrt(d_in) and folds the factor back into
     the weights at the end. The decoder bias starts at the activation mean: Gemma's residual
@@ -114,9 +116,11 @@ def train_sae(acts: np.ndarray | torch.Tensor, cfg: SAETrainingConfig, width: in
     batches = (batch.to(device) for batch in shuffled_batches(rows, cfg.batch_size, cfg.seed))
     schedule = cfg.schedule()
     if cfg.trainer == "lean":
-        fit_topk(sae, (batch * scale for batch in batches), cfg.k, cfg.lr, schedule)
+        fit_topk(sae, (batch * scale for batch in batches), cfg.k, cfg.lr, schedule, history)
         sae.fold_activation_norm_scaling_factor(scale)  # as sae-lens' trainer ends: raw-scale weights
         return sae
+    if history is not None:  # sae-lens' trainer draws one batch per step: read its dead mask as it does
+        batches = _watched(batches, lambda: trainer, schedule.steps, history)
     trainer = SAETrainer(
         cfg=SAETrainerConfig(
             total_training_samples=cfg.training_samples, train_batch_size_samples=cfg.batch_size,
@@ -128,6 +132,13 @@ def train_sae(acts: np.ndarray | torch.Tensor, cfg: SAETrainingConfig, width: in
     )
     trainer.activation_scaler.scaling_factor = scale  # skip re-estimating what was just measured
     return trainer.fit()
+
+
+def _watched(batches: Any, trainer: Callable[[], Any], steps: int, history: DeadHistory) -> Any:
+    """`batches`, recording sae-lens' trainer's dead-latent count as each step draws its batch."""
+    for step, batch in enumerate(batches):
+        history.record(step, steps - 1, int(trainer().dead_neurons.sum()))
+        yield batch
 
 
 def _moments(rows: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, float]:

@@ -176,6 +176,26 @@ def heldout_bars(heldout: pd.DataFrame, title: str) -> str:
     return to_svg(fig)
 
 
+def dead_history_lines(history: pd.DataFrame, heldout: pd.DataFrame, title: str) -> str:
+    """Each trained SAE's dead-latent window over training (fraction of its width), the decay's start dotted, its
+    held-out dead fraction in the legend: latents that die in the decay show as a held-out share above the line's
+    end."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.5, 3.2), layout="constrained")
+    dead = heldout.set_index(["model", "layer", "width"])["dead_fraction"]
+    for (model, layer, width), part in history.groupby(["model", "layer", "width"], sort=True):
+        ax.plot(part["progress"], 100 * part["dead_fraction"], linewidth=1,
+                label=f"{model} L{layer} {width} (held-out dead {100 * dead[model, layer, width]:.1f}%)")
+    for start in history["decay_from"].unique():
+        ax.axvline(start, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of training steps (dotted: learning-rate decay starts)")
+    ax.set_ylabel("% latents dead in the window")
+    ax.legend(fontsize="x-small")
+    ax.set_title(title)
+    return to_svg(fig)
+
+
 def time_bars(by_stage: pd.DataFrame, title: str) -> str:
     """Wall seconds per stage, its start-up (interpreter and imports) part darker."""
     with plt.rc_context(STYLE):

@@ -263,6 +263,7 @@ def build_sections(inputs: RunInputs, sweeps: pd.DataFrame) -> list[Section]:
     quality = tables.sae_quality_table(inputs.sae_quality, inputs.sae_training)
     summary = tables.sae_quality_summary(quality)
     heldout = tables.sae_heldout_table(inputs.sae_training)
+    dead_history = tables.dead_history_table(inputs.sae_training)
 
     def columns(keys: list[str]) -> list[str]:
         return ["dataset", "model", *keys, "cell", *tables.F1, *tables.SAFETY, "val_macro_f1", "resamples"]
@@ -358,6 +359,11 @@ def build_sections(inputs: RunInputs, sweeps: pd.DataFrame) -> list[Section]:
                         ("Per SAE and dataset", quality)],
                 figures=[("Variance explained and loss recovered per SAE on held-out corpus tokens.",
                           figures.heldout_bars(heldout, "SAE quality on held-out corpus tokens")),
+                         *([("Dead latents in each trainer's window over training: the latents that AuxK sees and "
+                             "revives. A held-out dead share above the line's end means latents stopped firing in "
+                             "the final decay, within the last window, unseen by it.",
+                             figures.dead_history_lines(dead_history, heldout, "Dead latents during training"))]
+                           if len(dead_history) else []),
                          ("Variance explained per SAE: mean over datasets, whiskers at min and max.",
                           figures.quality_bars(summary, "SAE variance explained"))]),
         _cost_section(inputs),

@@ -219,8 +219,26 @@ def sae_heldout_table(sae_training: Mapping[str, dict[str, Any]]) -> pd.DataFram
             rows.append({"model": model, "layer": layer, "width": width, "architecture": info["architecture"],
                          **{key: heldout[key] for key in HELDOUT_FIGURES}, "tokens": heldout["tokens"],
                          "training_tokens": info.get("training_tokens", "pretrained"),
-                         "train_s": info.get("seconds")})
+                         "train_s": info.get("seconds"),
+                         "window_dead_at_end": info.get("training", {}).get("dead_fraction_at_end")})
     return pd.DataFrame(rows).sort_values(["model", "layer", "width"]).reset_index(drop=True)
+
+
+def dead_history_table(sae_training: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per trained SAE and recorded step: the trainer's dead-latent window as a fraction of the width, the step as
+    a fraction of training, and where the learning-rate decay starts (train_sae's `training` record)."""
+    rows = []
+    for model, metrics in sae_training.items():
+        for sae, info in metrics["saes"].items():
+            if "training" not in info:  # a pretrained SAE
+                continue
+            layer, width = parse_sae_name(sae)
+            record, d_sae = info["training"], info["d_sae"]
+            for step, dead in zip(record["dead_history"]["step"], record["dead_history"]["dead"], strict=True):
+                rows.append({"model": model, "layer": layer, "width": width, "step": step,
+                             "progress": step / record["steps"], "dead_fraction": dead / d_sae,
+                             "decay_from": record["lr_decay_from_step"] / record["steps"]})
+    return pd.DataFrame(rows, columns=["model", "layer", "width", "step", "progress", "dead_fraction", "decay_from"])
 
 
 def sae_quality_summary(quality: pd.DataFrame) -> pd.DataFrame:

@@ -85,3 +85,22 @@ def test_the_lean_trainer_refuses_jumprelu_naming_the_key() -> None:
     with pytest.raises(ValidationError, match="trainer 'lean' trains TopK SAEs only.*trainer: sae_lens"):
         SAETrainingConfig(architecture="jumprelu", k=4, training_samples=10, batch_size=2, lr=1e-3, seed=0,
                           trainer="lean")
+
+
+@pytest.mark.parametrize("trainer", ["lean", "sae_lens"])
+def test_the_dead_history_counts_the_latents_silent_for_longer_than_the_window(trainer: str) -> None:
+    """With a learning rate too small to move the weights, which latents fire on each training batch is known
+    from the trained SAE alone: the history's counts must equal a hand count over those batches."""
+    acts, window = planted(), 4
+    cfg = config(trainer, lr=1e-9, dead_window_tokens=32 * window, training_samples=32 * 41)
+    history = lean_topk.DeadHistory(every=3)
+    sae = train_sae(acts, cfg, 64, history=history)
+    batches = lean_topk.shuffled_batches(acts.numpy(), cfg.batch_size, cfg.seed)
+    since_fired, expected = np.zeros(64, dtype=int), {}
+    for step in range(41):
+        expected[step] = int((since_fired > window).sum())
+        fired = (encode(sae, next(batches)) > 0).any(dim=0).numpy()
+        since_fired = np.where(fired, 0, since_fired + 1)
+    assert history.steps == [*range(0, 41, 3), 40]  # the grid, and the last step
+    assert history.dead == [expected[step] for step in history.steps]
+    assert max(history.dead) > 0  # the planted data leaves latents silent: the check is not of zeros

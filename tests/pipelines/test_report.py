@@ -144,7 +144,10 @@ def write_metrics_tree(root: Path) -> None:
         paths.train_sae_metrics(model).parent.mkdir(parents=True, exist_ok=True)
         paths.train_sae_metrics(model).write_text(json.dumps(
             {"source": "train", "saes": {f"l{layer}__sae64": {
-                "architecture": "topk", "training_tokens": 5000, "seconds": 3.0,
+                "architecture": "topk", "training_tokens": 5000, "seconds": 3.0, "d_sae": 64,
+                "training": {"dead_window_steps": 10, "steps": 40, "lr_decay_from_step": 32,
+                             "dead_fraction_at_end": 0.0, "dead_fraction_peak": 0.25,
+                             "dead_history": {"step": [0, 20, 39], "dead": [0, 16, 0]}},
                 "heldout": {"fve": 0.8, "l0": 8.0, "dead_fraction": 0.02 * layer, "dense_fraction": 0.0,
                             "loss_recovered": 0.93, "loss_clean": 3.0, "loss_spliced": 3.2, "loss_ablated": 6.0,
                             "tokens": 900}} for layer in LAYERS[model]}}))
@@ -182,11 +185,12 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     assert ("SAE 0.78 against 0.78 in-language (2/2 zero-shot cells above chance, 0.5); hidden-state 0.50 "
             "against 0.80 in-language (0/2" in md and "so a SAE probe trained on one language can screen" in md)
     assert "skipped: target answered every item right" in html and "skipped" in md
-    assert html.count("<svg") == 9 + 1 + 1 + 1  # nine result figures, a heatmap per transfer task, cost
+    assert html.count("<svg") == 10 + 1 + 1 + 1  # ten result figures, a heatmap per transfer task, cost
     assert not re.search(r"<script|<link|src=\"http|@import", html)  # self-contained: opens offline
     assert "1 of 2 datasets above 0.8 (below: alpha)" in md  # the paper's claim 1, counted on the inputs
     # the SAE section: each SAE's held-out corpus figures, as train_sae measured them
     assert "Per SAE on held-out corpus tokens" in md and "0.93" in md.split("held-out corpus tokens")[-1]
+    assert "window over training: the latents that AuxK sees" in html  # train_sae's dead history, drawn
     # the cost section: every stage instance but the report's own (still running), extract first by wall time
     assert "Total: 69 s wall, of which 9 s start-up, over 3 stage instances." in md
     assert "extract 333" in md and "extract 81%" in md and "report" not in md.split("## Cost of this run")[1]

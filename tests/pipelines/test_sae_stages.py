@@ -274,6 +274,9 @@ def test_train_sae_trains_from_the_cache_and_measures_each_sae(tiny, tmp_path: P
     heldout = metrics["l1__sae64"]["heldout"]
     assert heldout["tokens"] == manifest["splits"]["heldout"]["tokens"] and 0 < heldout["l0"] <= 32  # TopK, k 32
     assert {"fve", "dead_fraction", "dense_fraction", "loss_recovered", "loss_clean"} <= set(heldout)
+    training = metrics["l1__sae64"]["training"]  # the trainer's dead window at every step of its 8 (2,048 / 256)
+    assert training["dead_history"]["step"] == list(range(8)) and training["steps"] == 8
+    assert training["dead_fraction_at_end"] == training["dead_history"]["dead"][-1] / 64
 
 
 def test_each_width_trains_with_its_own_settings(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,9 +288,9 @@ def test_each_width_trains_with_its_own_settings(tiny, tmp_path: Path, monkeypat
     collect_stage.run("tiny")
     seen = []
 
-    def recording(acts, cfg, width, device="cpu"):
+    def recording(acts, cfg, width, device="cpu", history=None):
         seen.append((width, cfg.training_samples, cfg.batch_size, cfg.lr))
-        return train_sae(acts, cfg, width, device)
+        return train_sae(acts, cfg, width, device, history)
 
     monkeypatch.setattr(train_sae_stage, "train_sae", recording)
     train_sae_stage.run("tiny")
