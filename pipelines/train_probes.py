@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,13 @@ class Fits:
         if summary["not_converged"]:
             log.warning("%s: %d of %d resamples did not converge", name, summary["not_converged"], len(self.splits))
         return summary, first
+
+    def reuse(self, fit: str, name: str) -> dict[str, Any]:
+        """Fit `fit`'s rows again under `name`, for a fit that would repeat it (the same probe, rows and resamples):
+        no refit; its summary."""
+        rows = next(rows for rows in self.rows if rows["fit"].iat[0] == fit)
+        self.rows.append(rows.assign(fit=name))
+        return summarize(self.rows[-1], self.labels)[name]
 
     def make(self, cell: Cell, width: int, kind: str = "logreg", select_k: int | None = None) -> Callable[[int], Any]:
         """The probe of `cell` for a resample's seed (the threshold it applies itself, if any, included)."""
@@ -277,18 +285,24 @@ def _extras(item: str, fits: Fits, results: dict, frames: dict) -> None:
     # the curve: per resample, nested stratified subsets of its training part (features.core.metrics)
     curve = []
     for fraction in p.train_fractions:
-        def subset(resample: Resample, fraction: float = fraction) -> np.ndarray:
-            rows = np.flatnonzero(resample.train)
-            chosen = training_curve_fractions(fits.y[rows], [fraction], seed=resample.index,
-                                              min_per_class=p.cv_folds)[fraction]
-            mask = np.zeros_like(resample.train)
-            mask[rows[chosen]] = True
-            return mask
-
-        summary, _ = fits.fit(f"{best}__curve{fraction:g}", fits.make(cell, width), X, subset)
+        name = f"{best}__curve{fraction:g}"
+        if fraction == 1:  # every training row: the best cell's own fit, whose rows are kept already
+            summary = fits.reuse(best, name)
+        else:
+            summary, _ = fits.fit(name, fits.make(cell, width), X, partial(curve_subset, fits, fraction))
         curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
     results["best_cell"], results["training_curve"] = best, curve
     log.info("%s: best cell by validation %s", item, best)
+
+
+def curve_subset(fits: Fits, fraction: float, resample: Resample) -> np.ndarray:
+    """The training-curve rows of `resample` at `fraction`: a stratified, nested subset of its training part."""
+    rows = np.flatnonzero(resample.train)
+    chosen = training_curve_fractions(fits.y[rows], [fraction], seed=resample.index,
+                                      min_per_class=fits.p.cv_folds)[fraction]
+    mask = np.zeros_like(resample.train)
+    mask[rows[chosen]] = True
+    return mask
 
 
 def _baselines(prepared: pd.DataFrame, fits: Fits, results: dict, read: list[str]) -> None:

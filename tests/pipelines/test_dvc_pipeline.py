@@ -129,6 +129,9 @@ def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
     curve = {f"{results['best_cell']}__curve{point['fraction']:g}" for point in results["training_curve"]}
     assert set(rows["fit"]) == set(results["cells"]) | set(results["baselines"]) | curve
     assert set(rows["resample"]) == {0, 1} and set(rows["split"]) == {"test", "val"}
+    whole, own = (rows[rows["fit"] == fit].drop(columns="fit").reset_index(drop=True)
+                  for fit in (f"{results['best_cell']}__curve1", results["best_cell"]))
+    pd.testing.assert_frame_equal(whole, own)  # the curve on every training row is the best cell's own fit
     best = results["cells"][results["best_cell"]]
     assert best["resamples"] == 2 and best["macro_f1_low"] <= best["macro_f1"] <= best["macro_f1_high"]
     assert {"roc_auc", "recall_at_1fpr", "recall_at_5fpr", "logged_macro_f1_low"} <= set(best)
