@@ -352,7 +352,10 @@ def build_sections(inputs: RunInputs, sweeps: pd.DataFrame) -> list[Section]:
                  "explained, L0, dead latents (silent on every held-out token) and dense ones (firing on over 10% "
                  "of them), and loss recovered: the model's next-token loss with the SAE's reconstruction spliced in "
                  "at its layer, placed between the clean loss (1) and the loss with the layer zero-ablated (0). "
-                 "check_sae gates on them.",
+                 "check_sae gates on them. window_dead_at_end is the share of latents the trainer's own window "
+                 "(the last dead_window_tokens of training) counted dead at its last step: the latents AuxK still "
+                 "saw; a held-out dead share well above it means latents fell silent late, or are too rare for "
+                 "the held-out tokens.",
                  f"Then the same activation figures on every dataset's tokens (extract). SAE training seed "
                  f"{inputs.setup.get('sae_seed', '?')}, one SAE per (layer, width): the whiskers span the datasets."],
                 tables=[("Per SAE on held-out corpus tokens", heldout), ("Per SAE, over datasets", summary),
