@@ -83,14 +83,19 @@ def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, sched
         if history is not None:
             history.record(step, steps - 1, int(dead.sum()))
         norms = sae.W_dec.norm(dim=-1)
-        # (batch - b_dec) @ W_enc + b_enc, with b_dec's share as one vector product added by the matmul itself:
-        # the batch needs no gradient, so autograd skips a third matmul of the step (the gradient with respect to
-        # the encoder's input), and no [batch, width] pass adds the biases
-        hidden_pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, batch, sae.W_enc) * norms
-        values, latents = hidden_pre.topk(k, dim=-1, sorted=False)
-        values = values.relu()
+        # (batch - b_dec) @ W_enc + b_enc, with b_dec's share as one vector product added by the matmul itself
+        bias = sae.b_enc - sae.b_dec @ sae.W_enc
+        with torch.no_grad():  # the dense product only selects: the picked entries carry the gradient
+            product = torch.addmm(bias, batch, sae.W_enc)
+            scaled = product * norms
+            latents = scaled.topk(k, dim=-1, sorted=False).indices
+            aux_latents = auxk_latents(scaled, dead, batch.shape[-1] // 2)
+            index = torch.cat([latents, aux_latents], dim=1)
+        picked = picked_product(product, batch, sae.W_enc, bias, index) * norms[index]
+        values = picked[:, :k].relu()
         out = decode(sae.W_dec, norms, latents, values) + sae.b_dec
-        loss = (out - batch).square().sum(dim=-1).mean() + auxk_loss(sae, norms, batch, out, hidden_pre, dead)
+        loss = (out - batch).square().sum(dim=-1).mean() + auxk_loss(sae, norms, batch, out, picked[:, k:],
+                                                                     aux_latents, int(dead.sum()))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         optimizer.step()
@@ -108,18 +113,60 @@ def decode(W_dec: torch.Tensor, norms: torch.Tensor, latents: torch.Tensor, valu
     return F.embedding_bag(latents, W_dec, per_sample_weights=values / norms[latents], mode="sum")
 
 
-def auxk_loss(sae: Any, norms: torch.Tensor, batch: torch.Tensor, out: torch.Tensor, hidden_pre: torch.Tensor,
-               dead: torch.Tensor) -> torch.Tensor:
-    """sae-lens' TopK auxiliary loss: the top d_in/2 dead latents reconstruct what the live ones left."""
+def auxk_latents(pre: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """Per row of pre-activations [batch, width], the top `k_aux` dead latents (all of them if fewer): what
+    AuxK reconstructs with. Picked among the dead columns only, a [batch, n_dead] slice, not a masked copy."""
     dead_latents = dead.nonzero().squeeze(-1)
-    n_dead = len(dead_latents)
+    if len(dead_latents) == 0:
+        return torch.empty(len(pre), 0, dtype=torch.long, device=pre.device)
+    return dead_latents[pre[:, dead_latents].topk(min(k_aux, len(dead_latents)), dim=-1, sorted=False).indices]
+
+
+def auxk_loss(sae: Any, norms: torch.Tensor, batch: torch.Tensor, out: torch.Tensor, values: torch.Tensor,
+              latents: torch.Tensor, n_dead: int) -> torch.Tensor:
+    """sae-lens' TopK auxiliary loss: the top d_in/2 dead latents (`latents`, their pre-activations `values`)
+    reconstruct what the live ones left, scaled down while fewer than d_in/2 latents are dead."""
     if n_dead == 0:
         return out.new_zeros(())
-    k_aux = min(batch.shape[-1] // 2, n_dead)
     scale = min(n_dead / (batch.shape[-1] // 2), 1.0)
-    # the top among the dead columns only: a [batch, n_dead] slice, not a masked copy of the whole [batch, width]
-    values, picked = hidden_pre[:, dead_latents].topk(k_aux, dim=-1, sorted=False)
-    latents = dead_latents[picked]
     residual = (batch - out).detach()
     reconstruction = decode(sae.W_dec, norms, latents, values)
     return sae.cfg.aux_loss_coefficient * scale * (reconstruction - residual).square().sum(dim=-1).mean()
+
+
+# The share of a [batch, width] product's entries under which the gradient of W from the picked entries alone (a
+# sparse product) beats the dense one: on this project's CPU, 16k latents and batch 1,024, the sparse product took
+# 65 ms at k 64 and 100 ms with AuxK's 320 more a row, the dense 305 ms (one thread).
+SPARSE_GRADIENT_MAX_DENSITY = 0.05
+
+
+def picked_product(product: torch.Tensor, batch: torch.Tensor, W: torch.Tensor, bias: torch.Tensor,
+                   index: torch.Tensor) -> torch.Tensor:
+    """`product.gather(1, index)` where `product` is batch @ W + bias computed without a graph, differentiable in
+    `W` and `bias` as if the product had been: a TopK SAE's loss reads a few entries of each row, so the
+    gradient of W needs only those (a sparse [width, batch] x [batch, d_in] product), not the dense [d_in,
+    batch] x [batch, width] one, nor a [batch, width] gradient of the product."""
+    return _Picked.apply(product, batch, W, bias, index)
+
+
+class _Picked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, product: torch.Tensor, batch: torch.Tensor, W: torch.Tensor, bias: torch.Tensor,
+                index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(batch, index)
+        ctx.width = W.shape[1]
+        return product.gather(1, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor, torch.Tensor, None]:
+        batch, index = ctx.saved_tensors
+        latents = index.flatten()
+        grad_bias = grad.new_zeros(ctx.width).index_add_(0, latents, grad.flatten())
+        if index.shape[1] <= SPARSE_GRADIENT_MAX_DENSITY * ctx.width:
+            rows = torch.arange(len(index), device=index.device).repeat_interleave(index.shape[1])
+            picked = torch.sparse_coo_tensor(torch.stack([latents, rows]), grad.flatten(), (ctx.width, len(batch)),
+                                             check_invariants=False)
+            grad_W = torch.sparse.mm(picked, batch).T.contiguous()
+        else:
+            grad_W = batch.T @ grad.new_zeros(len(batch), ctx.width).scatter_add_(1, index, grad)
+        return None, None, grad_W, grad_bias, None

@@ -43,6 +43,35 @@ def test_the_lean_loop_trains_the_same_sae_as_sae_lens(schedule: dict) -> None:
     torch.testing.assert_close(encode(lean, acts), encode(reference, acts), atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("max_density", [0.0, 1.0])  # the dense gradient of W, the sparse one
+def test_the_picked_entries_get_the_gradient_of_the_dense_product(max_density: float,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lean_topk, "SPARSE_GRADIENT_MAX_DENSITY", max_density)
+    generator = torch.Generator().manual_seed(0)
+    batch, weights = torch.randn(6, 5, generator=generator), torch.randn(5, 9, generator=generator)
+    index = torch.tensor([[0, 3, 3], [8, 1, 0], [2, 2, 2], [4, 5, 6], [7, 0, 1], [8, 8, 3]])  # repeats sum
+    grad_out = torch.randn(6, 3, generator=generator)
+    W, bias = weights.clone().requires_grad_(), torch.randn(9, generator=generator).requires_grad_()
+    (torch.addmm(bias, batch, W).gather(1, index) * grad_out).sum().backward()
+    W_picked, bias_picked = W.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    with torch.no_grad():
+        product = torch.addmm(bias_picked, batch, W_picked)
+    picked = lean_topk.picked_product(product, batch, W_picked, bias_picked, index)
+    torch.testing.assert_close(picked, product.gather(1, index))
+    (picked * grad_out).sum().backward()
+    torch.testing.assert_close(W_picked.grad, W.grad)
+    torch.testing.assert_close(bias_picked.grad, bias.grad)
+
+
+def test_the_sparse_gradient_trains_the_same_sae_as_sae_lens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lean_topk, "SPARSE_GRADIENT_MAX_DENSITY", 1.0)  # these small SAEs would take the dense one
+    acts, schedule = planted(), {"lr_warmup": 0.1, "lr_decay": 0.3, "dead_window_tokens": 96}
+    lean = train_sae(acts, config("lean", **schedule), 64)
+    reference = train_sae(acts, config("sae_lens", **schedule), 64)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(lean, name), getattr(reference, name), atol=2e-4, rtol=1e-3)
+
+
 def test_a_lean_sae_saves_and_loads_as_sae_lens_does(tmp_path: Path) -> None:
     acts = planted()
     sae = train_sae(acts, config("lean", training_samples=32 * 300), 64)
