@@ -29,7 +29,7 @@ from features.core.cards import CardSettings
 from features.core.config import Strict
 from features.core.naming import sae_name
 from features.core.prepare import DatasetConfig, SplitConfig
-from features.core.sae_training import SAETrainingConfig
+from features.core.sae_training import DecoderInit, SAETrainingConfig
 from features.errors import SaefsError
 from features.forward.settings import ExtractSettings
 from features.sources.datasets import DATASET_SOURCE_KINDS
@@ -102,6 +102,7 @@ class TrainingOverrides(Strict):
     training_samples: int | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=0)
     lr: float | None = Field(None, gt=0)
+    decoder_init: DecoderInit | None = None
 
 
 class SaeParams(Strict):

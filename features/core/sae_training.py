@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from features.core.lean_topk import DeadHistory, Schedule
 
 
+# kaiming: sae-lens' init; data: each latent's decoder direction a distinct random training row minus the mean
+DecoderInit = Literal["kaiming", "data"]
+
+
 def check_architecture(name: str) -> str:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown SAE architecture {name!r}: expected one of {sorted(ARCHITECTURES)}")
@@ -46,6 +50,9 @@ class SAETrainingConfig(Strict):
     dead_window_tokens: int = Field(
         1_024_000, gt=0, description="a latent silent for this many training tokens is dead and joins the auxiliary "
         "loss (sae-lens' default window is 1,000 steps; a short CPU run needs a window it can reach)")
+    decoder_init: DecoderInit = Field(
+        "kaiming", description="kaiming: sae-lens' init; data: each latent's decoder direction a distinct random "
+        "training row minus the mean (the encoder its transpose), so every latent starts where the data lies")
 
     @model_validator(mode="after")
     def _lean_is_topk(self) -> SAETrainingConfig:
@@ -113,6 +120,8 @@ def train_sae(acts: np.ndarray | torch.Tensor, cfg: SAETrainingConfig, width: in
         "normalize_activations": "expected_average_only_in"})
     with torch.no_grad():
         sae.b_dec.copy_(torch.from_numpy(mean * scale))
+    if cfg.decoder_init == "data":
+        init_from_rows(sae, rows, mean, cfg.seed)
     batches = (batch.to(device) for batch in shuffled_batches(rows, cfg.batch_size, cfg.seed))
     schedule = cfg.schedule()
     if cfg.trainer == "lean":
@@ -139,6 +148,27 @@ def _watched(batches: Any, trainer: Callable[[], Any], steps: int, history: Dead
     for step, batch in enumerate(batches):
         history.record(step, steps - 1, int(trainer().dead_neurons.sum()))
         yield batch
+
+
+def init_from_rows(sae: Any, rows: np.ndarray, mean: np.ndarray, seed: int) -> None:
+    """Point each latent's decoder row at a distinct random row of `rows` minus `mean`, keeping the row's norm,
+    and set the encoder to the decoder's transpose (as sae-lens' init does).
+
+    A random direction of a nearly low-rank residual stream (Gemma 3's early blocks) barely meets the data: such a
+    latent never wins the top k, and AuxK revives it only at a learning rate that sets off waves of deaths later.
+    """
+    import numpy as np
+    import torch
+
+    if len(rows) < sae.cfg.d_sae:
+        raise ValueError(f"decoder_init 'data' draws one training row per latent: {len(rows)} rows for "
+                         f"{sae.cfg.d_sae} latents; collect more tokens or use decoder_init: kaiming")
+    picked = np.sort(np.random.default_rng(seed).choice(len(rows), sae.cfg.d_sae, replace=False))
+    directions = torch.from_numpy(np.asarray(rows[picked], dtype=np.float32) - mean)
+    directions /= directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    with torch.no_grad():
+        sae.W_dec.copy_(directions * sae.W_dec.norm(dim=-1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
 
 
 def _moments(rows: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, float]:

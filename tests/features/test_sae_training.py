@@ -133,3 +133,23 @@ def test_the_dead_history_counts_the_latents_silent_for_longer_than_the_window(t
     assert history.steps == [*range(0, 41, 3), 40]  # the grid, and the last step
     assert history.dead == [expected[step] for step in history.steps]
     assert max(history.dead) > 0  # the planted data leaves latents silent: the check is not of zeros
+
+
+def test_a_data_init_starts_each_latent_at_its_own_training_row() -> None:
+    """With a learning rate too small to move the weights, each decoder direction is still a distinct training
+    row minus the mean, and the encoder its transpose."""
+    acts = planted() + 0.01 * torch.randn(1200, 16, generator=torch.Generator().manual_seed(0))  # no equal rows
+    sae = train_sae(acts, config("lean", lr=1e-9, decoder_init="data"), 64)
+    directions = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)
+    centred = acts - acts.mean(dim=0)
+    cosine = directions @ (centred / centred.norm(dim=-1, keepdim=True)).T
+    best = cosine.max(dim=1)
+    torch.testing.assert_close(best.values, torch.ones(64), atol=1e-4, rtol=0)
+    assert len(set(best.indices.tolist())) == 64  # one row per latent
+    torch.testing.assert_close(sae.W_enc / sae.W_enc.norm(dim=0), directions.T, atol=1e-4, rtol=0)
+
+
+def test_a_data_init_needs_a_row_per_latent() -> None:
+    with pytest.raises(ValueError, match="decoder_init 'data' draws one training row per latent: 1200 rows for "
+                                         "2048 latents"):
+        train_sae(planted(), config("lean", decoder_init="data"), 2048)

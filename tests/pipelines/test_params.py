@@ -172,6 +172,6 @@ def test_an_saes_own_training_settings_name_one_of_its_saes_and_a_trained_one() 
 def test_by_width_refuses_a_setting_a_width_cannot_set() -> None:
     raw = embedded_params()
     raw["train_sae"]["by_width"] = {"4k": {"k": 16}}
-    allowed = r"\(allowed here: training_samples, batch_size, lr\)"
+    allowed = r"\(allowed here: training_samples, batch_size, lr, decoder_init\)"
     with pytest.raises(ParamsError, match=r"train_sae.by_width.4k.k: unknown key " + allowed):
         parse_params(raw)
