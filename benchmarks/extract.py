@@ -24,7 +24,8 @@ import torch
 
 import pipelines  # noqa: F401  (offline environment)
 from features.core.naming import codes_name, parse_width, sae_name
-from features.core.sae_training import SAETrainingConfig, train_sae
+from features.core.sae_config import SAETrainingConfig
+from features.core.sae_training import train_sae
 from features.forward.extract import collect_activations, extract
 from features.forward.throughput import measure_matmul_gflops, remember_matmul_rate, truncated_forward_flops
 from features.sources.lm import load_prepared

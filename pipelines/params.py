@@ -29,7 +29,7 @@ from features.core.cards import CardSettings
 from features.core.config import Strict
 from features.core.naming import sae_name
 from features.core.prepare import DatasetConfig, SplitConfig
-from features.core.sae_training import DecoderInit, SAETrainingConfig
+from features.core.sae_config import DecoderInit, SAETrainingConfig
 from features.errors import SaefsError
 from features.forward.settings import ExtractSettings
 from features.sources.datasets import DATASET_SOURCE_KINDS

@@ -22,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from features.core.layers import hook_name
-from features.core.lean_topk import DeadHistory, Schedule
+from features.core.lean_topk import DeadHistory
 from features.core.naming import parse_width, sae_name
+from features.core.sae_config import Schedule
 from features.core.sae_training import train_sae
 from features.errors import SaefsError
 from features.forward.splice import loss_recovered

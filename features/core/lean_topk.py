@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,15 +17,8 @@ from sae_lens.training.optim import get_lr_scheduler
 from torch.nn import functional as F  # noqa: N812
 from tqdm.auto import tqdm
 
-
-@dataclass(frozen=True)
-class Schedule:
-    """Training steps and the step counts of sae-lens' schedule: linear warm-up, constant, linear decay to 0."""
-
-    steps: int
-    warmup_steps: int
-    decay_steps: int
-    dead_window_steps: int  # steps without firing before a latent counts as dead (and joins AuxK)
+if TYPE_CHECKING:
+    from features.core.sae_config import Schedule
 
 
 @dataclass

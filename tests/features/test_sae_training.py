@@ -10,7 +10,8 @@ import torch
 from pydantic import ValidationError
 
 from features.core import lean_topk
-from features.core.sae_training import SAETrainingConfig, train_sae
+from features.core.sae_config import SAETrainingConfig
+from features.core.sae_training import train_sae
 from features.sources.sae import encode, load_sae
 from features.stores.activations import ActivationCache, ActivationWriter, write_manifest
 

@@ -56,7 +56,8 @@ def test_the_gate_fails_an_sae_with_a_shuffled_decoder_on_a_real_model(tmp_path)
 
     import pandas as pd
 
-    from features.core.sae_training import SAETrainingConfig, train_sae
+    from features.core.sae_config import SAETrainingConfig
+    from features.core.sae_training import train_sae
     from features.forward.extract import collect_activations
     from features.sources.datasets import load_source
     from features.sources.lm import load_prepared

@@ -55,6 +55,15 @@ def test_every_stage_code_is_its_modules_closure_with_the_runner_and_feasts_repo
         assert code[name] >= import_closure(f"pipelines.{name}", REPO, FIRST_PARTY), name
 
 
+def test_only_train_sae_holds_the_sae_trainers_code() -> None:
+    """Every stage reads params, which hold the SAE training settings: a change to the trainer must rerun
+    train_sae and what reads its SAEs, not collect the corpus again nor prepare the data."""
+    code = fingerprint_sources.stage_code(REPO / "dvc.yaml", REPO)
+    trainer = {"features/core/sae_training.py", "features/core/lean_topk.py"}
+    assert trainer <= code["train_sae"]
+    assert [name for name in code if code[name] & trainer] == ["train_sae"]
+
+
 def test_the_stages_run_on_every_repro_import_neither_torch_nor_mlflow() -> None:
     # A repro with nothing to do starts their commands in processes of their own: each library takes seconds to
     # import, which were most of its time. check_stores loads MLflow when it queries the store, not before.

@@ -15,7 +15,7 @@ import torch
 from features.core import pooling
 from features.core.naming import codes_name, hidden_name
 from features.core.probes import make_probe
-from features.core.sae_training import ARCHITECTURES
+from features.core.sae_config import ARCHITECTURES
 from features.sources.datasets import DATASET_SOURCE_KINDS
 from features.sources.models import MODEL_SOURCE_KINDS
 from features.sources.sae import SAE_LOADERS
@@ -102,7 +102,7 @@ def test_a_registered_pooling_reaches_a_feast_view_and_a_probe(with_first: None,
 REGISTRIES = {
     "features/core/pooling.py": set(pooling.POOLINGS) | {pooling.TOP_N},
     "features/sources/sae.py": set(SAE_LOADERS),
-    "features/core/sae_training.py": set(ARCHITECTURES),
+    "features/core/sae_config.py": set(ARCHITECTURES),
     "features/sources/models.py": set(MODEL_SOURCE_KINDS),
     "features/sources/datasets.py": set(DATASET_SOURCE_KINDS),
 }

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from features.core.naming import codes_name
-from features.core.sae_training import SAETrainingConfig, train_sae
+from features.core.sae_config import SAETrainingConfig
+from features.core.sae_training import train_sae
 from features.errors import SaefsError
 from features.forward.extract import collect_activations, extract
 from features.stores.activations import CacheMismatch
