@@ -25,8 +25,7 @@ class Schedule:
     dead_window_steps: int  # steps without firing before a latent counts as dead (and joins AuxK)
 
 
-# kaiming: sae-lens' init; data: each latent's decoder direction a distinct random training row minus the mean
-DecoderInit = Literal["kaiming", "data"]
+DecoderInit = Literal["kaiming", "data"]  # SAETrainingConfig.decoder_init says what each means
 
 
 def check_architecture(name: str) -> str:
