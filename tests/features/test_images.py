@@ -23,10 +23,14 @@ def picture(seed: int, side: int = 12) -> Image.Image:
 
 
 def class_folder(root: Path, classes: dict[str, int], suffix: str = ".png") -> Path:
+    """Distinct pictures, the same in every process: preparation keeps one of identical images, and hash() of a
+    string changes with PYTHONHASHSEED."""
+    seed = 0
     for label, count in classes.items():
         (root / label).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            picture(hash((label, i)) % 1000).save(root / label / f"{i}{suffix}")
+            picture(seed).save(root / label / f"{i}{suffix}")
+            seed += 1
     return root
 
 
