@@ -34,6 +34,7 @@ from pipelines.profile import PROFILE_DIR, profile_params
 
 log = logging.getLogger("saefs.report")
 TRANSFER = {"cross_model": report.CROSS_MODEL_COLUMNS, "cross_lingual": report.CROSS_LINGUAL_COLUMNS}
+TRAINING_SETTINGS = ("training_samples", "batch_size", "lr", "decoder_init")  # a trained SAE's, in the setup
 
 
 def read_json(path: Path, stage: str) -> dict[str, Any]:
@@ -80,13 +81,18 @@ def _per_sae(params: Params, model: str, setting: str) -> Any:
     values = {(layer, width): getattr(params.sae_training(model, layer, width), setting)
               for layer in cfg.layers for width in cfg.widths}
     per_width = {width: getattr(params.train_sae.for_sae(width), setting) for width in cfg.widths}
-    apart = [f"{sae_name(layer, width)}: {value:,}" for (layer, width), value in values.items()
+    apart = [f"{sae_name(layer, width)}: {_shown(value)}" for (layer, width), value in values.items()
              if value != per_width[width]]
     one = len(set(per_width.values())) == 1
     if one and not apart:
         return next(iter(per_width.values()))
-    head = f"{next(iter(per_width.values())):,}" if one else ", ".join(f"{w}: {v:,}" for w, v in per_width.items())
+    head = (_shown(next(iter(per_width.values()))) if one
+            else ", ".join(f"{w}: {_shown(v)}" for w, v in per_width.items()))
     return f"{head} ({', '.join(apart)})" if apart else head
+
+
+def _shown(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int | float) else str(value)
 
 
 def describe(params: Params) -> dict[str, Any]:
@@ -94,8 +100,8 @@ def describe(params: Params) -> dict[str, Any]:
     trained = params.train_sae
     saes = {model: {"layers": " ".join(map(str, s.layers)), "widths": " ".join(s.widths), "source": s.source,
                     **({"architecture": trained.architecture, "k": trained.k,
-                        **{setting: _per_sae(params, model, setting)
-                           for setting in ("training_samples", "batch_size", "lr")}} if s.source == "train" else {})}
+                        **{setting: _per_sae(params, model, setting) for setting in TRAINING_SETTINGS}}
+                       if s.source == "train" else {})}
             for model, s in params.sae.items()}
     datasets = {name: {"source": d.source, "max_rows": d.max_rows, "lang": d.lang}
                 for name, d in params.datasets.items()}

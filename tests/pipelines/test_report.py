@@ -344,9 +344,11 @@ def test_the_setup_names_each_widths_training_settings_where_they_differ(tmp_pat
     assert saes["gemma3_270m"]["batch_size"] == "4k: 1,024, 16k: 256"
     assert saes["smollm2_135m_it"]["training_samples"] == 1_000_000  # its one width, 4k
     assert saes["smollm2_135m_it"]["batch_size"] == 1024
-    raw["sae"]["gemma3_270m"]["training"] = {"l5__sae16k": {"lr": 0.004}}
+    raw["sae"]["gemma3_270m"]["training"] = {"l5__sae16k": {"lr": 0.004, "decoder_init": "data"}}
     raw["train_sae"]["lr"] = 0.002
     saes = report.describe(parse_params(raw))["saes"]
     assert saes["gemma3_270m"]["lr"] == "0.002 (l5__sae16k: 0.004)"
+    assert saes["gemma3_270m"]["decoder_init"] == "kaiming (l5__sae16k: data)"
+    assert saes["smollm2_135m_it"]["decoder_init"] == "kaiming"
     assert saes["gemma3_270m"]["batch_size"] == "4k: 1,024, 16k: 256"
     assert saes["smollm2_135m_it"]["lr"] == 0.002
