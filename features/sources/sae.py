@@ -140,15 +140,19 @@ class QualityMeter:
         import torch
 
         with torch.inference_mode(), _at_input_precision(acts):
-            reconstruction = sae.decode(_sparse_if_topk(sae, codes)).double()
+            decoded = _sparse_if_topk(sae, codes)
+            reconstruction = sae.decode(decoded).double()
         target = acts.to(reconstruction.device).double()
-        active = codes > 0
+        if decoded.is_sparse:  # count firings from the k entries a row, not two passes over [N, d_sae]
+            fire = torch.bincount(decoded.indices()[1][decoded.values() > 0], minlength=codes.shape[1])
+        else:
+            fire = (codes > 0).sum(dim=0)
         self.n_tokens += len(acts)
         self.squared_error += (target - reconstruction).square().sum().cpu()
         self.sum_x += target.sum(dim=0).cpu()
         self.sum_x2 += target.square().sum(dim=0).cpu()
-        self.n_active += active.sum().cpu()
-        self.fire_count += active.sum(dim=0).cpu()
+        self.n_active += fire.sum().cpu()
+        self.fire_count += fire.cpu()
 
     def add(self, other: QualityMeter) -> None:
         """Take in another meter's tokens (another worker's, another shard's): every sum adds."""

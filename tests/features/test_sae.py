@@ -160,7 +160,7 @@ def test_quality_state_round_trips_and_adds_up() -> None:
         QualityMeter(8, 16).load_state({k: v for k, v in first.state().items() if k != "fire_count"})
 
 
-def test_topk_quality_decodes_sparse_codes_to_the_dense_reconstruction() -> None:
+def test_topk_quality_decodes_sparse_codes_to_the_dense_reconstruction_and_counts_each_firing() -> None:
     from sae_lens import TopKSAE, TopKSAEConfig
 
     torch.manual_seed(0)
@@ -176,3 +176,6 @@ def test_topk_quality_decodes_sparse_codes_to_the_dense_reconstruction() -> None
     quality = sae_quality(sae, acts, chunk_tokens=13)
     assert quality.fve == pytest.approx(expected_fve, rel=1e-5)
     assert quality.l0 == pytest.approx(4.0)
+    meter = QualityMeter(D_IN, D_SAE)
+    meter.update(sae, acts, codes)  # counted from the sparse codes' entries
+    assert torch.equal(meter.fire_count, (codes > 0).sum(dim=0)) and meter.n_active.item() == (codes > 0).sum().item()
