@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ from pydantic import ValidationError
 from features.core import lean_topk
 from features.core.sae_config import SAETrainingConfig
 from features.core.sae_training import train_sae
+from features.forward.extract import activation_batches, collect_activations
 from features.sources.sae import encode, load_sae
 from features.stores.activations import ActivationCache, ActivationWriter, write_manifest
+from tests.features.tiny import make_model, make_texts, make_tokenizer
 
 
 def planted(n: int = 1200, d_in: int = 16, atoms: int = 40, seed: int = 0) -> torch.Tensor:
@@ -92,18 +95,39 @@ def test_the_sparse_decode_equals_the_dense_one() -> None:
     torch.testing.assert_close(lean_topk.decode(W_dec, norms, latents, values), dense)
 
 
+def cached(folder: Path, batches: Iterable[dict[int, torch.Tensor]], layers: list[int], layer: int) -> np.memmap:
+    """`batches` written batch by batch, as collect_activations streams them, and `layer` read back memory-mapped."""
+    writer = ActivationWriter(folder, "train", layers)
+    for batch in batches:
+        writer.add(batch)
+    write_manifest(folder, {"model": "m"}, {"train": writer.close()}, layers)
+    return ActivationCache.open(folder, {"model": "m"}, fix="recollect").layer("train", layer)
+
+
+def assert_same_sae(a, b) -> None:
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=0, rtol=0)
+
+
 def test_a_memory_mapped_cache_trains_the_same_sae_as_activations_in_memory(tmp_path: Path) -> None:
     acts = planted()
-    writer = ActivationWriter(tmp_path, "train", [3])
-    for part in acts.split(100):  # written batch by batch, as collect_activations streams them
-        writer.add({3: part})
-    write_manifest(tmp_path, {"model": "m"}, {"train": writer.close()}, [3])
-    cached = ActivationCache.open(tmp_path, {"model": "m"}, fix="recollect").layer("train", 3)
-    assert isinstance(cached, np.memmap)
+    cache = cached(tmp_path, ({3: part} for part in acts.split(100)), [3], 3)
+    assert isinstance(cache, np.memmap)
     cfg = config("lean", dead_window_tokens=96, lr_warmup=0.1, lr_decay=0.2)
-    from_disk, in_memory = train_sae(cached, cfg, 64), train_sae(acts, cfg, 64)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        torch.testing.assert_close(getattr(from_disk, name), getattr(in_memory, name), atol=0, rtol=0)
+    assert_same_sae(train_sae(cache, cfg, 64), train_sae(acts, cfg, 64))
+
+
+def test_an_sae_trained_on_the_cache_equals_one_trained_on_activations_computed_in_memory(tmp_path: Path) -> None:
+    """A real (tiny) model's forward: its activations streamed to disk and read back memory-mapped train the same
+    SAE, to the bit, as the same forward's activations held in memory: the cache changes no number."""
+    model, tokenizer = make_model("gemma3", n_layers=4), make_tokenizer()
+    texts = make_texts([5 + i % 20 for i in range(300)])
+    options = {"max_tokens": 32, "batch_size": 32}
+    cache = cached(tmp_path, activation_batches(model, tokenizer, texts, [1, 2], **options), [1, 2], 2)
+    in_memory = collect_activations(model, tokenizer, texts, [2], **options)[2]
+    assert isinstance(cache, np.memmap) and cache.shape == tuple(in_memory.shape)
+    cfg = SAETrainingConfig(architecture="topk", k=8, training_samples=4096, batch_size=256, lr=3e-3, seed=1)
+    assert_same_sae(train_sae(cache, cfg, width=64), train_sae(in_memory, cfg, width=64))
 
 
 def test_a_schedule_without_full_rate_steps_is_refused() -> None:

@@ -12,14 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from features.core.naming import codes_name
 from features.core.sae_config import SAETrainingConfig
 from features.core.sae_training import train_sae
 from features.errors import SaefsError
-from features.forward.extract import activation_batches, collect_activations, extract
-from features.stores.activations import ActivationCache, ActivationWriter, CacheMismatch, write_manifest
+from features.forward.extract import collect_activations, extract
+from features.stores.activations import CacheMismatch
 from features.stores.files import write_json
 from features.stores.shards import ShardWriter, read_csr
 from features.stores.validation import Failure, SaeQualityRules, validate_sae_quality
@@ -260,25 +259,6 @@ def _sae_scratch(tiny, tmp_path: Path, **sae: Any) -> dict:
     write_params(tmp_path, params)
     fingerprint_sources.run()
     return params
-
-
-def test_an_sae_trained_on_the_cache_equals_one_trained_on_activations_computed_in_memory(tiny,
-                                                                                          tmp_path: Path) -> None:
-    """The model's activations streamed to disk and read back memory-mapped train the same SAE, to the bit, as the
-    same forward's activations held in memory: the cache changes no number."""
-    model, tokenizer, texts, _ = tiny
-    options = {"max_tokens": 32, "batch_size": 32}
-    writer = ActivationWriter(tmp_path, "train", [1, 2])
-    for batch in activation_batches(model, tokenizer, texts, [1, 2], **options):
-        writer.add(batch)
-    write_manifest(tmp_path, {"model": "tiny"}, {"train": writer.close()}, [1, 2])
-    cached = ActivationCache.open(tmp_path, {"model": "tiny"}, fix="recollect").layer("train", 2)
-    in_memory = collect_activations(model, tokenizer, texts, [2], **options)[2]
-    assert isinstance(cached, np.memmap) and cached.shape == tuple(in_memory.shape)
-    cfg = SAETrainingConfig(architecture="topk", k=8, training_samples=4096, batch_size=256, lr=3e-3, seed=1)
-    from_disk, from_memory = train_sae(cached, cfg, width=64), train_sae(in_memory, cfg, width=64)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        assert torch.equal(getattr(from_disk, name), getattr(from_memory, name)), name
 
 
 def test_train_sae_trains_from_the_cache_and_measures_each_sae(tiny, tmp_path: Path,
