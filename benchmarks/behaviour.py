@@ -2,11 +2,12 @@
 
     python benchmarks/behaviour.py --model gemma3_270m [--items 40] [--batch-tokens 1024]
 
-Needs `dvc repro prepare_model` (the model). For each behaviour task in params.yaml, the first
-`--items` items are scored by the per-item path (the scoring before batching: one forward per
-item, every option a row of prompt + option) and by `label_items`, on the same items in one run;
-prints items/s of both, their ratio, the largest difference of option log-probabilities and whether
-the answers agree, with the load average.
+Needs `dvc repro prepare_model` (the model), and `dvc repro prepare_data` for a judgement task (its texts).
+For each behaviour task in params.yaml, the first `--items` prompts the stage would score (a multiple-choice
+task's items; a judgement task's question about each judged text) are scored by the per-item path (the
+scoring before batching: one forward per item, every option a row of prompt + option) and by `score_prompts`
+(what the stage runs), on the same prompts in one run; prints items/s of both, their ratio, the largest
+difference of option log-probabilities and whether the answers agree, with the load average.
 """
 
 from __future__ import annotations
@@ -19,19 +20,31 @@ import numpy as np
 import torch
 
 import pipelines  # noqa: F401  (offline environment)
-from features.forward.behaviour import context_length, label_items
-from features.sources.items import Item, first_items, load_item_rows, mcq_prompt, parse_items
+from features.forward.behaviour import context_length, judgement_prompt, score_prompts
+from features.sources.items import first_items, load_item_rows, mcq_prompt, parse_items
 from features.sources.lm import load_prepared, right_pad, with_bos
 from pipelines import paths
-from pipelines.params import load_params
+from pipelines.behaviour_labels import judged_texts
+from pipelines.params import ItemTask, load_params
 
 
-def per_item(model, tokenizer, items: list[Item], max_tokens: int) -> list[list[float] | None]:
+def task_prompts(task: str, spec, n: int) -> tuple[list[str], list[list[str]]]:
+    """The first `n` prompts the stage scores for `task`, and each one's options."""
+    if isinstance(spec, ItemTask):
+        items, _ = parse_items(load_item_rows(spec.source, spec.format, spec.split), spec.format, task)
+        items = first_items(items, task, spec.max_items)[:n]
+        return [mcq_prompt(item) for item in items], [list(item.options) for item in items]
+    texts = judged_texts(task, spec)["text"].tolist()[:n]
+    return [judgement_prompt(spec.question, text, spec.answers) for text in texts], [list(spec.answers)] * len(texts)
+
+
+def per_item(model, tokenizer, prompts: list[str], options: list[list[str]],
+             max_tokens: int) -> list[list[float] | None]:
     """The scoring before batching: one forward per item, each option a row holding the whole prompt."""
     scores: list[list[float] | None] = []
-    for item in items:
-        prompt_ids = with_bos(tokenizer(mcq_prompt(item), add_special_tokens=True)["input_ids"], tokenizer.bos_token_id)
-        option_ids = [list(tokenizer(" " + o, add_special_tokens=False)["input_ids"]) for o in item.options]
+    for prompt, choices in zip(prompts, options, strict=True):
+        prompt_ids = with_bos(tokenizer(prompt, add_special_tokens=True)["input_ids"], tokenizer.bos_token_id)
+        option_ids = [list(tokenizer(" " + o, add_special_tokens=False)["input_ids"]) for o in choices]
         longest = max(len(ids) for ids in option_ids)
         if len(prompt_ids) + longest > min(max_tokens, context_length(model) or max_tokens) or not all(option_ids):
             scores.append(None)
@@ -58,23 +71,23 @@ def main() -> None:
     total_old = total_new = 0.0
     n_total = 0
     for task, spec in b.tasks.items():
-        items, _ = parse_items(load_item_rows(spec.source, spec.format, spec.split), spec.format, task)
-        items = first_items(items, task, spec.max_items)[: args.items]
+        prompts, options = task_prompts(task, spec, args.items)
         started = time.perf_counter()
-        old = per_item(model, tokenizer, items, b.max_tokens)
+        old = per_item(model, tokenizer, prompts, options, b.max_tokens)
         old_s = time.perf_counter() - started
         started = time.perf_counter()
-        new = label_items(model, tokenizer, items, b.max_tokens, progress=False, batch_tokens=args.batch_tokens)
+        new = score_prompts(model, tokenizer, prompts, options, b.max_tokens, progress=False,
+                            batch_tokens=args.batch_tokens)
         new_s = time.perf_counter() - started
         kept = [scores for scores in old if scores is not None]
         assert len(kept) == len(new.option_logprobs), "both paths must keep the same items"
         diff = max(float(np.max(np.abs(np.subtract(a, b)))) for a, b in zip(kept, new.option_logprobs, strict=True))
         agree = np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(kept, new.option_logprobs,
                                                                                     strict=True)])
-        print(f"{args.model} {task}: {len(items)} items; per-item {len(items) / old_s:6.2f} items/s, batched "
-              f"{len(items) / new_s:6.2f} items/s ({old_s / new_s:.1f}x); max |diff| of option log-probs "
+        print(f"{args.model} {task}: {len(prompts)} items; per-item {len(prompts) / old_s:6.2f} items/s, batched "
+              f"{len(prompts) / new_s:6.2f} items/s ({old_s / new_s:.1f}x); max |diff| of option log-probs "
               f"{diff:.2e}; answers agree {agree:.0%}; load average {os.getloadavg()[0]:.1f}", flush=True)
-        total_old, total_new, n_total = total_old + old_s, total_new + new_s, n_total + len(items)
+        total_old, total_new, n_total = total_old + old_s, total_new + new_s, n_total + len(prompts)
     print(f"all tasks: per-item {n_total / total_old:.2f} items/s, batched {n_total / total_new:.2f} items/s "
           f"({total_old / total_new:.1f}x)")
 
