@@ -33,6 +33,9 @@ SaeKey = tuple[int, str]  # (layer, SAE name)
 CodesKey = tuple[int, str, str]  # (layer, SAE name, pooling spec)
 SaesByLayer = Mapping[int, Mapping[str, SAE[Any]]]  # layer -> SAE name -> SAE (several widths per layer)
 DEFAULT_MAX_CODE_ELEMENTS = 2**26  # tokens x SAE width held at once: 256 MB of fp32 codes
+# Padded tokens per CPU batch when no budget is given: 32 texts of 160 tokens (5,120) ran Gemma 3 22% slower than
+# batches of 1,024 (their MLP activations outgrow the caches), and short texts run as fast either way.
+CPU_TOKENS_PER_BATCH = 1024
 
 
 class EmptyTexts(SaefsError):
@@ -183,9 +186,12 @@ def _forward_batches(
     desc: str,
     progress: bool,
 ) -> Iterator[tuple[np.ndarray, Tensor, dict[int, Tensor], Tensor]]:
-    """Per length-sorted batch of at most `sizes` (texts, padded tokens): its input rows, token ids, the captured
-    residuals and the counted-token mask."""
-    batches = length_sorted_batches([len(ids) for ids in tokenized.ids], *sizes)
+    """Per length-sorted batch of at most `sizes` (texts, padded tokens; on the CPU CPU_TOKENS_PER_BATCH tokens
+    when no budget is given): its input rows, token ids, the captured residuals and the counted-token mask."""
+    batch_size, tokens_per_batch = sizes
+    if tokens_per_batch is None and model.device.type == "cpu":
+        tokens_per_batch = CPU_TOKENS_PER_BATCH
+    batches = length_sorted_batches([len(ids) for ids in tokenized.ids], batch_size, tokens_per_batch)
     for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress):
         input_ids, attention_mask = right_pad([tokenized.ids[i] for i in rows], model.device)
         mask = counted_token_mask(input_ids, attention_mask, tokenizer.bos_token_id, include_bos)

@@ -1,7 +1,8 @@
 """Forward batches sized to a GPU's memory rather than to the CPU's fixed batch.
 
-On the CPU a truncated forward reaches its matmul rate from a few thousand tokens per batch on (32 texts of 64
-tokens run as fast as 128), so `extract.batch_size` texts per batch serve it and bound its memory. A GPU needs far
+On the CPU a truncated forward reaches its matmul rate from about a thousand tokens per batch, and loses it again
+when a batch's activations outgrow the caches, so `extract.batch_size` texts per batch, within the CPU's padded-token
+budget (features.forward.extract.CPU_TOKENS_PER_BATCH), serve it and bound its memory. A GPU needs far
 more tokens per batch to keep its tensor cores busy, and what bounds a batch there is memory: so on CUDA a batch
 is a budget of padded tokens, as many as fit in a share of the free memory. The bytes per token come from a probe
 forward at the longest width rather than from a model of each architecture (attention implementations, MLP widths
@@ -36,7 +37,7 @@ class Batching:
 
 
 def forward_batching(model: PreTrainedModel, layers: Sequence[int], max_tokens: int, batch_size: int) -> Batching:
-    """`batch_size` texts per batch on the CPU (as ever); on CUDA a token budget that fills the free memory, which
+    """`batch_size` texts per batch on the CPU (within its default token budget); on CUDA a token budget that fills the free memory, which
     alone bounds a batch (every text holds a token, so a text count equal to the budget never binds first)."""
     if model.device.type != "cuda":
         return Batching(batch_size, None)

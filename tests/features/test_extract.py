@@ -9,7 +9,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from features.core.layers import hidden_state_index
 from features.errors import SaefsError
-from features.forward.extract import Extracted, extract, length_sorted_batches, tokenize
+from features.forward.extract import (
+    CPU_TOKENS_PER_BATCH,
+    Extracted,
+    extract,
+    length_sorted_batches,
+    token_batches,
+    tokenize,
+)
 from features.sources.sae import sae_quality
 from tests.features.tiny import HIDDEN, make_jumprelu_sae, make_model, make_texts, make_tokenizer
 
@@ -128,6 +135,19 @@ def test_a_token_budget_batches_by_padded_tokens_and_changes_no_feature(saes: di
         np.testing.assert_allclose(budgeted.hidden[key], hidden, rtol=1e-4, atol=1e-5)
     with pytest.raises(SaefsError, match="tokens_per_batch"):
         length_sorted_batches(lengths, 3, tokens_per_batch=0)
+
+
+def test_a_cpu_forward_without_a_budget_batches_at_most_the_cpu_token_budget() -> None:
+    # 40 texts of 100 tokens at 32 texts a batch would pad 3,200 tokens a batch; the CPU's budget cuts that
+    model, tokenizer = make_model("gemma3"), make_tokenizer()
+    tokenized = tokenize(tokenizer, make_texts([120] * 40), max_tokens=100)
+    texts_per_batch = [len(np.unique(batch.texts)) for batch in
+                       token_batches(model, tokenizer, tokenized, [1], batch_size=32, progress=False)]
+    assert sum(texts_per_batch) == 40
+    assert max(texts_per_batch) == CPU_TOKENS_PER_BATCH // 100
+    given = [len(np.unique(batch.texts)) for batch in token_batches(model, tokenizer, tokenized, [1], batch_size=32,
+                                                                    tokens_per_batch=4000, progress=False)]
+    assert given == [32, 8]  # a budget given is kept
 
 
 def test_include_bos_pools_one_more_token(saes: dict[int, Any]) -> None:
