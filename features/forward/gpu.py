@@ -37,8 +37,9 @@ class Batching:
 
 
 def forward_batching(model: PreTrainedModel, layers: Sequence[int], max_tokens: int, batch_size: int) -> Batching:
-    """`batch_size` texts per batch on the CPU (within its default token budget); on CUDA a token budget that fills the free memory, which
-    alone bounds a batch (every text holds a token, so a text count equal to the budget never binds first)."""
+    """`batch_size` texts per batch on the CPU (within its default token budget); on CUDA a token budget that fills
+    the free memory, which alone bounds a batch (every text holds a token, so a text count equal to the budget never
+    binds first)."""
     if model.device.type != "cuda":
         return Batching(batch_size, None)
     budget = cuda_tokens_per_batch(model, layers, max_tokens)
