@@ -20,7 +20,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 from features.core.binarize import Threshold, view_threshold
 from features.core.design import Config, center_config, sweep
 from features.core.metrics import training_curve_fractions
-from features.core.predictions import INTERVALS, Resample, fit_resamples, resamples, summarize
+from features.core.predictions import INTERVALS, FitJob, Resample, fit_many, resamples, summarize
 from features.core.probes import chosen_params, make_majority_baseline, make_probe, make_tfidf_baseline
 from features.errors import SaefsError
 from features.sources.fingerprint import locked_outputs
@@ -130,19 +130,22 @@ class Fits:
     timings: Timings
     rows: list[pd.DataFrame] = field(default_factory=list)
 
-    def fit(self, name: str, make: Callable[[int], Any], X: Any,
-            subset: Callable[[Resample], np.ndarray] | None = None) -> tuple[dict[str, Any], Any]:
-        """Fit `make(resample index)` on every resample (on `subset(resample)` of its training part, if given),
-        keep the rows, and return the fit's summary and its resample-0 estimator (the one that is logged)."""
-        with self.timings("fitting"):
-            rows, first = fit_resamples(make, X, self.y, self.text_ids, self.splits, fit=name, labels=self.labels,
-                                        cv=self.p.cv_folds, subset=subset, n_jobs=self.p.n_jobs)
-        self.rows.append(rows)
-        with self.timings("scoring"):
-            summary = summarize(rows, self.labels)[name]
-        if summary["not_converged"]:
-            log.warning("%s: %d of %d resamples did not converge", name, summary["not_converged"], len(self.splits))
-        return summary, first
+    def fit_all(self, jobs: Sequence[FitJob]) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Fit every job on every resample, in one queue of `n_jobs` workers that go on fitting while the caller
+        logs: per job, in order, its summary and its resample-0 estimator (the one that is logged). The rows are
+        kept."""
+        done = fit_many(jobs, self.y, self.text_ids, self.splits, labels=self.labels, cv=self.p.cv_folds,
+                        n_jobs=self.p.n_jobs)
+        for job in jobs:
+            with self.timings("fitting"):  # what the workers have not fitted yet, waited for
+                rows, first = next(done)
+            self.rows.append(rows)
+            with self.timings("scoring"):
+                summary = summarize(rows, self.labels)[job.name]
+            if summary["not_converged"]:
+                log.warning("%s: %d of %d resamples did not converge", job.name, summary["not_converged"],
+                            len(self.splits))
+            yield summary, first
 
     def reuse(self, fit: str, name: str) -> dict[str, Any]:
         """Fit `fit`'s rows again under `name`, for a fit that would repeat it (the same probe, rows and resamples):
@@ -151,17 +154,14 @@ class Fits:
         self.rows.append(rows.assign(fit=name))
         return summarize(self.rows[-1], self.labels)[name]
 
-    def make(self, cell: Cell, width: int, kind: str = "logreg", select_k: int | None = None) -> Callable[[int], Any]:
-        """The probe of `cell` for a resample's seed (the threshold it applies itself, if any, included)."""
-        p = self.p
-        return lambda seed: make_probe(
-            kind, width=width if cell.input == "sparse" else None, input=cell.input, select_k=select_k,
-            binarize=cell.binarize, op=cell.params.get("op", ">"), C_grid=p.C_grid, cv=p.cv_folds, seed=seed)
-
     def probe(self, cell: Cell, X: pd.DataFrame, width: int, name: str | None = None, kind: str = "logreg",
-              select_k: int | None = None) -> tuple[dict[str, Any], Any]:
-        summary, first = self.fit(name or cell.name, self.make(cell, width, kind, select_k), X)
-        return summary | {"chosen": chosen_params(first)}, first
+              select_k: int | None = None, subset: Callable[[Resample], np.ndarray] | None = None) -> FitJob:
+        """The fit of `cell`'s probe for a resample's seed (the threshold it applies itself, if any, included)."""
+        p = self.p
+        return FitJob(name or cell.name, lambda seed: make_probe(
+            kind, width=width if cell.input == "sparse" else None, input=cell.input, select_k=select_k,
+            binarize=cell.binarize, op=cell.params.get("op", ">"), C_grid=p.C_grid, cv=p.cv_folds, seed=seed),
+            X, subset)
 
 
 def input_example(X: pd.DataFrame) -> pd.DataFrame:
@@ -213,6 +213,7 @@ def run(item: str) -> None:
             f"train_probes:{model}", tags=tags, params={"resamples": p.resamples, "cv_folds": p.cv_folds}):
         frames: dict[str, tuple[pd.DataFrame, int, Cell]] = {}
         views: dict[str, tuple[pd.DataFrame, int]] = {}  # a raw view serves its quantile cells too: read once
+        probed: list[tuple[Cell, dict[str, str]]] = []
         for cell in cells(params, model):
             if cell.service not in views:
                 with timings("retrieval"):
@@ -223,18 +224,21 @@ def run(item: str) -> None:
                     **tracking.cell_tag(cell.record(model))}
             if reason := empty_reason(cell, X, train):
                 _skip(item, cell, reason, tags, results)
-                continue
-            summary, probe = fits.probe(cell, X, width)
+            else:
+                probed.append((cell, tags))
+        jobs = [fits.probe(cell, *frames[cell.name][:2]) for cell, _ in probed]
+        for (cell, tags), (summary, probe) in zip(probed, fits.fit_all(jobs), strict=True):
+            summary |= {"chosen": chosen_params(probe)}
             with timings("logging"):
                 uri = _log_cell(cell.name, cell.params | {"model": model, "probe": "logreg"}, summary, probe,
-                                X, tags)
+                                frames[cell.name][0], tags)
             results["cells"][cell.name] = cell.params | summary | {"model_uri": uri, "input": cell.input,
                                                                   "feature_service": cell.service}
             log.info("%s: %s macro F1 %.3f [%.3f, %.3f] (val %.3f)", item, cell.name, summary["macro_f1"],
                      summary.get("macro_f1_low", np.nan), summary.get("macro_f1_high", np.nan),
                      summary.get("val_macro_f1", np.nan))
-        _extras(item, fits, results, frames)
-        _baselines(prepared, fits, results, read_by_model(model, prepared["text"].tolist(), params))
+        _extras_and_baselines(item, fits, results, frames, prepared,
+                              read_by_model(model, prepared["text"].tolist(), params))
         with timings("logging"):
             write_parquet(paths.probe_predictions(dataset, model), pd.concat(fits.rows, ignore_index=True))
             tracking.log_artifact(paths.probe_predictions(dataset, model), "predictions")
@@ -263,36 +267,51 @@ def _skip(item: str, cell: Cell, reason: str, tags: dict, results: dict) -> None
         pass
 
 
-def _extras(item: str, fits: Fits, results: dict, frames: dict) -> None:
-    """Tree, top-k selection and the training-size curve, on the best SAE cell by validation."""
+def _extras_and_baselines(item: str, fits: Fits, results: dict, frames: dict, prepared: pd.DataFrame,
+                          read: list[str]) -> None:
+    """The best SAE cell's (by validation) tree, top-k selection and training-size curve, then TF-IDF on the whole
+    text and on the part the LM reads (`read`) and the majority class: their fits in one queue."""
     sae_cells = {k: v for k, v in results["cells"].items() if v["input"] == "sparse"}
     results["best_cell"], results["training_curve"] = None, []
-    if not sae_cells:
+    best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1)) if sae_cells else None
+    if best is None:
         log.warning("%s: no SAE cell could be probed (see `skipped`): no tree, selection or training curve", item)
-        return
-    best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1))
-    X, width, cell = frames[best]
-    shown = {k: cell.params[k] for k in ("layer", "width", "pooling", "binarize")}  # the variants' params and rows
-    tags = {"feature_service": cell.service, **tracking.cell_tag(cell.record(results["model"]))}
-    p = fits.p
-    for variant, kind, select_k in (("tree", "tree", None), ("select", "logreg", p.select_k)):
-        name = f"{best}__{variant}{select_k or ''}"
-        summary, probe = fits.probe(cell, X, width, name=name, kind=kind, select_k=select_k)
-        with fits.timings("logging"):
-            uri = _log_cell(name, shown | {"probe": kind, "select_k": select_k}, summary, probe, X,
-                            tags | {"probe": variant})
-        results["cells"][name] = shown | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
-    # the curve: per resample, nested stratified subsets of its training part (features.core.metrics)
-    curve = []
-    for fraction in p.train_fractions:
-        name = f"{best}__curve{fraction:g}"
-        if fraction == 1:  # every training row: the best cell's own fit, whose rows are kept already
-            summary = fits.reuse(best, name)
-        else:
-            summary, _ = fits.fit(name, fits.make(cell, width), X, partial(curve_subset, fits, fraction))
-        curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
-    results["best_cell"], results["training_curve"] = best, curve
-    log.info("%s: best cell by validation %s", item, best)
+    p, extras = fits.p, []
+    if best is not None:
+        X, width, cell = frames[best]
+        variants = (("tree", "tree", None), ("select", "logreg", p.select_k))
+        extras = [fits.probe(cell, X, width, name=f"{best}__{variant}{select_k or ''}", kind=kind, select_k=select_k)
+                  for variant, kind, select_k in variants]
+        # the curve: per resample, nested stratified subsets of its training part (features.core.metrics); every
+        # training row is the best cell's own fit, whose rows are kept already
+        extras += [fits.probe(cell, X, width, name=f"{best}__curve{fraction:g}",
+                              subset=partial(curve_subset, fits, fraction))
+                   for fraction in p.train_fractions if fraction != 1]
+    baselines = [FitJob("tfidf", make_tfidf_baseline, prepared[["text"]]),
+                 FitJob("tfidf_truncated", make_tfidf_baseline, pd.DataFrame({"text": read})),
+                 FitJob("majority", lambda seed: make_majority_baseline(), prepared[["text"]])]
+    done = fits.fit_all(extras + baselines)
+    if best is not None:
+        tags = {"feature_service": cell.service, **tracking.cell_tag(cell.record(results["model"]))}
+        shown = {k: cell.params[k] for k in ("layer", "width", "pooling", "binarize")}  # the variants' params, rows
+        for (variant, kind, select_k), job in zip(variants, extras[:len(variants)], strict=True):
+            summary, probe = next(done)
+            summary |= {"chosen": chosen_params(probe)}
+            with fits.timings("logging"):
+                uri = _log_cell(job.name, shown | {"probe": kind, "select_k": select_k}, summary, probe, X,
+                                tags | {"probe": variant})
+            results["cells"][job.name] = shown | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
+        curve = []
+        for fraction in p.train_fractions:
+            summary = fits.reuse(best, f"{best}__curve{fraction:g}") if fraction == 1 else next(done)[0]
+            curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
+        results["best_cell"], results["training_curve"] = best, curve
+        log.info("%s: best cell by validation %s", item, best)
+    for job, (summary, _) in zip(baselines, done, strict=True):
+        with fits.timings("logging"), tracking.child_run(job.name, params={"probe": job.name},
+                                                          tags={"probe": job.name, "baseline": "true"}):
+            tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        results["baselines"][job.name] = summary
 
 
 def curve_subset(fits: Fits, fraction: float, resample: Resample) -> np.ndarray:
@@ -303,18 +322,6 @@ def curve_subset(fits: Fits, fraction: float, resample: Resample) -> np.ndarray:
     mask = np.zeros_like(resample.train)
     mask[rows[chosen]] = True
     return mask
-
-
-def _baselines(prepared: pd.DataFrame, fits: Fits, results: dict, read: list[str]) -> None:
-    """TF-IDF on the whole text and on the part the LM reads (`read`), and the majority class."""
-    for name, make, X in (("tfidf", make_tfidf_baseline, prepared[["text"]]),
-                          ("tfidf_truncated", make_tfidf_baseline, pd.DataFrame({"text": read})),
-                          ("majority", lambda seed: make_majority_baseline(), prepared[["text"]])):
-        summary, _ = fits.fit(name, make, X)
-        with fits.timings("logging"), tracking.child_run(name, params={"probe": name},
-                                                          tags={"probe": name, "baseline": "true"}):
-            tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
-        results["baselines"][name] = summary
 
 
 def write_plots(results: dict, path: Path) -> None:

@@ -17,7 +17,7 @@ fit's interval is a percentile bootstrap over its test texts.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,10 +126,31 @@ def fit_resamples(make: Callable[[int], Any], X: Any, y: np.ndarray, text_ids: n
     `n_jobs` > 1 fits that many resamples at once in worker processes (one BLAS thread each): the
     fits are independent and deterministic, so the rows are those of fitting them one after another.
     """
-    tasks = [delayed(_fit_one)(make(resample.index), X, y, text_ids, resample, fit, labels, cv,
-                               subset(resample) if subset else None) for resample in splits]
-    done = Parallel(n_jobs=min(n_jobs, len(tasks)))(tasks)
-    return pd.concat([rows for rows, _ in done], ignore_index=True), done[0][1]
+    return next(fit_many([FitJob(fit, make, X, subset)], y, text_ids, splits, labels=labels, cv=cv, n_jobs=n_jobs))
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One fit of `fit_many`: its name, the estimator for a resample's seed, its rows (aligned with the labels)
+    and, if given, the subset of each resample's training part it fits on."""
+
+    name: str
+    make: Callable[[int], Any]
+    X: Any
+    subset: Callable[[Resample], np.ndarray] | None = None
+
+
+def fit_many(jobs: Sequence[FitJob], y: np.ndarray, text_ids: np.ndarray, splits: Sequence[Resample], *,
+             labels: Sequence[Any], cv: int, n_jobs: int = 1) -> Iterator[tuple[pd.DataFrame, Any]]:
+    """`fit_resamples` of every job, yielded in `jobs` order, all their resamples in one queue of `n_jobs`
+    workers: a worker goes on with the next fit's resamples instead of waiting for the last resample of one
+    fit, or for the caller to log it (a stage's main process logs while its workers fit)."""
+    tasks = [delayed(_fit_one)(job.make(resample.index), job.X, y, text_ids, resample, job.name, labels, cv,
+                               job.subset(resample) if job.subset else None) for job in jobs for resample in splits]
+    done = Parallel(n_jobs=max(1, min(n_jobs, len(tasks))), return_as="generator")(tasks)
+    for _ in jobs:
+        fitted = [next(done) for _ in splits]
+        yield pd.concat([rows for rows, _ in fitted], ignore_index=True), fitted[0][1]
 
 
 def _fit_one(estimator: Any, X: Any, y: np.ndarray, text_ids: np.ndarray, resample: Resample, fit: str,

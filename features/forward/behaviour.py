@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -26,7 +25,7 @@ from features.core.schema import PREPARED_COLUMNS
 from features.errors import SaefsError
 from features.forward.throughput import forward_flops_per_token, throughput
 from features.sources.items import Item, ItemError, mcq_prompt
-from features.sources.lm import decoder_layers, right_pad, with_bos
+from features.sources.lm import decoder_layers, head_logits, right_pad, with_bos
 
 LABEL_NAMES = ("incorrect", "correct")  # label 1: the target answered right
 BATCH_TOKENS = 1024  # padded prompt tokens per forward: bigger batches do not run faster on a 2-core CPU
@@ -101,20 +100,12 @@ def _score_batch(model: PreTrainedModel, batch: Sequence[_Encoded]) -> tuple[lis
                                   position_ids=positions.to(device), cache=cache, use_cache=True).last_hidden_state
         # only the positions that predict an option token: padding never reaches the head
         steps = [(r, step) for r, (_, _, ids) in enumerate(rows) for step in range(len(ids) - 1)]
-        logprobs = _head(model, hidden[[r for r, _ in steps], [step for _, step in steps]]).log_softmax(-1).cpu()
+        logprobs = head_logits(model, hidden[[r for r, _ in steps], [step for _, step in steps]]).log_softmax(-1).cpu()
     at = 0
     for row, i, ids in rows:
         scores[row][i] += float(logprobs[torch.arange(at, at + len(ids) - 1), ids[1:]].sum())
         at += len(ids) - 1
     return scores, tokens + len(steps), len(batch) + len(steps)
-
-
-def _head(model: PreTrainedModel, hidden: Tensor) -> Tensor:
-    """fp32 logits of hidden states [K, d]: the model's output embedding, then its final soft-capping (Gemma 2),
-    as its own forward applies them."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def scoring_rate(model: PreTrainedModel, tokens: int, head_positions: int, seconds: float) -> dict[str, float]:

@@ -106,6 +106,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return found[0][1]
 
 
+def head_logits(model: PreTrainedModel, hidden: Tensor) -> Tensor:
+    """fp32 logits of final hidden states [..., d]: the model's output embedding, then its final soft-capping (Gemma
+    2), as its own forward applies them, for the positions a caller needs only (a 262k-word head is costly)."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def with_bos(ids: Sequence[int], bos_id: int | None) -> list[int]:
     """Token ids that start with BOS, prepended where the tokenizer does not add it (as TransformerLens does)."""
     ids = list(ids)

@@ -130,3 +130,28 @@ def test_resamples_fitted_in_parallel_give_the_rows_of_fitting_them_in_turn() ->
     pd.testing.assert_frame_equal(one, two)
     assert sorted(one["resample"].unique()) == [0, 1, 2]
     np.testing.assert_array_equal(first.predict_proba(X), first_parallel.predict_proba(X))  # resample 0's fit
+
+
+def test_fits_queued_together_give_each_fits_own_rows_in_order() -> None:
+    from features.core.predictions import FitJob, fit_many, fit_resamples, resamples
+    from features.core.probes import make_probe
+
+    rng = np.random.default_rng(4)
+    y = np.arange(90) % 2
+    X = pd.DataFrame({"hidden": list(rng.normal(size=(90, 5)) + y[:, None] * 0.6)})
+    ids, splits = np.arange(90).astype(str), resamples(y, np.arange(90) < 25, 3, seed=1)
+
+    def make(C: float):
+        return lambda seed: make_probe("logreg", input="dense", C_grid=[C], cv=3, seed=seed)
+
+    def half(resample):  # a subset of each resample's training part, as the training curve fits
+        return resample.train & (np.arange(90) % 3 != 0)
+
+    jobs = [FitJob("a", make(0.1), X), FitJob("b", make(1.0), X, half), FitJob("c", make(10.0), X)]
+    queued = list(fit_many(jobs, y, ids, splits, labels=[0, 1], cv=3, n_jobs=2))
+    assert len(queued) == 3
+    for job, (rows, first) in zip(jobs, queued, strict=True):
+        alone, first_alone = fit_resamples(job.make, X, y, ids, splits, fit=job.name, labels=[0, 1], cv=3,
+                                           subset=job.subset)
+        pd.testing.assert_frame_equal(rows, alone)
+        np.testing.assert_array_equal(first.predict_proba(X), first_alone.predict_proba(X))

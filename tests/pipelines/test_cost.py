@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,13 @@ def test_forward_flops_count_two_per_weight_of_the_blocks_run() -> None:
     blocks = [torch.nn.Linear(8, 4, bias=False), torch.nn.Linear(4, 4)]
     assert throughput.forward_flops_per_token(blocks) == 2 * (32 + 20)
     assert throughput.forward_flops_per_token(blocks[:1], extra_params=10) == 2 * 42
+
+
+def test_the_start_up_of_a_new_process_is_its_age_not_the_boot_times_rounding() -> None:
+    # psutil's create_time adds Linux's boot time, given in whole seconds: on a boot whose fraction was 0.67 s,
+    # every stage's start-up read 0.67 s too long. A process that reports its age at once is as old as the time
+    # its parent saw pass since starting it, to the kernel clock's tick.
+    started = time.monotonic()
+    age = float(subprocess.run([sys.executable, "-c", "from pipelines import cost; print(cost.process_age())"],
+                               check=True, capture_output=True, text=True).stdout)
+    assert 0 < age <= time.monotonic() - started + 0.02
