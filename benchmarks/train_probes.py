@@ -7,13 +7,15 @@ given, it times, with the stage's own code and params:
 
   retrieval  every feature service of the cell read through Feast (`historical_frame`)
   fitting    each cell's probe on `--resamples` resamples, with its out-of-fold validation
-             predictions (`fit_resamples`, as the stage): one resample at a time with BLAS on all cores
+             predictions (`fit_resamples`): one resample at a time with BLAS on all cores
              (baseline) and with one BLAS thread, two resamples at once in worker processes of one
              thread (the stage's `n_jobs: 2`); ratios, and a check that the predictions are equal
   search     the stage's search (FoldSearchCV: each fold's selection and scaling fit once, the chosen
              candidate's out-of-fold predictions kept) against scikit-learn's GridSearchCV followed by
              cross_val_predict refitting the chosen candidate (what the stage did before), one BLAS
              thread, one resample at a time; ratio, and a check that the predictions are equal
+  queue      every cell's resamples in one queue of two workers (`fit_many`, as the stage) against one
+             `fit_resamples` per cell (the stage before); ratio, and a check that the predictions are equal
   logging    `log_model` of one probe with explicit requirements (what the stage does) against
              MLflow inferring them (its default: it imports the model in a subprocess), ratio
 
@@ -40,14 +42,14 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 import pipelines  # noqa: F401  (offline environment)
-from features.core.predictions import Resample, fit_resamples, resamples
+from features.core.predictions import FitJob, Resample, fit_many, fit_resamples, resamples
 from features.core.probes import SEARCH_STEP, make_probe
 from features.stores import tracking
 from features.stores.feast.retrieval import historical_frame
 from pipelines import paths
-from pipelines.params import load_params
+from pipelines.params import TrainProbesParams, load_params
 from pipelines.stores import FEATURE_REPO
-from pipelines.train_probes import cells, input_example
+from pipelines.train_probes import Cell, cells, input_example
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -71,6 +73,12 @@ def recorded_grid() -> None:
     print(f"last full grid (metrics/train_probes): {total / 60:.1f} min in the stages; " + ", ".join(
         f"{phase} {value / total:.0%}" for phase, value in totals.items())
           + f", start-up and the rest {1 - sum(totals.values()) / total:.0%}")
+
+
+def probe_of(p: TrainProbesParams, cell: Cell, width: int, seed: int) -> Pipeline:
+    """The stage's logistic-regression probe of `cell` for a resample's seed."""
+    return make_probe("logreg", width=width if cell.input == "sparse" else None, input=cell.input, C_grid=p.C_grid,
+                      cv=p.cv_folds, seed=seed)
 
 
 def grid_search_probas(probe: Pipeline, X: pd.DataFrame, y: np.ndarray, resample: Resample) -> np.ndarray:
@@ -116,26 +124,26 @@ def main() -> None:
     # oversubscribe) and with one thread
     configs = {(1, None): 0.0, (1, 1): 0.0, (2, 1): 0.0}
     grid_search = 0.0
-    fitted = None
+    fitted, stage_rows = None, {}
     with threadpool_limits(limits=1):  # starts the loky workers, so their one-time start-up is not timed
         fit_resamples(lambda seed: make_probe("logreg", input="dense", C_grid=[1.0], cv=2), frames[grid[-1].service][0],
                       y, ids, splits[:2], fit="warm-up", labels=labels, cv=2, n_jobs=2)
     for cell in grid:
         X, width = frames[cell.service]
-        make = partial(make_probe, "logreg", width=width if cell.input == "sparse" else None, input=cell.input,
-                       C_grid=p.C_grid, cv=p.cv_folds)
+        make = partial(probe_of, p, cell, width)
         rows = {}
         for (n_jobs, threads) in configs:
             with threadpool_limits(limits=threads):
                 seconds, (rows[n_jobs, threads], fitted) = timed(
-                    fit_resamples, lambda seed, make=make: make(seed=seed), X, y, ids, splits, fit=cell.service,
+                    fit_resamples, make, X, y, ids, splits, fit=cell.service,
                     labels=labels, cv=p.cv_folds, n_jobs=n_jobs)
             configs[n_jobs, threads] += seconds
             print(f"  fit {cell.service} resamples at once={n_jobs} BLAS threads={threads or 'default'}: "
                   f"{seconds / args.resamples:.2f} s per resample")
         pd.testing.assert_frame_equal(rows[2, 1], rows[1, 1])  # parallel resamples: the very same predictions
+        stage_rows[cell.service] = rows[2, 1]
         with threadpool_limits(limits=1):
-            seconds, probas = timed(lambda make=make, X=X: [grid_search_probas(make(seed=r.index), X, y, r)
+            seconds, probas = timed(lambda make=make, X=X: [grid_search_probas(make(r.index), X, y, r)
                                                             for r in splits])
         grid_search += seconds
         ours = rows[1, 1][[c for c in rows[1, 1].columns if c.startswith("proba_")]].to_numpy()
@@ -154,6 +162,20 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"the stage's fitting (FoldSearchCV, {p.n_jobs} resamples at once) against GridSearchCV one resample at a "
           f"time: {searched / per_fit.get((p.n_jobs, 1), per_fit[1, 1]):.2f}x")
+
+    # The stage queues every cell's resamples for its workers at once (fit_many): against one fit_resamples per
+    # cell (the stage before, timed above as "resamples at once=2"), where a worker idles at each cell's last
+    # resample when the resamples do not divide among the workers
+    jobs = [FitJob(cell.service, partial(probe_of, p, cell, frames[cell.service][1]), frames[cell.service][0])
+            for cell in grid]
+    with threadpool_limits(limits=1):
+        queued_seconds, queued = timed(lambda: list(fit_many(jobs, y, ids, splits, labels=labels, cv=p.cv_folds,
+                                                             n_jobs=2)))
+    for job, (rows, _) in zip(jobs, queued, strict=True):
+        pd.testing.assert_frame_equal(rows, stage_rows[job.name])
+    print(f"every cell's fits in one queue of 2 workers: {queued_seconds:.1f} s, one cell at a time "
+          f"{configs[2, 1]:.1f} s ({configs[2, 1] / queued_seconds:.2f}x), equal predictions, {args.resamples} "
+          f"resamples a cell; load average {os.getloadavg()[0]:.1f}")
 
     with tempfile.TemporaryDirectory() as scratch:
         tracking.configure(f"sqlite:///{scratch}/mlflow.db")
