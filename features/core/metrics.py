@@ -11,11 +11,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, roc_auc_score
 
 from features.errors import SaefsError
 
 CONFIDENCE = 0.95
+
+
+def macro_f1(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = None) -> float:
+    """scikit-learn's `f1_score(average="macro", zero_division=0)`, the very same float (the mean over the classes of
+    2 tp / (true + predicted), as it computes it), without its input checks, which took 2.2 ms of every call: a
+    probe's search scores every (C, fold) with it, thousands of times a stage. Averaged over `labels` (default:
+    every class in either array); a class with no true and no predicted text scores 0."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    classes = np.union1d(y_true, y_pred) if labels is None else np.asarray(labels)
+    is_true, is_pred = y_true[:, None] == classes, y_pred[:, None] == classes
+    tp, true, pred = (is_true & is_pred).sum(axis=0), is_true.sum(axis=0), is_pred.sum(axis=0)
+    denominator = 1.0 * true + pred  # scikit-learn's beta^2 * true + predicted, in float64
+    return float(np.mean(np.divide(2.0 * tp, denominator, out=np.zeros(len(classes)), where=denominator > 0)))
 
 
 def classification_metrics(y_true: Any, y_pred: Any, y_score: Any | None = None,
@@ -33,7 +46,7 @@ def classification_metrics(y_true: Any, y_pred: Any, y_score: Any | None = None,
         raise SaefsError("no test rows: metrics need at least one labelled text")
     classes = np.asarray(labels) if labels is not None else np.union1d(y_true, y_pred)
     return {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y_true, y_pred, classes),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "roc_auc": None if y_score is None else _roc_auc(y_true, np.asarray(y_score, dtype=float), labels),
         "n": float(len(y_true)),

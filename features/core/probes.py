@@ -36,7 +36,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
@@ -44,6 +44,7 @@ from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.core.binarize import BinarizeOp, Threshold, binarize_codes, check_op, passes, quantile_of
+from features.core.metrics import macro_f1
 from features.errors import SaefsError
 from features.stores.feast.columns import HIDDEN, IDS, VALUES, to_csr
 
@@ -204,7 +205,7 @@ def anova_f(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 # --- the hyperparameter search ------------------------------------------------------------------
 
 SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "f1_macro": lambda y, pred: f1_score(y, pred, average="macro"),  # what scikit-learn's "f1_macro" computes
+    "f1_macro": macro_f1,  # what scikit-learn's "f1_macro" computes
     "accuracy": accuracy_score,
 }
 

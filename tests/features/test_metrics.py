@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
-from features.core.metrics import classification_metrics, training_curve_fractions
+from features.core.metrics import classification_metrics, macro_f1, training_curve_fractions
 from features.errors import SaefsError
 
 
@@ -62,3 +62,21 @@ def test_training_curve_subsets_are_stratified_nested_and_seeded() -> None:
     assert np.bincount(y[training_curve_fractions(y, [0.01], seed=0, min_per_class=5)[0.01]]).tolist() == [5, 5]
     with pytest.raises(SaefsError, match="outside"):
         training_curve_fractions(y, [0.0], seed=0)
+
+
+def test_macro_f1_is_scikit_learns_float_exactly() -> None:
+    rng = np.random.default_rng(0)
+    cases = 0
+    for n in (1, 2, 7, 80, 333):
+        for k in (2, 3, 5):
+            for _ in range(40):
+                y, pred = rng.integers(0, k, n), rng.integers(0, k, n)
+                agree = rng.random(n) < 0.6  # a probe right on most texts, as the search scores them
+                pred[agree] = y[agree]
+                assert macro_f1(y, pred) == f1_score(y, pred, average="macro", zero_division=0)
+                labels = list(range(k + 1))  # a class neither array holds scores 0 in the mean
+                assert macro_f1(y, pred, labels) == f1_score(y, pred, labels=labels, average="macro", zero_division=0)
+                cases += 1
+    names = np.array(["ham", "spam", "eggs"])
+    y, pred = names[rng.integers(0, 3, 50)], names[rng.integers(0, 3, 50)]
+    assert macro_f1(y, pred) == f1_score(y, pred, average="macro") and cases == 600
