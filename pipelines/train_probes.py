@@ -156,7 +156,8 @@ class Fits:
 
     def probe(self, cell: Cell, X: pd.DataFrame, width: int, name: str | None = None, kind: str = "logreg",
               select_k: int | None = None, subset: Callable[[Resample], np.ndarray] | None = None) -> FitJob:
-        """The fit of `cell`'s probe for a resample's seed (the threshold it applies itself, if any, included)."""
+        """The job fitting `cell`'s probe (the threshold it applies itself, if any, included) on every resample, under
+        `name` (default the cell's), on `subset` of each training part if given."""
         p = self.p
         return FitJob(name or cell.name, lambda seed: make_probe(
             kind, width=width if cell.input == "sparse" else None, input=cell.input, select_k=select_k,
