@@ -272,42 +272,47 @@ def _extras_and_baselines(item: str, fits: Fits, results: dict, frames: dict, pr
                           read: list[str]) -> None:
     """The best SAE cell's (by validation) tree, top-k selection and training-size curve, then TF-IDF on the whole
     text and on the part the LM reads (`read`) and the majority class: their fits in one queue."""
-    sae_cells = {k: v for k, v in results["cells"].items() if v["input"] == "sparse"}
-    results["best_cell"], results["training_curve"] = None, []
-    best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1)) if sae_cells else None
-    if best is None:
-        log.warning("%s: no SAE cell could be probed (see `skipped`): no tree, selection or training curve", item)
-    p, extras = fits.p, []
-    if best is not None:
-        X, width, cell = frames[best]
-        variants = (("tree", "tree", None), ("select", "logreg", p.select_k))
-        extras = [fits.probe(cell, X, width, name=f"{best}__{variant}{select_k or ''}", kind=kind, select_k=select_k)
-                  for variant, kind, select_k in variants]
-        # the curve: per resample, nested stratified subsets of its training part (features.core.metrics); every
-        # training row is the best cell's own fit, whose rows are kept already
-        extras += [fits.probe(cell, X, width, name=f"{best}__curve{fraction:g}",
-                              subset=partial(curve_subset, fits, fraction))
-                   for fraction in p.train_fractions if fraction != 1]
     baselines = [FitJob("tfidf", make_tfidf_baseline, prepared[["text"]]),
                  FitJob("tfidf_truncated", make_tfidf_baseline, pd.DataFrame({"text": read})),
                  FitJob("majority", lambda seed: make_majority_baseline(), prepared[["text"]])]
-    done = fits.fit_all(extras + baselines)
-    if best is not None:
-        tags = {"feature_service": cell.service, **tracking.cell_tag(cell.record(results["model"]))}
-        shown = {k: cell.params[k] for k in ("layer", "width", "pooling", "binarize")}  # the variants' params, rows
-        for (variant, kind, select_k), job in zip(variants, extras[:len(variants)], strict=True):
-            summary, probe = next(done)
-            summary |= {"chosen": chosen_params(probe)}
-            with fits.timings("logging"):
-                uri = _log_cell(job.name, shown | {"probe": kind, "select_k": select_k}, summary, probe, X,
-                                tags | {"probe": variant})
-            results["cells"][job.name] = shown | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
-        curve = []
-        for fraction in p.train_fractions:
-            summary = fits.reuse(best, f"{best}__curve{fraction:g}") if fraction == 1 else next(done)[0]
-            curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
-        results["best_cell"], results["training_curve"] = best, curve
-        log.info("%s: best cell by validation %s", item, best)
+    sae_cells = {k: v for k, v in results["cells"].items() if v["input"] == "sparse"}
+    results["best_cell"], results["training_curve"] = None, []
+    if not sae_cells:
+        log.warning("%s: no SAE cell could be probed (see `skipped`): no tree, selection or training curve", item)
+        _record_baselines(fits, results, baselines, fits.fit_all(baselines))
+        return
+    best = max(sae_cells, key=lambda k: sae_cells[k].get("val_macro_f1", -1))
+    X, width, cell = frames[best]
+    p = fits.p
+    variants = (("tree", "tree", None), ("select", "logreg", p.select_k))
+    variant_jobs = [fits.probe(cell, X, width, name=f"{best}__{variant}{select_k or ''}", kind=kind,
+                               select_k=select_k) for variant, kind, select_k in variants]
+    # the curve: per resample, nested stratified subsets of its training part (features.core.metrics); every
+    # training row is the best cell's own fit, whose rows are kept already
+    curve_jobs = [fits.probe(cell, X, width, name=f"{best}__curve{fraction:g}",
+                             subset=partial(curve_subset, fits, fraction))
+                  for fraction in p.train_fractions if fraction != 1]
+    done = fits.fit_all(variant_jobs + curve_jobs + baselines)
+    tags = {"feature_service": cell.service, **tracking.cell_tag(cell.record(results["model"]))}
+    shown = {k: cell.params[k] for k in ("layer", "width", "pooling", "binarize")}  # the variants' params and rows
+    for (variant, kind, select_k), job in zip(variants, variant_jobs, strict=True):
+        summary, probe = next(done)
+        summary |= {"chosen": chosen_params(probe)}
+        with fits.timings("logging"):
+            uri = _log_cell(job.name, shown | {"probe": kind, "select_k": select_k}, summary, probe, X,
+                            tags | {"probe": variant})
+        results["cells"][job.name] = shown | summary | {"model_uri": uri, "input": "sparse", "variant": variant}
+    curve = []
+    for fraction in p.train_fractions:
+        summary = fits.reuse(best, f"{best}__curve{fraction:g}") if fraction == 1 else next(done)[0]
+        curve.append({"fraction": fraction, "train_rows": summary["n_train"], **summary})
+    results["best_cell"], results["training_curve"] = best, curve
+    log.info("%s: best cell by validation %s", item, best)
+    _record_baselines(fits, results, baselines, done)
+
+
+def _record_baselines(fits: Fits, results: dict, baselines: list[FitJob], done: Iterator[tuple[dict, Any]]) -> None:
+    """The baselines' summaries, the rest of `done`, into the results and MLflow."""
     for job, (summary, _) in zip(baselines, done, strict=True):
         with fits.timings("logging"), tracking.child_run(job.name, params={"probe": job.name},
                                                           tags={"probe": job.name, "baseline": "true"}):

@@ -126,7 +126,8 @@ def fit_resamples(make: Callable[[int], Any], X: Any, y: np.ndarray, text_ids: n
     `n_jobs` > 1 fits that many resamples at once in worker processes (one BLAS thread each): the
     fits are independent and deterministic, so the rows are those of fitting them one after another.
     """
-    return next(fit_many([FitJob(fit, make, X, subset)], y, text_ids, splits, labels=labels, cv=cv, n_jobs=n_jobs))
+    [fitted] = fit_many([FitJob(fit, make, X, subset)], y, text_ids, splits, labels=labels, cv=cv, n_jobs=n_jobs)
+    return fitted
 
 
 @dataclass(frozen=True)
