@@ -5,8 +5,8 @@
 Needs `dvc repro prepare_model` (the model), and `dvc repro prepare_data` for a judgement task (its texts).
 For each behaviour task in params.yaml, the first `--items` prompts the stage would score (a multiple-choice
 task's items; a judgement task's question about each judged text) are scored by the per-item path (the
-scoring before batching: one forward per item, every option a row of prompt + option) and by `score_prompts`
-(what the stage runs), on the same prompts in one run; prints items/s of both, their ratio, the largest
+scoring before batching: one forward per item, every option a row of prompt + option, on PyTorch's own fp32
+product as before oneDNN) and by `score_prompts` (what the stage runs), on the same prompts in one run; prints items/s of both, their ratio, the largest
 difference of option log-probabilities and whether the answers agree, with the load average.
 """
 
@@ -68,12 +68,13 @@ def main() -> None:
     params = load_params()
     b = params.behaviour_labels
     model, tokenizer = load_prepared(paths.model_dir(args.model))
+    plain, _ = load_prepared(paths.model_dir(args.model), onednn=False)  # the scoring before, on PyTorch's product
     total_old = total_new = 0.0
     n_total = 0
     for task, spec in b.tasks.items():
         prompts, options = task_prompts(task, spec, args.items)
         started = time.perf_counter()
-        old = per_item(model, tokenizer, prompts, options, b.max_tokens)
+        old = per_item(plain, tokenizer, prompts, options, b.max_tokens)
         old_s = time.perf_counter() - started
         started = time.perf_counter()
         new = score_prompts(model, tokenizer, prompts, options, b.max_tokens, progress=False,

@@ -4,10 +4,11 @@
 
 Needs `dvc repro prepare_model prepare_data train_sae` first (the model, the texts and, when
 present, the trained SAEs; a width without a trained SAE gets a quick one trained here).
-Prints tokens per second of both paths and their ratio, the fraction of this machine's fp32
-matmul limit that the forward reaches (the best rate measured here, this run's measurement included, as the
-stages' cost records count it), bytes stored per text (sparse shards against dense
-float32) per SAE width, and checks that both paths give the same pooled features.
+Prints tokens per second of both paths and their ratio; of `extract` with PyTorch's own fp32 product (MKL on x86)
+in the decoder instead of oneDNN's (features.sources.lm.onednn_linears; the naive loop uses PyTorch's too); the
+fraction of this machine's fp32 matmul limit that the forward reaches (the best rate measured here, this run's
+measurement included, as the stages' cost records count it); bytes stored per text (sparse shards against dense
+float32) per SAE width; and checks that both paths give the same pooled features.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     texts = pd.read_parquet(paths.prepared(args.dataset))["text"].tolist()[: args.texts]
     model, tokenizer = load_prepared(paths.model_dir(args.model))
+    plain, _ = load_prepared(paths.model_dir(args.model), onednn=False)  # PyTorch's own fp32 product, as the paper's
 
     saes = {}
     for layer in args.layers:
@@ -98,7 +100,11 @@ def main() -> None:
                    batch_size=args.batch_size, progress=False)
     fast_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    slow = naive(model, tokenizer, texts, args.layers, saes, args.max_tokens, args.batch_size)
+    extract(plain, tokenizer, texts, args.layers, by_layer, ["sum"], max_tokens=args.max_tokens,
+            batch_size=args.batch_size, progress=False)
+    plain_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    slow = naive(plain, tokenizer, texts, args.layers, saes, args.max_tokens, args.batch_size)
     slow_seconds = time.perf_counter() - start
 
     tokens = int(fast.n_tokens.sum()) + len(texts)  # BOS runs through the model too
@@ -109,6 +115,8 @@ def main() -> None:
     print(f"fp32 matmul limit       {gflops_limit:8.1f} GFLOP/s  (the best measured on this machine)")
     print(f"naive loop              {tokens / slow_seconds:8.1f} tok/s")
     print(f"saefs extract           {tokens / fast_seconds:8.1f} tok/s   ({slow_seconds / fast_seconds:.1f}x naive)")
+    print(f"  with PyTorch's product {tokens / plain_seconds:7.1f} tok/s   (oneDNN's linears "
+          f"{plain_seconds / fast_seconds:.2f}x faster)")
     print(f"forward + SAE encoders  {achieved:8.1f} GFLOP/s  ({achieved / gflops_limit:.0%} of the matmul limit; "
           f"load average {os.getloadavg()[0]:.1f})")
 

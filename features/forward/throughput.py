@@ -30,20 +30,31 @@ def cache_dir() -> Path:
 def measure_matmul_gflops(n: int = 2048, repeats: int = 5, trials: int = 3, device: str | torch.device = "cpu",
                           dtype: torch.dtype = torch.float32) -> float:
     """GFLOP/s of an n x n matmul (fp32 on the current torch threads by default): the best of `trials`, since
-    other jobs on a shared machine can only slow a trial down."""
+    other jobs on a shared machine can only slow a trial down, and on a CPU the better of PyTorch's own product
+    (MKL) and oneDNN's, which CPU forwards use."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     cuda = torch.device(device).type == "cuda"
-    a @ b  # warm-up: thread pool, allocator, GPU clocks and kernels
+    products = [lambda: a @ b]
+    if not cuda and dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        from features.sources.lm import onednn_linear
+
+        linear = nn.Linear(n, n, bias=False)
+        linear.weight.data = b.T.contiguous()
+        onednn = onednn_linear(linear)
+        products.append(lambda: onednn(a))  # the path CPU forwards take (features.sources.lm.onednn_linears)
     best = 0.0
-    for _ in range(trials):
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        if cuda:  # kernels run asynchronously: time them to their end
-            torch.cuda.synchronize(device)
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+    with torch.inference_mode():
+        for product in products:
+            product()  # warm-up: thread pool, allocator, GPU clocks and kernels
+            for _ in range(trials):
+                if cuda:
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    product()
+                if cuda:  # kernels run asynchronously: time them to their end
+                    torch.cuda.synchronize(device)
+                best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
     return best
 
 
@@ -63,7 +74,9 @@ def _machine_key(device: str | torch.device = "cpu") -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    return f"{cpu} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    key = f"{cpu} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    # oneDNN's rate counts where forwards use it: limits cached from PyTorch's own product alone are not compared
+    return key + " | onednn" if torch.backends.mkldnn.is_available() else key
 
 
 def matmul_limit(device: str | torch.device = "cpu") -> float:
@@ -93,7 +106,14 @@ def _cached() -> dict[str, float]:
 def forward_flops_per_token(blocks: Sequence[nn.Module], extra_params: int = 0) -> int:
     """Matmul FLOPs per token of a forward through `blocks` (2 per weight), plus `extra_params` weights
     applied to every token as well (SAE encoders, an LM head)."""
-    return 2 * (sum(p.numel() for block in blocks for p in block.parameters()) + extra_params)
+    return 2 * (sum(_weights(block) for block in blocks) + extra_params)
+
+
+def _weights(block: nn.Module) -> int:
+    """Parameters, and the weights of linear layers converted to oneDNN (features.sources.lm.onednn_linears), which
+    hold them as buffers."""
+    converted = sum(b.numel() for name, b in block.named_buffers() if b.is_mkldnn and name.endswith("weight"))
+    return sum(p.numel() for p in block.parameters()) + converted
 
 
 def throughput(tokens: int, seconds: float, flops_per_token: int,

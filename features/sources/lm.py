@@ -22,10 +22,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_prepared(prepared_dir: str | Path, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_prepared(prepared_dir: str | Path, device: str = "cpu",
+                  onednn: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer of a prepare_model output folder (weights inside it, in the HF cache, or on a path)."""
     location, revision = model_location(Path(prepared_dir))
-    return load_causal_lm(location, device, revision=revision), load_tokenizer(location, revision)
+    return load_causal_lm(location, device, revision=revision, onednn=onednn), load_tokenizer(location, revision)
 
 
 def prepared_tokenizer(prepared_dir: str | Path) -> PreTrainedTokenizerBase:
@@ -50,12 +51,40 @@ def load_causal_lm(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     revision: str | None = None,
+    onednn: bool = True,
 ) -> PreTrainedModel:
-    """Load an HF causal LM (a folder or a cached hub id) from safetensors only, in eval mode on `device`."""
+    """Load an HF causal LM (a folder or a cached hub id) from safetensors only, in eval mode on `device`; on a CPU
+    its decoder's linear layers run through oneDNN (`onednn_linears`) unless `onednn` is False."""
     model = AutoModelForCausalLM.from_pretrained(
         str(path), revision=revision, dtype=dtype or default_dtype(device), device_map=device, use_safetensors=True
     )
+    if onednn and torch.device(device).type == "cpu":
+        onednn_linears(model.base_model)
     return model.eval()
+
+
+def onednn_linears(module: nn.Module) -> nn.Module:
+    """Run the fp32 `nn.Linear` layers under `module` (a model's decoder, not its LM head) through oneDNN.
+
+    PyTorch multiplies fp32 matrices on a CPU with MKL, which on this project's AMD CPU (AVX-512) reaches about half
+    of what oneDNN does: a 2,048-square product at 175 against 360 GFLOP/s, Gemma 3's extraction at 1,230 against
+    2,000 tokens/s. The products are the same, summed in another order (hidden states within 5e-7 relative).
+    Inference only: the converted weights take no gradient. Left as it is where PyTorch lacks oneDNN.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return module
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.weight.dtype == torch.float32:
+                setattr(parent, name, onednn_linear(child))
+    return module
+
+
+def onednn_linear(linear: nn.Linear) -> nn.Module:
+    """`linear` as a oneDNN module (dense tensors in and out, any leading dimensions)."""
+    from torch.utils.mkldnn import MkldnnLinear
+
+    return MkldnnLinear(linear, torch.float32)
 
 
 def load_tokenizer(path: str | Path, revision: str | None = None) -> PreTrainedTokenizerBase:

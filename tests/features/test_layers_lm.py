@@ -167,6 +167,26 @@ def test_load_from_a_saved_folder_uses_safetensors_and_pads_right(tmp_path: Path
         torch.testing.assert_close(loaded(input_ids=input_ids).logits, model(input_ids=input_ids).logits)
 
 
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_a_cpu_model_runs_its_decoder_linears_through_onednn_with_the_same_hidden_states_and_flops(
+        tmp_path: Path, kind: str) -> None:
+    from features.forward.throughput import forward_flops_per_token
+
+    model = make_model(kind)
+    model.save_pretrained(tmp_path)
+    loaded = load_causal_lm(tmp_path)
+    linears = [m for m in loaded.base_model.modules() if isinstance(m, nn.Linear)]
+    converted = [m for m in loaded.base_model.modules() if type(m).__name__ == "MkldnnLinear"]
+    # every decoder linear runs on oneDNN (PyTorch's MKL is half its rate here); GPT-2's Conv1D layers stay
+    assert not linears and len(converted) == sum(isinstance(m, nn.Linear) for m in model.base_model.modules())
+    assert type(loaded.get_output_embeddings()) is nn.Linear  # the LM head, tied to the embeddings, stays
+    input_ids, attention_mask = padded_batch()
+    for ours, theirs in zip(hf_hidden_states(loaded, input_ids, attention_mask),
+                            hf_hidden_states(model, input_ids, attention_mask), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert forward_flops_per_token(decoder_layers(loaded)) == forward_flops_per_token(decoder_layers(model))
+
+
 def test_read_texts_is_the_span_a_truncated_forward_reads():
     from features.sources.lm import read_texts
 
