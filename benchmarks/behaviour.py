@@ -6,7 +6,8 @@ Needs `dvc repro prepare_model` (the model), and `dvc repro prepare_data` for a 
 For each behaviour task in params.yaml, the first `--items` prompts the stage would score (a multiple-choice
 task's items; a judgement task's question about each judged text) are scored by the per-item path (the
 scoring before batching: one forward per item, every option a row of prompt + option, on PyTorch's own fp32
-product as before oneDNN) and by `score_prompts` (what the stage runs), on the same prompts in one run; prints
+product as before oneDNN) and by `score_prompts` (what the stage runs, on the product the stages chose on this
+machine: features.sources.lm.load_causal_lm), on the same prompts in one run; prints
 items/s of both, their ratio, the largest difference of option log-probabilities and whether the answers agree,
 with the load average.
 """

@@ -4,8 +4,9 @@
 
 Needs `dvc repro prepare_model prepare_data train_sae` first (the model, the texts and, when
 present, the trained SAEs; a width without a trained SAE gets a quick one trained here).
-Prints tokens per second of both paths and their ratio; of `extract` with PyTorch's own fp32 product (MKL on x86)
-in the decoder instead of oneDNN's (features.sources.lm.onednn_linears; the naive loop uses PyTorch's too); the
+Prints tokens per second of both paths and their ratio; of `extract` with the decoder's linear layers on the other
+of PyTorch's own fp32 product (MKL on x86) and oneDNN's than the one the stages chose on this machine
+(features.sources.lm.load_causal_lm measures which is faster; the naive loop uses PyTorch's); the
 fraction of this machine's fp32 matmul limit that the forward reaches (the best rate measured here, this run's
 measurement included, as the stages' cost records count it); bytes stored per text (sparse shards against dense
 float32) per SAE width; and checks that both paths give the same pooled features.
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.mkldnn import MkldnnLinear
 
 import pipelines  # noqa: F401  (offline environment)
 from features.core.naming import codes_name, parse_width, sae_name
@@ -71,8 +73,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     texts = pd.read_parquet(paths.prepared(args.dataset))["text"].tolist()[: args.texts]
-    model, tokenizer = load_prepared(paths.model_dir(args.model))
-    plain, _ = load_prepared(paths.model_dir(args.model), onednn=False)  # PyTorch's own fp32 product, as the paper's
+    model, tokenizer = load_prepared(paths.model_dir(args.model))  # as the stages load it
+    on_onednn = any(isinstance(module, MkldnnLinear) for module in model.modules())
+    other, _ = load_prepared(paths.model_dir(args.model), onednn=not on_onednn)
+    plain = other if on_onednn else model  # PyTorch's own fp32 product, as the paper's
 
     saes = {}
     for layer in args.layers:
@@ -100,9 +104,9 @@ def main() -> None:
                    batch_size=args.batch_size, progress=False)
     fast_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    extract(plain, tokenizer, texts, args.layers, by_layer, ["sum"], max_tokens=args.max_tokens,
+    extract(other, tokenizer, texts, args.layers, by_layer, ["sum"], max_tokens=args.max_tokens,
             batch_size=args.batch_size, progress=False)
-    plain_seconds = time.perf_counter() - start
+    other_seconds = time.perf_counter() - start
     start = time.perf_counter()
     slow = naive(plain, tokenizer, texts, args.layers, saes, args.max_tokens, args.batch_size)
     slow_seconds = time.perf_counter() - start
@@ -114,9 +118,11 @@ def main() -> None:
     print(f"\n{len(texts)} texts of {args.dataset}, {tokens} tokens, {args.model}, layers {args.layers}")
     print(f"fp32 matmul limit       {gflops_limit:8.1f} GFLOP/s  (the best measured on this machine)")
     print(f"naive loop              {tokens / slow_seconds:8.1f} tok/s")
-    print(f"saefs extract           {tokens / fast_seconds:8.1f} tok/s   ({slow_seconds / fast_seconds:.1f}x naive)")
-    print(f"  with PyTorch's product {tokens / plain_seconds:7.1f} tok/s   (oneDNN's linears "
-          f"{plain_seconds / fast_seconds:.2f}x faster)")
+    chosen, unchosen = ("oneDNN", "PyTorch's product") if on_onednn else ("PyTorch's product", "oneDNN")
+    print(f"saefs extract           {tokens / fast_seconds:8.1f} tok/s   ({slow_seconds / fast_seconds:.1f}x naive; "
+          f"decoder linears on {chosen}, as the stages chose here)")
+    print(f"  with {unchosen + ' instead':<18} {tokens / other_seconds:7.1f} tok/s   (the stages' choice "
+          f"{other_seconds / fast_seconds:.2f}x faster)")
     print(f"forward + SAE encoders  {achieved:8.1f} GFLOP/s  ({achieved / gflops_limit:.0%} of the matmul limit; "
           f"load average {os.getloadavg()[0]:.1f})")
 

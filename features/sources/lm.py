@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from features.errors import SaefsError
 from features.sources.models import model_location
 
+log = logging.getLogger(__name__)
+
 
 def resolve_device(device: str) -> str:
     """'auto' means the GPU when there is one."""
@@ -23,7 +26,7 @@ def resolve_device(device: str) -> str:
 
 
 def load_prepared(prepared_dir: str | Path, device: str = "cpu",
-                  onednn: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+                  onednn: bool | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer of a prepare_model output folder (weights inside it, in the HF cache, or on a path)."""
     location, revision = model_location(Path(prepared_dir))
     return load_causal_lm(location, device, revision=revision, onednn=onednn), load_tokenizer(location, revision)
@@ -51,24 +54,39 @@ def load_causal_lm(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     revision: str | None = None,
-    onednn: bool = True,
+    onednn: bool | None = None,
 ) -> PreTrainedModel:
-    """Load an HF causal LM (a folder or a cached hub id) from safetensors only, in eval mode on `device`; on a CPU
-    its decoder's linear layers run through oneDNN (`onednn_linears`) unless `onednn` is False."""
+    """Load an HF causal LM (a folder or a cached hub id) from safetensors only, in eval mode on `device`. On a CPU
+    its decoder's linear layers run through oneDNN (`onednn_linears`) if `onednn` is True, or, by default, if
+    oneDNN measured faster than PyTorch's own product on this machine for the model's block shapes."""
     model = AutoModelForCausalLM.from_pretrained(
         str(path), revision=revision, dtype=dtype or default_dtype(device), device_map=device, use_safetensors=True
     )
-    if onednn and torch.device(device).type == "cpu":
+    if torch.device(device).type == "cpu" and (onednn or onednn is None and _onednn_is_faster(model)):
         onednn_linears(model.base_model)
     return model.eval()
+
+
+def _onednn_is_faster(model: PreTrainedModel) -> bool:
+    from features.forward.throughput import onednn_speedup
+
+    block = decoder_layers(model)[0]
+    linears = [m for m in block.modules() if type(m) is nn.Linear and m.weight.dtype == torch.float32]
+    if not linears or not torch.backends.mkldnn.is_available():
+        return False
+    speedup = onednn_speedup(linears)
+    log.info("decoder linears on %s: oneDNN runs a block's at %.2fx PyTorch's product on this CPU",
+                "oneDNN" if speedup > 1 else "PyTorch's product", speedup)
+    return speedup > 1
 
 
 def onednn_linears(module: nn.Module) -> nn.Module:
     """Run the fp32 `nn.Linear` layers under `module` (a model's decoder, not its LM head) through oneDNN.
 
-    PyTorch multiplies fp32 matrices on a CPU with MKL, which on this project's AMD CPU (AVX-512) reaches about half
-    of what oneDNN does: a 2,048-square product at 175 against 360 GFLOP/s, Gemma 3's extraction at 1,230 against
-    2,000 tokens/s. The products are the same, summed in another order (hidden states within 5e-7 relative).
+    PyTorch multiplies fp32 matrices on a CPU with MKL, which on an AMD Zen 5 (AVX-512) reaches about half of what
+    oneDNN does: a 2,048-square product at 175 against 360 GFLOP/s, Gemma 3's extraction at 1,230 against 2,000
+    tokens/s; on a Zen 3 oneDNN is the slower one (`load_causal_lm` measures which). The products are the same,
+    summed in another order (hidden states within 5e-7 relative).
     Inference only: the converted weights take no gradient. Left as it is where PyTorch lacks oneDNN.
     """
     if not torch.backends.mkldnn.is_available():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -174,10 +175,10 @@ def test_a_cpu_model_runs_its_decoder_linears_through_onednn_with_the_same_hidde
 
     model = make_model(kind)
     model.save_pretrained(tmp_path)
-    loaded = load_causal_lm(tmp_path)
+    loaded = load_causal_lm(tmp_path, onednn=True)
     linears = [m for m in loaded.base_model.modules() if isinstance(m, nn.Linear)]
     converted = [m for m in loaded.base_model.modules() if type(m).__name__ == "MkldnnLinear"]
-    # every decoder linear runs on oneDNN (PyTorch's MKL is half its rate here); GPT-2's Conv1D layers stay
+    # every decoder linear runs on oneDNN; GPT-2's Conv1D layers stay
     assert not linears and len(converted) == sum(isinstance(m, nn.Linear) for m in model.base_model.modules())
     assert type(loaded.get_output_embeddings()) is nn.Linear  # the LM head, tied to the embeddings, stays
     input_ids, attention_mask = padded_batch()
@@ -185,6 +186,27 @@ def test_a_cpu_model_runs_its_decoder_linears_through_onednn_with_the_same_hidde
                             hf_hidden_states(model, input_ids, attention_mask), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     assert forward_flops_per_token(decoder_layers(loaded)) == forward_flops_per_token(decoder_layers(model))
+
+
+@pytest.mark.parametrize("speedup", [0.5, 2.0])
+def test_a_cpu_model_takes_onednn_only_where_it_measured_faster_on_this_machine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speedup: float) -> None:
+    from features.forward import throughput
+
+    monkeypatch.setenv(throughput.CACHE_ENV, str(tmp_path / "cache"))
+    make_model("llama").save_pretrained(tmp_path / "model")
+    block = decoder_layers(make_model("llama"))[0]
+    measured = throughput.onednn_speedup([m for m in block.modules() if isinstance(m, nn.Linear)])
+    assert measured > 0
+    # plant the other machine: a CPU where oneDNN is slower (an AMD Zen 3) or faster (a Zen 5) than MKL
+    cache = tmp_path / "cache" / throughput.SPEEDUPS
+    (key,) = json.loads(cache.read_text())
+    if Path("/proc/cpuinfo").is_file():  # two CPU generations may share a model name: the key tells them apart
+        assert "cpu family" in key
+    cache.write_text(json.dumps({key: speedup}))
+    loaded = load_causal_lm(tmp_path / "model")
+    kinds = {type(m).__name__ for m in loaded.base_model.modules() if type(m).__name__ in ("Linear", "MkldnnLinear")}
+    assert kinds == ({"MkldnnLinear"} if speedup > 1 else {"Linear"})
 
 
 def test_read_texts_is_the_span_a_truncated_forward_reads():
