@@ -20,6 +20,8 @@ from typing import Any
 
 import psutil
 
+from features.machine import machine_name
+
 WORK_ENV = "SAEFS_COST_WORK"
 
 _record: dict[str, Any] | None = None  # the open record of this process's stage, if it runs one
@@ -84,7 +86,8 @@ def recording(path: Path | None) -> Iterator[None]:
                             "startup_seconds": round(startup, 1),
                             "cpu_seconds": round(_cpu_seconds(), 1),  # since the process started
                             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}
+                            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+                            "machine": machine_name()}  # timings compare only on the same one
         _record = None  # merged work below goes through the plain dict
         if shared.is_file():
             for line in shared.read_text().splitlines():

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from features.machine import machine_name
 
 CACHE_ENV = "SAEFS_CACHE"  # where per-machine measurements are kept; ~/.cache/saefs by default
 LIMITS, SPEEDUPS = "matmul_limit.json", "onednn_speedup.json"  # their files there
@@ -67,23 +68,9 @@ def measure_device_matmul_gflops(device: str | torch.device) -> float:
 def _machine_key(device: str | torch.device = "cpu") -> str:
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(device)} | bf16 | torch {torch.__version__}"
-    key = f"{_cpu_name()} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    key = f"{machine_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
     # oneDNN's rate counts where forwards use it: limits cached from PyTorch's own product alone are not compared
     return key + " | onednn" if torch.backends.mkldnn.is_available() else key
-
-
-def _cpu_name() -> str:
-    """The CPU's model name with its family, model and stepping: a virtual machine may name two generations alike
-    ("AMD EPYC" for a Zen 3 and a Zen 5, whose matmul rates differ threefold)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    for line in cpuinfo.read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields.setdefault(name.strip(), value.strip())
-    return " ".join([fields.get("model name", platform.machine())]
-                    + [f"{name} {fields[name]}" for name in ("cpu family", "model", "stepping") if name in fields])
 
 
 def matmul_limit(device: str | torch.device = "cpu") -> float:

@@ -242,6 +242,7 @@ def _cost_section(inputs: RunInputs) -> Section:
     by_stage = tables.cost_by_stage(table)
     section.paragraphs.append(f"Total: {table['wall_s'].sum():,.0f} s wall, of which {table['startup_s'].sum():,.0f} s "
                               f"start-up, over {len(table)} stage instances.")
+    section.paragraphs.append(tables.cost_machines(inputs.cost))
     section.figures.append(("Wall seconds per stage.", figures.time_bars(by_stage, "Where the time goes")))
     section.tables += [("Per stage", by_stage), ("Per stage instance", table)]
     return section

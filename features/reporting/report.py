@@ -10,6 +10,7 @@ means over the resampled splits `train_probes` fitted, with the intervals it nam
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -298,6 +299,16 @@ def cost_table(cost: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
                      "load": "-".join(f"{load:.1f}" for load in record["load_average"])})
     return pd.DataFrame(rows, columns=["stage", "item", "wall_s", "startup_s", "cpu_s", "peak_rss_mb", "work",
                                        "tokens_per_s", "matmul_limit", "load"])
+
+
+def cost_machines(cost: Mapping[str, dict[str, Any]]) -> str:
+    """Which machines the records were made on: DVC keeps a skipped stage's record from the run that made its
+    outputs, so one report can mix machines, whose times and rates do not compare."""
+    counts = Counter(record.get("machine", "a machine not recorded") for record in cost.values())
+    if len(counts) == 1:
+        return f"Measured on one machine: {next(iter(counts))}."
+    return ("Measured on several machines, whose times do not compare: "
+            + "; ".join(f"{machine} ({n} instance{'s' if n > 1 else ''})" for machine, n in counts.most_common()) + ".")
 
 
 def cost_by_stage(table: pd.DataFrame) -> pd.DataFrame:

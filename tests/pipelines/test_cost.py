@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import torch
 
 from features.errors import SaefsError
 from features.forward import throughput
+from features.machine import machine_name
 from pipelines import cost, paths, stage_main
 
 
@@ -45,6 +47,7 @@ def test_a_stage_records_times_work_and_its_workers_work() -> None:
     assert 0 < rate["matmul_limit_gflop_per_second"] and "load_average" in rate
     assert record["wall_seconds"] >= record["startup_seconds"] > 0
     assert record["cpu_seconds"] > 0 and record["peak_rss_mb"] > 0 and len(record["load_average"]) == 2
+    assert record["machine"] == machine_name() and machine_name().endswith(f" | {os.cpu_count()} cpus")
     assert not list(paths.COST.rglob(".*"))  # the workers' scratch file is gone
 
 

@@ -130,7 +130,8 @@ def write_metrics_tree(root: Path) -> None:
         paths.stage_cost(stage, item).parent.mkdir(parents=True, exist_ok=True)
         paths.stage_cost(stage, item).write_text(json.dumps({
             "wall_seconds": wall, "startup_seconds": 3.0, "cpu_seconds": 2 * wall, "peak_rss_mb": 900,
-            "load_average": [1.0, 2.0], "work": {"tokens": 1000}, "forward": {"extract": rate} if rate else {}}))
+            "load_average": [1.0, 2.0], "work": {"tokens": 1000}, "forward": {"extract": rate} if rate else {},
+            "machine": f"AMD EPYC cpu family {25 if stage == 'extract' else 26} | 2 cpus"}))
     for model in MODELS:  # leave one dataset out: SAE probes lose 0.1 on a held-out dataset, TF-IDF 0.3
         cells = [{"held_out": d, "probe": probe, "in_split_f1": 0.8, "in_split_low": 0.7, "in_split_high": 0.9,
                   "held_out_f1": 0.8 - loss, "held_out_low": 0.6 - loss, "held_out_high": 0.9 - loss, "gap": loss,
@@ -194,6 +195,9 @@ def test_report_has_every_section_and_the_inputs_numbers(project: Path) -> None:
     # the cost section: every stage instance but the report's own (still running), extract first by wall time
     assert "Total: 69 s wall, of which 9 s start-up, over 3 stage instances." in md
     assert "extract 333" in md and "extract 81%" in md and "report" not in md.split("## Cost of this run")[1]
+    # DVC keeps a skipped stage's record from an earlier run: the section says when records come from other machines
+    assert ("Measured on several machines, whose times do not compare: AMD EPYC cpu family 25 | 2 cpus (2 "
+            "instances); AMD EPYC cpu family 26 | 2 cpus (1 instance).") in md
     # leave one dataset out: every (model, held-out dataset, probe) row, its gap with its interval
     lodo = md.split("## Leave one dataset out")[1].split("## ")[0]
     assert lodo.count("| +0.300 [+0.250, +0.350] |") == len(MODELS) * len(DATASETS)
