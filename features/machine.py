@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+from functools import cache
 from pathlib import Path
 
 
+@cache  # read once per process: every throughput record and model load asks
 def cpu_name() -> str:
     """The CPU's model name with its family, model and stepping: a virtual machine may name two generations alike
     ("AMD EPYC" for a Zen 3 and a Zen 5, whose matmul rates differ threefold)."""

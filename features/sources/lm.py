@@ -70,14 +70,18 @@ def load_causal_lm(
 def _onednn_is_faster(model: PreTrainedModel) -> bool:
     from features.forward.throughput import onednn_speedup
 
-    block = decoder_layers(model)[0]
-    linears = [m for m in block.modules() if type(m) is nn.Linear and m.weight.dtype == torch.float32]
+    linears = [m for m in decoder_layers(model)[0].modules() if _convertible(m)]
     if not linears or not torch.backends.mkldnn.is_available():
         return False
     speedup = onednn_speedup(linears)
     log.info("decoder linears on %s: oneDNN runs a block's at %.2fx PyTorch's product on this CPU",
-                "oneDNN" if speedup > 1 else "PyTorch's product", speedup)
+             "oneDNN" if speedup > 1 else "PyTorch's product", speedup)
     return speedup > 1
+
+
+def _convertible(module: nn.Module) -> bool:
+    """A layer oneDNN's module replaces: a plain fp32 linear layer."""
+    return type(module) is nn.Linear and module.weight.dtype == torch.float32
 
 
 def onednn_linears(module: nn.Module) -> nn.Module:
@@ -93,7 +97,7 @@ def onednn_linears(module: nn.Module) -> nn.Module:
         return module
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.float32:
+            if _convertible(child):
                 setattr(parent, name, onednn_linear(child))
     return module
 
