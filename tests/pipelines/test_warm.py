@@ -76,6 +76,23 @@ def test_a_stage_runs_in_a_warm_fork_with_the_callers_arguments_and_sees_every_e
     assert server in second.stdout.splitlines()  # a fork of the same server: the libraries were not imported again
 
 
+WARMED = '''
+import sys
+from mlflow.utils import requirements_utils
+print("skops", "skops.io" in sys.modules)
+print("package map", requirements_utils._MODULES_TO_PACKAGES is not None)
+'''
+
+
+def test_a_fork_finds_what_logging_a_probe_first_fills_done_by_the_server(project: Path) -> None:
+    """MLflow reads every installed package's metadata for the first model a process saves, and skops builds its
+    type tables on import: the server pays both once, not each stage that logs a probe."""
+    (project / "pipelines" / "warmed_stage.py").write_text(WARMED)
+    done = run(project, "warmed_stage")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["skops True", "package map True"]
+
+
 def test_warm_off_runs_the_stage_in_the_callers_process(project: Path) -> None:
     write_stage(project, version=3, code=0)
     done = run(project, "probe_stage", SAEFS_WARM="0")
