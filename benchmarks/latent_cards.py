@@ -5,7 +5,8 @@
 Needs `dvc repro train_sae` (the prepared model, its SAEs and collect_activations' held-out corpus texts).
 With the stage's own code and params (`latent_cards`), it builds the cards of every SAE of the model over
 the first `--texts` card texts into a scratch folder, per 1,000 texts (the logit lens, a fixed cost per
-SAE, timed apart); then reads `--lookups` random latents by id (p50/p99), and times what
+SAE, timed apart, beside whole-row top-k over the vocabulary on the same SAEs: the ratio and whether the ids agree);
+then reads `--lookups` random latents by id (p50/p99), and times what
 the scoring service adds to a response: a card summary for each of `serve.top_latents` latents (p50/p99;
 target under 10 ms at p99). The load average is printed beside the timings.
 """
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import pipelines  # noqa: F401  (offline environment)
 from features.core.cards import logit_lens
@@ -35,6 +37,18 @@ from pipelines.params import load_params
 def percentiles(seconds: list[float]) -> str:
     p50, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 99])
     return f"p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+
+
+def whole_rows(w_dec: torch.Tensor, w_unembed: torch.Tensor, n: int, chunk: int = 256) -> tuple[np.ndarray, ...]:
+    """The logit lens as the stage computed it before vocabulary blocks: a whole row of logits per latent, 256 latents
+    at a time, the bottom tokens as the top of the negated logits."""
+    promoted, suppressed = [], []
+    with torch.inference_mode():
+        for start in range(0, w_dec.shape[0], chunk):
+            logits = w_dec[start:start + chunk].float() @ w_unembed.float().T
+            promoted.append(logits.topk(n, dim=1).indices.numpy())
+            suppressed.append((-logits).topk(n, dim=1).indices.numpy())
+    return np.concatenate(promoted), np.concatenate(suppressed)
 
 
 def main() -> None:
@@ -58,15 +72,22 @@ def main() -> None:
                         batch_size=lc.batch_size, include_bos=ex.include_bos, paper_compat=ex.paper_compat,
                         progress=False)
     total = time.perf_counter() - started
-    started = time.perf_counter()
     unembed = model.get_output_embeddings().weight.detach().cpu()
-    for sae in saes.values():
-        logit_lens(sae.W_dec.detach().cpu(), unembed, lc.logit_tokens)
+    started = time.perf_counter()
+    lenses = [logit_lens(sae.W_dec.detach().cpu(), unembed, lc.logit_tokens) for sae in saes.values()]
     lens = time.perf_counter() - started
+    started = time.perf_counter()
+    baselines = [whole_rows(sae.W_dec.detach().cpu(), unembed, lc.logit_tokens) for sae in saes.values()]
+    baseline = time.perf_counter() - started
+    same = all(np.array_equal(a, b) for lens_ids, row_ids in zip(lenses, baselines, strict=True)
+               for a, b in zip(lens_ids, row_ids, strict=True))
     tokens = next(iter(built.values()))[1]
     print(f"build: {total * 1000 / len(texts):.1f} s per 1,000 texts ({tokens / len(texts):.0f} tokens each, "
           f"{len(saes)} SAEs), of which the logit lens {lens:.1f} s (once per SAE, whatever the texts); "
           f"load average {os.getloadavg()[0]:.1f}")
+    print(f"logit lens in vocabulary blocks {lens:.1f} s, as whole rows {baseline:.1f} s: {baseline / lens:.2f}x; "
+          f"{'the same' if same else 'DIFFERENT'} token ids (ties may order apart); load average "
+          f"{os.getloadavg()[0]:.1f}")
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as scratch:

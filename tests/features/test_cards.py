@@ -42,7 +42,7 @@ def test_a_planted_latents_card_names_its_token_shows_it_in_every_context_and_ma
     unembed = torch.randn(VOCAB, 6)
     w_dec = torch.randn(D_SAE, 6)
     w_dec[PLANTED] = unembed[11] * 5  # its decoder direction is token 11's unembedding
-    cards = builder.cards(texts, WORDS.__getitem__, logit_lens(w_dec, unembed, 3, chunk=4))
+    cards = builder.cards(texts, WORDS.__getitem__, logit_lens(w_dec, unembed, 3, latent_chunk=4, vocab_chunk=8))
     card = cards[PLANTED]
     occurrences = sum(row.count(TOKEN) for row in (t.token_ids for t in texts))
     assert card["fires"] == occurrences and card["density"] == pytest.approx(occurrences / builder.n_tokens)
@@ -125,3 +125,15 @@ def test_a_latent_planted_in_a_tiny_models_sae_is_named_by_its_token_and_promote
     assert card["label"].startswith("'w7'")
     assert all(context["tokens"][context["peak"]] == "w7" for context in card["top_contexts"])
     assert card["logit_lens"]["promotes"][0] == "w9"
+
+
+@pytest.mark.parametrize(("latent_chunk", "vocab_chunk"), [(8, 16), (64, 7), (1, 1000)])
+def test_the_logit_lens_in_blocks_finds_each_rows_top_and_bottom_tokens(latent_chunk: int, vocab_chunk: int) -> None:
+    """Blocks that divide neither the latents nor the vocabulary, a block narrower than n, one block: the merged
+    ids are those of the whole row, in order."""
+    generator = torch.Generator().manual_seed(0)
+    w_dec, unembed = torch.randn(37, 6, generator=generator), torch.randn(101, 6, generator=generator)
+    logits = w_dec @ unembed.T
+    promoted, suppressed = logit_lens(w_dec, unembed, 5, latent_chunk=latent_chunk, vocab_chunk=vocab_chunk)
+    np.testing.assert_array_equal(promoted, logits.topk(5, dim=1).indices.numpy())
+    np.testing.assert_array_equal(suppressed, logits.topk(5, dim=1, largest=False).indices.numpy())
