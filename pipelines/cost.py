@@ -9,6 +9,7 @@ that file instead; the stage merges it, so one record covers the whole stage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -57,9 +58,18 @@ def process_age() -> float:
         return time.time() - psutil.Process().create_time()
 
 
-def _cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of every process it started: those it has waited for, and those still
+    running, such as the worker pools of joblib (train_probes, transfer), which outlive the stage's work and are
+    never waited for before the record is written. Their time was missing from the records before."""
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    # read after getrusage, so a child reaped in between is left out rather than counted twice
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it ended meanwhile
+            times = child.cpu_times()  # its own, and that of the children it waited for
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 @contextmanager
@@ -84,7 +94,7 @@ def recording(path: Path | None) -> Iterator[None]:
         yield
         record = _record | {"wall_seconds": round(time.perf_counter() - started + startup, 1),
                             "startup_seconds": round(startup, 1),
-                            "cpu_seconds": round(_cpu_seconds(), 1),  # since the process started
+                            "cpu_seconds": round(cpu_seconds(), 1),  # since the process started
                             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                             "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
                             "machine": machine_name()}  # timings compare only on the same one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -49,6 +50,36 @@ def test_a_stage_records_times_work_and_its_workers_work() -> None:
     assert record["cpu_seconds"] > 0 and record["peak_rss_mb"] > 0 and len(record["load_average"]) == 2
     assert record["machine"] == machine_name() and machine_name().endswith(f" | {os.cpu_count()} cpus")
     assert not list(paths.COST.rglob(".*"))  # the workers' scratch file is gone
+
+
+def burn(seconds: float) -> float:
+    """Spin on the CPU for `seconds` of this process's CPU time; the CPU time spent."""
+    started = time.process_time()
+    while time.process_time() - started < seconds:
+        pass
+    return time.process_time() - started
+
+
+def fits_in_a_pool(item: str) -> None:
+    """A stage whose work runs in joblib's worker processes (as train_probes' and transfer's fits), which are still
+    alive when the stage's record is written; it leaves what it measured for the test."""
+    from joblib import Parallel, delayed
+
+    workers = sum(Parallel(n_jobs=2)(delayed(burn)(0.6) for _ in range(2)))
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    Path("measured.json").write_text(json.dumps({"workers": workers, "own": own.ru_utime + own.ru_stime +
+                                                 ended.ru_utime + ended.ru_stime}))
+
+
+def test_the_cpu_time_counts_worker_processes_still_running() -> None:
+    # joblib keeps its workers for the next call, so no one waits for them before the record is written: their CPU
+    # time was not in the record (train_probes read 0.3-0.4 CPU seconds per wall second while two workers fitted)
+    assert stage_main(fits_in_a_pool, ["m/d"], doc="", arg="item") == 0
+    record = json.loads(paths.stage_cost("test_cost", "m/d").read_text())
+    measured = json.loads(Path("measured.json").read_text())
+    assert measured["workers"] >= 1.2
+    assert record["cpu_seconds"] >= measured["own"] + 0.9 * measured["workers"]
 
 
 def test_a_failed_stage_writes_no_cost_and_off_or_per_stage_choose_the_file() -> None:
