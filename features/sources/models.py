@@ -126,9 +126,14 @@ def _gguf_to_hf(gguf: Path, out_dir: Path, save_dtype: str) -> None:
     config = quantised.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    clean = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, save_dtype))
-    clean.load_state_dict(quantised.state_dict())
+    dtype = getattr(torch, save_dtype)
+    with torch.device("meta"):  # no random initialisation of weights that are all replaced next (5 s for Gemma 3)
+        clean = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    clean.load_state_dict({name: weight.to(dtype) for name, weight in quantised.state_dict().items()}, assign=True)
+    clean.tie_weights()  # the copies above untie the embedding and the head of tied models
     clean.save_pretrained(out_dir, safe_serialization=True)
+    # How it was loaded is no property of the tokenizer: saved, HF_HUB_OFFLINE's value made two runs' outputs differ
+    tokenizer.init_kwargs.pop("local_files_only", None)
     tokenizer.save_pretrained(out_dir)
 
 

