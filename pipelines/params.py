@@ -182,6 +182,8 @@ class LatentCardsParams(Strict):
 
 
 class TrainSaeParams(SAETrainingConfig):
+    n_jobs: int = Field(1, ge=1, description="SAEs of a model trained at once on a CPU, in worker processes that "
+                        "share the torch threads (a GPU trains them one at a time)")
     min_tokens_per_latent: float = Field(gt=0, description="training tokens each latent needs at least: a width "
                                          "wider than train_tokens / this fails before training")
     loss_texts: int = Field(gt=0, description="held-out corpus texts the LM's loss with each SAE spliced in is "

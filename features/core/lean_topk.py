@@ -56,14 +56,14 @@ def shuffled_batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[t
 
 
 def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, schedule: Schedule,
-             history: DeadHistory | None = None) -> None:
+             history: DeadHistory | None = None, label: str = "training SAE") -> None:
     """sae-lens' TopK training step (MSE plus AuxK on dead latents, Adam, gradient norm clipped at 1, sae-lens'
     learning-rate schedule), each token decoded from its k active latents only.
 
     As sae-lens' TopKTrainingSAE with rescale_acts_by_decoder_norm: pre-activations are scaled by the decoder
     row norms, the k kept values divided by them before decoding, so the decoder acts as unit-norm rows
     whatever their stored norm (saving folds the norms in). `batches` are already normalised. `history`, if
-    given, records the window's dead count as each step starts.
+    given, records the window's dead count as each step starts. `label` names the progress bar.
     """
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=True)
     scheduler = get_lr_scheduler("constant", optimizer, training_steps=schedule.steps, lr=lr,
@@ -71,7 +71,7 @@ def fit_topk(sae: Any, batches: Iterator[torch.Tensor], k: int, lr: float, sched
                                  num_cycles=1)
     since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=sae.W_dec.device)
     steps = schedule.steps
-    for step, batch in tqdm(zip(range(steps), batches, strict=False), total=steps, desc="training SAE", unit="step"):
+    for step, batch in tqdm(zip(range(steps), batches, strict=False), total=steps, desc=label, unit="step"):
         dead = since_fired > schedule.dead_window_steps
         if history is not None:
             history.record(step, steps - 1, int(dead.sum()))

@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 
 
 def train_sae(acts: np.ndarray | torch.Tensor, cfg: SAETrainingConfig, width: int, device: str = "cpu",
-              history: DeadHistory | None = None):
+              history: DeadHistory | None = None, label: str = "training SAE"):
     """Train a `width`-latent SAE on `acts` [N, d_in] (in memory or memory-mapped) and return it (sae-lens,
     raw-activation scale). The rows are read in the same seeded order either way: an SAE trained on a cache
     equals one trained on the same activations in memory. `history` records the trainer's dead-latent count
-    over training, with either trainer.
+    over training, with either trainer. `label` names the lean loop's progress bar.
 
     sae-lens rescales inputs to an average norm of sqrt(d_in) and folds the factor back into
     the weights at the end. The decoder bias starts at the activation mean: Gemma's residual
@@ -58,7 +58,7 @@ def train_sae(acts: np.ndarray | torch.Tensor, cfg: SAETrainingConfig, width: in
     batches = (batch.to(device) for batch in shuffled_batches(rows, cfg.batch_size, cfg.seed))
     schedule = cfg.schedule()
     if cfg.trainer == "lean":
-        fit_topk(sae, (batch * scale for batch in batches), cfg.k, cfg.lr, schedule, history)
+        fit_topk(sae, (batch * scale for batch in batches), cfg.k, cfg.lr, schedule, history, label)
         sae.fold_activation_norm_scaling_factor(scale)  # as sae-lens' trainer ends: raw-scale weights
         return sae
     if history is not None:  # sae-lens' trainer draws one batch per step: read its dead mask as it does

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from features.core.naming import codes_name
 from features.core.sae_config import SAETrainingConfig
@@ -275,6 +276,9 @@ def test_train_sae_trains_from_the_cache_and_measures_each_sae(tiny, tmp_path: P
     heldout = metrics["l1__sae64"]["heldout"]
     assert heldout["tokens"] == manifest["splits"]["heldout"]["tokens"] and 0 < heldout["l0"] <= 32  # TopK, k 32
     assert {"fve", "dead_fraction", "dense_fraction", "loss_recovered", "loss_clean"} <= set(heldout)
+    # the profile's n_jobs 2: both SAEs at once in worker processes, the stage's torch threads shared between them
+    assert [metrics[sae]["sae_at_once"] for sae in sorted(metrics)] == [2, 2]
+    assert {metrics[sae]["torch_threads"] for sae in metrics} == {max(1, torch.get_num_threads() // 2)}
     training = metrics["l1__sae64"]["training"]  # the trainer's dead window at every step of its 8 (2,048 / 256)
     assert training["dead_history"]["step"] == list(range(8)) and training["steps"] == 8
     assert training["dead_fraction_at_end"] == training["dead_history"]["dead"][-1] / 64
@@ -285,13 +289,14 @@ def test_each_width_trains_with_its_own_settings(tiny, tmp_path: Path, monkeypat
     params = _sae_scratch(tiny, tmp_path, layers=[0, 1], widths=["32", "64"],
                           training={"l1__sae32": {"lr": 0.01}})
     params["train_sae"]["by_width"] = {"64": {"training_samples": 4096, "batch_size": 128}}
+    params["train_sae"]["n_jobs"] = 1  # one at a time, in this process, where the recording below is
     write_params(tmp_path, params)
     collect_stage.run("tiny")
     seen = []
 
-    def recording(acts, cfg, width, device="cpu", history=None):
+    def recording(acts, cfg, width, device="cpu", history=None, label="training SAE"):
         seen.append((width, cfg.training_samples, cfg.batch_size, cfg.lr))
-        return train_sae(acts, cfg, width, device, history)
+        return train_sae(acts, cfg, width, device, history, label)
 
     monkeypatch.setattr(train_sae_stage, "train_sae", recording)
     train_sae_stage.run("tiny")
