@@ -9,7 +9,8 @@ of PyTorch's own fp32 product (MKL on x86) and oneDNN's than the one the stages 
 (features.sources.lm.load_causal_lm measures which is faster; the naive loop uses PyTorch's); the
 fraction of this machine's fp32 matmul limit that the forward reaches (the best rate measured here, this run's
 measurement included, as the stages' cost records count it); bytes stored per text (sparse shards against dense
-float32) per SAE width; and checks that both paths give the same pooled features.
+float32) per SAE width; and checks that both paths give the same pooled features (but where a latent at a TopK
+SAE's k-th place swapped with the next, the products summed in another order).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.mkldnn import MkldnnLinear
 
 import pipelines  # noqa: F401  (offline environment)
 from features.core.naming import codes_name, parse_width, sae_name
@@ -33,6 +33,7 @@ from features.core.sae_training import train_sae
 from features.forward.extract import collect_activations, extract
 from features.forward.throughput import measure_matmul_gflops, remember_matmul_rate, truncated_forward_flops
 from features.sources.lm import load_prepared
+from features.sources.onednn import OneDNNLinear
 from features.sources.sae import load_sae
 from features.stores.shards import ShardWriter
 from pipelines import paths
@@ -74,7 +75,7 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     texts = pd.read_parquet(paths.prepared(args.dataset))["text"].tolist()[: args.texts]
     model, tokenizer = load_prepared(paths.model_dir(args.model))  # as the stages load it
-    on_onednn = any(isinstance(module, MkldnnLinear) for module in model.modules())
+    on_onednn = any(isinstance(module, OneDNNLinear) for module in model.modules())
     other, _ = load_prepared(paths.model_dir(args.model), onednn=not on_onednn)
     plain = other if on_onednn else model  # PyTorch's own fp32 product, as the paper's
 
@@ -126,9 +127,13 @@ def main() -> None:
     print(f"forward + SAE encoders  {achieved:8.1f} GFLOP/s  ({achieved / gflops_limit:.0%} of the matmul limit; "
           f"load average {os.getloadavg()[0]:.1f})")
 
+    # on oneDNN the products sum in another order than the naive loop's, so a latent tied at a TopK SAE's k-th place
+    # with the next one may swap with it in a few tokens: those entries differ, the rest agree
     for (layer, width), dense in slow.items():
-        np.testing.assert_allclose(fast.codes[layer, width, "sum"].toarray(), dense, rtol=1e-3, atol=1e-3)
-    print("pooled features of both paths agree (rtol 1e-3)")
+        differ = ~np.isclose(fast.codes[layer, width, "sum"].toarray(), dense, rtol=1e-3, atol=1e-3)
+        print(f"l{layer} {width:>4}: pooled features of both paths agree (rtol 1e-3) but for {differ.sum()} of "
+              f"{differ.size} entries, in {differ.any(axis=1).sum()} of {len(texts)} texts")
+        assert differ.mean() < 1e-4, f"l{layer} {width}: {differ.mean():.2%} of the pooled entries differ"
 
     with tempfile.TemporaryDirectory() as folder:
         for (layer, width), dense in slow.items():

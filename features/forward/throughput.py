@@ -38,10 +38,10 @@ def measure_matmul_gflops(n: int = 2048, repeats: int = 5, trials: int = 3, devi
     cuda = torch.device(device).type == "cuda"
     products = [lambda: a @ b]
     if not cuda and dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        from features.sources.lm import onednn_linear
+        from features.sources.onednn import onednn_linear
 
         onednn = onednn_linear(nn.Linear(n, n, bias=False))  # its weights' values do not change the rate
-        products.append(lambda: onednn(a))  # the path CPU forwards take (features.sources.lm.onednn_linears)
+        products.append(lambda: onednn(a))  # the path CPU forwards take (features.sources.onednn)
     best = 0.0
     with torch.inference_mode():
         for product in products:
@@ -94,10 +94,10 @@ def onednn_speedup(linears: Sequence[nn.Linear], tokens: int = 1024, trials: int
     Zen 3 it ran Gemma 3's block at 0.8 times MKL's rate. CPU forwards take oneDNN only where it measured faster
     (features.sources.lm.load_causal_lm). The best of `trials`, alternated, so a busy moment hurts neither side.
     """
-    from features.sources.lm import onednn_linear
+    from features.sources.onednn import onednn_linear
 
     shapes = [(linear.in_features, linear.out_features) for linear in linears]
-    key = f"{_machine_key()} | {tokens} rows through {shapes}"
+    key = f"{_machine_key()} | packed | {tokens} rows through {shapes}"  # not MkldnnLinear's, measured before
     cached = _cached(SPEEDUPS).get(key)
     if cached is not None:
         return cached
@@ -139,7 +139,7 @@ def forward_flops_per_token(blocks: Sequence[nn.Module], extra_params: int = 0) 
 
 
 def _weights(block: nn.Module) -> int:
-    """Parameters, and the weights of linear layers converted to oneDNN (features.sources.lm.onednn_linears), which
+    """Parameters, and the weights of linear layers converted to oneDNN (features.sources.onednn), which
     hold them as buffers."""
     converted = sum(b.numel() for name, b in block.named_buffers() if b.is_mkldnn and name.endswith("weight"))
     return sum(p.numel() for p in block.parameters()) + converted

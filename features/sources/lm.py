@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from features.errors import SaefsError
 from features.sources.models import model_location
+from features.sources.onednn import convertible, onednn_linears
 
 log = logging.getLogger(__name__)
 
@@ -70,43 +71,13 @@ def load_causal_lm(
 def _onednn_is_faster(model: PreTrainedModel) -> bool:
     from features.forward.throughput import onednn_speedup
 
-    linears = [m for m in decoder_layers(model)[0].modules() if _convertible(m)]
+    linears = [m for m in decoder_layers(model)[0].modules() if convertible(m)]
     if not linears or not torch.backends.mkldnn.is_available():
         return False
     speedup = onednn_speedup(linears)
     log.info("decoder linears on %s: oneDNN runs a block's at %.2fx PyTorch's product on this CPU",
              "oneDNN" if speedup > 1 else "PyTorch's product", speedup)
     return speedup > 1
-
-
-def _convertible(module: nn.Module) -> bool:
-    """A layer oneDNN's module replaces: a plain fp32 linear layer."""
-    return type(module) is nn.Linear and module.weight.dtype == torch.float32
-
-
-def onednn_linears(module: nn.Module) -> nn.Module:
-    """Run the fp32 `nn.Linear` layers under `module` (a model's decoder, not its LM head) through oneDNN.
-
-    PyTorch multiplies fp32 matrices on a CPU with MKL, which on an AMD Zen 5 (AVX-512) reaches about half of what
-    oneDNN does: a 2,048-square product at 175 against 360 GFLOP/s, Gemma 3's extraction at 1,230 against 2,000
-    tokens/s; on a Zen 3 oneDNN is the slower one (`load_causal_lm` measures which). The products are the same,
-    summed in another order (hidden states within 5e-7 relative).
-    Inference only: the converted weights take no gradient. Left as it is where PyTorch lacks oneDNN.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return module
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if _convertible(child):
-                setattr(parent, name, onednn_linear(child))
-    return module
-
-
-def onednn_linear(linear: nn.Linear) -> nn.Module:
-    """`linear` as a oneDNN module (dense tensors in and out, any leading dimensions)."""
-    from torch.utils.mkldnn import MkldnnLinear
-
-    return MkldnnLinear(linear, torch.float32)
 
 
 def load_tokenizer(path: str | Path, revision: str | None = None) -> PreTrainedTokenizerBase:

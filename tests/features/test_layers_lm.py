@@ -177,15 +177,54 @@ def test_a_cpu_model_runs_its_decoder_linears_through_onednn_with_the_same_hidde
     model.save_pretrained(tmp_path)
     loaded = load_causal_lm(tmp_path, onednn=True)
     linears = [m for m in loaded.base_model.modules() if isinstance(m, nn.Linear)]
-    converted = [m for m in loaded.base_model.modules() if type(m).__name__ == "MkldnnLinear"]
+    converted = [m for m in loaded.base_model.modules() if type(m).__name__ == "OneDNNLinear"]
     # every decoder linear runs on oneDNN; GPT-2's Conv1D layers stay
     assert not linears and len(converted) == sum(isinstance(m, nn.Linear) for m in model.base_model.modules())
+    # each block's gated MLP (Gemma's GELU, Llama's SiLU) runs with its activation and multiply fused
+    fused = [m for m in loaded.base_model.modules() if type(m).__name__ == "OneDNNGatedMLP"]
+    assert len(fused) == (0 if kind == "gpt2" else len(decoder_layers(model)))
     assert type(loaded.get_output_embeddings()) is nn.Linear  # the LM head, tied to the embeddings, stays
     input_ids, attention_mask = padded_batch()
     for ours, theirs in zip(hf_hidden_states(loaded, input_ids, attention_mask),
                             hf_hidden_states(model, input_ids, attention_mask), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     assert forward_flops_per_token(decoder_layers(loaded)) == forward_flops_per_token(decoder_layers(model))
+
+
+class _GatedMLP(nn.Module):
+    """The names and shapes of a gated MLP, computing `down(act(gate(x)) * up(x))` or, `added`, a sum instead."""
+
+    def __init__(self, act_fn: nn.Module, added: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 8)
+        self.act_fn, self.added = act_fn, added
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.act_fn(self.gate_proj(x)), self.up_proj(x)
+        return self.down_proj(gate + up if self.added else gate * up)
+
+
+@pytest.mark.parametrize(("act_fn", "added", "fused"), [
+    (nn.SiLU(), False, True),  # biases too
+    (nn.GELU(approximate="tanh"), False, True),
+    (nn.GELU(), False, True),  # erf's GELU, not mistaken for the tanh one
+    (nn.Sigmoid(), False, False),  # no post-op fuses it
+    (nn.SiLU(), True, False),  # the names of a gated MLP, another computation
+])
+def test_a_gated_mlp_is_fused_only_where_the_fused_products_compute_what_it_does(
+        act_fn: nn.Module, added: bool, fused: bool) -> None:
+    from features.sources.onednn import OneDNNGatedMLP, OneDNNLinear, onednn_linears
+
+    mlp = _GatedMLP(act_fn, added)
+    x = torch.randn(3, 5, 8)
+    with torch.inference_mode():
+        expected = mlp(x)
+        converted = onednn_linears(nn.Sequential(mlp))[0]
+        torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
+    assert isinstance(converted, OneDNNGatedMLP) is fused
+    if not fused:  # its linears still run on oneDNN, one by one
+        assert converted is mlp and isinstance(mlp.gate_proj, OneDNNLinear)
 
 
 @pytest.mark.parametrize("speedup", [0.5, 2.0])
@@ -205,8 +244,8 @@ def test_a_cpu_model_takes_onednn_only_where_it_measured_faster_on_this_machine(
         assert "cpu family" in key
     cache.write_text(json.dumps({key: speedup}))
     loaded = load_causal_lm(tmp_path / "model")
-    kinds = {type(m).__name__ for m in loaded.base_model.modules() if type(m).__name__ in ("Linear", "MkldnnLinear")}
-    assert kinds == ({"MkldnnLinear"} if speedup > 1 else {"Linear"})
+    kinds = {type(m).__name__ for m in loaded.base_model.modules() if type(m).__name__ in ("Linear", "OneDNNLinear")}
+    assert kinds == ({"OneDNNLinear"} if speedup > 1 else {"Linear"})
 
 
 def test_read_texts_is_the_span_a_truncated_forward_reads():
