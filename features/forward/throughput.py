@@ -38,9 +38,9 @@ def measure_matmul_gflops(n: int = 2048, repeats: int = 5, trials: int = 3, devi
     cuda = torch.device(device).type == "cuda"
     products = [lambda: a @ b]
     if not cuda and dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        from features.sources.onednn import onednn_linear
+        from features.sources.onednn import OneDNNLinear
 
-        onednn = onednn_linear(nn.Linear(n, n, bias=False))  # its weights' values do not change the rate
+        onednn = OneDNNLinear(nn.Linear(n, n, bias=False))  # its weights' values do not change the rate
         products.append(lambda: onednn(a))  # the path CPU forwards take (features.sources.onednn)
     best = 0.0
     with torch.inference_mode():
@@ -94,7 +94,7 @@ def onednn_speedup(linears: Sequence[nn.Linear], tokens: int = 1024, trials: int
     Zen 3 it ran Gemma 3's block at 0.8 times MKL's rate. CPU forwards take oneDNN only where it measured faster
     (features.sources.lm.load_causal_lm). The best of `trials`, alternated, so a busy moment hurts neither side.
     """
-    from features.sources.onednn import onednn_linear
+    from features.sources.onednn import OneDNNLinear
 
     shapes = [(linear.in_features, linear.out_features) for linear in linears]
     key = f"{_machine_key()} | packed | {tokens} rows through {shapes}"  # not MkldnnLinear's, measured before
@@ -103,7 +103,7 @@ def onednn_speedup(linears: Sequence[nn.Linear], tokens: int = 1024, trials: int
         return cached
     plain = [nn.Linear(n_in, n_out) for n_in, n_out in shapes]  # the weights' values do not change the rate
     inputs = [torch.randn(tokens, n_in) for n_in, _ in shapes]
-    layers = {"pytorch": plain, "onednn": [onednn_linear(linear) for linear in plain]}
+    layers = {"pytorch": plain, "onednn": [OneDNNLinear(linear) for linear in plain]}
     best = dict.fromkeys(layers, float("inf"))
     with torch.inference_mode():
         for trial in range(trials + 1):  # the first a warm-up: oneDNN builds a kernel per shape
