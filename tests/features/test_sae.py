@@ -179,3 +179,71 @@ def test_topk_quality_decodes_sparse_codes_to_the_dense_reconstruction_and_count
     meter = QualityMeter(D_IN, D_SAE)
     meter.update(sae, acts, codes)  # counted from the sparse codes' entries
     assert torch.equal(meter.fire_count, (codes > 0).sum(dim=0)) and meter.n_active.item() == (codes > 0).sum().item()
+
+
+def _random_sae(kind: str) -> SAE[Any]:
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(0)
+    sae = {"standard": lambda: StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE)),
+           "topk": lambda: TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=6)),
+           "topk rescaled": lambda: TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=6,
+                                                          rescale_acts_by_decoder_norm=True)),
+           "jumprelu": lambda: make_jumprelu_sae(D_IN, D_SAE)}[kind]()
+    with torch.no_grad():
+        for weight in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            weight.normal_()
+    return sae
+
+
+@pytest.fixture
+def onednn_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN measured faster at every shape, whatever this machine measures."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr("features.forward.throughput.onednn_speedup", lambda linears: 2.0)
+
+
+@pytest.mark.parametrize("kind", ["standard", "topk", "topk rescaled", "jumprelu"])
+def test_a_packed_encoder_encodes_as_the_sae_does(kind: str, onednn_faster: None) -> None:
+    from features.sources.sae import PackedEncoder, packed_encoder
+
+    sae = _random_sae(kind)
+    acts = torch.randn(200, D_IN) * 3
+    assert isinstance(packed_encoder(sae), PackedEncoder)
+    with torch.inference_mode():
+        expected = sae.encode(acts)
+    codes = encode(sae, acts)
+    assert 0 < (codes > 0).sum() < codes.numel() / 2
+    # on oneDNN the product sums in another order: a TopK latent tied at the k-th place may swap with the next
+    close = torch.isclose(codes, expected, rtol=1e-4, atol=1e-4)
+    assert close.float().mean() > 0.999, f"{(~close).sum()} of {close.numel()} codes differ"
+
+
+def test_an_sae_that_encodes_otherwise_keeps_its_own_encode(onednn_faster: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from sae_lens import TopKSAE
+
+    from features.sources.sae import packed_encoder
+
+    sae = _random_sae("topk")
+    original = TopKSAE.encode
+    monkeypatch.setattr(TopKSAE, "encode", lambda self, x: original(self, x) * 2)  # a kind that scales its codes
+    assert packed_encoder(sae) is None
+    acts = torch.randn(20, D_IN)
+    with torch.inference_mode():
+        assert torch.equal(encode(sae, acts), sae.encode(acts))
+
+
+def test_an_encoder_trained_in_place_is_packed_again(onednn_faster: None) -> None:
+    from features.sources.sae import packed_encoder
+
+    sae = _random_sae("topk")
+    acts = torch.randn(50, D_IN) * 3
+    first = packed_encoder(sae)
+    assert packed_encoder(sae) is first  # packed once
+    with torch.no_grad():
+        sae.W_enc.mul_(-1)  # as an optimizer step does, in place
+    assert packed_encoder(sae) is not first
+    with torch.inference_mode():
+        np.testing.assert_allclose(encode(sae, acts), sae.encode(acts), rtol=1e-4, atol=1e-4)
