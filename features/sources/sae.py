@@ -110,14 +110,15 @@ class PackedEncoder:
 
         from features.sources.onednn import OneDNNLinear
 
-        self.sae = sae
+        self.sae = weakref.ref(sae)  # not the SAE itself: `_PACKED` would keep every SAE it holds alive
         linear = nn.Linear(sae.cfg.d_in, sae.cfg.d_sae)
         linear.weight.data, linear.bias.data = sae.W_enc.detach().T.contiguous(), sae.b_enc.detach()
         self.product = OneDNNLinear(linear)
         self.decoder_norms = _decoder_norms(sae)
 
     def __call__(self, acts: Tensor) -> Tensor:
-        return _activate(self.sae, self.product(self.sae.process_sae_in(acts)), self.decoder_norms)
+        sae = self.sae()
+        return _activate(sae, self.product(sae.process_sae_in(acts)), self.decoder_norms)
 
 
 def _decoder_norms(sae: SAE[Any]) -> Tensor | None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -247,3 +249,7 @@ def test_an_encoder_trained_in_place_is_packed_again(onednn_faster: None) -> Non
     assert packed_encoder(sae) is not first
     with torch.inference_mode():
         np.testing.assert_allclose(encode(sae, acts), sae.encode(acts), rtol=1e-4, atol=1e-4)
+    alive = weakref.ref(sae)
+    del sae, first
+    gc.collect()
+    assert alive() is None  # its packed encoder does not keep an SAE alive
