@@ -107,11 +107,12 @@ class PackedEncoder:
 
     def __init__(self, sae: SAE[Any]) -> None:
         from torch import nn
+        from torch.nn.utils import skip_init
 
         from features.sources.onednn import OneDNNLinear
 
         self.sae = weakref.ref(sae)  # not the SAE itself: `_PACKED` would keep every SAE it holds alive
-        linear = nn.Linear(sae.cfg.d_in, sae.cfg.d_sae)
+        linear = skip_init(nn.Linear, sae.cfg.d_in, sae.cfg.d_sae)  # no random init of weights replaced at once
         linear.weight.data, linear.bias.data = sae.W_enc.detach().T.contiguous(), sae.b_enc.detach()
         self.product = OneDNNLinear(linear)
         self.decoder_norms = _decoder_norms(sae)
