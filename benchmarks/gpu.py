@@ -44,7 +44,8 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-from features.forward.extract import extract, length_sorted_batches, tokenize
+from features.forward.batching import length_sorted_batches
+from features.forward.extract import extract, tokenize
 from features.forward.gpu import cuda_tokens_per_batch
 from features.forward.throughput import measure_device_matmul_gflops, truncated_forward_flops
 from features.sources.lm import capture_residuals, right_pad

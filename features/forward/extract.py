@@ -1,7 +1,7 @@
 """Texts -> per-text pooled SAE codes and hidden states, one truncated LM forward per batch.
 
-Texts are tokenized once, sorted by length and batched, so padding stays within similar
-lengths (padding alone halves CPU throughput); results come back in the input order.
+Texts are tokenized once, packed end to end into sequences (or, in a model that cannot keep packed texts apart,
+sorted by length and padded) and batched (features.forward.batching); results come back in the input order.
 
 Empty texts (nothing but a BOS after tokenization) are an input error: `extract` raises a
 SaefsError (a ValueError) naming their rows before any forward pass, since a pooled vector
@@ -25,6 +25,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from features.core.layers import hook_name
 from features.core.pooling import counted_token_mask, hidden_poolings, parse_pooling, pool_codes, pool_hidden
 from features.errors import SaefsError
+from features.forward.batching import (
+    check_sizes,
+    length_sorted_batches,
+    packed_batches,
+    packed_residuals,
+    packs_texts,
+)
 from features.sources.lm import capture_residuals, check_layers, decoder_layers, model_width, right_pad, with_bos
 from features.sources.sae import QualityMeter, SaeQuality, check_sae_fits, encode
 
@@ -90,8 +97,8 @@ def extract(
 
     `layers` are block indices (resid_post; the block input with `paper_compat`); `saes` maps a
     subset of them to named SAEs. The model runs on its own device and dtype, each SAE on its own.
-    A batch holds at most `batch_size` texts and, with `tokens_per_batch`, at most that many padded tokens (on a
-    GPU: features.forward.gpu sizes it to the free memory).
+    A batch holds at most `batch_size` sequences (texts, or texts packed end to end) and, with `tokens_per_batch`,
+    at most that many tokens, padding included (on a GPU: features.forward.gpu sizes it to the free memory).
     SAE quality (variance explained, L0, dead latents) is measured on the same tokens; pass
     `meters` (see `quality_meters`) to accumulate it over several calls, e.g. one per shard.
     """
@@ -186,17 +193,26 @@ def _forward_batches(
     desc: str,
     progress: bool,
 ) -> Iterator[tuple[np.ndarray, Tensor, dict[int, Tensor], Tensor]]:
-    """Per length-sorted batch of at most `sizes` (texts, padded tokens; on the CPU CPU_TOKENS_PER_BATCH tokens
+    """Per batch of at most `sizes` (sequences, tokens; on the CPU CPU_TOKENS_PER_BATCH tokens
     when no budget is given): its input rows, token ids, the captured residuals and the counted-token mask."""
     batch_size, tokens_per_batch = sizes
     if tokens_per_batch is None and model.device.type == "cpu":
         tokens_per_batch = CPU_TOKENS_PER_BATCH
-    batches = length_sorted_batches([len(ids) for ids in tokenized.ids], batch_size, tokens_per_batch)
-    for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        input_ids, attention_mask = right_pad([tokenized.ids[i] for i in rows], model.device)
+    lengths = [len(ids) for ids in tokenized.ids]
+    check_sizes(batch_size, tokens_per_batch)  # before the probe's forward
+    if packs_texts(model):
+        plan = [(batch.rows, batch) for batch in packed_batches(lengths, batch_size, tokens_per_batch)]
+    else:
+        plan = [(rows, None) for rows in length_sorted_batches(lengths, batch_size, tokens_per_batch)]
+    for rows, packed in tqdm(plan, desc=desc, unit="batch", disable=not progress):
+        ids = [tokenized.ids[i] for i in rows]
+        input_ids, attention_mask = right_pad(ids, model.device)  # the layout residuals come back in, packed or not
         mask = counted_token_mask(input_ids, attention_mask, tokenizer.bos_token_id, include_bos)
         with torch.inference_mode():
-            residuals = capture_residuals(model, input_ids, attention_mask, layers, paper_compat=paper_compat)
+            if packed is None:
+                residuals = capture_residuals(model, input_ids, attention_mask, layers, paper_compat=paper_compat)
+            else:
+                residuals = packed_residuals(model, ids, packed, layers, paper_compat=paper_compat)
         yield rows, input_ids, residuals, mask
 
 
@@ -249,31 +265,6 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_token
         truncated=np.array([len(ids) > max_tokens for ids in full], dtype=bool),
         unknown=np.array([ids.count(unk_id) if unk_id is not None else 0 for ids in cut], dtype=np.int64),
     )
-
-
-def length_sorted_batches(
-    lengths: Sequence[int], batch_size: int, tokens_per_batch: int | None = None
-) -> list[np.ndarray]:
-    """Row indices per batch, longest texts first so that an out-of-memory batch fails at once.
-
-    Each batch holds at most `batch_size` texts and, with `tokens_per_batch`, at most that many padded tokens (its
-    texts times its first, longest one; one text at least): a fixed text count would fill a GPU's memory with the
-    longest texts and leave it mostly idle on the short ones.
-    """
-    if batch_size < 1:
-        raise SaefsError(f"batch_size must be >= 1, got {batch_size}")
-    if tokens_per_batch is not None and tokens_per_batch < 1:
-        raise SaefsError(f"tokens_per_batch must be >= 1, got {tokens_per_batch}")
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    if tokens_per_batch is None:
-        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    longest = np.asarray(lengths)[order]
-    batches, start = [], 0
-    while start < len(order):
-        stop = start + min(batch_size, max(1, tokens_per_batch // max(1, int(longest[start]))))
-        batches.append(order[start:stop])
-        start = stop
-    return batches
 
 
 def pool_batch(

@@ -23,7 +23,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from features.core.pooling import counted_token_mask
 from features.errors import SaefsError
-from features.forward.extract import length_sorted_batches, tokenize
+from features.forward.batching import length_sorted_batches
+from features.forward.extract import tokenize
 from features.sources.lm import check_layers, decoder_layers, head_logits, right_pad
 
 BATCH_TOKENS = 512  # tokens per forward

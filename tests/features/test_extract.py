@@ -9,11 +9,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from features.core.layers import hidden_state_index
 from features.errors import SaefsError
+from features.forward.batching import length_sorted_batches
 from features.forward.extract import (
     CPU_TOKENS_PER_BATCH,
     Extracted,
     extract,
-    length_sorted_batches,
     token_batches,
     tokenize,
 )
