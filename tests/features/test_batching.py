@@ -74,3 +74,11 @@ def test_a_model_that_mixes_packed_texts_is_padded_instead() -> None:
         np.testing.assert_allclose(padded.codes[key].toarray(), matrix.toarray(), rtol=1e-4, atol=1e-5)
     for key, hidden in packed.hidden.items():
         np.testing.assert_allclose(padded.hidden[key], hidden, rtol=1e-4, atol=1e-5)
+
+
+def test_the_probe_takes_half_precision_rounding_for_packing_but_not_mixed_texts() -> None:
+    packing = make_model("gemma3").to(torch.bfloat16)
+    mixing = make_model("gemma3").to(torch.bfloat16)
+    forward = mixing.forward
+    mixing.forward = lambda *args, position_ids=None, **kwargs: forward(*args, **kwargs)
+    assert packs_texts(packing) and not packs_texts(mixing)
