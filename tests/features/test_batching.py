@@ -82,3 +82,11 @@ def test_the_probe_takes_half_precision_rounding_for_packing_but_not_mixed_texts
     forward = mixing.forward
     mixing.forward = lambda *args, position_ids=None, **kwargs: forward(*args, **kwargs)
     assert packs_texts(packing) and not packs_texts(mixing)
+
+
+def test_a_model_without_position_ids_is_padded() -> None:
+    model = make_model("llama")
+    forward = model.forward
+    model.forward = lambda input_ids=None, attention_mask=None, use_cache=None: forward(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+    assert not packs_texts(model)
