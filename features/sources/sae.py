@@ -105,7 +105,7 @@ class PackedEncoder:
     The SAE's own input processing and activation run as they are; `packed_encoder` checks they compose to its
     `encode`. A packed copy of the encoder's weights: inference only."""
 
-    def __init__(self, sae: SAE[Any]) -> None:
+    def __init__(self, sae: SAE[Any], decoder_norms: Tensor | None) -> None:
         from torch import nn
         from torch.nn.utils import skip_init
 
@@ -115,7 +115,7 @@ class PackedEncoder:
         linear = skip_init(nn.Linear, sae.cfg.d_in, sae.cfg.d_sae)  # no random init of weights replaced at once
         linear.weight.data, linear.bias.data = sae.W_enc.detach().T.contiguous(), sae.b_enc.detach()
         self.product = OneDNNLinear(linear)
-        self.decoder_norms = _decoder_norms(sae)
+        self.decoder_norms = decoder_norms
 
     def __call__(self, acts: Tensor) -> Tensor:
         sae = self.sae()
@@ -176,12 +176,13 @@ def _packed_if_faster(sae: SAE[Any]) -> PackedEncoder | None:
     with torch.inference_mode():  # random rows, and decoder directions that fire their latents
         probe = torch.cat([torch.randn(32, sae.cfg.d_in, generator=generator), 4 * sae.W_dec[:32] + sae.b_dec])
         # sae-lens' own product: the same operations, the same bits
-        composed = _activate(sae, sae.process_sae_in(probe) @ sae.W_enc + sae.b_enc, _decoder_norms(sae))
+        norms = _decoder_norms(sae)
+        composed = _activate(sae, sae.process_sae_in(probe) @ sae.W_enc + sae.b_enc, norms)
         if not torch.equal(composed, sae.encode(probe)):
             log.info("%s encodes otherwise than its product and activation: it keeps PyTorch's product",
                      type(sae).__name__)
             return None
-        return PackedEncoder(sae)
+        return PackedEncoder(sae, norms)
 
 
 def _at_input_precision(acts: Tensor) -> AbstractContextManager[Any]:
