@@ -42,7 +42,7 @@ from features.stores.feast.columns import IDS
 from features.stores.feast.names import hidden_view_name, view_name
 from features.stores.feast.retrieval import historical_frame
 from features.stores.files import write_csv, write_json, write_parquet
-from pipelines import paths, stage_main
+from pipelines import cost, paths, stage_main
 from pipelines.params import Params, TrainProbesParams, load_params
 from pipelines.stores import feature_store
 
@@ -140,6 +140,7 @@ class Fits:
             with self.timings("fitting"):  # what the workers have not fitted yet, waited for
                 rows, first = next(done)
             self.rows.append(rows)
+            cost.work(fits=len(self.splits))
             with self.timings("scoring"):
                 summary = summarize(rows, self.labels)[job.name]
             if summary["not_converged"]:
@@ -194,6 +195,7 @@ def run(item: str) -> None:
         raise SaefsError(f"{dataset}: the training split holds one class only (label {classes.tolist()}); a probe "
                          "needs two: check the dataset's labels and prepare_data's split")
     p, timings = params.train_probes, Timings()
+    cost.work(texts=len(prepared))
     # The same splits for every model of this dataset (they depend on the labels, the prepared split
     # and its seed only), so fits of two models compare paired on the same texts.
     fits = Fits(prepared["text_id"].to_numpy(), y, np.unique(y).tolist(),

@@ -67,4 +67,4 @@ def test_the_extract_benchmark_counts_against_the_best_matmul_rate_the_machine_h
     assert proc.returncode == 0, proc.stderr[-3000:]
     limit = next(line for line in proc.stdout.splitlines() if line.startswith("fp32 matmul limit"))
     assert limit.split()[3] == "1000000.0", limit
-    assert "(0% of the matmul limit" in proc.stdout, proc.stdout
+    assert "(0.0% of the matmul limit" in proc.stdout, proc.stdout

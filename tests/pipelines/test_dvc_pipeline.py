@@ -132,6 +132,10 @@ def test_probes_are_tracked_and_the_gate_reports_why(scratch: Path) -> None:
     whole, own = (rows[rows["fit"] == fit].drop(columns="fit").reset_index(drop=True)
                   for fit in (f"{results['best_cell']}__curve1", results["best_cell"]))
     pd.testing.assert_frame_equal(whole, own)  # the curve on every training row is the best cell's own fit
+    cost = json.loads((scratch / paths.stage_cost("train_probes", "tiny/alpha")).read_text())
+    # every fit on both resamples, counted where it ran: the curve's whole-row point reuses the best cell's
+    assert cost["work"] == {"texts": len(pd.read_parquet(scratch / paths.prepared("alpha"))),
+                            "fits": 2 * (rows["fit"].nunique() - 1)}
     best = results["cells"][results["best_cell"]]
     assert best["resamples"] == 2 and best["macro_f1_low"] <= best["macro_f1"] <= best["macro_f1_high"]
     assert {"roc_auc", "recall_at_1fpr", "recall_at_5fpr", "logged_macro_f1_low"} <= set(best)
