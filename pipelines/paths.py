@@ -101,8 +101,8 @@ def extract_metrics(model: str, dataset: str) -> Path:
     return Path("metrics") / "extract" / model / f"{dataset}.json"
 
 
-def sae_check_dir(model: str, dataset: str) -> Path:
-    return DATA / "sae_checks" / model / dataset
+def sae_check_dir(model: str) -> Path:
+    return DATA / "sae_checks" / model
 
 
 FEAST = DATA / "feast"

@@ -20,7 +20,7 @@ from tests.helpers import REPO, embedded_params, plant_fortunes, write_params
 
 STAGES = {"preflight", "prepare_model@tiny", "prepare_data@alpha", "prepare_data@beta", "validate_data@alpha",
           "validate_data@beta", "collect_activations@tiny", "train_sae@tiny", "latent_cards@tiny", "extract@tiny-alpha",
-          "extract@tiny-beta", "check_sae@tiny-alpha", "check_sae@tiny-beta", "build_features@tiny", "feast_apply",
+          "extract@tiny-beta", "check_sae@tiny", "build_features@tiny", "feast_apply",
           "materialize", "train_probes@tiny-alpha", "train_probes@tiny-beta", "promote@alpha",
           "promote@beta", "behaviour_labels@tiny-items", "behaviour_labels@tiny-judge", "transfer", "lodo@tiny",
           "report"}

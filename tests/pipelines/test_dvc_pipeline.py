@@ -55,12 +55,12 @@ def test_changing_one_datasets_max_rows_reruns_only_its_stages(scratch: Path) ->
     params["datasets"]["beta"]["max_rows"] = 110
     write_params(scratch, params)
     # a Feast view holds every dataset's texts, so the other dataset's probes read a changed view
-    # and retrain too; its data, validation, extraction and SAE checks stay as they are. The latent
-    # cards read every dataset's training texts, so they are rebuilt. The judgement judges beta's texts; the
-    # behaviour stage depends on the prepared folder as a whole (a DVC matrix cannot list each task's datasets),
-    # so the multiple-choice task is labelled again too, and transfer follows.
+    # and retrain too; its data, validation and extraction stay as they are. The SAE check (one per model, over
+    # every dataset's tokens) and the latent cards read every dataset, so they run again. The judgement judges
+    # beta's texts; the behaviour stage depends on the prepared folder as a whole (a DVC matrix cannot list each
+    # task's datasets), so the multiple-choice task is labelled again too, and transfer follows.
     assert ran(dvc(scratch, "repro")) == {"prepare_data@beta", "validate_data@beta", "extract@tiny-beta",
-                                          "check_sae@tiny-beta", "latent_cards@tiny", *FEAST_STAGES, *ALWAYS,
+                                          "check_sae@tiny", "latent_cards@tiny", *FEAST_STAGES, *ALWAYS,
                                           *TRACKING_STAGES, "lodo@tiny", "behaviour_labels@tiny-judge",
                                           "behaviour_labels@tiny-items", "transfer"}
     assert len(pd.read_parquet(scratch / paths.prepared("beta"))) == 110

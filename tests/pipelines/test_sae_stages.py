@@ -54,12 +54,14 @@ def test_quality_gate_fails_for_an_sae_applied_to_another_layer(tiny) -> None:
 
 def test_check_sae_stage_fails_with_the_sae_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, embedded_params())
+    params = embedded_params()
+    write_params(tmp_path, params)
     paths.extract_metrics("gemma3_270m", "spam").parent.mkdir(parents=True)
-    paths.extract_metrics("gemma3_270m", "spam").write_text(json.dumps({"sae_quality": {
-        "l5__sae4k": {"fve": 0.91, "l0": 32.0, "dead_fraction": 0.1, "tokens": 900},
-        "l9__sae4k": {"fve": 0.12, "l0": 32.0, "dead_fraction": 0.97, "tokens": 900},
-    }}))
+    for dataset in params["datasets"]:  # one check per model, over every dataset's tokens: spam's l9 fits badly
+        paths.extract_metrics("gemma3_270m", dataset).write_text(json.dumps({"sae_quality": {
+            "l5__sae4k": {"fve": 0.91, "l0": 32.0, "dead_fraction": 0.1, "tokens": 900},
+            "l9__sae4k": {"fve": 0.12 if dataset == "spam" else 0.8, "l0": 32.0, "dead_fraction": 0.97, "tokens": 900},
+        }}))
     paths.train_sae_metrics("gemma3_270m").parent.mkdir(parents=True)
     paths.train_sae_metrics("gemma3_270m").write_text(json.dumps({"source": "train", "saes": {
         "l5__sae4k": {"heldout": {"fve": 0.9, "l0": 32.0, "dead_fraction": 0.01, "dense_fraction": 0.0,
@@ -68,13 +70,14 @@ def test_check_sae_stage_fails_with_the_sae_named(tmp_path: Path, monkeypatch: p
                                   "loss_recovered": 0.31}},  # dense latents, and it loses the model's loss
     }}))
     with pytest.raises(check_sae.SaeQualityFailed) as err:
-        check_sae.run("gemma3_270m/spam")
+        check_sae.run("gemma3_270m")
     message = str(err.value)
     # dead and dense fractions are judged on the held-out corpus only (a dataset's 900 tokens leave latents silent)
-    assert "SAEs of 'gemma3_270m/spam' failed 3 of 4 expectations" in message
+    assert "SAEs of 'gemma3_270m' failed 3 of 4 expectations" in message
     assert "l9__sae4k on spam has 0.120" in message and "l9__sae4k on held-out corpus has 0.310" in message
     assert "l9__sae4k on held-out corpus has 0.200" in message and "l5__sae4k" not in message
-    results = json.loads((paths.sae_check_dir("gemma3_270m", "spam") / "results.json").read_text())
+    assert "on toxic" not in message  # the datasets where it fits are not named
+    results = json.loads((paths.sae_check_dir("gemma3_270m") / "results.json").read_text())
     assert results["success"] is False
 
 
