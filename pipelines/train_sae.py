@@ -88,7 +88,12 @@ def _train_one(acts: np.memmap, layer: int, width: str, settings: TrainSaeParams
     started = time.perf_counter()
     sae = train_sae(acts, settings, parse_width(width), device=device, history=history,
                     label=f"training {sae_name(layer, width)}")
-    sae.save_inference_model(out / sae_name(layer, width))
+    folder = out / sae_name(layer, width)
+    sae.save_inference_model(folder)
+    # sae-lens writes cfg.json's keys in an order that changes from process to process (it follows a set's): sorted,
+    # equal SAEs are equal files, and DVC reruns nothing downstream of a retraining that changed nothing
+    config = folder / "cfg.json"
+    write_json(config, json.loads(config.read_text()))
     return time.perf_counter() - started, torch.get_num_threads(), history
 
 

@@ -19,6 +19,7 @@ from features.core.sae_config import SAETrainingConfig
 from features.core.sae_training import train_sae
 from features.errors import SaefsError
 from features.forward.extract import collect_activations, extract
+from features.sources.sae import load_sae
 from features.stores.activations import CacheMismatch
 from features.stores.files import write_json
 from features.stores.shards import ShardWriter, read_csr
@@ -214,7 +215,6 @@ def test_extract_starts_over_when_the_model_or_an_sae_changes(
 ) -> None:
     """The output is persisted and the params stay the same: only the content of the model or SAE differs."""
     from features.sources.models import prepare_model
-    from features.sources.sae import load_sae
 
     _, tokenizer, _, _ = tiny
     monkeypatch.chdir(tmp_path)
@@ -276,6 +276,10 @@ def test_train_sae_trains_from_the_cache_and_measures_each_sae(tiny, tmp_path: P
     train_sae_stage.run("tiny")
     metrics = json.loads(paths.train_sae_metrics("tiny").read_text())["saes"]
     assert set(metrics) == {"l0__sae64", "l1__sae64"}
+    for sae in metrics:  # its keys sorted, not in the order of sae-lens' set, which changes from process to process
+        config = (paths.sae_dir("tiny") / sae / "cfg.json").read_text()
+        assert config == json.dumps(json.loads(config), indent=2, sort_keys=True) + "\n"
+        assert load_sae(f"path:{paths.sae_dir('tiny') / sae}").cfg.d_sae == 64  # and it loads
     heldout = metrics["l1__sae64"]["heldout"]
     assert heldout["tokens"] == manifest["splits"]["heldout"]["tokens"] and 0 < heldout["l0"] <= 32  # TopK, k 32
     assert {"fve", "dead_fraction", "dense_fraction", "loss_recovered", "loss_clean"} <= set(heldout)
